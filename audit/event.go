@@ -1,0 +1,47 @@
+package audit
+
+import "time"
+
+// Event is one record of the audit log. Producers fill Type, Actor, Session
+// and Fields; the Store assigns ID, Time (when zero), PrevHash and Hash.
+//
+// Fields are strings on purpose: the hash chain needs an encoding that
+// survives a JSON round trip byte for byte, and 64-bit serials do not survive
+// a trip through float64.
+type Event struct {
+	// ID is a ULID: lexically sortable, so bbolt key order is time order.
+	ID string `json:"id"`
+	// Time is when the event happened, in UTC.
+	Time time.Time `json:"time"`
+	// Type is a stable dotted name such as "cert.issued" or "auth.failed".
+	Type string `json:"type"`
+	// Actor is who caused the event: a principal, key id or "operator".
+	Actor string `json:"actor,omitempty"`
+	// Session ties together the events of one connection or session.
+	Session string `json:"session,omitempty"`
+	// Fields carry the event's details (reason codes, serials, addresses).
+	Fields map[string]string `json:"fields,omitempty"`
+	// PrevHash is the Hash of the event before this one ("" for the first).
+	PrevHash string `json:"prev_hash"`
+	// Hash is hex SHA-256 over PrevHash and this event's canonical encoding.
+	Hash string `json:"hash"`
+}
+
+// Stable event type names. Other packages use these constants rather than
+// string literals so that a typo is a compile error.
+const (
+	TypeCertIssued    = "cert.issued"
+	TypeCertRefused   = "cert.refused"
+	TypeCertRevoked   = "cert.revoked"
+	TypeCARotated     = "ca.rotated"
+	TypeCARetired     = "ca.retired"
+	TypeCAInit        = "ca.init"
+	TypeAuthOK        = "auth.ok"
+	TypeAuthFailed    = "auth.failed"
+	TypeSessionStart  = "session.start"
+	TypeSessionEnd    = "session.end"
+	TypeUserLocked    = "user.locked"
+	TypeUserUnlocked  = "user.unlocked"
+	TypeSourceBanned  = "source.banned"
+	TypeChannelDenied = "channel.refused"
+)
