@@ -1,0 +1,226 @@
+package audit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"go.etcd.io/bbolt"
+)
+
+// Append validates ev, assigns its ID, Time (when zero, from Options.Now),
+// PrevHash and Hash, and returns it once it is durable: committed to bbolt
+// and fsync'd. Concurrent Appends share commits through bbolt's DB.Batch.
+//
+// If ctx ends before the event reaches a transaction, nothing is written and
+// Append returns ctx's error. Once the event is in a transaction Append
+// waits for the commit and reports its outcome, so an event is never written
+// after its caller was told it was not.
+//
+// Append refuses (with ErrInvalidEvent) an empty or malformed Type, field
+// names outside [a-z0-9_], and field names that look like secrets (see
+// secretKey). Actor, Session and field values are stored as given, with
+// invalid UTF-8 replaced by U+FFFD; the returned event is what was stored.
+func (s *Store) Append(ctx context.Context, ev Event) (Event, error) {
+	return s.write(ctx, ev, nil)
+}
+
+// AppendWith appends ev and runs fn in the same bbolt transaction, so state
+// that must change with its audit record (a revocation, a user lock) is
+// committed with it or not at all: if fn fails, nothing is written and its
+// error is returned wrapped. fn runs once per attempt, outside any batch, and
+// must not touch the "events" or "meta" buckets.
+func (s *Store) AppendWith(ctx context.Context, ev Event, fn func(tx *bbolt.Tx) error) (Event, error) {
+	if fn == nil {
+		return s.Append(ctx, ev)
+	}
+	return s.write(ctx, ev, fn)
+}
+
+// States of one write, shared between the caller and the transaction. The
+// caller may abandon a write only while it is pending; once a transaction
+// has claimed it, the caller waits for the commit.
+const (
+	writePending int32 = iota
+	writeClaimed
+	writeAbandoned
+)
+
+// stateError marks an error returned by an AppendWith callback.
+type stateError struct{ err error }
+
+func (e *stateError) Error() string { return e.err.Error() }
+func (e *stateError) Unwrap() error { return e.err }
+
+func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (Event, error) {
+	if s.readOnly {
+		return Event{}, fmt.Errorf("%w: cannot append %s; open the log without ReadOnly", ErrReadOnly, ev.Type)
+	}
+	if err := ctx.Err(); err != nil {
+		return Event{}, fmt.Errorf("audit: %s not recorded: %w", ev.Type, err)
+	}
+	ev, err := prepare(ev)
+	if err != nil {
+		return Event{}, err
+	}
+
+	var (
+		state atomic.Int32
+		out   Event
+	)
+	// txFn may run more than once: DB.Batch reruns the whole batch when one
+	// of its functions fails, and reruns the failing one alone. Each run
+	// starts from the chain's end as this transaction sees it, and sets out
+	// afresh; the run that commits is the one the caller gets.
+	txFn := func(tx *bbolt.Tx) error {
+		if state.Load() == writePending && ctx.Err() != nil {
+			state.CompareAndSwap(writePending, writeAbandoned)
+		}
+		if !state.CompareAndSwap(writePending, writeClaimed) && state.Load() == writeAbandoned {
+			return nil // write nothing; the caller has gone
+		}
+		if fn != nil {
+			if err := fn(tx); err != nil {
+				return &stateError{err}
+			}
+		}
+		e, err := appendTx(tx, ev, s.now)
+		if err != nil {
+			return err
+		}
+		out = e
+		return nil
+	}
+	run := func() error {
+		if fn != nil {
+			return s.db.Update(txFn)
+		}
+		return s.db.Batch(txFn)
+	}
+
+	if ctx.Done() == nil {
+		err = run()
+	} else {
+		err = s.runCancelable(ctx, run, &state)
+	}
+	if err == nil && state.Load() == writeAbandoned {
+		err = ctx.Err()
+	}
+	if err != nil {
+		var se *stateError
+		switch {
+		case errors.As(err, &se):
+			return Event{}, fmt.Errorf("audit: %s not recorded: the state change failed: %w", ev.Type, se.err)
+		case errors.Is(err, ErrInvalidEvent), errors.Is(err, ErrCorrupt):
+			return Event{}, err
+		case errors.Is(err, bbolt.ErrDatabaseNotOpen):
+			return Event{}, fmt.Errorf("audit: %s not recorded: the store is closed: %w", ev.Type, err)
+		}
+		return Event{}, fmt.Errorf("audit: %s not recorded: %w", ev.Type, err)
+	}
+	return out, nil
+}
+
+// runCancelable runs run in a goroutine so the caller can give up while its
+// write is still queued (waiting for a batch or for the writer lock).
+func (s *Store) runCancelable(ctx context.Context, run func() error, state *atomic.Int32) error {
+	type result struct {
+		err   error
+		panic any
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		defer func() {
+			r.panic = recover()
+			done <- r
+		}()
+		r.err = run()
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		if state.CompareAndSwap(writePending, writeAbandoned) {
+			return ctx.Err()
+		}
+		r = <-done
+	}
+	if r.panic != nil {
+		panic(r.panic) // an AppendWith callback panicked; the tx rolled back
+	}
+	return r.err
+}
+
+// appendTx appends ev to the chain inside tx and returns it as stored.
+func appendTx(tx *bbolt.Tx, ev Event, now func() time.Time) (Event, error) {
+	events, meta := tx.Bucket(bucketEvents), tx.Bucket(bucketMeta)
+	if events == nil || meta == nil {
+		return Event{}, fmt.Errorf("%w: events or meta bucket missing", ErrCorrupt)
+	}
+	m, err := readMeta(tx)
+	if err != nil {
+		return Event{}, err
+	}
+	if ev.Time.IsZero() {
+		// Dated inside the write transaction, so events the store dates
+		// itself are in time order whenever the clock is.
+		ev.Time = now().UTC()
+		if err := checkTime(ev.Time); err != nil {
+			return Event{}, err
+		}
+	}
+	id := nextID(m, ev.Time)
+	ev.ID = id.String()
+	ev.PrevHash = m.lastHash
+	ev, rec, err := seal(ev)
+	if err != nil {
+		return Event{}, err
+	}
+	key := id[:]
+	var count [8]byte
+	binary.BigEndian.PutUint64(count[:], m.count+1)
+	for _, p := range [...]struct {
+		b    *bbolt.Bucket
+		k, v []byte
+	}{
+		{events, key, rec},
+		{meta, metaLastID, key},
+		{meta, metaLastHash, []byte(ev.Hash)},
+		{meta, metaCount, count[:]},
+	} {
+		if err := p.b.Put(p.k, p.v); err != nil {
+			return Event{}, err
+		}
+	}
+	return ev, nil
+}
+
+// nextID returns the id for an event at time t: a ULID whose time is t's
+// millisecond, strictly greater than the chain's last id. When t is not past
+// the last id's millisecond (same millisecond, a caller-supplied earlier time,
+// or a clock step back) the id keeps the last id's time and increments its
+// entropy, so ids always increase and an id's time is never before its
+// event's time.
+func nextID(m chainMeta, t time.Time) ulid.ULID {
+	ms := uint64(t.UnixMilli())
+	if m.hasLast && ms <= m.lastID.Time() {
+		id := m.lastID
+		for i := len(id) - 1; i >= 6; i-- { // entropy is bytes 6..15
+			id[i]++
+			if id[i] != 0 {
+				return id
+			}
+		}
+		ms = m.lastID.Time() + 1 // entropy wrapped: 2^80 ids in one ms
+	}
+	var id ulid.ULID
+	_ = id.SetTime(ms) // ms < ulid.MaxTime: checkTime caps the year at 9999
+	_, _ = rand.Read(id[6:])
+	return id
+}

@@ -1,0 +1,23 @@
+// Package audit is bastion's evidence store: an append-only, hash-chained log
+// of security events (certificates issued, logins accepted and refused,
+// sessions, locks, revocations, CA operations) kept in one bbolt file.
+//
+// Every event gets a time-ordered ULID and a SHA-256 hash over the previous
+// event's hash and its own canonical JSON encoding, so an edited, deleted or
+// reordered record breaks the chain and [Store.Verify] names the first broken
+// link. [Store.Append] returns only once the event is fsync'd, which lets the
+// gateway fail closed: a session does not start until its start event is
+// durable. Concurrent appends share bbolt commits, so durability stays cheap
+// under load.
+//
+// Other packages keep state that must change together with its audit record
+// (revocations, user locks) in their own buckets of the same file, through
+// [Store.AppendWith] and [Store.View]. The bucket names "events" and "meta"
+// belong to this package.
+//
+// bbolt holds an exclusive lock on the file while a writer has it open, so a
+// second process gets [ErrInUse] naming the holder instead of waiting; a live
+// export goes through the running gateway instead. Logs leave the store as
+// JSON Lines (the verifiable form) or CSV, through [Store.Export] or an
+// [Encoder] on any event stream.
+package audit

@@ -1,0 +1,302 @@
+package audit
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"go.etcd.io/bbolt"
+)
+
+// Options configure Open. The zero value opens read-write with a one-second
+// lock timeout and the system clock.
+type Options struct {
+	// Timeout is how long Open waits for bbolt's file lock before returning
+	// ErrInUse (default 1s). Open never waits forever.
+	Timeout time.Duration
+	// ReadOnly opens the file with a shared lock for export and verify.
+	// Several read-only opens may share the file; none may share it with a
+	// writer.
+	ReadOnly bool
+	// Now is the clock that dates events appended with a zero Time; default
+	// time.Now.
+	Now func() time.Time
+	// Logger receives the store's few operational messages; nil discards
+	// them. Events never go to the logger.
+	Logger *slog.Logger
+}
+
+const (
+	defaultTimeout = time.Second
+
+	// Batching knobs, tuned with BenchmarkAuditAppend on a 2-core VM: a
+	// commit costs two fsyncs, so the batch waits briefly for company.
+	maxBatchDelay = 2 * time.Millisecond
+	maxBatchSize  = 1000
+
+	// initialMmapSize is address space, not disk: the file grows as usual.
+	// bbolt must remap to grow and a remap waits for every open read
+	// transaction, so mapping generously up front keeps a long View from
+	// stalling appends until the log passes this size.
+	initialMmapSize = 1 << 30
+
+	// formatVersion is the layout of the events and meta buckets.
+	formatVersion = 1
+)
+
+var (
+	bucketEvents = []byte("events")
+	bucketMeta   = []byte("meta")
+
+	metaVersion  = []byte("version")
+	metaLastID   = []byte("last_id")
+	metaLastHash = []byte("last_hash")
+	metaCount    = []byte("count")
+)
+
+// Store is an open audit log. Its methods are safe for concurrent use.
+type Store struct {
+	db        *bbolt.DB
+	path      string
+	ownerPath string
+	readOnly  bool
+	now       func() time.Time
+	log       *slog.Logger
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens or creates the audit log at path. A writer records who holds
+// the file in path+".owner" while it is open, so that a second process gets
+// an ErrInUse that names it.
+func Open(path string, opts Options) (*Store, error) {
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = defaultTimeout
+	}
+	s := &Store{
+		path:      path,
+		ownerPath: path + ".owner",
+		readOnly:  opts.ReadOnly,
+		now:       opts.Now,
+		log:       opts.Logger,
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if opts.ReadOnly {
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("audit: open %s read-only: %w (check the path; a read-only open does not create the log)", path, err)
+		}
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
+		Timeout:         timeout,
+		ReadOnly:        opts.ReadOnly,
+		FreelistType:    bbolt.FreelistMapType,
+		InitialMmapSize: initialMmapSize,
+	})
+	if errors.Is(err, bbolt.ErrTimeout) {
+		return nil, &inUseError{path: path, holder: describeOwner(s.ownerPath), timeout: timeout}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: open %s: %w", path, err)
+	}
+	db.MaxBatchDelay = maxBatchDelay
+	db.MaxBatchSize = maxBatchSize
+	s.db = db
+
+	if opts.ReadOnly {
+		err = db.View(func(tx *bbolt.Tx) error { return checkVersion(tx.Bucket(bucketMeta)) })
+	} else {
+		err = db.Update(initBuckets)
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("audit: open %s: %w", path, err)
+	}
+	if !opts.ReadOnly {
+		if err := writeOwner(s.ownerPath, s.now()); err != nil {
+			// Only the ErrInUse message depends on it; say so and go on.
+			s.log.Warn("audit: cannot record the lock holder; a second process will not learn who holds the log", "path", s.ownerPath, "err", err)
+		}
+	}
+	s.log.Debug("audit: opened", "path", path, "read_only", opts.ReadOnly)
+	return s, nil
+}
+
+// initBuckets creates the buckets of a new log and checks those of an
+// existing one.
+func initBuckets(tx *bbolt.Tx) error {
+	events, err := tx.CreateBucketIfNotExists(bucketEvents)
+	if err != nil {
+		return err
+	}
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		if k, _ := events.Cursor().First(); k != nil {
+			return fmt.Errorf("%w: the events bucket has records but the meta bucket is missing; run `bastion audit verify` and restore from a backup", ErrCorrupt)
+		}
+		if meta, err = tx.CreateBucket(bucketMeta); err != nil {
+			return err
+		}
+		return meta.Put(metaVersion, []byte{formatVersion})
+	}
+	return checkVersion(meta)
+}
+
+func checkVersion(meta *bbolt.Bucket) error {
+	if meta == nil {
+		return nil // read-only open of a log no writer initialized
+	}
+	v := meta.Get(metaVersion)
+	if len(v) != 1 {
+		return fmt.Errorf("%w: meta bucket has no format version", ErrCorrupt)
+	}
+	if v[0] != formatVersion {
+		return fmt.Errorf("audit: log format %d is not supported (this build reads %d); use the bastion release that wrote it", v[0], formatVersion)
+	}
+	return nil
+}
+
+// owner is the content of the owner file.
+type owner struct {
+	PID     int       `json:"pid"`
+	Command string    `json:"command"`
+	Since   time.Time `json:"since"`
+}
+
+func writeOwner(path string, now time.Time) error {
+	b, err := json.Marshal(owner{PID: os.Getpid(), Command: strings.Join(os.Args, " "), Since: now.UTC()})
+	if err != nil {
+		return err
+	}
+	// Write then rename, so a reader never sees half a file.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// describeOwner says who holds the lock, from the owner file a writer left.
+func describeOwner(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "another process (no " + path + ", so probably a read-only export or verify)"
+	}
+	var o owner
+	if err := json.Unmarshal(b, &o); err != nil || o.PID == 0 {
+		return "another process (" + path + " is unreadable)"
+	}
+	cmd := o.Command
+	if len(cmd) > 200 {
+		cmd = cmd[:200] + "..."
+	}
+	return fmt.Sprintf("pid %d (%q, open since %s, per %s)", o.PID, cmd, o.Since.Format(time.RFC3339), path)
+}
+
+// Close releases the file. It waits for appends already in a transaction.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		if !s.readOnly {
+			// Remove while still holding the lock, so the next writer's
+			// owner file is never the one removed.
+			if err := os.Remove(s.ownerPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+				s.log.Warn("audit: cannot remove the owner file", "path", s.ownerPath, "err", err)
+			}
+		}
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("audit: close %s: %w", s.path, err)
+		}
+		s.log.Debug("audit: closed", "path", s.path)
+	})
+	return s.closeErr
+}
+
+// Path is the file the store was opened from.
+func (s *Store) Path() string { return s.path }
+
+// View runs fn in a read-only bbolt transaction, for state buckets other
+// packages keep in the audit file. fn's error is returned as is. Keep fn
+// short: a long read transaction can delay appends once the file outgrows
+// its initial mapping.
+func (s *Store) View(fn func(tx *bbolt.Tx) error) error {
+	return s.db.View(fn)
+}
+
+// Head describes the end of the chain. Publishing Head.Hash somewhere the
+// gateway cannot write anchors the log: no one can rewrite history up to
+// that point without changing the hash.
+type Head struct {
+	// Count is how many events the log holds.
+	Count uint64
+	// ID and Hash are the last event's ("" when the log is empty).
+	ID   string
+	Hash string
+}
+
+// Head returns the current end of the chain.
+func (s *Store) Head() (Head, error) {
+	var h Head
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		m, err := readMeta(tx)
+		if err != nil {
+			return err
+		}
+		h = Head{Count: m.count, Hash: m.lastHash}
+		if m.hasLast {
+			h.ID = m.lastID.String()
+		}
+		return nil
+	})
+	if err != nil {
+		return Head{}, fmt.Errorf("audit: read head: %w", err)
+	}
+	return h, nil
+}
+
+// chainMeta is what the meta bucket records about the end of the chain.
+type chainMeta struct {
+	hasLast  bool
+	lastID   ulid.ULID
+	lastHash string
+	count    uint64
+}
+
+// readMeta reads the meta bucket; a missing bucket reads as an empty log.
+func readMeta(tx *bbolt.Tx) (chainMeta, error) {
+	var m chainMeta
+	b := tx.Bucket(bucketMeta)
+	if b == nil {
+		return m, nil
+	}
+	if id := b.Get(metaLastID); id != nil {
+		if len(id) != len(m.lastID) {
+			return m, fmt.Errorf("%w: meta last_id has %d bytes, want 16", ErrCorrupt, len(id))
+		}
+		copy(m.lastID[:], id)
+		m.hasLast = true
+	}
+	m.lastHash = string(b.Get(metaLastHash))
+	if m.hasLast != (m.lastHash != "") {
+		return m, fmt.Errorf("%w: meta last_id and last_hash disagree", ErrCorrupt)
+	}
+	if c := b.Get(metaCount); c != nil {
+		if len(c) != 8 {
+			return m, fmt.Errorf("%w: meta count has %d bytes, want 8", ErrCorrupt, len(c))
+		}
+		m.count = binary.BigEndian.Uint64(c)
+	}
+	return m, nil
+}

@@ -1,0 +1,96 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"go.etcd.io/bbolt"
+)
+
+// Verify walks the whole chain, from a consistent snapshot (see Iterate),
+// and returns how many events it checked. At the first broken link it stops
+// with a *ChainError naming the event and what is wrong with it: edited
+// (ReasonHashMismatch), deleted or reordered (ReasonPrevHashMismatch), moved
+// (ReasonIDMismatch), out of order (ReasonIDOrder, ReasonTimeOrder), cut
+// short (ReasonTruncated) or unreadable (ReasonUndecodable).
+func (s *Store) Verify(ctx context.Context) (int, error) {
+	var (
+		n    int
+		prev Event
+		last []byte
+		meta chainMeta
+	)
+	// The meta bucket is read before the scan: appends that land after it
+	// only add records past its last id, which the check below ignores.
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		meta, err = readMeta(tx)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("audit: verify: %w", err)
+	}
+	err = s.scan(ctx, nil, func(k, v []byte) error {
+		if meta.hasLast && bytes.Compare(k, meta.lastID[:]) > 0 {
+			return errStopScan // appended after the meta snapshot
+		}
+		ev, err := checkLink(n, k, v, prev)
+		if err != nil {
+			return err
+		}
+		prev, last = ev, k
+		n++
+		return nil
+	})
+	if errors.Is(err, errStopScan) {
+		err = nil
+	}
+	if err != nil {
+		return n, err
+	}
+	if meta.hasLast && !bytes.Equal(last, meta.lastID[:]) {
+		got := "the start"
+		if last != nil {
+			got = keyString(last)
+		}
+		return n, &ChainError{Index: n, ID: meta.lastID.String(), Reason: ReasonTruncated, Expected: meta.lastID.String(), Got: got}
+	}
+	return n, nil
+}
+
+// errStopScan ends a scan early without error.
+var errStopScan = errors.New("audit: stop scan")
+
+// checkLink checks record i (key k, value v) against the event before it
+// and returns the record's event.
+func checkLink(i int, k, v []byte, prev Event) (Event, error) {
+	keyID := keyString(k)
+	broken := func(reason, expected, got string) *ChainError {
+		return &ChainError{Index: i, ID: keyID, Reason: reason, Expected: expected, Got: got}
+	}
+	ev, err := DecodeEvent(v)
+	if err != nil {
+		return Event{}, broken(ReasonUndecodable, "", err.Error())
+	}
+	if want, err := computeHash(ev); err != nil || want != ev.Hash {
+		return Event{}, broken(ReasonHashMismatch, want, ev.Hash)
+	}
+	if ev.PrevHash != prev.Hash {
+		return Event{}, broken(ReasonPrevHashMismatch, prev.Hash, ev.PrevHash)
+	}
+	if ev.ID != keyID {
+		return Event{}, broken(ReasonIDMismatch, keyID, ev.ID)
+	}
+	if prev.ID != "" && ev.ID <= prev.ID {
+		return Event{}, broken(ReasonIDOrder, prev.ID, ev.ID)
+	}
+	id := ulid.MustParseStrict(ev.ID) // DecodeEvent checked it
+	if ev.Time.UnixMilli() > int64(id.Time()) {
+		return Event{}, broken(ReasonTimeOrder, ulid.Time(id.Time()).UTC().Format(time.RFC3339Nano), ev.Time.Format(time.RFC3339Nano))
+	}
+	return ev, nil
+}
