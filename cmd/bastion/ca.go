@@ -1,0 +1,474 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/ca"
+)
+
+func newCACommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ca",
+		Short: "Manage the certificate authority: init, sign, inspect, revoke, krl, export, rotate, retire",
+	}
+	cmd.AddCommand(
+		newCAInitCommand(a),
+		newCASignCommand(a),
+		newCAInspectCommand(a),
+		newCARevokeCommand(a),
+		newCAKRLCommand(a),
+		newCAExportCommand(a),
+		newCARotateCommand(a),
+		newCARetireCommand(a),
+	)
+	return cmd
+}
+
+// openAudit opens the audit log for writing, failing fast (not hanging)
+// when a running gateway holds it.
+func (a *app) openAudit() (*audit.Store, error) {
+	return audit.Open(a.layout().AuditDB(), audit.Options{Timeout: time.Second})
+}
+
+// openAuditReadOnly opens the audit log to read.
+func (a *app) openAuditReadOnly() (*audit.Store, error) {
+	if _, err := os.Stat(a.layout().AuditDB()); err != nil {
+		return nil, fmt.Errorf("no audit log at %s: %w (is --data-dir right?)", a.layout().AuditDB(), err)
+	}
+	return audit.Open(a.layout().AuditDB(), audit.Options{Timeout: time.Second, ReadOnly: true})
+}
+
+// readPassphrase reads a passphrase file, dropping one trailing newline.
+func readPassphrase(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read passphrase file: %w", err)
+	}
+	b = bytes.TrimSuffix(bytes.TrimSuffix(b, []byte("\n")), []byte("\r"))
+	if len(b) == 0 {
+		return nil, fmt.Errorf("passphrase file %s is empty", path)
+	}
+	return b, nil
+}
+
+// kindFlags adds the --user/--host pair and returns a resolver.
+func kindFlags(cmd *cobra.Command) func() (ca.Kind, error) {
+	var user, host bool
+	cmd.Flags().BoolVar(&user, "user", false, "the user CA")
+	cmd.Flags().BoolVar(&host, "host", false, "the host CA")
+	cmd.MarkFlagsMutuallyExclusive("user", "host")
+	cmd.MarkFlagsOneRequired("user", "host")
+	return func() (ca.Kind, error) {
+		if host {
+			return ca.HostCA, nil
+		}
+		return ca.UserCA, nil
+	}
+}
+
+func newCAInitCommand(a *app) *cobra.Command {
+	var keyType, passFile string
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create the user and host CA keys in DATA_DIR/ca",
+		Example: `  bastion ca init --data-dir ./data
+  bastion ca init --key-type ecdsa-p256 --passphrase-file /etc/bastion/ca-pass`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			kt, err := ca.ParseKeyType(keyType)
+			if err != nil {
+				return err
+			}
+			pass, err := readPassphrase(passFile)
+			if err != nil {
+				return err
+			}
+			l := a.layout()
+			if l.Exists() {
+				return fmt.Errorf("a CA already exists in %s; refusing to overwrite it (use `bastion ca rotate` to replace a key)", l.Dir())
+			}
+			// Open the audit log first: if a gateway holds it, fail before
+			// creating anything.
+			if err := os.MkdirAll(l.DataDir, 0o700); err != nil {
+				return err
+			}
+			store, err := a.openAudit()
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			user, host, err := ca.Init(l, ca.InitOptions{KeyType: kt, Passphrase: pass})
+			if err != nil {
+				return err
+			}
+			_, err = store.Append(cmd.Context(), audit.Event{Type: audit.TypeCAInit, Actor: a.operator(), Fields: map[string]string{
+				"user_ca_fp": ca.Fingerprint(user), "host_ca_fp": ca.Fingerprint(host), "key_type": string(kt), "encrypted": strconv.FormatBool(len(pass) > 0),
+			}})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stderr, "created CA in %s\n  user CA: %s\n  host CA: %s\n", l.Dir(), ca.Fingerprint(user), ca.Fingerprint(host))
+			fmt.Fprintf(a.stderr, "next: `bastion ca export --user` for sshd's TrustedUserCAKeys, `bastion ca export --host` for known_hosts\n")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&keyType, "key-type", "ed25519", "CA key type: ed25519, ecdsa-p256 or rsa-4096")
+	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "encrypt the CA private keys with the passphrase in this file")
+	return cmd
+}
+
+// loadAuthority opens the audit log and the CA for signing.
+func (a *app) loadAuthority(passFile string) (*ca.Authority, *audit.Store, error) {
+	pass, err := readPassphrase(passFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !a.layout().Exists() {
+		return nil, nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", a.layout().Dir(), a.dataDir)
+	}
+	store, err := a.openAudit()
+	if err != nil {
+		return nil, nil, err
+	}
+	auth, err := ca.New(ca.Config{Layout: a.layout(), Policy: ca.DefaultPolicy(), Passphrase: pass}, store)
+	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	return auth, store, nil
+}
+
+// readPublicKeyFile reads one authorized_keys-format key.
+func readPublicKeyFile(path string) (ssh.PublicKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read public key: %w", err)
+	}
+	if bytes.HasPrefix(bytes.TrimSpace(data), []byte("ssh-dss ")) {
+		return nil, fmt.Errorf("%s is a DSA key: DSA is broken and bastion never signs it (rule key_weak); generate a new key with ssh-keygen -t ed25519", path)
+	}
+	k, _, _, _, err := ssh.ParseAuthorizedKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s is not an OpenSSH public key (want the .pub file, e.g. ~/.ssh/id_ed25519.pub): %w", path, err)
+	}
+	return k, nil
+}
+
+// certOutPath is where ssh-keygen would put KEY's certificate.
+func certOutPath(keyPath string) string {
+	return strings.TrimSuffix(keyPath, ".pub") + "-cert.pub"
+}
+
+func newCASignCommand(a *app) *cobra.Command {
+	var (
+		identity, validity, out, passFile string
+		principals, groups, options       []string
+		host                              bool
+		serial                            uint64
+	)
+	cmd := &cobra.Command{
+		Use:   "sign [flags] KEY.pub",
+		Short: "Sign a user or host public key (like ssh-keygen -s)",
+		Long: `Sign a public key with the user CA (default) or, with --host, the host CA.
+Every certificate passes the signing policy: root and forbidden principals
+are never signed, principals must be valid login names or hostnames,
+validity is capped (user 24h, host 1y) and valid_after is backdated 5m for
+clock skew, weak keys (DSA, RSA < 2048) are refused. The certificate is
+written only after its audit record is durable.`,
+		Example: `  bastion ca sign -I alice@example.com -n alice -V +8h ~/.ssh/id_ed25519.pub
+  bastion ca sign -I web1 --host -n web1.internal,10.0.0.5 /etc/ssh/ssh_host_ed25519_key.pub
+  bastion ca sign -I deploy -n deploy -O force-command=/usr/local/bin/deploy -O source-address=10.0.0.0/8 deploy.pub
+  bastion ca sign -I alice -n alice --groups eng,dba --out - alice.pub`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			key, err := readPublicKeyFile(args[0])
+			if err != nil {
+				return err
+			}
+			v, err := ca.ParseValidity(validity)
+			if err != nil {
+				return err
+			}
+			auth, store, err := a.loadAuthority(passFile)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			kind := ca.UserCA
+			if host {
+				kind = ca.HostCA
+			}
+			cert, err := auth.Sign(cmd.Context(), ca.Request{
+				Kind: kind, Key: key, KeyID: identity, Principals: principals, Groups: groups,
+				Validity: v, Serial: serial, Options: options, Requester: a.operator(), Via: "cli",
+			})
+			if err != nil {
+				return err
+			}
+			return a.writeCert(cert, args[0], out)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&identity, "identity", "I", "", "key id recorded in the certificate and in sshd's logs (default: first principal)")
+	f.StringSliceVarP(&principals, "principals", "n", nil, "comma-separated user names (or host names with --host); required, and never root")
+	f.StringVarP(&validity, "validity", "V", "", "validity: 8h, +8h, -5m:+8h or YYYYMMDD[HHMM[SS]]:... (default: policy default, 8h user / 30d host)")
+	f.BoolVar(&host, "host", false, "sign a host certificate with the host CA")
+	f.Uint64VarP(&serial, "serial", "z", 0, "certificate serial (default: random non-zero 64-bit)")
+	f.StringArrayVarP(&options, "option", "O", nil, "ssh-keygen option: force-command=CMD, source-address=CIDR[,CIDR], no-pty, no-port-forwarding, no-agent-forwarding, ...")
+	f.StringSliceVar(&groups, "groups", nil, "groups to carry in the groups@bastion extension (matched by the gateway's access rules)")
+	f.StringVar(&out, "out", "", "where to write the certificate, or - for stdout (default: KEY-cert.pub beside the key)")
+	f.StringVar(&passFile, "passphrase-file", "", "passphrase of an encrypted CA key")
+	return cmd
+}
+
+// writeCert writes cert as an authorized_keys line and summarises it on stderr.
+func (a *app) writeCert(cert *ssh.Certificate, keyPath, out string) error {
+	line := ssh.MarshalAuthorizedKey(cert)
+	if out == "" {
+		out = certOutPath(keyPath)
+	}
+	if out == "-" {
+		if _, err := a.stdout.Write(line); err != nil {
+			return err
+		}
+	} else if err := os.WriteFile(out, line, 0o644); err != nil {
+		return fmt.Errorf("write certificate: %w", err)
+	}
+	kind := "user"
+	if cert.CertType == ssh.HostCert {
+		kind = "host"
+	}
+	dest := out
+	if out == "-" {
+		dest = "stdout"
+	}
+	fmt.Fprintf(a.stderr, "signed %s certificate %s\n  key id:     %q\n  serial:     %d\n  principals: %s\n  valid:      %s to %s\n  CA:         %s\n",
+		kind, dest, cert.KeyId, cert.Serial, strings.Join(cert.ValidPrincipals, ","),
+		time.Unix(int64(cert.ValidAfter), 0).Format(time.RFC3339), time.Unix(int64(cert.ValidBefore), 0).Format(time.RFC3339),
+		ca.Fingerprint(cert.SignatureKey))
+	return nil
+}
+
+func newCAInspectCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:     "inspect CERT",
+		Short:   "Show a certificate's fields, as ssh-keygen -L does",
+		Example: "  bastion ca inspect ~/.ssh/id_ed25519-cert.pub",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, err := readPublicKeyFile(args[0])
+			if err != nil {
+				return err
+			}
+			cert, ok := k.(*ssh.Certificate)
+			if !ok {
+				return fmt.Errorf("%s is a plain public key, not a certificate", args[0])
+			}
+			_, err = fmt.Fprint(a.stdout, ca.Describe(args[0], cert))
+			return err
+		},
+	}
+}
+
+func newCARevokeCommand(a *app) *cobra.Command {
+	var (
+		serial         uint64
+		keyID, keyFile string
+		reason         string
+	)
+	cmd := &cobra.Command{
+		Use:   "revoke (--serial N | --key-id ID | --key FILE.pub) [--reason TEXT]",
+		Short: "Revoke certificates by serial or key id, or a key (and every certificate for it)",
+		Example: `  bastion ca revoke --serial 1234567890 --reason "laptop stolen"
+  bastion ca revoke --key-id alice@example.com
+  bastion ca revoke --key ~/.ssh/id_ed25519.pub`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var rev ca.Revocation
+			switch {
+			case serial != 0:
+				rev = ca.Revocation{Kind: ca.RevokeSerial, Value: strconv.FormatUint(serial, 10)}
+			case keyID != "":
+				rev = ca.Revocation{Kind: ca.RevokeKeyID, Value: keyID}
+			default:
+				k, err := readPublicKeyFile(keyFile)
+				if err != nil {
+					return err
+				}
+				rev = ca.RevokeKeyRequest(k)
+			}
+			rev.Reason, rev.By = reason, a.operator()
+			store, err := a.openAudit()
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			revs, err := ca.LoadRevocations(store, nil)
+			if err != nil {
+				return err
+			}
+			if err := revs.Revoke(cmd.Context(), rev); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stderr, "revoked %s %s\nnext: `bastion ca krl --out FILE` and copy FILE to the RevokedKeys path on every host\n", rev.Kind, rev.Value)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.Uint64Var(&serial, "serial", 0, "revoke the certificate with this serial")
+	f.StringVar(&keyID, "key-id", "", "revoke every certificate with this key id")
+	f.StringVar(&keyFile, "key", "", "revoke this public key (or the key inside this certificate)")
+	f.StringVar(&reason, "reason", "", "why, for the audit log")
+	cmd.MarkFlagsMutuallyExclusive("serial", "key-id", "key")
+	cmd.MarkFlagsOneRequired("serial", "key-id", "key")
+	return cmd
+}
+
+func newCAKRLCommand(a *app) *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "krl --out FILE",
+		Short: "Write the revocation list as an OpenSSH KRL for sshd's RevokedKeys",
+		Example: `  bastion ca krl --out /etc/ssh/bastion_revoked.krl
+  ssh-keygen -Q -f /etc/ssh/bastion_revoked.krl ~/.ssh/id_ed25519-cert.pub`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var cas []ssh.PublicKey
+			for _, k := range []ca.Kind{ca.UserCA, ca.HostCA} {
+				keys, err := a.layout().TrustedKeys(k)
+				if err != nil {
+					return err
+				}
+				cas = append(cas, keys...)
+			}
+			store, err := a.openAuditReadOnly()
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			revs, err := ca.LoadRevocations(store, nil)
+			if err != nil {
+				return err
+			}
+			data, err := revs.KRL(cas).Marshal()
+			if err != nil {
+				return err
+			}
+			if out == "-" {
+				_, err = a.stdout.Write(data)
+				return err
+			}
+			if err := os.WriteFile(out, data, 0o644); err != nil {
+				return fmt.Errorf("write KRL: %w", err)
+			}
+			fmt.Fprintf(a.stderr, "wrote %s (%d revocations)\n", out, len(revs.List()))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "file to write (- for stdout)")
+	_ = cmd.MarkFlagRequired("out")
+	return cmd
+}
+
+func newCAExportCommand(a *app) *cobra.Command {
+	var pattern string
+	cmd := &cobra.Command{
+		Use:   "export (--user | --host)",
+		Short: "Print the CA public keys as TrustedUserCAKeys lines (--user) or @cert-authority known_hosts lines (--host)",
+		Example: `  bastion ca export --user > /etc/ssh/bastion_user_ca.pub     # sshd: TrustedUserCAKeys /etc/ssh/bastion_user_ca.pub
+  bastion ca export --host --hosts '*.internal' >> ~/.ssh/known_hosts`,
+		Args: cobra.NoArgs,
+	}
+	kind := kindFlags(cmd)
+	cmd.Flags().StringVar(&pattern, "hosts", "*", "known_hosts host pattern for --host lines")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		k, _ := kind()
+		keys, err := a.layout().TrustedKeys(k)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprint(a.stdout, ca.ExportLines(k, keys, pattern))
+		return err
+	}
+	return cmd
+}
+
+func newCARotateCommand(a *app) *cobra.Command {
+	var keyType, passFile string
+	cmd := &cobra.Command{
+		Use:   "rotate (--user | --host)",
+		Short: "Replace a CA key; the old key stays trusted until `ca retire`",
+		Example: `  bastion ca rotate --user
+  bastion ca export --user > /etc/ssh/bastion_user_ca.pub   # distribute: both keys are listed
+  bastion ca retire --user                                  # after the longest certificate has expired`,
+		Args: cobra.NoArgs,
+	}
+	kind := kindFlags(cmd)
+	cmd.Flags().StringVar(&keyType, "key-type", "", "type of the new key (default: same as the current one)")
+	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "passphrase of an encrypted CA key (the new key uses it too)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		k, _ := kind()
+		var kt ca.KeyType
+		if keyType != "" {
+			var err error
+			if kt, err = ca.ParseKeyType(keyType); err != nil {
+				return err
+			}
+		}
+		auth, store, err := a.loadAuthority(passFile)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		oldKey, newKey, err := auth.Rotate(cmd.Context(), k, kt, a.operator())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stderr, "rotated the %s CA\n  new (signing): %s\n  old (trusted until retired): %s\nnext: distribute `bastion ca export --%s`, then `bastion ca retire --%s` once certificates from the old key have expired\n",
+			k, ca.Fingerprint(newKey), ca.Fingerprint(oldKey), k, k)
+		return nil
+	}
+	return cmd
+}
+
+func newCARetireCommand(a *app) *cobra.Command {
+	var fp, passFile string
+	cmd := &cobra.Command{
+		Use:     "retire (--user | --host) [--fingerprint SHA256:...]",
+		Short:   "Stop trusting CA keys replaced by `ca rotate` (all, or one by fingerprint)",
+		Example: "  bastion ca retire --user --fingerprint SHA256:kdpyCBXKMz1hP1/MaIbxJNEdwEzGRVjZey2ZvPpP1d4",
+		Args:    cobra.NoArgs,
+	}
+	kind := kindFlags(cmd)
+	cmd.Flags().StringVar(&fp, "fingerprint", "", "retire only the previous key with this fingerprint")
+	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "passphrase of an encrypted CA key")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		k, _ := kind()
+		auth, store, err := a.loadAuthority(passFile)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		gone, err := auth.Retire(cmd.Context(), k, fp, a.operator())
+		if err != nil {
+			return err
+		}
+		for _, g := range gone {
+			fmt.Fprintf(a.stderr, "retired %s CA key %s\n", k, ca.Fingerprint(g))
+		}
+		return nil
+	}
+	return cmd
+}
