@@ -44,4 +44,8 @@ const (
 	TypeUserUnlocked  = "user.unlocked"
 	TypeSourceBanned  = "source.banned"
 	TypeChannelDenied = "channel.refused"
+	TypeRequestDenied = "request.refused"
+	TypeCommand       = "gateway.command"
+	TypeGatewayStart  = "gateway.start"
+	TypeGatewayStop   = "gateway.stop"
 )
