@@ -88,6 +88,7 @@ root logins are refused by construction; every attempt is audited.`,
 		newVersionCommand(a),
 		newCACommand(a),
 		newAuditCommand(a),
+		newServeCommand(a),
 	)
 	return root
 }

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/gateway"
+	"github.com/bastion-ssh/bastion/internal/config"
+)
+
+func newServeCommand(a *app) *cobra.Command {
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "serve --config bastion.yaml",
+		Short: "Run the SSH gateway",
+		Long: `Run the certificate-only SSH gateway described by bastion.yaml. It holds
+the audit log open for writing, so while it runs, CLI commands that write
+(ca sign, ca revoke, lock) fail fast; use the gateway's admin commands
+over SSH instead (ssh -p 2222 admin@bastion lock alice).`,
+		Example: `  bastion ca init --data-dir ./data
+  bastion serve --config bastion.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, err := config.Load(configPath)
+			if err != nil {
+				return err
+			}
+			logger := newLogger(a.stderr, f.Log)
+			rt, err := startRuntime(cmd.Context(), f, logger)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stderr, "bastion: gateway listening on %s\n", rt.sshAddr)
+			if rt.metricsAddr != "" {
+				fmt.Fprintf(a.stderr, "bastion: metrics on http://%s/metrics\n", rt.metricsAddr)
+			}
+			<-cmd.Context().Done()
+			fmt.Fprintln(a.stderr, "bastion: shutting down")
+			return rt.stop()
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "/etc/bastion/bastion.yaml", "path of bastion.yaml")
+	return cmd
+}
+
+// newLogger builds the slog debug logger the config asks for.
+func newLogger(w interface{ Write([]byte) (int, error) }, lc config.Log) *slog.Logger {
+	level := slog.LevelInfo
+	_ = level.UnmarshalText([]byte(lc.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if lc.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// runtime is a running gateway with everything it owns.
+type runtime struct {
+	gw          *gateway.Gateway
+	store       *audit.Store
+	metricsSrv  *http.Server
+	sshAddr     string
+	metricsAddr string
+	served      chan error
+}
+
+// startRuntime opens the data dir, builds the gateway and starts serving
+// SSH (and metrics, when configured).
+func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*runtime, error) {
+	layout := ca.Layout{DataDir: f.DataDir}
+	if !layout.Exists() {
+		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), f.DataDir)
+	}
+	pass, err := readPassphrase(f.CA.PassphraseFile)
+	if err != nil {
+		return nil, err
+	}
+	policy, err := f.Policy()
+	if err != nil {
+		return nil, err
+	}
+	store, err := audit.Open(layout.AuditDB(), audit.Options{Timeout: time.Second, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*runtime, error) {
+		store.Close()
+		return nil, err
+	}
+	auth, err := ca.New(ca.Config{Layout: layout, Policy: policy, Passphrase: pass}, store)
+	if err != nil {
+		return fail(err)
+	}
+	revs, err := ca.LoadRevocations(store, nil)
+	if err != nil {
+		return fail(err)
+	}
+	locks, err := gateway.LoadLocks(store, nil)
+	if err != nil {
+		return fail(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gc := f.Gateway()
+	gc.Logger = logger
+	gw, err := gateway.New(gc, gateway.Deps{Authority: auth, Revocations: revs, Locks: locks, Audit: store, Registry: reg})
+	if err != nil {
+		return fail(err)
+	}
+	ln, err := net.Listen("tcp", gc.Listen)
+	if err != nil {
+		return fail(fmt.Errorf("listen on %s: %w (is another process using the port?)", gc.Listen, err))
+	}
+	rt := &runtime{gw: gw, store: store, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
+	if f.MetricsListen != "" {
+		mln, err := net.Listen("tcp", f.MetricsListen)
+		if err != nil {
+			ln.Close()
+			return fail(fmt.Errorf("metrics_listen %s: %w", f.MetricsListen, err))
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		rt.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		rt.metricsAddr = mln.Addr().String()
+		go rt.metricsSrv.Serve(mln)
+	}
+	go func() { rt.served <- gw.Serve(ln) }()
+	return rt, nil
+}
+
+// stop shuts the gateway down gracefully and closes the audit log.
+func (rt *runtime) stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := rt.gw.Shutdown(ctx)
+	if rt.metricsSrv != nil {
+		rt.metricsSrv.Shutdown(ctx)
+	}
+	if serr := <-rt.served; serr != nil && !errors.Is(serr, net.ErrClosed) {
+		err = errors.Join(err, serr)
+	}
+	return errors.Join(err, rt.store.Close())
+}
+

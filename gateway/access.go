@@ -1,0 +1,216 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"path"
+	"slices"
+	"strings"
+)
+
+// Resolver looks up a name's addresses; *net.Resolver is one.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// guardedRanges hold addresses that no name pattern or broad prefix may
+// reach: a rule must name them with an address or a prefix inside them.
+// They are the gateway itself (loopback), link-local networks where cloud
+// metadata services live (169.254.169.254, fd00:ec2::254 and friends), and
+// addresses that are not a single host.
+var guardedRanges = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("fe80::/10"),
+	netip.MustParsePrefix("fd00:ec2::/32"),
+	netip.MustParsePrefix("100.100.100.200/32"), // Alibaba Cloud metadata
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("::/128"),
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("ff00::/8"),
+	netip.MustParsePrefix("255.255.255.255/32"),
+}
+
+// guardedRange returns the guarded range holding a, if any.
+func guardedRange(a netip.Addr) (netip.Prefix, bool) {
+	for _, p := range guardedRanges {
+		if p.Contains(a) {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// Access decision reason codes (audit "reason" of a refused jump).
+const (
+	ReasonNoRule           = "no_access_rule"
+	ReasonHostNotAllowed   = "host_not_allowed"
+	ReasonPortNotAllowed   = "port_not_allowed"
+	ReasonGuardedAddress   = "guarded_address"
+	ReasonResolveFailed    = "resolve_failed"
+	ReasonDialFailed       = "dial_failed"
+	ReasonAuditUnavailable = "audit_unavailable"
+)
+
+// accessError is a refused jump with its reason code.
+type accessError struct {
+	reason string
+	msg    string
+}
+
+func (e *accessError) Error() string { return e.msg }
+
+// accessPolicy is the compiled list of access rules.
+type accessPolicy struct {
+	rules []compiledRule
+}
+
+type compiledRule struct {
+	principals, groups []string
+	hosts              []hostPattern
+	ports              []int
+}
+
+func compileAccess(rules []AccessRule) (*accessPolicy, error) {
+	p := &accessPolicy{}
+	for i, r := range rules {
+		if err := r.validate(); err != nil {
+			return nil, fmt.Errorf("gateway: access[%d]: %w", i, err)
+		}
+		cr := compiledRule{principals: r.Principals, groups: r.Groups, ports: r.Ports}
+		if len(cr.ports) == 0 {
+			cr.ports = []int{22}
+		}
+		for _, h := range r.Hosts {
+			hp, _ := parseHostPattern(h)
+			cr.hosts = append(cr.hosts, hp)
+		}
+		p.rules = append(p.rules, cr)
+	}
+	return p, nil
+}
+
+// appliesTo reports whether the rule is about this identity.
+func (r compiledRule) appliesTo(id *Identity) bool {
+	for _, p := range r.principals {
+		if slices.Contains(id.Principals, p) {
+			return true
+		}
+	}
+	for _, g := range r.groups {
+		if id.HasGroup(g) {
+			return true
+		}
+	}
+	return false
+}
+
+// allows reports whether the rule lets name (as requested) resolved to
+// addr through.
+func (r compiledRule) allows(name string, addr netip.Addr) bool {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	_, nameIsAddr := netip.ParseAddr(name)
+	byName, byAddr, namedGuarded := false, false, false
+	guard, isGuarded := guardedRange(addr)
+	for _, h := range r.hosts {
+		if h.prefix.IsValid() {
+			if h.prefix.Contains(addr) {
+				byAddr = true
+				// A guarded address must be named by an address or a
+				// prefix no wider than its guarded range.
+				if isGuarded && h.prefix.Bits() >= guard.Bits() {
+					namedGuarded = true
+				}
+			}
+			continue
+		}
+		if nameIsAddr == nil {
+			continue // an address literal never matches a name pattern
+		}
+		if ok, _ := path.Match(h.glob, name); ok {
+			byName = true
+		}
+	}
+	if isGuarded {
+		return namedGuarded
+	}
+	return byName || byAddr
+}
+
+// Destination is a decided jump: the name asked for and the one address
+// the gateway will dial (no second lookup, so no DNS rebinding race).
+type Destination struct {
+	Host string
+	Port int
+	Addr netip.AddrPort
+}
+
+// decide resolves host once and returns the destination the first
+// applicable rule allows, or an *accessError.
+func (p *accessPolicy) decide(ctx context.Context, res Resolver, id *Identity, host string, port int) (Destination, error) {
+	var applicable []compiledRule
+	for _, r := range p.rules {
+		if r.appliesTo(id) {
+			applicable = append(applicable, r)
+		}
+	}
+	if len(applicable) == 0 {
+		return Destination{}, &accessError{ReasonNoRule, fmt.Sprintf("no access rule covers %s; ask an administrator for access", id.User)}
+	}
+	var addrs []netip.Addr
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a.Zone() != "" {
+			return Destination{}, &accessError{ReasonHostNotAllowed, fmt.Sprintf("%s: addresses with a zone are not allowed", host)}
+		}
+		addrs = []netip.Addr{a.Unmap()}
+	} else {
+		if !validHostname(host) {
+			return Destination{}, &accessError{ReasonHostNotAllowed, fmt.Sprintf("%q is not a valid host name", host)}
+		}
+		var err error
+		addrs, err = res.LookupNetIP(ctx, "ip", host)
+		if err != nil || len(addrs) == 0 {
+			return Destination{}, &accessError{ReasonResolveFailed, fmt.Sprintf("cannot resolve %s: %v", host, err)}
+		}
+	}
+	hostOK := false
+	guarded := false
+	for _, r := range applicable {
+		for _, a := range addrs {
+			a = a.Unmap()
+			if !r.allows(host, a) {
+				if _, g := guardedRange(a); g {
+					guarded = true
+				}
+				continue
+			}
+			hostOK = true
+			if slices.Contains(r.ports, port) {
+				return Destination{Host: host, Port: port, Addr: netip.AddrPortFrom(a, uint16(port))}, nil
+			}
+		}
+	}
+	switch {
+	case hostOK:
+		return Destination{}, &accessError{ReasonPortNotAllowed, fmt.Sprintf("port %d on %s is not allowed for %s", port, host, id.User)}
+	case guarded:
+		return Destination{}, &accessError{ReasonGuardedAddress, fmt.Sprintf("%s resolves to a loopback, link-local or metadata address, which needs a rule naming that address", host)}
+	}
+	return Destination{}, &accessError{ReasonHostNotAllowed, fmt.Sprintf("%s is not allowed for %s", host, id.User)}
+}
+
+// validHostname is a loose RFC 1123 check: it only has to keep junk out of
+// the resolver and the audit log.
+func validHostname(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,155 @@
+package gateway
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Config configures a Gateway. cmd/bastion builds it from bastion.yaml.
+type Config struct {
+	// Listen is the SSH address, e.g. 127.0.0.1:2222.
+	Listen string
+	// HostKeyPath is the gateway's own host key (created if missing); its
+	// certificate is HostKeyPath+"-cert.pub", re-signed by the host CA
+	// whenever it is missing, foreign or near expiry.
+	HostKeyPath string
+	// HostNames are the principals of the gateway's host certificate.
+	HostNames []string
+	// Access rules; the first that matches decides, no match refuses.
+	Access []AccessRule
+	// Limits against abuse.
+	Limits Limits
+	// AdminGroups may lock and unlock users through the gateway.
+	AdminGroups []string
+	// DialTimeout bounds connecting to a target.
+	DialTimeout time.Duration
+	// ShutdownGrace is how long live sessions may finish on SIGTERM.
+	ShutdownGrace time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Logger receives debug logs (never secrets); default discards.
+	Logger *slog.Logger
+}
+
+// Limits bound what one source or one connection can do.
+type Limits struct {
+	// MaxAuthTries per connection (as sshd's MaxAuthTries).
+	MaxAuthTries int
+	// IdleTimeout closes connections with no traffic.
+	IdleTimeout time.Duration
+	// DisconnectExpiredCert ends connections when their certificate expires.
+	DisconnectExpiredCert bool
+	// BanAfterFailures failed attempts within BanWindow from one source
+	// address ban it for BanDuration. 0 disables banning.
+	BanAfterFailures int
+	BanWindow        time.Duration
+	BanDuration      time.Duration
+	// MaxUnauthenticated caps connections that have not authenticated yet
+	// (slow-loris defence); HandshakeTimeout closes those that take longer.
+	MaxUnauthenticated int
+	HandshakeTimeout   time.Duration
+}
+
+// DefaultLimits are the limits unless configured otherwise.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxAuthTries:          6,
+		IdleTimeout:           15 * time.Minute,
+		DisconnectExpiredCert: true,
+		BanAfterFailures:      10,
+		BanWindow:             10 * time.Minute,
+		BanDuration:           30 * time.Minute,
+		MaxUnauthenticated:    256,
+		HandshakeTimeout:      20 * time.Second,
+	}
+}
+
+// AccessRule says which identities may reach which hosts and ports.
+type AccessRule struct {
+	// Principals and Groups: the rule applies to an identity that holds
+	// any of these principals or any of these groups.
+	Principals []string
+	Groups     []string
+	// Hosts: exact names ("web1.internal"), name globs ("*.internal"),
+	// addresses ("10.0.0.5") or prefixes ("10.0.0.0/8").
+	Hosts []string
+	// Ports allowed; empty means 22 only.
+	Ports []int
+}
+
+// Validate checks the configuration and names the field to fix.
+func (c *Config) Validate() error {
+	if c.Listen == "" {
+		return fmt.Errorf("gateway: listen is empty: set it to host:port, e.g. 127.0.0.1:2222")
+	}
+	if c.HostKeyPath == "" {
+		return fmt.Errorf("gateway: host key path is empty")
+	}
+	for i, r := range c.Access {
+		if err := r.validate(); err != nil {
+			return fmt.Errorf("gateway: access[%d]: %w", i, err)
+		}
+	}
+	l := c.Limits
+	switch {
+	case l.MaxAuthTries < 1:
+		return fmt.Errorf("gateway: limits.max_auth_tries must be at least 1")
+	case l.BanAfterFailures < 0:
+		return fmt.Errorf("gateway: limits.ban_after_failures must be 0 (off) or more")
+	case l.BanAfterFailures > 0 && (l.BanWindow <= 0 || l.BanDuration <= 0):
+		return fmt.Errorf("gateway: limits.ban_window and limits.ban_duration must be positive when ban_after_failures is set")
+	case l.MaxUnauthenticated < 1:
+		return fmt.Errorf("gateway: limits.max_unauthenticated must be at least 1")
+	case l.HandshakeTimeout <= 0:
+		return fmt.Errorf("gateway: limits.handshake_timeout must be positive")
+	case l.IdleTimeout < 0:
+		return fmt.Errorf("gateway: limits.idle_timeout must not be negative")
+	}
+	return nil
+}
+
+func (r AccessRule) validate() error {
+	if len(r.Principals) == 0 && len(r.Groups) == 0 {
+		return fmt.Errorf("names no principals and no groups, so it matches nobody: add principals: or groups:")
+	}
+	if len(r.Hosts) == 0 {
+		return fmt.Errorf("names no hosts: add hosts:")
+	}
+	for _, h := range r.Hosts {
+		if _, err := parseHostPattern(h); err != nil {
+			return err
+		}
+	}
+	for _, p := range r.Ports {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("port %d is out of range 1-65535", p)
+		}
+	}
+	return nil
+}
+
+// hostPattern is one entry of AccessRule.Hosts.
+type hostPattern struct {
+	raw    string
+	prefix netip.Prefix // valid for addresses and CIDRs
+	glob   string       // lower-cased name or glob otherwise
+}
+
+func parseHostPattern(s string) (hostPattern, error) {
+	if s == "" {
+		return hostPattern{}, fmt.Errorf("empty host pattern")
+	}
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return hostPattern{raw: s, prefix: p.Masked()}, nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return hostPattern{raw: s, prefix: netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())}, nil
+	}
+	if strings.ContainsAny(s, " ,/\t") {
+		return hostPattern{}, fmt.Errorf("host pattern %q is neither a name, a glob such as *.internal, an address nor a CIDR", s)
+	}
+	return hostPattern{raw: s, glob: strings.ToLower(strings.TrimSuffix(s, "."))}, nil
+}

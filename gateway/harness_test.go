@@ -1,0 +1,186 @@
+package gateway
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/testbed"
+)
+
+// testGateway is a real gateway on a loopback port with its own CA and
+// audit log, and a real sshd target that trusts the CA.
+type testGateway struct {
+	t      *testing.T
+	gw     *Gateway
+	addr   string
+	port   int
+	layout ca.Layout
+	store  *audit.Store
+	auth   *ca.Authority
+	revs   *ca.Revocations
+	locks  *Locks
+	reg    *prometheus.Registry
+	target *testbed.SSHD
+	user   string // the login user on the target (and principal)
+}
+
+type gatewayOption func(*Config)
+
+// startGateway starts a gateway whose access rules let the test login
+// user reach the target sshd.
+func startGateway(t *testing.T, opts ...gatewayOption) *testGateway {
+	t.Helper()
+	testbed.RequireOpenSSH(t)
+	tg := &testGateway{t: t, user: testbed.LoginUser(t), layout: ca.Layout{DataDir: t.TempDir()}, reg: prometheus.NewRegistry()}
+	if _, _, err := ca.Init(tg.layout, ca.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if tg.store, err = audit.Open(tg.layout.AuditDB(), audit.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if tg.auth, err = ca.New(ca.Config{Layout: tg.layout}, tg.store); err != nil {
+		t.Fatal(err)
+	}
+	if tg.revs, err = ca.LoadRevocations(tg.store, nil); err != nil {
+		t.Fatal(err)
+	}
+	if tg.locks, err = LoadLocks(tg.store, nil); err != nil {
+		t.Fatal(err)
+	}
+	tg.target = testbed.StartSSHD(t, testbed.SSHDConfig{
+		TrustedUserCAKeys: ca.ExportLines(ca.UserCA, tg.auth.TrustedKeys(ca.UserCA), ""),
+	})
+	cfg := Config{
+		Listen:      "127.0.0.1:0",
+		HostKeyPath: tg.layout.DataDir + "/gateway/ssh_host_ed25519_key",
+		HostNames:   []string{"127.0.0.1", "localhost"},
+		Access: []AccessRule{
+			{Principals: []string{tg.user}, Hosts: []string{"127.0.0.1"}, Ports: []int{tg.target.Port}},
+		},
+		Limits:        DefaultLimits(),
+		AdminGroups:   []string{"admins"},
+		ShutdownGrace: 5 * time.Second,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	tg.gw, err = New(cfg, Deps{Authority: tg.auth, Revocations: tg.revs, Locks: tg.locks, Audit: tg.store, Registry: tg.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.addr = ln.Addr().String()
+	tg.port = ln.Addr().(*net.TCPAddr).Port
+	served := make(chan error, 1)
+	go func() { served <- tg.gw.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		tg.gw.Shutdown(ctx)
+		<-served
+		tg.store.Close()
+	})
+	return tg
+}
+
+// client returns an OpenSSH client holding a certificate from req (its Key
+// is filled in) that trusts the gateway and target host keys.
+func (tg *testGateway) client(req ca.Request) *testbed.Client {
+	tg.t.Helper()
+	c := testbed.NewClient(tg.t)
+	c.TrustHostCA("*", tg.auth.PublicKey(ca.HostCA))
+	c.TrustHostKey(tg.target.Addr, tg.target.HostKeyPub)
+	c.StrictHostKeyChecking = "yes"
+	if req.Kind == "" {
+		req.Kind = ca.UserCA
+	}
+	if len(req.Principals) == 0 && req.Kind == ca.UserCA {
+		req.Principals = []string{tg.user}
+	}
+	req.Key = c.PublicKey()
+	cert, err := tg.auth.Sign(tg.t.Context(), req)
+	if err != nil {
+		tg.t.Fatal(err)
+	}
+	c.SetCertificate(gossh.MarshalAuthorizedKey(cert))
+	return c
+}
+
+// jumpArgs are the ssh arguments to reach the target through the gateway
+// as user; extra args (the remote command) follow.
+func (tg *testGateway) jumpArgs(user string, extra ...string) []string {
+	return append([]string{"-J", user + "@" + tg.addr, "-p", strconv.Itoa(tg.target.Port), tg.user + "@127.0.0.1"}, extra...)
+}
+
+// gatewayArgs are ssh arguments to run a command on the gateway itself.
+func (tg *testGateway) gatewayArgs(user string, extra ...string) []string {
+	return append([]string{"-p", strconv.Itoa(tg.port), user + "@127.0.0.1"}, extra...)
+}
+
+// events returns the audit events of type typ.
+func (tg *testGateway) events(typ string) []audit.Event {
+	tg.t.Helper()
+	var out []audit.Event
+	err := tg.store.Iterate(context.Background(), audit.Filter{Types: []string{typ}}, func(ev audit.Event) error {
+		out = append(out, ev)
+		return nil
+	})
+	if err != nil {
+		tg.t.Fatal(err)
+	}
+	return out
+}
+
+// waitEvent waits (bounded) for an event of typ whose fields include all
+// of want, since some are written as connections wind down.
+func (tg *testGateway) waitEvent(typ string, want map[string]string) audit.Event {
+	tg.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, ev := range tg.events(typ) {
+			if fieldsMatch(ev.Fields, want) {
+				return ev
+			}
+		}
+		if time.Now().After(deadline) {
+			tg.t.Fatalf("no %s event with %v; have:\n%s", typ, want, tg.dump())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func fieldsMatch(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// dump renders the audit log for failure messages.
+func (tg *testGateway) dump() string {
+	var b strings.Builder
+	_ = tg.store.Iterate(context.Background(), audit.Filter{}, func(ev audit.Event) error {
+		b.WriteString(ev.Type + " " + ev.Actor + " ")
+		for k, v := range ev.Fields {
+			b.WriteString(k + "=" + v + " ")
+		}
+		b.WriteString("\n")
+		return nil
+	})
+	return b.String()
+}

@@ -1,0 +1,210 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gliderssh "github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/audit"
+)
+
+// directTCPIP is the payload of a direct-tcpip channel open (RFC 4254 §7.2).
+type directTCPIP struct {
+	Host       string
+	Port       uint32
+	OriginAddr string
+	OriginPort uint32
+}
+
+// handleDirectTCPIP is the jump: policy decides the target, the name is
+// resolved once and that address dialled, session.start is made durable
+// before the channel is accepted, and bytes are relayed until either side
+// closes.
+func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx gliderssh.Context) {
+	cs := stateOf(ctx)
+	id, err := cs.touch(g, conn)
+	if err != nil {
+		nc.Reject(gossh.Prohibited, "bastion: "+err.Error())
+		return
+	}
+	var req directTCPIP
+	if err := gossh.Unmarshal(nc.ExtraData(), &req); err != nil || req.Port > 65535 {
+		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", "bad_request", "malformed direct-tcpip request")
+		nc.Reject(gossh.ConnectionFailed, "bastion: malformed direct-tcpip request")
+		return
+	}
+	target := net.JoinHostPort(req.Host, strconv.Itoa(int(req.Port)))
+	refuse := func(reason, msg string, rejection gossh.RejectionReason) {
+		g.metrics.jumps.WithLabelValues("refused", reason).Inc()
+		f := id.auditFields()
+		f["target"], f["reason"], f["detail"], f["remote"], f["conn"] = target, reason, msg, cs.remote.String(), cs.id
+		g.record(context.Background(), audit.Event{Type: audit.TypeChannelDenied, Actor: id.User, Session: cs.id, Fields: f})
+		nc.Reject(rejection, "bastion: "+msg)
+	}
+
+	openCtx, cancel := context.WithTimeout(ctx, g.cfg.DialTimeout)
+	defer cancel()
+	dest, err := g.access.decide(openCtx, g.deps.Resolver, id, req.Host, int(req.Port))
+	if err != nil {
+		var ae *accessError
+		if errors.As(err, &ae) {
+			refuse(ae.reason, ae.msg, gossh.Prohibited)
+		} else {
+			refuse(ReasonHostNotAllowed, err.Error(), gossh.Prohibited)
+		}
+		return
+	}
+	upstream, err := g.deps.Dial(openCtx, "tcp", dest.Addr.String())
+	if err != nil {
+		refuse(ReasonDialFailed, fmt.Sprintf("cannot connect to %s (%s): %v", target, dest.Addr, dialReason(err)), gossh.ConnectionFailed)
+		return
+	}
+
+	sessionID := newID()
+	start := g.now()
+	f := id.auditFields()
+	f["target"], f["addr"], f["remote"], f["conn"] = target, dest.Addr.String(), cs.remote.String(), cs.id
+	f["origin"] = net.JoinHostPort(req.OriginAddr, strconv.Itoa(int(req.OriginPort)))
+	// Fail closed: no byte flows unless the start of the session is on disk.
+	if err := g.record(ctx, audit.Event{Type: audit.TypeSessionStart, Actor: id.User, Session: sessionID, Fields: f}); err != nil {
+		upstream.Close()
+		g.metrics.jumps.WithLabelValues("refused", ReasonAuditUnavailable).Inc()
+		nc.Reject(gossh.ResourceShortage, "bastion: audit log unavailable; refusing to open an unrecorded session")
+		return
+	}
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		upstream.Close()
+		g.endSession(id, cs, sessionID, target, start, 0, 0, "accept_failed")
+		return
+	}
+	g.sessions.Add(1)
+	defer g.sessions.Done()
+	g.metrics.jumps.WithLabelValues("ok", "").Inc()
+	g.metrics.channels.WithLabelValues("direct-tcpip").Inc()
+	defer g.metrics.channels.WithLabelValues("direct-tcpip").Dec()
+	go gossh.DiscardRequests(reqs)
+	cs.log.Info("jump started", "session", sessionID, "target", target, "addr", dest.Addr.String())
+
+	up, down, why := relay(ctx, ch, upstream)
+	g.metrics.bytesRelayed.WithLabelValues("up").Add(float64(up))
+	g.metrics.bytesRelayed.WithLabelValues("down").Add(float64(down))
+	if r := cs.reason(); r != "" {
+		why = r
+	}
+	g.endSession(id, cs, sessionID, target, start, up, down, why)
+}
+
+// endSession writes session.end.
+func (g *Gateway) endSession(id *Identity, cs *connState, sessionID, target string, start time.Time, up, down int64, why string) {
+	f := id.auditFields()
+	f["target"], f["remote"], f["conn"] = target, cs.remote.String(), cs.id
+	f["duration_ms"] = strconv.FormatInt(g.now().Sub(start).Milliseconds(), 10)
+	f["bytes_up"], f["bytes_down"], f["reason"] = strconv.FormatInt(up, 10), strconv.FormatInt(down, 10), why
+	g.record(context.Background(), audit.Event{Type: audit.TypeSessionEnd, Actor: id.User, Session: sessionID, Fields: f})
+	cs.log.Info("jump ended", "session", sessionID, "bytes_up", up, "bytes_down", down, "reason", why)
+}
+
+// dialReason shortens a dial error for the client.
+func dialReason(err error) string {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timed out"
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Err.Error()
+	}
+	return err.Error()
+}
+
+// relayBufferSize bounds the memory each direction of a relay holds; with
+// x/crypto's per-channel window this bounds a session's buffering.
+const relayBufferSize = 32 * 1024
+
+// relayBuffers are shared by all relays, so idle sessions hold none.
+var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
+
+// relay copies both ways with half-close: when one side finishes sending,
+// the other is told (CloseWrite) and the copy the other way goes on. A
+// failed copy, or the end of the SSH connection (ctx), tears both down. It
+// returns the bytes sent up (client to target) and down, and why it ended.
+func relay(ctx context.Context, ch gossh.Channel, target net.Conn) (up, down int64, why string) {
+	var upN, downN atomic.Int64
+	var upErr, downErr error
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		_, upErr = copyCounted(target, ch, &upN)
+		if tc, ok := target.(interface{ CloseWrite() error }); ok && upErr == nil {
+			tc.CloseWrite()
+		} else {
+			target.Close()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		_, downErr = copyCounted(ch, target, &downN)
+		if downErr == nil {
+			ch.CloseWrite()
+		} else {
+			ch.Close()
+		}
+	}()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		ch.Close()
+		target.Close()
+		<-done
+	}
+	ch.Close()
+	target.Close()
+	switch {
+	case ctx.Err() != nil:
+		why = "connection_closed"
+	case upErr != nil:
+		why = "client_error"
+	case downErr != nil:
+		why = "target_error"
+	default:
+		why = "closed"
+	}
+	return upN.Load(), downN.Load(), why
+}
+
+// copyCounted is io.Copy with a pooled buffer and a live byte count.
+func copyCounted(dst io.Writer, src io.Reader, n *atomic.Int64) (int64, error) {
+	bp := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(bp)
+	var total int64
+	for {
+		nr, rerr := src.Read(*bp)
+		if nr > 0 {
+			nw, werr := dst.Write((*bp)[:nr])
+			total += int64(nw)
+			n.Add(int64(nw))
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}

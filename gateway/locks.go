@@ -1,0 +1,153 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/ca"
+)
+
+// locksBucket holds one JSON Lock per locked name.
+var locksBucket = []byte("locks")
+
+// Lock bars a user from the gateway.
+type Lock struct {
+	// Target matches an identity's login user, any of its principals, or
+	// its certificate key id.
+	Target string    `json:"target"`
+	Reason string    `json:"reason,omitempty"`
+	By     string    `json:"by,omitempty"`
+	Time   time.Time `json:"time"`
+}
+
+// Locks is the set of locked users, persisted next to the user.locked and
+// user.unlocked audit records that changed it.
+type Locks struct {
+	store ca.StateStore
+	now   func() time.Time
+
+	mu    sync.RWMutex
+	locks map[string]Lock
+	// onLock is called after a lock is stored, to end live sessions.
+	onLock func(Lock)
+}
+
+// LoadLocks reads the lock list from store.
+func LoadLocks(store ca.StateStore, now func() time.Time) (*Locks, error) {
+	if now == nil {
+		now = time.Now
+	}
+	l := &Locks{store: store, now: now, locks: map[string]Lock{}}
+	err := store.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(locksBucket)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var lk Lock
+			if err := json.Unmarshal(v, &lk); err != nil {
+				return fmt.Errorf("gateway: lock %q is corrupt: %w", k, err)
+			}
+			l.locks[lk.Target] = lk
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Lock bars target and ends its live sessions.
+func (l *Locks) Lock(ctx context.Context, lk Lock) error {
+	if lk.Target == "" || len(lk.Target) > 256 || strings.ContainsFunc(lk.Target, unicode.IsControl) {
+		return fmt.Errorf("gateway: lock: name a user, principal or key id to lock (1-256 printable characters)")
+	}
+	if lk.Time.IsZero() {
+		lk.Time = l.now().UTC()
+	}
+	data, err := json.Marshal(lk)
+	if err != nil {
+		return err
+	}
+	ev := audit.Event{Type: audit.TypeUserLocked, Actor: lk.By, Fields: map[string]string{"target": lk.Target, "reason": lk.Reason}}
+	if _, err := l.store.AppendWith(ctx, ev, func(tx *bbolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(locksBucket)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(lk.Target), data)
+	}); err != nil {
+		return fmt.Errorf("gateway: lock %s: %w", lk.Target, err)
+	}
+	l.mu.Lock()
+	l.locks[lk.Target] = lk
+	onLock := l.onLock
+	l.mu.Unlock()
+	if onLock != nil {
+		onLock(lk)
+	}
+	return nil
+}
+
+// Unlock lifts the lock on target.
+func (l *Locks) Unlock(ctx context.Context, target, by string) error {
+	l.mu.RLock()
+	_, ok := l.locks[target]
+	l.mu.RUnlock()
+	if !ok {
+		return fmt.Errorf("gateway: unlock: %s is not locked", target)
+	}
+	ev := audit.Event{Type: audit.TypeUserUnlocked, Actor: by, Fields: map[string]string{"target": target}}
+	if _, err := l.store.AppendWith(ctx, ev, func(tx *bbolt.Tx) error {
+		if b := tx.Bucket(locksBucket); b != nil {
+			return b.Delete([]byte(target))
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("gateway: unlock %s: %w", target, err)
+	}
+	l.mu.Lock()
+	delete(l.locks, target)
+	l.mu.Unlock()
+	return nil
+}
+
+// Find returns the lock that bars id, if any.
+func (l *Locks) Find(id *Identity) (Lock, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for _, name := range append([]string{id.User, id.KeyID}, id.Principals...) {
+		if lk, ok := l.locks[name]; ok && name != "" {
+			return lk, true
+		}
+	}
+	return Lock{}, false
+}
+
+// List returns the locks sorted by target.
+func (l *Locks) List() []Lock {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	out := make([]Lock, 0, len(l.locks))
+	for _, lk := range l.locks {
+		out = append(out, lk)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Target < out[j].Target })
+	return out
+}
+
+// matches reports whether lk bars id.
+func (lk Lock) matches(id *Identity) bool {
+	return lk.Target == id.User || lk.Target == id.KeyID || slices.Contains(id.Principals, lk.Target)
+}

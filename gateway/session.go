@@ -1,0 +1,255 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	shlex "github.com/anmitsu/go-shlex"
+	gliderssh "github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/audit"
+)
+
+// command is a built-in the gateway runs in a session channel. There is no
+// shell: these are the only programs the gateway ever runs.
+type command struct {
+	summary string
+	// group, if set, is required of the caller (AdminGroups for "admin").
+	admin bool
+	run   func(ctx context.Context, s *sessionIO, id *Identity, args []string) int
+}
+
+// sessionIO is a session channel seen by a command.
+type sessionIO struct {
+	stdout, stderr io.Writer
+	stdin          io.Reader
+	// crlf is set when the client asked for a pty: its terminal needs \r\n.
+	crlf bool
+}
+
+// printf writes to stdout, translating newlines on a pty.
+func (s *sessionIO) printf(format string, args ...any) {
+	out := fmt.Sprintf(format, args...)
+	if s.crlf {
+		out = strings.ReplaceAll(out, "\n", "\r\n")
+	}
+	io.WriteString(s.stdout, out)
+}
+
+// errorf writes to stderr, translating newlines on a pty.
+func (s *sessionIO) errorf(format string, args ...any) {
+	out := fmt.Sprintf(format, args...)
+	if s.crlf {
+		out = strings.ReplaceAll(out, "\n", "\r\n")
+	}
+	io.WriteString(s.stderr, out)
+}
+
+// handleSession serves a session channel on the gateway itself: no shell,
+// only the built-in commands. pty-req, env and window-change are accepted
+// (and ignored but for line endings); agent forwarding, X11 and subsystems
+// are refused and audited; the certificate's force-command, if any,
+// replaces whatever the client asked to run.
+func (g *Gateway) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx gliderssh.Context) {
+	cs := stateOf(ctx)
+	id, err := cs.touch(g, conn)
+	if err != nil {
+		nc.Reject(gossh.Prohibited, "bastion: "+err.Error())
+		return
+	}
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	g.metrics.channels.WithLabelValues("session").Inc()
+	defer g.metrics.channels.WithLabelValues("session").Dec()
+	sio := &sessionIO{stdout: ch, stderr: ch.Stderr(), stdin: ch}
+	for req := range reqs {
+		switch req.Type {
+		case "pty-req":
+			sio.crlf = true
+			req.Reply(true, nil)
+		case "env", "window-change", "signal", "break":
+			req.Reply(req.Type != "signal", nil)
+		case "shell", "exec":
+			var line string
+			if req.Type == "exec" {
+				var p struct{ Command string }
+				if err := gossh.Unmarshal(req.Payload, &p); err != nil {
+					req.Reply(false, nil)
+					continue
+				}
+				line = p.Command
+			}
+			req.Reply(true, nil)
+			if id.ForceCommand != "" {
+				line = id.ForceCommand
+			}
+			status := g.runCommand(ctx, cs, id, sio, line)
+			ch.CloseWrite()
+			ch.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{uint32(status)}))
+			return
+		default:
+			// auth-agent-req@openssh.com, x11-req, subsystem and the rest.
+			g.auditRefusal(cs, audit.TypeRequestDenied, req.Type, "not_supported", "the gateway does not "+describeRequest(req.Type))
+			req.Reply(false, nil)
+		}
+	}
+}
+
+// runCommand runs one built-in and audits it.
+func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, sio *sessionIO, line string) int {
+	args, err := shlex.Split(line, true)
+	if err != nil {
+		sio.errorf("bastion: cannot parse command: %v\n", err)
+		return 2
+	}
+	name := "info"
+	if len(args) > 0 {
+		name, args = args[0], args[1:]
+	}
+	cmd, ok := g.commands[name]
+	status := 127
+	switch {
+	case !ok:
+		sio.errorf("bastion: the gateway runs no shell and has no command %q.\nTo reach a host: ssh -J %s@<gateway> %s@HOST\nCommands here: %s\n", name, id.User, id.User, g.commandList(id))
+	case cmd.admin && !g.isAdmin(id):
+		sio.errorf("bastion: %s needs membership of an admin group (%s)\n", name, strings.Join(g.cfg.AdminGroups, ", "))
+		status = 126
+	default:
+		status = cmd.run(ctx, sio, id, args)
+	}
+	f := id.auditFields()
+	f["command"], f["exit_status"], f["remote"], f["conn"] = line, fmt.Sprint(status), cs.remote.String(), cs.id
+	g.record(context.Background(), audit.Event{Type: audit.TypeCommand, Actor: id.User, Session: cs.id, Fields: f})
+	return status
+}
+
+func (g *Gateway) isAdmin(id *Identity) bool {
+	for _, grp := range g.cfg.AdminGroups {
+		if id.HasGroup(grp) {
+			return true
+		}
+	}
+	return false
+}
+
+// commandList names the commands id may run.
+func (g *Gateway) commandList(id *Identity) string {
+	var names []string
+	for _, n := range []string{"info", "lock", "unlock", "locks"} {
+		if c, ok := g.commands[n]; ok && (!c.admin || g.isAdmin(id)) {
+			names = append(names, n)
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+func (g *Gateway) builtinCommands() map[string]command {
+	return map[string]command{
+		"info":   {summary: "who you are and where you may go", run: g.cmdInfo},
+		"lock":   {summary: "lock USER [--reason TEXT]: refuse USER and end their sessions", admin: true, run: g.cmdLock},
+		"unlock": {summary: "unlock USER", admin: true, run: g.cmdUnlock},
+		"locks":  {summary: "list locked users", admin: true, run: g.cmdLocks},
+	}
+}
+
+// cmdInfo prints who the caller is, when their certificate expires and
+// where they may jump.
+func (g *Gateway) cmdInfo(_ context.Context, s *sessionIO, id *Identity, _ []string) int {
+	left := id.ValidUntil.Sub(g.now()).Round(time.Minute)
+	s.printf("bastion: you are %s (key id %q, serial %d)\n", id.User, id.KeyID, id.Serial)
+	s.printf("  principals:  %s\n", strings.Join(id.Principals, ", "))
+	if len(id.Groups) > 0 {
+		s.printf("  groups:      %s\n", strings.Join(id.Groups, ", "))
+	}
+	s.printf("  certificate: expires %s (in %s)\n", id.ValidUntil.Format(time.RFC3339), left)
+	s.printf("  you may reach:\n")
+	any := false
+	for _, r := range g.access.rules {
+		if !r.appliesTo(id) {
+			continue
+		}
+		any = true
+		hosts := make([]string, len(r.hosts))
+		for i, h := range r.hosts {
+			hosts[i] = h.raw
+		}
+		s.printf("    %s  port %s\n", strings.Join(hosts, ", "), joinInts(r.ports))
+	}
+	if !any {
+		s.printf("    nothing: no access rule covers you\n")
+	}
+	s.printf("  jump with:   ssh -J %s@<this gateway> %s@HOST\n", id.User, id.User)
+	return 0
+}
+
+func (g *Gateway) cmdLock(ctx context.Context, s *sessionIO, id *Identity, args []string) int {
+	target, reason, err := parseLockArgs(args)
+	if err != nil {
+		s.errorf("bastion: %v\nusage: lock USER [--reason TEXT]\n", err)
+		return 2
+	}
+	if err := g.deps.Locks.Lock(ctx, Lock{Target: target, Reason: reason, By: id.User}); err != nil {
+		s.errorf("bastion: %v\n", err)
+		return 1
+	}
+	s.printf("locked %s\n", target)
+	return 0
+}
+
+func (g *Gateway) cmdUnlock(ctx context.Context, s *sessionIO, id *Identity, args []string) int {
+	if len(args) != 1 {
+		s.errorf("usage: unlock USER\n")
+		return 2
+	}
+	if err := g.deps.Locks.Unlock(ctx, args[0], id.User); err != nil {
+		s.errorf("bastion: %v\n", err)
+		return 1
+	}
+	s.printf("unlocked %s\n", args[0])
+	return 0
+}
+
+func (g *Gateway) cmdLocks(_ context.Context, s *sessionIO, _ *Identity, _ []string) int {
+	for _, lk := range g.deps.Locks.List() {
+		s.printf("%s\t%s\t%s\t%s\n", lk.Target, lk.Time.Format(time.RFC3339), lk.By, lk.Reason)
+	}
+	return 0
+}
+
+// parseLockArgs reads "USER [--reason TEXT]".
+func parseLockArgs(args []string) (target, reason string, err error) {
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "--reason" && i+1 < len(args):
+			reason = args[i+1]
+			i++
+		case strings.HasPrefix(a, "--reason="):
+			reason = strings.TrimPrefix(a, "--reason=")
+		case strings.HasPrefix(a, "-"):
+			return "", "", fmt.Errorf("unknown flag %s", a)
+		case target == "":
+			target = a
+		default:
+			return "", "", fmt.Errorf("one user at a time")
+		}
+	}
+	if target == "" {
+		return "", "", fmt.Errorf("name the user to lock")
+	}
+	return target, reason, nil
+}
+
+func joinInts(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = fmt.Sprint(n)
+	}
+	return strings.Join(s, ", ")
+}

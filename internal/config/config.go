@@ -1,0 +1,244 @@
+// Package config reads bastion.yaml, the gateway's configuration file.
+//
+// Decoding is strict: an unknown key or a value of the wrong shape stops
+// the start with an error that names the key and says how to fix it.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/gateway"
+)
+
+// File is bastion.yaml.
+type File struct {
+	Listen        string   `yaml:"listen"`
+	DataDir       string   `yaml:"data_dir"`
+	MetricsListen string   `yaml:"metrics_listen"`
+	HostNames     []string `yaml:"host_names"`
+	// AuthMethods exists only so that a config asking for password or
+	// keyboard-interactive authentication is refused loudly.
+	AuthMethods []string `yaml:"auth_methods"`
+	Access      []Access `yaml:"access"`
+	Limits      Limits   `yaml:"limits"`
+	AdminGroups []string `yaml:"admin_groups"`
+	DialTimeout Duration `yaml:"dial_timeout"`
+	// ShutdownGrace is how long sessions may finish after SIGTERM.
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	CA            CA       `yaml:"ca"`
+	Log           Log      `yaml:"log"`
+}
+
+// Access is one access rule.
+type Access struct {
+	Principals []string `yaml:"principals"`
+	Groups     []string `yaml:"groups"`
+	Hosts      []string `yaml:"hosts"`
+	Ports      []int    `yaml:"ports"`
+}
+
+// Limits mirror gateway.Limits; nil means the default.
+type Limits struct {
+	MaxAuthTries          *int      `yaml:"max_auth_tries"`
+	IdleTimeout           *Duration `yaml:"idle_timeout"`
+	DisconnectExpiredCert *bool     `yaml:"disconnect_expired_cert"`
+	BanAfterFailures      *int      `yaml:"ban_after_failures"`
+	BanWindow             *Duration `yaml:"ban_window"`
+	BanDuration           *Duration `yaml:"ban_duration"`
+	MaxUnauthenticated    *int      `yaml:"max_unauthenticated"`
+	HandshakeTimeout      *Duration `yaml:"handshake_timeout"`
+}
+
+// CA configures the certificate authority the gateway signs with.
+type CA struct {
+	PassphraseFile      string   `yaml:"passphrase_file"`
+	ForbiddenPrincipals []string `yaml:"forbidden_principals"`
+	UserMaxValidity     Duration `yaml:"user_max_validity"`
+	UserDefaultValidity Duration `yaml:"user_default_validity"`
+	HostMaxValidity     Duration `yaml:"host_max_validity"`
+	ClockSkew           Duration `yaml:"clock_skew"`
+	ForceCommand        string   `yaml:"force_command"`
+	SourceAddress       string   `yaml:"source_address"`
+}
+
+// Log configures the debug log (audit records are separate).
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+	Format string `yaml:"format"` // json (default) or text
+}
+
+// Duration is a time.Duration written as "15m", "24h" or "90d".
+type Duration time.Duration
+
+var dayRE = regexp.MustCompile(`^(\d+)d$`)
+
+// UnmarshalYAML accepts Go durations plus whole days ("90d").
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as 15m, 8h or 90d", n.Line)
+	}
+	if m := dayRE.FindStringSubmatch(s); m != nil {
+		days, err := strconv.Atoi(m[1])
+		if err != nil || days > 100*366 {
+			return fmt.Errorf("line %d: %q is too long", n.Line, s)
+		}
+		*d = Duration(time.Duration(days) * 24 * time.Hour)
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration: use forms such as 15m, 8h or 90d", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Load reads and validates a config file. Relative paths in it are taken
+// relative to the file's directory.
+func Load(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	f, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("config: %s: %w", path, err)
+	}
+	base := filepath.Dir(path)
+	for _, p := range []*string{&f.DataDir, &f.CA.PassphraseFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	return f, nil
+}
+
+// Parse decodes and validates config text.
+func Parse(data []byte) (*File, error) {
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		return nil, explain(err)
+	}
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
+// explain rewrites yaml's errors into ones that name the key to fix.
+func explain(err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
+	msg = unknownFieldRE.ReplaceAllString(msg, `unknown key "$1" (check its spelling and indentation; the README lists every key)`)
+	return errors.New(strings.TrimSpace(msg))
+}
+
+// Validate checks values that decoding alone does not, and fills defaults.
+func (f *File) Validate() error {
+	if f.Listen == "" {
+		f.Listen = "127.0.0.1:2222"
+	}
+	if f.DataDir == "" {
+		return fmt.Errorf("data_dir is not set: point it at the directory `bastion ca init --data-dir` created")
+	}
+	for _, m := range f.AuthMethods {
+		if m != "publickey" {
+			return fmt.Errorf("auth_methods: %q is not allowed: bastion accepts only publickey (certificates); passwords and keyboard-interactive are never enabled", m)
+		}
+	}
+	switch f.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level: %q is not one of debug, info, warn, error", f.Log.Level)
+	}
+	switch f.Log.Format {
+	case "", "json", "text":
+	default:
+		return fmt.Errorf("log.format: %q is not json or text", f.Log.Format)
+	}
+	gc := f.Gateway()
+	if err := gc.Validate(); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "gateway: "))
+	}
+	if _, err := f.Policy(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Policy is the CA signing policy the file configures.
+func (f *File) Policy() (ca.Policy, error) {
+	p := ca.DefaultPolicy()
+	p.ForbiddenPrincipals = f.CA.ForbiddenPrincipals
+	set := func(dst *time.Duration, v Duration) {
+		if v != 0 {
+			*dst = time.Duration(v)
+		}
+	}
+	set(&p.UserMaxValidity, f.CA.UserMaxValidity)
+	set(&p.UserDefaultValidity, f.CA.UserDefaultValidity)
+	set(&p.HostMaxValidity, f.CA.HostMaxValidity)
+	set(&p.ClockSkew, f.CA.ClockSkew)
+	p.ForceCommand = f.CA.ForceCommand
+	p.SourceAddress = f.CA.SourceAddress
+	if err := p.Validate(); err != nil {
+		return p, errors.New("ca." + strings.TrimPrefix(err.Error(), "ca: policy: "))
+	}
+	return p, nil
+}
+
+// Gateway is the gateway configuration the file describes (without the
+// runtime hooks cmd/bastion adds).
+func (f *File) Gateway() gateway.Config {
+	l := gateway.DefaultLimits()
+	setInt := func(dst *int, v *int) {
+		if v != nil {
+			*dst = *v
+		}
+	}
+	setDur := func(dst *time.Duration, v *Duration) {
+		if v != nil {
+			*dst = time.Duration(*v)
+		}
+	}
+	setInt(&l.MaxAuthTries, f.Limits.MaxAuthTries)
+	setDur(&l.IdleTimeout, f.Limits.IdleTimeout)
+	if v := f.Limits.DisconnectExpiredCert; v != nil {
+		l.DisconnectExpiredCert = *v
+	}
+	setInt(&l.BanAfterFailures, f.Limits.BanAfterFailures)
+	setDur(&l.BanWindow, f.Limits.BanWindow)
+	setDur(&l.BanDuration, f.Limits.BanDuration)
+	setInt(&l.MaxUnauthenticated, f.Limits.MaxUnauthenticated)
+	setDur(&l.HandshakeTimeout, f.Limits.HandshakeTimeout)
+	var rules []gateway.AccessRule
+	for _, a := range f.Access {
+		rules = append(rules, gateway.AccessRule{Principals: a.Principals, Groups: a.Groups, Hosts: a.Hosts, Ports: a.Ports})
+	}
+	return gateway.Config{
+		Listen:        f.Listen,
+		HostKeyPath:   filepath.Join(f.DataDir, "gateway", "ssh_host_ed25519_key"),
+		HostNames:     f.HostNames,
+		Access:        rules,
+		Limits:        l,
+		AdminGroups:   f.AdminGroups,
+		DialTimeout:   time.Duration(f.DialTimeout),
+		ShutdownGrace: time.Duration(f.ShutdownGrace),
+	}
+}
