@@ -154,4 +154,3 @@ func (rt *runtime) stop() error {
 	}
 	return errors.Join(err, rt.store.Close())
 }
-
