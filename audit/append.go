@@ -15,7 +15,8 @@ import (
 
 // Append validates ev, assigns its ID, Time (when zero, from Options.Now),
 // PrevHash and Hash, and returns it once it is durable: committed to bbolt
-// and fsync'd. Concurrent Appends share commits through bbolt's DB.Batch.
+// and fsync'd. Concurrent Appends share commits (group commit, see
+// commit.go).
 //
 // If ctx ends before the event reaches a transaction, nothing is written and
 // Append returns ctx's error. Once the event is in a transaction Append
@@ -73,8 +74,8 @@ func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (
 		state atomic.Int32
 		out   Event
 	)
-	// txFn may run more than once: DB.Batch reruns the whole batch when one
-	// of its functions fails, and reruns the failing one alone. Each run
+	// txFn may run more than once: a batch is re-run when one of its
+	// functions fails, and the failing one is re-run alone. Each run
 	// starts from the chain's end as this transaction sees it, and sets out
 	// afresh; the run that commits is the one the caller gets.
 	txFn := func(tx *bbolt.Tx) error {
@@ -96,17 +97,12 @@ func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (
 		out = e
 		return nil
 	}
-	run := func() error {
-		if fn != nil {
-			return s.db.Update(txFn)
-		}
-		return s.db.Batch(txFn)
-	}
-
-	if ctx.Done() == nil {
-		err = run()
+	if fn == nil {
+		err = s.queue(ctx, txFn, &state)
 	} else {
-		err = s.runCancelable(ctx, run, &state)
+		// AppendWith runs alone, so fn runs exactly once per call and never
+		// because some other append in its batch failed.
+		err = s.runCancelable(ctx, func() error { return s.db.Update(txFn) }, &state)
 	}
 	if err == nil && state.Load() == writeAbandoned {
 		err = ctx.Err()
@@ -118,17 +114,38 @@ func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (
 			return Event{}, fmt.Errorf("audit: %s not recorded: the state change failed: %w", ev.Type, se.err)
 		case errors.Is(err, ErrInvalidEvent), errors.Is(err, ErrCorrupt):
 			return Event{}, err
-		case errors.Is(err, bbolt.ErrDatabaseNotOpen):
-			return Event{}, fmt.Errorf("audit: %s not recorded: the store is closed: %w", ev.Type, err)
+		case errors.Is(err, ErrClosed), errors.Is(err, bbolt.ErrDatabaseNotOpen):
+			return Event{}, fmt.Errorf("audit: %s not recorded: %w", ev.Type, ErrClosed)
 		}
 		return Event{}, fmt.Errorf("audit: %s not recorded: %w", ev.Type, err)
 	}
 	return out, nil
 }
 
+// queue hands txFn to the committer and waits for its commit; the caller
+// may give up while the write is still queued.
+func (s *Store) queue(ctx context.Context, txFn func(*bbolt.Tx) error, state *atomic.Int32) error {
+	r, err := s.commits.submit(ctx, txFn)
+	if err != nil {
+		return err
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		if state.CompareAndSwap(writePending, writeAbandoned) {
+			return ctx.Err()
+		}
+		return <-r.done
+	}
+}
+
 // runCancelable runs run in a goroutine so the caller can give up while its
 // write is still queued (waiting for a batch or for the writer lock).
 func (s *Store) runCancelable(ctx context.Context, run func() error, state *atomic.Int32) error {
+	if ctx.Done() == nil {
+		return run()
+	}
 	type result struct {
 		err   error
 		panic any

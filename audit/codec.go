@@ -105,7 +105,7 @@ func DecodeEvent(b []byte) (Event, error) {
 		return Event{}, fmt.Errorf("audit: decode event: prev_hash %q is not empty or 64 lower-case hex digits", ev.PrevHash)
 	}
 	if err := checkShape(ev); err != nil {
-		return Event{}, fmt.Errorf("audit: decode event: %w", err)
+		return Event{}, err
 	}
 	re, err := encode(ev)
 	if err != nil {

@@ -21,6 +21,8 @@ var (
 	// ErrReadOnly means a write was attempted on a store opened with
 	// Options.ReadOnly.
 	ErrReadOnly = errors.New("audit: store is open read-only")
+	// ErrClosed means the store was used after Close.
+	ErrClosed = errors.New("audit: store is closed")
 	// ErrCorrupt means the store's own metadata is missing or inconsistent,
 	// so appending could not continue the chain safely.
 	ErrCorrupt = errors.New("audit: database is corrupt")
