@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -34,6 +35,10 @@ type testGateway struct {
 }
 
 type gatewayOption func(*Config)
+
+// withoutBans turns banning off, for tests that fail on purpose many times
+// from 127.0.0.1.
+func withoutBans(c *Config) { c.Limits.BanAfterFailures = 0 }
 
 // startGateway starts a gateway whose access rules let the test login
 // user reach the target sshd.
@@ -146,8 +151,8 @@ func (tg *testGateway) events(typ string) []audit.Event {
 
 // waitEvent waits (bounded) for an event of typ whose fields include all
 // of want, since some are written as connections wind down.
-func (tg *testGateway) waitEvent(typ string, want map[string]string) audit.Event {
-	tg.t.Helper()
+func (tg *testGateway) waitEvent(t testing.TB, typ string, want map[string]string) audit.Event {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		for _, ev := range tg.events(typ) {
@@ -156,7 +161,7 @@ func (tg *testGateway) waitEvent(typ string, want map[string]string) audit.Event
 			}
 		}
 		if time.Now().After(deadline) {
-			tg.t.Fatalf("no %s event with %v; have:\n%s", typ, want, tg.dump())
+			t.Fatalf("no %s event with %v; have:\n%s", typ, want, tg.dump())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -183,4 +188,34 @@ func (tg *testGateway) dump() string {
 		return nil
 	})
 	return b.String()
+}
+
+// certSigner loads c's private key and pairs it with cert, for x/crypto
+// clients that send what OpenSSH would not.
+func certSigner(t testing.TB, c *testbed.Client, cert *gossh.Certificate) gossh.Signer {
+	t.Helper()
+	data, err := os.ReadFile(c.KeyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := gossh.ParsePrivateKey(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert == nil {
+		return s
+	}
+	cs, err := gossh.NewCertSigner(cert, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+// dialGateway logs in with x/crypto's client.
+func (tg *testGateway) dialGateway(user string, auth ...gossh.AuthMethod) (*gossh.Client, error) {
+	return gossh.Dial("tcp", tg.addr, &gossh.ClientConfig{
+		User: user, Auth: auth, Timeout: 10 * time.Second,
+		HostKeyCallback: gossh.InsecureIgnoreHostKey(),
+	})
 }

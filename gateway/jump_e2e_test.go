@@ -20,15 +20,15 @@ func TestJumpWithOpenSSH(t *testing.T) {
 	if res.ExitCode != 42 {
 		t.Errorf("exit status through the jump: %d, want 42 (%s)", res.ExitCode, res)
 	}
-	start := tg.waitEvent("session.start", map[string]string{"key_id": "alice@example.com"})
-	end := tg.waitEvent("session.end", map[string]string{"key_id": "alice@example.com"})
+	start := tg.waitEvent(t, "session.start", map[string]string{"key_id": "alice@example.com"})
+	end := tg.waitEvent(t, "session.end", map[string]string{"key_id": "alice@example.com"})
 	if start.Session == "" || start.Session != end.Session {
 		t.Errorf("session.start %q and session.end %q do not share a session id", start.Session, end.Session)
 	}
 	if end.Fields["bytes_up"] == "0" || end.Fields["bytes_down"] == "0" || end.Fields["duration_ms"] == "" {
 		t.Errorf("session.end lacks byte counts or duration: %v", end.Fields)
 	}
-	ok := tg.waitEvent("auth.ok", map[string]string{"key_id": "alice@example.com"})
+	ok := tg.waitEvent(t, "auth.ok", map[string]string{"key_id": "alice@example.com"})
 	if ok.Fields["remote"] != "127.0.0.1" || ok.Fields["serial"] == "" || !strings.HasPrefix(ok.Fields["key_fp"], "SHA256:") {
 		t.Errorf("auth.ok lacks remote, serial or key fingerprint: %v", ok.Fields)
 	}
