@@ -23,10 +23,15 @@ import (
 // waits for the commit and reports its outcome, so an event is never written
 // after its caller was told it was not.
 //
-// Append refuses (with ErrInvalidEvent) an empty or malformed Type, field
-// names outside [a-z0-9_], and field names that look like secrets (see
-// secretKey). Actor, Session and field values are stored as given, with
-// invalid UTF-8 replaced by U+FFFD; the returned event is what was stored.
+// Append refuses, with ErrInvalidEvent, a Type that is empty or not dotted
+// lower-case words (^[a-z]+(\.[a-z_]+)+$), field names outside [a-z0-9_],
+// and, as a cheap guard against a careless producer, field names that look
+// like they hold a secret: password, passwd, passphrase, secret, token or
+// private_key, alone or as the last part of a name (client_secret,
+// id_token, access_token). Values are not inspected: they often come from
+// the client, and refusing them would let a client suppress its own audit
+// record. Actor, Session and values are stored as given, with invalid UTF-8
+// replaced by U+FFFD; the returned event is exactly what was stored.
 func (s *Store) Append(ctx context.Context, ev Event) (Event, error) {
 	return s.write(ctx, ev, nil)
 }
@@ -60,7 +65,7 @@ func (e *stateError) Unwrap() error { return e.err }
 
 func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (Event, error) {
 	if s.readOnly {
-		return Event{}, fmt.Errorf("%w: cannot append %s; open the log without ReadOnly", ErrReadOnly, ev.Type)
+		return Event{}, fmt.Errorf("%w: %s not recorded; open the log without ReadOnly to append", ErrReadOnly, ev.Type)
 	}
 	if err := ctx.Err(); err != nil {
 		return Event{}, fmt.Errorf("audit: %s not recorded: %w", ev.Type, err)
@@ -115,7 +120,7 @@ func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (
 		case errors.Is(err, ErrInvalidEvent), errors.Is(err, ErrCorrupt):
 			return Event{}, err
 		case errors.Is(err, ErrClosed), errors.Is(err, bbolt.ErrDatabaseNotOpen):
-			return Event{}, fmt.Errorf("audit: %s not recorded: %w", ev.Type, ErrClosed)
+			return Event{}, fmt.Errorf("%w: %s not recorded", ErrClosed, ev.Type)
 		}
 		return Event{}, fmt.Errorf("audit: %s not recorded: %w", ev.Type, err)
 	}
@@ -176,7 +181,7 @@ func (s *Store) runCancelable(ctx context.Context, run func() error, state *atom
 
 // appendTx appends ev to the chain inside tx and returns it as stored.
 func appendTx(tx *bbolt.Tx, ev Event, now func() time.Time) (Event, error) {
-	events, meta := tx.Bucket(bucketEvents), tx.Bucket(bucketMeta)
+	events, meta := tx.Bucket([]byte(bucketEvents)), tx.Bucket([]byte(bucketMeta))
 	if events == nil || meta == nil {
 		return Event{}, fmt.Errorf("%w: events or meta bucket missing", ErrCorrupt)
 	}
@@ -207,9 +212,9 @@ func appendTx(tx *bbolt.Tx, ev Event, now func() time.Time) (Event, error) {
 		k, v []byte
 	}{
 		{events, key, rec},
-		{meta, metaLastID, key},
-		{meta, metaLastHash, []byte(ev.Hash)},
-		{meta, metaCount, count[:]},
+		{meta, []byte(metaLastID), key},
+		{meta, []byte(metaLastHash), []byte(ev.Hash)},
+		{meta, []byte(metaCount), count[:]},
 	} {
 		if err := p.b.Put(p.k, p.v); err != nil {
 			return Event{}, err

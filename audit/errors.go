@@ -28,6 +28,9 @@ var (
 	ErrCorrupt = errors.New("audit: database is corrupt")
 )
 
+// errFormat means the file was written in a layout this build does not know.
+var errFormat = errors.New("audit: unsupported log format")
+
 // Stable reasons a [ChainError] reports; they are machine-readable codes.
 const (
 	// ReasonUndecodable: the stored record is not a canonical event.

@@ -10,6 +10,8 @@ import "time"
 // a trip through float64.
 type Event struct {
 	// ID is a ULID: lexically sortable, so bbolt key order is time order.
+	// Ids strictly increase in append order; an id's time is the event's
+	// Time, or the previous id's when the event is dated before it.
 	ID string `json:"id"`
 	// Time is when the event happened, in UTC.
 	Time time.Time `json:"time"`

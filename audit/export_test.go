@@ -38,7 +38,7 @@ func TestExportJSONL(t *testing.T) {
 	// Each line is exactly the stored record.
 	var stored []string
 	_ = s.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketEvents).ForEach(func(_, v []byte) error {
+		return tx.Bucket([]byte(bucketEvents)).ForEach(func(_, v []byte) error {
 			stored = append(stored, string(v))
 			return nil
 		})

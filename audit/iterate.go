@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -101,7 +102,7 @@ func (s *Store) Iterate(ctx context.Context, f Filter, fn func(Event) error) err
 	return s.scan(ctx, start, func(k, v []byte) error {
 		ev, err := DecodeEvent(v)
 		if err != nil {
-			return fmt.Errorf("audit: record %s: %w; run `bastion audit verify`", keyString(k), err)
+			return fmt.Errorf("%w (record %s; run `bastion audit verify`)", err, keyString(k))
 		}
 		if !f.Match(ev) {
 			return nil
@@ -129,7 +130,7 @@ func (s *Store) scan(ctx context.Context, start []byte, fn func(k, v []byte) err
 		}
 		page = page[:0]
 		err := s.db.View(func(tx *bbolt.Tx) error {
-			b := tx.Bucket(bucketEvents)
+			b := tx.Bucket([]byte(bucketEvents))
 			if b == nil {
 				return nil
 			}
@@ -153,6 +154,9 @@ func (s *Store) scan(ctx context.Context, start []byte, fn func(k, v []byte) err
 			}
 			return nil
 		})
+		if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+			return ErrClosed
+		}
 		if err != nil {
 			return fmt.Errorf("audit: read: %w", err)
 		}

@@ -50,14 +50,15 @@ const (
 	formatVersion = 1
 )
 
-var (
-	bucketEvents = []byte("events")
-	bucketMeta   = []byte("meta")
+// Bucket names, and keys of the meta bucket.
+const (
+	bucketEvents = "events" // 16-byte binary ULID -> canonical JSON record
+	bucketMeta   = "meta"   // the end of the chain, so Append needs no scan
 
-	metaVersion  = []byte("version")
-	metaLastID   = []byte("last_id")
-	metaLastHash = []byte("last_hash")
-	metaCount    = []byte("count")
+	metaVersion  = "version"
+	metaLastID   = "last_id"
+	metaLastHash = "last_hash"
+	metaCount    = "count"
 )
 
 // Store is an open audit log. Its methods are safe for concurrent use.
@@ -115,12 +116,15 @@ func Open(path string, opts Options) (*Store, error) {
 	s.db = db
 
 	if opts.ReadOnly {
-		err = db.View(func(tx *bbolt.Tx) error { return checkVersion(tx.Bucket(bucketMeta)) })
+		err = db.View(func(tx *bbolt.Tx) error { return checkVersion(tx.Bucket([]byte(bucketMeta))) })
 	} else {
 		err = db.Update(initBuckets)
 	}
 	if err != nil {
 		_ = db.Close()
+		if errors.Is(err, ErrCorrupt) || errors.Is(err, errFormat) {
+			return nil, fmt.Errorf("%w (%s)", err, path)
+		}
 		return nil, fmt.Errorf("audit: open %s: %w", path, err)
 	}
 	if !opts.ReadOnly {
@@ -137,19 +141,19 @@ func Open(path string, opts Options) (*Store, error) {
 // initBuckets creates the buckets of a new log and checks those of an
 // existing one.
 func initBuckets(tx *bbolt.Tx) error {
-	events, err := tx.CreateBucketIfNotExists(bucketEvents)
+	events, err := tx.CreateBucketIfNotExists([]byte(bucketEvents))
 	if err != nil {
 		return err
 	}
-	meta := tx.Bucket(bucketMeta)
+	meta := tx.Bucket([]byte(bucketMeta))
 	if meta == nil {
 		if k, _ := events.Cursor().First(); k != nil {
 			return fmt.Errorf("%w: the events bucket has records but the meta bucket is missing; run `bastion audit verify` and restore from a backup", ErrCorrupt)
 		}
-		if meta, err = tx.CreateBucket(bucketMeta); err != nil {
+		if meta, err = tx.CreateBucket([]byte(bucketMeta)); err != nil {
 			return err
 		}
-		return meta.Put(metaVersion, []byte{formatVersion})
+		return meta.Put([]byte(metaVersion), []byte{formatVersion})
 	}
 	return checkVersion(meta)
 }
@@ -158,12 +162,12 @@ func checkVersion(meta *bbolt.Bucket) error {
 	if meta == nil {
 		return nil // read-only open of a log no writer initialized
 	}
-	v := meta.Get(metaVersion)
+	v := meta.Get([]byte(metaVersion))
 	if len(v) != 1 {
 		return fmt.Errorf("%w: meta bucket has no format version", ErrCorrupt)
 	}
 	if v[0] != formatVersion {
-		return fmt.Errorf("audit: log format %d is not supported (this build reads %d); use the bastion release that wrote it", v[0], formatVersion)
+		return fmt.Errorf("%w: log format %d, this build reads %d; use the bastion release that wrote it", errFormat, v[0], formatVersion)
 	}
 	return nil
 }
@@ -263,10 +267,10 @@ func (s *Store) Head() (Head, error) {
 		}
 		return nil
 	})
-	if err != nil {
-		return Head{}, fmt.Errorf("audit: read head: %w", err)
+	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+		err = ErrClosed
 	}
-	return h, nil
+	return h, err
 }
 
 // chainMeta is what the meta bucket records about the end of the chain.
@@ -280,22 +284,22 @@ type chainMeta struct {
 // readMeta reads the meta bucket; a missing bucket reads as an empty log.
 func readMeta(tx *bbolt.Tx) (chainMeta, error) {
 	var m chainMeta
-	b := tx.Bucket(bucketMeta)
+	b := tx.Bucket([]byte(bucketMeta))
 	if b == nil {
 		return m, nil
 	}
-	if id := b.Get(metaLastID); id != nil {
+	if id := b.Get([]byte(metaLastID)); id != nil {
 		if len(id) != len(m.lastID) {
 			return m, fmt.Errorf("%w: meta last_id has %d bytes, want 16", ErrCorrupt, len(id))
 		}
 		copy(m.lastID[:], id)
 		m.hasLast = true
 	}
-	m.lastHash = string(b.Get(metaLastHash))
+	m.lastHash = string(b.Get([]byte(metaLastHash)))
 	if m.hasLast != (m.lastHash != "") {
 		return m, fmt.Errorf("%w: meta last_id and last_hash disagree", ErrCorrupt)
 	}
-	if c := b.Get(metaCount); c != nil {
+	if c := b.Get([]byte(metaCount)); c != nil {
 		if len(c) != 8 {
 			return m, fmt.Errorf("%w: meta count has %d bytes, want 8", ErrCorrupt, len(c))
 		}

@@ -268,8 +268,20 @@ func TestOpenErrors(t *testing.T) {
 	}
 	s, _ := newStore(t, Options{})
 	_ = s.Close()
-	if _, err := s.Append(context.Background(), Event{Type: TypeAuthOK}); err == nil || !strings.Contains(err.Error(), "closed") {
-		t.Errorf("Append after Close = %v", err)
+	if _, err := s.Append(context.Background(), Event{Type: TypeAuthOK}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Append after Close = %v, want ErrClosed", err)
+	}
+	if _, err := s.AppendWith(context.Background(), Event{Type: TypeAuthOK}, func(*bbolt.Tx) error { return nil }); !errors.Is(err, ErrClosed) {
+		t.Errorf("AppendWith after Close = %v, want ErrClosed", err)
+	}
+	if err := s.Iterate(context.Background(), Filter{}, func(Event) error { return nil }); !errors.Is(err, ErrClosed) {
+		t.Errorf("Iterate after Close = %v, want ErrClosed", err)
+	}
+	if _, err := s.Verify(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Errorf("Verify after Close = %v, want ErrClosed", err)
+	}
+	if _, err := s.Head(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Head after Close = %v, want ErrClosed", err)
 	}
 }
 

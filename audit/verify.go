@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -31,8 +30,11 @@ func (s *Store) Verify(ctx context.Context) (int, error) {
 		meta, err = readMeta(tx)
 		return err
 	})
+	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+		err = ErrClosed
+	}
 	if err != nil {
-		return 0, fmt.Errorf("audit: verify: %w", err)
+		return 0, err
 	}
 	err = s.scan(ctx, nil, func(k, v []byte) error {
 		if meta.hasLast && bytes.Compare(k, meta.lastID[:]) > 0 {

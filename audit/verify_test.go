@@ -40,7 +40,7 @@ func tamper(t *testing.T, path string, fn func(events, meta *bbolt.Bucket) error
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if err := db.Update(func(tx *bbolt.Tx) error { return fn(tx.Bucket(bucketEvents), tx.Bucket(bucketMeta)) }); err != nil {
+	if err := db.Update(func(tx *bbolt.Tx) error { return fn(tx.Bucket([]byte(bucketEvents)), tx.Bucket([]byte(bucketMeta))) }); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -69,7 +69,7 @@ func reseal(events, meta *bbolt.Bucket, evs []Event, i int) error {
 		}
 		prev = ev.Hash
 	}
-	return meta.Put(metaLastHash, []byte(prev))
+	return meta.Put([]byte(metaLastHash), []byte(prev))
 }
 
 func TestVerify(t *testing.T) {
@@ -226,7 +226,7 @@ func TestOpenRefusesMissingMeta(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *bbolt.Tx) error { return tx.DeleteBucket(bucketMeta) }); err != nil {
+	if err := db.Update(func(tx *bbolt.Tx) error { return tx.DeleteBucket([]byte(bucketMeta)) }); err != nil {
 		t.Fatal(err)
 	}
 	_ = db.Close()
