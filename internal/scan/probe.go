@@ -69,9 +69,11 @@ func probe(ctx context.Context, addr string, opts Options, res *Result) error {
 	res.Version = ident
 	if helloErr == nil {
 		res.HostKeyAlgos = kex.HostKeyAlgos
-		var findings []Finding
-		res.WeakAlgorithms, findings = judgeKexInit(kex)
-		res.Findings = append(res.Findings, findings...)
+		var weakFindings []Finding
+		res.WeakAlgorithms, weakFindings = judgeKexInit(kex)
+		// Algorithm findings go after those about authentication and the
+		// host certificate, which matter more within a severity.
+		defer func() { res.Findings = append(res.Findings, weakFindings...) }()
 	}
 
 	methods, gotMethods, hostKey := seen.result()
@@ -170,7 +172,7 @@ func judgeAuthMethods(res *Result) {
 		switch m {
 		case "password":
 			res.Findings = append(res.Findings, Finding{SeverityFail, CodePasswordAuth,
-				"server offers password authentication; set PasswordAuthentication no (see deploy/target/sshd_config.d/bastion.conf)"})
+				"server offers password authentication; set PasswordAuthentication no (as the snippet from `bastion scan --print-sshd-config` does)"})
 		case "keyboard-interactive":
 			res.Findings = append(res.Findings, Finding{SeverityFail, CodeKbdInteractiveAuth,
 				"server offers keyboard-interactive authentication, through which PAM asks for passwords; set KbdInteractiveAuthentication no (ChallengeResponseAuthentication no before OpenSSH 8.7)"})
