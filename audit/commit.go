@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"go.etcd.io/bbolt"
@@ -14,14 +15,16 @@ import (
 // append pays one commit and a crowd shares them.
 //
 // bbolt's DB.Batch was measured first (BenchmarkAuditAppend, 128 writers on
-// a 2-core VM): its batch closes on a timer (MaxBatchDelay) rather than when
-// the writer lock frees, so every commit waits out the delay and a lone
-// append waits it too. Group commit gave about 1.3x the throughput and 3-4x
-// lower latency for a single writer. The semantics are DB.Batch's: the
-// functions of a batch run serially in one transaction, and when one fails
-// the batch is rolled back, the others are re-run without it, and it is
-// re-run alone so its own error reaches its caller. Functions must therefore
-// be safe to run more than once.
+// a 2-core VM with a noisy disk): its batch closes on a timer
+// (MaxBatchDelay, tried 0.5-5ms) rather than when the writer lock frees, so
+// every commit waits out the delay, a lone append waits it too, and short
+// delays split the writers into small batches queued on the lock. See the
+// commit message for the numbers.
+//
+// The semantics are DB.Batch's: the functions of a batch run serially in one
+// transaction, and when one fails the batch is rolled back, the others are
+// re-run without it, and it is re-run alone so its own error reaches its
+// caller. Functions must therefore be safe to run more than once.
 
 // writeReq is one function waiting for the committer.
 type writeReq struct {
@@ -84,9 +87,24 @@ func (c *committer) loop() {
 	for r := range c.reqs {
 		batch = append(batch[:0], r)
 		batch = c.gather(batch)
+		// Writers woken by the last commit are usually a scheduler pass
+		// away from queueing again. Yielding while the batch still grows
+		// lets them join this commit instead of waiting a whole commit for
+		// the next one; a lone writer costs one yield, not a timer.
+		for i := 0; i < maxGatherYields && len(batch) < maxBatchSize; i++ {
+			n := len(batch)
+			runtime.Gosched()
+			if batch = c.gather(batch); len(batch) == n {
+				break
+			}
+		}
 		c.commit(batch)
 	}
 }
+
+// maxGatherYields bounds the yields spent gathering one batch, so a busy
+// scheduler cannot hold a commit back for long.
+const maxGatherYields = 16
 
 // gather adds to batch what is already queued, without waiting.
 func (c *committer) gather(batch []*writeReq) []*writeReq {
