@@ -414,7 +414,9 @@ func TestAppendWith(t *testing.T) {
 		return nil
 	})
 
+	calls := 0
 	ev, err := s.AppendWith(context.Background(), Event{Type: TypeUserLocked, Actor: "operator", Fields: map[string]string{"user": "mallory"}}, func(tx *bbolt.Tx) error {
+		calls++
 		b, err := tx.CreateBucketIfNotExists(locks)
 		if err != nil {
 			return err
@@ -423,6 +425,9 @@ func TestAppendWith(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if calls != 1 {
+		t.Errorf("AppendWith ran fn %d times, want once", calls)
 	}
 	if ev.PrevHash != first.Hash {
 		t.Errorf("AppendWith event does not chain to the previous one")
