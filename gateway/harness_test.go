@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -34,11 +36,26 @@ type testGateway struct {
 	user   string // the login user on the target (and principal)
 }
 
-type gatewayOption func(*Config)
+type gatewayOption func(*Config, *Deps)
+
+// withResolver makes the gateway resolve names from table.
+func withResolver(table map[string][]netip.Addr) gatewayOption {
+	return func(_ *Config, d *Deps) { d.Resolver = mapResolver(table) }
+}
+
+// mapResolver is a Resolver backed by a map.
+type mapResolver map[string][]netip.Addr
+
+func (m mapResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	if a, ok := m[host]; ok {
+		return a, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
 
 // withoutBans turns banning off, for tests that fail on purpose many times
 // from 127.0.0.1.
-func withoutBans(c *Config) { c.Limits.BanAfterFailures = 0 }
+func withoutBans(c *Config, _ *Deps) { c.Limits.BanAfterFailures = 0 }
 
 // startGateway starts a gateway whose access rules let the test login
 // user reach the target sshd.
@@ -76,10 +93,11 @@ func startGateway(t *testing.T, opts ...gatewayOption) *testGateway {
 		AdminGroups:   []string{"admins"},
 		ShutdownGrace: 5 * time.Second,
 	}
+	deps := Deps{Authority: tg.auth, Revocations: tg.revs, Locks: tg.locks, Audit: tg.store, Registry: tg.reg}
 	for _, o := range opts {
-		o(&cfg)
+		o(&cfg, &deps)
 	}
-	tg.gw, err = New(cfg, Deps{Authority: tg.auth, Revocations: tg.revs, Locks: tg.locks, Audit: tg.store, Registry: tg.reg})
+	tg.gw, err = New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,3 +237,19 @@ func (tg *testGateway) dialGateway(user string, auth ...gossh.AuthMethod) (*goss
 		HostKeyCallback: gossh.InsecureIgnoreHostKey(),
 	})
 }
+
+// certOf reads the certificate a testbed client holds.
+func (tg *testGateway) certOf(c *testbed.Client) *gossh.Certificate {
+	tg.t.Helper()
+	data, err := os.ReadFile(c.CertPath)
+	if err != nil {
+		tg.t.Fatal(err)
+	}
+	k, _, _, _, err := gossh.ParseAuthorizedKey(data)
+	if err != nil {
+		tg.t.Fatal(err)
+	}
+	return k.(*gossh.Certificate)
+}
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }
