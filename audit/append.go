@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -39,8 +40,9 @@ func (s *Store) Append(ctx context.Context, ev Event) (Event, error) {
 // AppendWith appends ev and runs fn in the same bbolt transaction, so state
 // that must change with its audit record (a revocation, a user lock) is
 // committed with it or not at all: if fn fails, nothing is written and its
-// error is returned wrapped. fn runs once per attempt, outside any batch, and
-// must not touch the "events" or "meta" buckets.
+// error is returned wrapped. fn runs before the event is appended, exactly
+// once (AppendWith commits alone, never in a shared batch), and must not
+// touch the "events" or "meta" buckets. A nil fn makes it Append.
 func (s *Store) AppendWith(ctx context.Context, ev Event, fn func(tx *bbolt.Tx) error) (Event, error) {
 	if fn == nil {
 		return s.Append(ctx, ev)
@@ -146,7 +148,7 @@ func (s *Store) queue(ctx context.Context, txFn func(*bbolt.Tx) error, state *at
 }
 
 // runCancelable runs run in a goroutine so the caller can give up while its
-// write is still queued (waiting for a batch or for the writer lock).
+// write still waits for the writer lock.
 func (s *Store) runCancelable(ctx context.Context, run func() error, state *atomic.Int32) error {
 	if ctx.Done() == nil {
 		return run()
@@ -189,6 +191,16 @@ func appendTx(tx *bbolt.Tx, ev Event, now func() time.Time) (Event, error) {
 	if err != nil {
 		return Event{}, err
 	}
+	// The meta bucket must name the log's actual last record, or the new
+	// event would chain to the wrong one or overwrite evidence. A seek to
+	// the end is cheap; it is not a scan.
+	var want []byte
+	if m.hasLast {
+		want = m.lastID[:]
+	}
+	if last, _ := events.Cursor().Last(); !bytes.Equal(last, want) {
+		return Event{}, fmt.Errorf("%w: the last record is %s but the meta bucket says %s; the file was edited, run `bastion audit verify` and restore from a backup", ErrCorrupt, keyString(last), keyString(want))
+	}
 	if ev.Time.IsZero() {
 		// Dated inside the write transaction, so events the store dates
 		// itself are in time order whenever the clock is.
@@ -205,20 +217,19 @@ func appendTx(tx *bbolt.Tx, ev Event, now func() time.Time) (Event, error) {
 		return Event{}, err
 	}
 	key := id[:]
+	if err := events.Put(key, rec); err != nil {
+		return Event{}, err
+	}
 	var count [8]byte
 	binary.BigEndian.PutUint64(count[:], m.count+1)
-	for _, p := range [...]struct {
-		b    *bbolt.Bucket
-		k, v []byte
-	}{
-		{events, key, rec},
-		{meta, []byte(metaLastID), key},
-		{meta, []byte(metaLastHash), []byte(ev.Hash)},
-		{meta, []byte(metaCount), count[:]},
-	} {
-		if err := p.b.Put(p.k, p.v); err != nil {
-			return Event{}, err
-		}
+	if err := meta.Put([]byte(metaLastID), key); err != nil {
+		return Event{}, err
+	}
+	if err := meta.Put([]byte(metaLastHash), []byte(ev.Hash)); err != nil {
+		return Event{}, err
+	}
+	if err := meta.Put([]byte(metaCount), count[:]); err != nil {
+		return Event{}, err
 	}
 	return ev, nil
 }

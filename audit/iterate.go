@@ -184,6 +184,9 @@ func successor(k []byte) []byte {
 
 // keyString renders an events key for messages.
 func keyString(k []byte) string {
+	if k == nil {
+		return "nothing"
+	}
 	var id ulid.ULID
 	if len(k) == len(id) {
 		copy(id[:], k)

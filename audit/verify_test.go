@@ -234,3 +234,39 @@ func TestOpenRefusesMissingMeta(t *testing.T) {
 		t.Fatalf("Open with the meta bucket gone = %v, want ErrCorrupt", err)
 	}
 }
+
+// TestAppendRefusesInconsistentMeta checks that a writer does not extend the
+// chain from a head that is not the log's last record.
+func TestAppendRefusesInconsistentMeta(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		tamper func(events, meta *bbolt.Bucket, evs []Event) error
+	}{
+		{"tail deleted", func(events, _ *bbolt.Bucket, evs []Event) error { return events.Delete(key(evs[4])) }},
+		{"meta rolled back", func(_, meta *bbolt.Bucket, evs []Event) error {
+			if err := meta.Put([]byte(metaLastID), key(evs[1])); err != nil {
+				return err
+			}
+			return meta.Put([]byte(metaLastHash), []byte(evs[1].Hash))
+		}},
+		{"meta head cleared", func(_, meta *bbolt.Bucket, _ []Event) error {
+			if err := meta.Delete([]byte(metaLastID)); err != nil {
+				return err
+			}
+			return meta.Delete([]byte(metaLastHash))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, evs := chainFixture(t, 5)
+			tamper(t, path, func(events, meta *bbolt.Bucket) error { return tc.tamper(events, meta, evs) })
+			s, err := Open(path, Options{Now: func() time.Time { return evs[1].Time }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if _, err := s.Append(context.Background(), Event{Type: TypeAuthOK}); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "audit verify") {
+				t.Fatalf("Append = %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
