@@ -50,4 +50,7 @@ const (
 	TypeCommand       = "gateway.command"
 	TypeGatewayStart  = "gateway.start"
 	TypeGatewayStop   = "gateway.stop"
+	TypeLoginStarted  = "login.started"
+	TypeLoginOK       = "login.ok"
+	TypeLoginFailed   = "login.failed"
 )
