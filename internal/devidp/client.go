@@ -41,7 +41,9 @@ func (c *client) DevMode() bool                        { return false }
 func (c *client) IsScopeAllowed(scope string) bool     { return scope == ScopeGroups }
 func (c *client) IDTokenUserinfoClaimsAssertion() bool { return true }
 func (c *client) ClockSkew() time.Duration             { return 0 }
-func (c *client) RestrictAdditionalIdTokenScopes() func([]string) []string {
+
+// RestrictAdditionalIdTokenScopes is named by op.Client.
+func (c *client) RestrictAdditionalIdTokenScopes() func([]string) []string { //nolint:revive // op's method name
 	return func(s []string) []string { return s }
 }
 func (c *client) RestrictAdditionalAccessTokenScopes() func([]string) []string {

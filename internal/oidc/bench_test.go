@@ -36,7 +36,7 @@ func TestApprovalToIdentityLatency(t *testing.T) {
 	if testing.Short() {
 		t.Skip("takes a few seconds of polling")
 	}
-	idp, _ := startIdP(t, devidp.Config{})
+	idp, _ := startIDP(t, devidp.Config{})
 	timer := &tokenTimer{next: http.DefaultTransport}
 	p := newProvider(t, idp, func(c *Config) { c.HTTPClient = &http.Client{Transport: timer, Timeout: 30 * time.Second} })
 	const runs = 5
@@ -71,7 +71,7 @@ func TestApprovalToIdentityLatency(t *testing.T) {
 // BenchmarkVerifyIDToken is the gateway's cost per login once the token is
 // in hand (keys cached): parse, algorithm check, signature, claims, mapping.
 func BenchmarkVerifyIDToken(b *testing.B) {
-	idp, _ := startIdP(b, devidp.Config{})
+	idp, _ := startIDP(b, devidp.Config{})
 	p := newProvider(b, idp, nil)
 	c, err := idp.Claims("alice")
 	if err != nil {

@@ -91,7 +91,7 @@ func TestDiscoveryFailure(t *testing.T) {
 	srv := httptest.NewServer(http.NotFoundHandler())
 	defer srv.Close()
 	_, err := New(t.Context(), Config{Issuer: srv.URL, ClientID: "bastion"})
-	wantReason(t, err, ReasonIdPError)
+	wantReason(t, err, ReasonIDPError)
 	if !strings.Contains(err.Error(), "oidc.issuer") {
 		t.Errorf("error does not point at oidc.issuer: %v", err)
 	}

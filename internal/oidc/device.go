@@ -45,11 +45,15 @@ func (p *Provider) StartDevice(ctx context.Context) (*DeviceAuth, error) {
 	if err != nil {
 		return nil, tokenEndpointError(ctx, "device authorization", ReasonDeviceCodeInvalid, err)
 	}
+	interval := time.Duration(resp.Interval) * time.Second
+	if resp.Interval <= 0 {
+		interval = 5 * time.Second // RFC 8628 section 3.2's default, which oauth2 then uses too
+	}
 	return &DeviceAuth{
 		VerificationURI:         resp.VerificationURI,
 		VerificationURIComplete: resp.VerificationURIComplete,
 		UserCode:                resp.UserCode,
-		Interval:                time.Duration(resp.Interval) * time.Second,
+		Interval:                interval,
 		Expiry:                  resp.Expiry,
 		resp:                    resp,
 	}, nil
@@ -82,7 +86,7 @@ func (p *Provider) WaitDevice(ctx context.Context, da *DeviceAuth) (*Identity, e
 	}
 	raw, ok := tok.Extra("id_token").(string)
 	if !ok || raw == "" {
-		return nil, fail(ReasonIdPError, "the IdP returned no id_token: check that oidc.scopes includes openid and that the client may use it")
+		return nil, fail(ReasonIDPError, "the IdP returned no id_token: check that oidc.scopes includes openid and that the client may use it")
 	}
 	return p.VerifyIDToken(ctx, raw, "")
 }
@@ -109,13 +113,13 @@ func tokenEndpointError(ctx context.Context, what, invalidGrant string, err erro
 			if re.Response != nil {
 				status = re.Response.Status
 			}
-			return fail(ReasonIdPError, "%s request failed with HTTP status %s", what, status)
+			return fail(ReasonIDPError, "%s request failed with HTTP status %s", what, status)
 		default:
-			return fail(ReasonIdPError, "%s request refused by the IdP: %s: %q", what, re.ErrorCode, desc)
+			return fail(ReasonIDPError, "%s request refused by the IdP: %s: %q", what, re.ErrorCode, desc)
 		}
 	}
 	if ctx.Err() != nil {
 		return fail(ReasonCanceled, "%s request canceled: %v", what, ctx.Err())
 	}
-	return fail(ReasonIdPError, "%s request failed: %s", what, sanitize(err))
+	return fail(ReasonIDPError, "%s request failed: %s", what, sanitize(err))
 }

@@ -46,8 +46,8 @@ const (
 	ReasonBadState = "bad_state"
 	// ReasonCanceled: the caller gave up (context canceled) before the login finished.
 	ReasonCanceled = "canceled"
-	// ReasonIdPError: the IdP failed or answered something unexpected.
-	ReasonIdPError = "idp_error"
+	// ReasonIDPError: the IdP failed or answered something unexpected.
+	ReasonIDPError = "idp_error"
 	// ReasonConfig: the configuration is invalid.
 	ReasonConfig = "config_invalid"
 )
@@ -60,6 +60,7 @@ type Error struct {
 	Err    error
 }
 
+// Error returns the message for people, prefixed "oidc: ".
 func (e *Error) Error() string {
 	if e.Err == nil {
 		return "oidc: " + e.Reason
@@ -67,6 +68,7 @@ func (e *Error) Error() string {
 	return "oidc: " + e.Err.Error()
 }
 
+// Unwrap returns the underlying error.
 func (e *Error) Unwrap() error { return e.Err }
 
 // ReasonOf returns the reason code of err: "" for nil, the Reason of an

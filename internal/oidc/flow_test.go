@@ -20,7 +20,7 @@ import (
 // starts the device flow, the user opens the verification URL, logs in on
 // the HTML page and approves, and the gateway gets alice's identity.
 func TestDeviceFlowApprovedInBrowser(t *testing.T) {
-	idp, users := startIdP(t, devidp.Config{})
+	idp, users := startIDP(t, devidp.Config{})
 	p := newProvider(t, idp, nil)
 	if !p.SupportsDevice() {
 		t.Fatal("devidp advertises no device endpoint")
@@ -105,7 +105,7 @@ func TestDeviceFlowKeyTypes(t *testing.T) {
 	}
 	for name, key := range map[string]crypto.Signer{"RS256": rsaKey, "ES256": ecKey, "EdDSA": edKey} {
 		t.Run(name, func(t *testing.T) {
-			idp, _ := startIdP(t, devidp.Config{SigningKey: key})
+			idp, _ := startIDP(t, devidp.Config{SigningKey: key})
 			p := newProvider(t, idp, func(c *Config) {
 				c.GroupPrincipals = map[string][]string{"dba": {"postgres-admin"}}
 			})
@@ -131,7 +131,7 @@ func TestDeviceFlowKeyTypes(t *testing.T) {
 func TestDeviceFlowDenied(t *testing.T) {
 	for _, via := range []string{"page", "hook"} {
 		t.Run(via, func(t *testing.T) {
-			idp, _ := startIdP(t, devidp.Config{})
+			idp, _ := startIDP(t, devidp.Config{})
 			p := newProvider(t, idp, nil)
 			ctx := waitCtx(t)
 			da, err := p.StartDevice(ctx)
@@ -159,7 +159,7 @@ func TestDeviceFlowDenied(t *testing.T) {
 // wait, and the IdP itself answers expired_token.
 func TestDeviceFlowExpired(t *testing.T) {
 	clk := &clock{t: time.Now()}
-	idp, _ := startIdP(t, devidp.Config{Now: clk.Now, DeviceLifetime: time.Minute})
+	idp, _ := startIDP(t, devidp.Config{Now: clk.Now, DeviceLifetime: time.Minute})
 	p := newProvider(t, idp, nil)
 	ctx := waitCtx(t)
 	da, err := p.StartDevice(ctx)
@@ -177,7 +177,7 @@ func TestDeviceFlowExpired(t *testing.T) {
 // TestDeviceCodeUsedTwice: once a device code has produced an identity,
 // neither this Provider nor the IdP accepts it again.
 func TestDeviceCodeUsedTwice(t *testing.T) {
-	idp, _ := startIdP(t, devidp.Config{})
+	idp, _ := startIDP(t, devidp.Config{})
 	p := newProvider(t, idp, nil)
 	ctx := waitCtx(t)
 	da, err := p.StartDevice(ctx)
@@ -210,7 +210,7 @@ func TestDeviceCodeUsedTwice(t *testing.T) {
 // http.Client) follows the authorization URL to the login page, submits
 // it, and is redirected to the CLI's loopback listener.
 func TestPKCELogin(t *testing.T) {
-	idp, users := startIdP(t, devidp.Config{})
+	idp, users := startIDP(t, devidp.Config{})
 	p := newProvider(t, idp, nil)
 	b := newBrowser(t)
 	var authURL string
@@ -243,7 +243,7 @@ func TestPKCELogin(t *testing.T) {
 }
 
 func TestPKCELoginDenied(t *testing.T) {
-	idp, _ := startIdP(t, devidp.Config{})
+	idp, _ := startIDP(t, devidp.Config{})
 	p := newProvider(t, idp, nil)
 	b := newBrowser(t)
 	_, _, err := p.LoginPKCE(waitCtx(t), func(u string) error {
@@ -256,7 +256,7 @@ func TestPKCELoginDenied(t *testing.T) {
 // TestPKCEForgedRedirect: a redirect to the loopback listener that does
 // not carry this login's state is refused.
 func TestPKCEForgedRedirect(t *testing.T) {
-	idp, _ := startIdP(t, devidp.Config{})
+	idp, _ := startIDP(t, devidp.Config{})
 	p := newProvider(t, idp, nil)
 	_, _, err := p.LoginPKCE(waitCtx(t), func(u string) error {
 		i := strings.Index(u, "redirect_uri=")
@@ -274,7 +274,7 @@ func TestPKCEForgedRedirect(t *testing.T) {
 }
 
 func TestPKCECanceled(t *testing.T) {
-	idp, _ := startIdP(t, devidp.Config{})
+	idp, _ := startIDP(t, devidp.Config{})
 	p := newProvider(t, idp, nil)
 	ctx, cancel := contextWithCancel(t)
 	_, _, err := p.LoginPKCE(ctx, func(string) error { cancel(); return nil })

@@ -18,7 +18,7 @@ import (
 
 // startIdP starts a development IdP with the demo users and a 1s polling
 // interval; it is closed when the test ends.
-func startIdP(t testing.TB, cfg devidp.Config) (*devidp.Server, []devidp.User) {
+func startIDP(t testing.TB, cfg devidp.Config) (*devidp.Server, []devidp.User) {
 	t.Helper()
 	if cfg.Users == nil {
 		cfg.Users = devidp.DemoUsers()

@@ -191,7 +191,7 @@ func strictPrincipal(p string) error {
 		return errors.New("login names do not start with '-'")
 	}
 	if p == "." || p == ".." {
-		return errors.New("login names are not . or ..")
+		return errors.New(`login names are not "." or ".."`)
 	}
 	for i := 0; i < len(p); i++ {
 		c := p[i]

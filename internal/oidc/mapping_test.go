@@ -59,7 +59,7 @@ func TestMap(t *testing.T) {
 		{name: "newline", m: Mapping{UsernameClaim: ClaimPreferredUsername}, edit: func(c map[string]any) { c["preferred_username"] = "alice\n" }, reason: ReasonBadPrincipal},
 		{name: "leading dash", m: Mapping{UsernameClaim: ClaimPreferredUsername}, edit: func(c map[string]any) { c["preferred_username"] = "-oProxyCommand" }, reason: ReasonBadPrincipal},
 		{name: "too long", m: Mapping{UsernameClaim: ClaimSubject}, edit: func(c map[string]any) { c["sub"] = strings.Repeat("a", 33) }, reason: ReasonBadPrincipal},
-		{name: "caller's validator", m: Mapping{ValidPrincipal: func(p string) error { return errors.New("no") }}, reason: ReasonBadPrincipal},
+		{name: "caller's validator", m: Mapping{ValidPrincipal: func(string) error { return errors.New("no") }}, reason: ReasonBadPrincipal},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -28,7 +28,7 @@ import (
 func (p *Provider) LoginPKCE(ctx context.Context, openURL func(string) error) (rawIDToken string, nonce string, err error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", "", fail(ReasonIdPError, "cannot listen on 127.0.0.1 for the login redirect: %v", err)
+		return "", "", fail(ReasonIDPError, "cannot listen on 127.0.0.1 for the login redirect: %v", err)
 	}
 	oc := p.oauth
 	oc.RedirectURL = "http://" + ln.Addr().String() + "/callback"
@@ -52,9 +52,9 @@ func (p *Provider) LoginPKCE(ctx context.Context, openURL func(string) error) (r
 		case q.Get("error") == "access_denied":
 			res.err = fail(ReasonAccessDenied, "the login was denied at the IdP (access_denied)")
 		case q.Get("error") != "":
-			res.err = fail(ReasonIdPError, "the IdP refused the login: %s: %q", q.Get("error"), q.Get("error_description"))
+			res.err = fail(ReasonIDPError, "the IdP refused the login: %s: %q", q.Get("error"), q.Get("error_description"))
 		case q.Get("code") == "":
-			res.err = fail(ReasonIdPError, "the login redirect carried no code")
+			res.err = fail(ReasonIDPError, "the login redirect carried no code")
 		default:
 			res.code = q.Get("code")
 		}
@@ -98,11 +98,11 @@ func (p *Provider) LoginPKCE(ctx context.Context, openURL func(string) error) (r
 	hctx := gooidc.ClientContext(ctx, p.cfg.HTTPClient)
 	tok, err := oc.Exchange(hctx, res.code, oauth2.VerifierOption(verifier))
 	if err != nil {
-		return "", "", tokenEndpointError(ctx, "code exchange", ReasonIdPError, err)
+		return "", "", tokenEndpointError(ctx, "code exchange", ReasonIDPError, err)
 	}
 	raw, ok := tok.Extra("id_token").(string)
 	if !ok || raw == "" {
-		return "", "", fail(ReasonIdPError, "the IdP returned no id_token: check that oidc.scopes includes openid")
+		return "", "", fail(ReasonIDPError, "the IdP returned no id_token: check that oidc.scopes includes openid")
 	}
 	if _, err := p.verify(ctx, raw, nonce); err != nil {
 		return "", "", err

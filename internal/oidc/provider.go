@@ -58,13 +58,13 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	ctx = gooidc.ClientContext(ctx, cfg.HTTPClient)
 	disc, err := gooidc.NewProvider(ctx, cfg.Issuer)
 	if err != nil {
-		return nil, fail(ReasonIdPError, "discovery at %s/.well-known/openid-configuration failed: %v; check oidc.issuer and that the IdP is reachable", cfg.Issuer, err)
+		return nil, fail(ReasonIDPError, "discovery at %s/.well-known/openid-configuration failed: %v; check oidc.issuer and that the IdP is reachable", cfg.Issuer, err)
 	}
 	var meta struct {
 		JWKSURI string `json:"jwks_uri"`
 	}
 	if err := disc.Claims(&meta); err != nil || meta.JWKSURI == "" {
-		return nil, fail(ReasonIdPError, "the discovery document of %s has no jwks_uri: the IdP cannot be used to verify id tokens", cfg.Issuer)
+		return nil, fail(ReasonIDPError, "the discovery document of %s has no jwks_uri: the IdP cannot be used to verify id tokens", cfg.Issuer)
 	}
 	// The key set outlives this call: keep ctx's values (the HTTP client)
 	// but not its cancellation.

@@ -18,7 +18,7 @@ import (
 // TestVerifyRefusals: every way an ID token can be wrong is refused with
 // its own reason code, and no error message repeats the token.
 func TestVerifyRefusals(t *testing.T) {
-	idp, _ := startIdP(t, devidp.Config{})
+	idp, _ := startIDP(t, devidp.Config{})
 	const secret = "client-secret-that-an-attacker-would-use-for-hs256"
 	otherKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -168,7 +168,7 @@ func TestVerifyRefusals(t *testing.T) {
 // TestVerifyGroupMappedToRoot: even if a group mapping to root got past
 // configuration (a policy that changed since), the login is refused.
 func TestVerifyGroupMappedToRoot(t *testing.T) {
-	idp, _ := startIdP(t, devidp.Config{})
+	idp, _ := startIDP(t, devidp.Config{})
 	if _, err := New(t.Context(), Config{Issuer: idp.Issuer(), ClientID: idp.ClientID(), GroupPrincipals: map[string][]string{"eng": {"root"}}}); ReasonOf(err) != ReasonConfig {
 		t.Fatalf("New accepted a group mapped to root: %v", err)
 	}
