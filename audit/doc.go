@@ -16,8 +16,8 @@
 // belong to this package.
 //
 // bbolt holds an exclusive lock on the file while a writer has it open, so a
-// second process gets [ErrInUse] naming the holder instead of waiting; a live
-// export goes through the running gateway instead. Logs leave the store as
-// JSON Lines (the verifiable form) or CSV, through [Store.Export] or an
-// [Encoder] on any event stream.
+// second process gets [ErrInUse], naming the holder, once Options.Timeout
+// passes; a live export goes through the running gateway. Logs leave the
+// store as JSON Lines (the verifiable form) or CSV, through [Store.Export]
+// or an [Encoder] on any event stream.
 package audit
