@@ -74,6 +74,7 @@ type checker struct {
 	authority   *ca.Authority
 	revocations *ca.Revocations
 	locks       *Locks
+	login       *LoginConfig
 	now         func() time.Time
 }
 
@@ -94,6 +95,9 @@ func (c *checker) verifyKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Perm
 	// is looked at.
 	if c.authority.Policy().Forbidden(user) {
 		return nil, &authError{reason: ReasonForbiddenUser, detail: fmt.Sprintf("login as %q is never allowed", user)}
+	}
+	if user == LoginUser {
+		return c.loginKey(key, c.login, c.now())
 	}
 	cert, ok := key.(*ssh.Certificate)
 	if !ok {

@@ -28,6 +28,9 @@ type Config struct {
 	DialTimeout time.Duration
 	// ShutdownGrace is how long live sessions may finish on SIGTERM.
 	ShutdownGrace time.Duration
+	// Login, when set, runs the login service for the reserved user
+	// "login".
+	Login *LoginConfig
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// Logger receives debug logs (never secrets); default discards.

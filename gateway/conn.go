@@ -103,7 +103,7 @@ func (cs *connState) touch(g *Gateway, conn *gossh.ServerConn) (*Identity, error
 		return nil, cs.identityErr
 	}
 	id := cs.identity
-	if lk, locked := g.deps.Locks.Find(id); locked {
+	if lk, locked := g.deps.Locks.Find(id); locked && !id.Login {
 		cs.kill(ReasonLocked)
 		return nil, fmt.Errorf("gateway: %s is locked: %s", lk.Target, lk.Reason)
 	}

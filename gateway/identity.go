@@ -29,9 +29,10 @@ type Identity struct {
 	ValidUntil time.Time `json:"valid_until"`
 	// ForceCommand is the cert's force-command critical option, if any.
 	ForceCommand string `json:"force_command,omitempty"`
-	// Login is true for the reserved login user authenticated with a
-	// plain key: it may only use the login service.
-	Login bool `json:"login,omitempty"`
+	// Login is true for the reserved login user: it may only use the
+	// login service, which signs PublicKey (authorized_keys form).
+	Login     bool   `json:"login,omitempty"`
+	PublicKey string `json:"public_key,omitempty"`
 }
 
 // HasGroup reports whether the identity carries group g.

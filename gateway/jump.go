@@ -36,6 +36,11 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		nc.Reject(gossh.Prohibited, "bastion: "+err.Error())
 		return
 	}
+	if id.Login {
+		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", ReasonLoginOnly, "the login user cannot jump")
+		nc.Reject(gossh.Prohibited, "bastion: the login user can only log in; use the certificate it gives you")
+		return
+	}
 	var req directTCPIP
 	if err := gossh.Unmarshal(nc.ExtraData(), &req); err != nil || req.Port > 65535 {
 		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", "bad_request", "malformed direct-tcpip request")

@@ -54,6 +54,8 @@ type Gateway struct {
 	hostKeys []gossh.Signer
 	unauth   chan struct{} // semaphore of unauthenticated connections
 	commands map[string]command
+	// loginLimiter rate-limits logins per source address.
+	loginLimiter *rateLimiter
 
 	mu       sync.Mutex
 	live     map[*connState]struct{}
@@ -98,12 +100,18 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		deps:    deps,
 		log:     cfg.Logger,
 		now:     cfg.Now,
-		checker: &checker{authority: deps.Authority, revocations: deps.Revocations, locks: deps.Locks, now: cfg.Now},
+		checker: &checker{authority: deps.Authority, revocations: deps.Revocations, locks: deps.Locks, login: cfg.Login, now: cfg.Now},
 		access:  access,
 		bans:    newBanList(cfg.Limits, cfg.Now),
 		metrics: newMetrics(deps.Registry),
 		unauth:  make(chan struct{}, cfg.Limits.MaxUnauthenticated),
 		live:    map[*connState]struct{}{},
+	}
+	if cfg.Login != nil {
+		if cfg.Login.Provider == nil {
+			return nil, errors.New("gateway: login: an identity provider is required")
+		}
+		g.loginLimiter = newRateLimiter(cfg.Login.PerMinute, cfg.Now)
 	}
 	g.commands = g.builtinCommands()
 	deps.Locks.mu.Lock()

@@ -87,10 +87,15 @@ func (g *Gateway) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc 
 				line = p.Command
 			}
 			req.Reply(true, nil)
-			if id.ForceCommand != "" {
-				line = id.ForceCommand
+			var status int
+			if id.Login {
+				status = g.runLogin(ctx, cs, id, sio, line)
+			} else {
+				if id.ForceCommand != "" {
+					line = id.ForceCommand
+				}
+				status = g.runCommand(ctx, cs, id, sio, line)
 			}
-			status := g.runCommand(ctx, cs, id, sio, line)
 			ch.CloseWrite()
 			ch.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{uint32(status)}))
 			return

@@ -1,0 +1,228 @@
+package gateway
+
+import (
+	"bufio"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/devidp"
+	"github.com/bastion-ssh/bastion/internal/oidc"
+	"github.com/bastion-ssh/bastion/internal/testbed"
+)
+
+// loginGateway is a gateway whose login service talks to a real OIDC
+// provider (devidp, on zitadel's OpenID-certified op package).
+type loginGateway struct {
+	*testGateway
+	idp *devidp.Server
+}
+
+func startLoginGateway(t *testing.T, opts ...gatewayOption) *loginGateway {
+	t.Helper()
+	user := testbed.LoginUser(t)
+	idp, err := devidp.Start(t.Context(), devidp.Config{
+		PollInterval: time.Second,
+		Users: []devidp.User{
+			{Subject: "sub-eng", Username: "eng", Email: user + "@example.com", EmailVerified: true, Groups: []string{"eng"}, Password: "pw"},
+			{Subject: "sub-root", Username: "rooty", Email: "root@example.com", EmailVerified: true, Password: "pw"},
+			{Subject: "sub-unverified", Username: "unv", Email: "unv@example.com", EmailVerified: false, Password: "pw"},
+			{Subject: "sub-dba", Username: "dba", Email: "dbauser@example.com", EmailVerified: true, Groups: []string{"dba"}, Password: "pw"},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { idp.Close() })
+	lg := &loginGateway{idp: idp}
+	withLogin := func(c *Config, d *Deps) {
+		prov, err := oidc.New(t.Context(), oidc.Config{
+			Issuer: idp.Issuer(), ClientID: idp.ClientID(), UsernameClaim: "email",
+			GroupPrincipals: map[string][]string{"dba": {"postgres-admin"}},
+			Forbidden:       d.Authority.Policy().Forbidden, ValidPrincipal: ca.ValidateUserPrincipal,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Login = &LoginConfig{Provider: prov, ClientID: idp.ClientID(), DefaultValidity: 8 * time.Hour, MaxValidity: 24 * time.Hour,
+			GroupMaxValidity: map[string]time.Duration{"dba": time.Hour}}
+	}
+	lg.testGateway = startGateway(t, append([]gatewayOption{withLogin}, opts...)...)
+	return lg
+}
+
+var userCodeRE = regexp.MustCompile(`enter the code (\S+)`)
+
+// deviceLogin runs `ssh login@gateway` with c's plain key, answers the
+// device prompt with approve(userCode), and returns the ssh result.
+func (lg *loginGateway) deviceLogin(t *testing.T, c *testbed.Client, approve func(code string) error) (stdout string, stderr string, exit int, approvedToCert time.Duration) {
+	t.Helper()
+	cmd := c.Command(t.Context(), "ssh", lg.gatewayArgs(LoginUser)...)
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var errText strings.Builder
+	r := bufio.NewReader(errPipe)
+	var approvedAt time.Time
+	for {
+		line, err := r.ReadString('\n')
+		errText.WriteString(line)
+		if m := userCodeRE.FindStringSubmatch(line); m != nil {
+			approvedAt = time.Now()
+			if err := approve(m[1]); err != nil {
+				t.Fatalf("approve: %v", err)
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	io.Copy(&errText, r)
+	werr := cmd.Wait()
+	exit = 0
+	if werr != nil {
+		exit = cmd.ProcessState.ExitCode()
+	}
+	return out.String(), errText.String(), exit, time.Since(approvedAt)
+}
+
+// TestDeviceLoginThenJump: a newcomer with nothing but OpenSSH logs in
+// with `ssh login@gateway > cert`, approves on the IdP, and jumps with the
+// certificate to a real sshd.
+func TestDeviceLoginThenJump(t *testing.T) {
+	lg := startLoginGateway(t)
+	c := testbed.NewClient(t)
+	c.TrustHostCA("*", lg.auth.PublicKey(ca.HostCA))
+	c.TrustHostKey(lg.target.Addr, lg.target.HostKeyPub)
+	c.StrictHostKeyChecking = "yes"
+
+	stdout, stderr, exit, latency := lg.deviceLogin(t, c, func(code string) error { return lg.idp.ApproveDevice(code, "eng") })
+	if exit != 0 {
+		t.Fatalf("login exit %d\nstderr: %s", exit, stderr)
+	}
+	t.Logf("approval to certificate on the client: %s", latency.Round(time.Millisecond))
+	k, _, _, _, err := gossh.ParseAuthorizedKey([]byte(stdout))
+	if err != nil {
+		t.Fatalf("stdout is not a certificate: %v\n%q\nstderr: %s", err, stdout, stderr)
+	}
+	cert := k.(*gossh.Certificate)
+	if string(cert.Key.Marshal()) != string(c.PublicKey().Marshal()) {
+		t.Fatal("the certificate is not for the key the client authenticated with")
+	}
+	if cert.ValidPrincipals[0] != lg.user || cert.Extensions[ca.GroupsExtension] != "eng" || !strings.Contains(cert.KeyId, "sub=sub-eng") {
+		t.Errorf("certificate principals %v groups %q key id %q", cert.ValidPrincipals, cert.Extensions[ca.GroupsExtension], cert.KeyId)
+	}
+	if !strings.Contains(stderr, "To log in, open ") || strings.Contains(stdout, "To log in") {
+		t.Errorf("prompts must go to stderr and only the certificate to stdout:\nstdout %q\nstderr %q", stdout, stderr)
+	}
+	c.SetCertificate([]byte(stdout))
+	if res := c.Run(t.Context(), "ssh", lg.jumpArgs(lg.user, "echo", "jumped")...); res.ExitCode != 0 || strings.TrimSpace(res.Stdout) != "jumped" {
+		t.Fatalf("jump with the login certificate: %s", res)
+	}
+	lg.waitEvent(t, "login.started", map[string]string{"flow": "device", "key_fp": gossh.FingerprintSHA256(c.PublicKey())})
+	ok := lg.waitEvent(t, "login.ok", map[string]string{"subject": "sub-eng", "groups": "eng", "serial": strconv.FormatUint(cert.Serial, 10)})
+	if ok.Fields["email"] != lg.user+"@example.com" || ok.Fields["key_fp"] != gossh.FingerprintSHA256(c.PublicKey()) || ok.Fields["remote"] != "127.0.0.1" {
+		t.Errorf("login.ok record: %v", ok.Fields)
+	}
+}
+
+// TestDeviceLoginRefusals: refusals at the IdP or by policy leave a
+// login.failed record with the reason and sign nothing.
+func TestDeviceLoginRefusals(t *testing.T) {
+	lg := startLoginGateway(t)
+	tests := []struct {
+		name    string
+		approve func(*loginGateway, string) error
+		reason  string
+	}{
+		{"user denies consent", func(lg *loginGateway, code string) error { return lg.idp.DenyDevice(code) }, oidc.ReasonAccessDenied},
+		{"username maps to root", func(lg *loginGateway, code string) error { return lg.idp.ApproveDevice(code, "rooty") }, oidc.ReasonForbiddenPrincipal},
+		{"unverified email", func(lg *loginGateway, code string) error { return lg.idp.ApproveDevice(code, "unv") }, oidc.ReasonEmailUnverified},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			issued := len(lg.events("cert.issued"))
+			c := testbed.NewClient(t)
+			c.TrustHostCA("*", lg.auth.PublicKey(ca.HostCA))
+			stdout, stderr, exit, _ := lg.deviceLogin(t, c, func(code string) error { return tc.approve(lg, code) })
+			if exit == 0 || stdout != "" {
+				t.Fatalf("login succeeded: exit %d stdout %q", exit, stdout)
+			}
+			if !strings.Contains(stderr, tc.reason) {
+				t.Errorf("stderr does not name the reason %s: %s", tc.reason, stderr)
+			}
+			lg.waitEvent(t, "login.failed", map[string]string{"reason": tc.reason, "key_fp": gossh.FingerprintSHA256(c.PublicKey())})
+			if n := len(lg.events("cert.issued")); n != issued {
+				t.Errorf("a refused login signed %d certificates", n-issued)
+			}
+		})
+	}
+}
+
+// TestGroupCapsValidity: a dba's certificate carries the group's extra
+// principal and is capped at the group's one hour.
+func TestGroupCapsValidity(t *testing.T) {
+	lg := startLoginGateway(t)
+	c := testbed.NewClient(t)
+	c.TrustHostCA("*", lg.auth.PublicKey(ca.HostCA))
+	stdout, stderr, exit, _ := lg.deviceLogin(t, c, func(code string) error { return lg.idp.ApproveDevice(code, "dba") })
+	if exit != 0 {
+		t.Fatalf("login: %d %s", exit, stderr)
+	}
+	k, _, _, _, err := gossh.ParseAuthorizedKey([]byte(stdout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := k.(*gossh.Certificate)
+	if strings.Join(cert.ValidPrincipals, ",") != "dbauser,postgres-admin" {
+		t.Errorf("principals %v, want dbauser,postgres-admin", cert.ValidPrincipals)
+	}
+	if life := time.Until(time.Unix(int64(cert.ValidBefore), 0)); life > time.Hour+time.Minute {
+		t.Errorf("dba certificate valid for %s, want at most the group's 1h", life)
+	}
+}
+
+// TestLoginUserCanOnlyLogIn: the login identity gets no shell, no other
+// command, no jump and no forwarding.
+func TestLoginUserCanOnlyLogIn(t *testing.T) {
+	lg := startLoginGateway(t)
+	c := testbed.NewClient(t)
+	c.TrustHostCA("*", lg.auth.PublicKey(ca.HostCA))
+	c.TrustHostKey(lg.target.Addr, lg.target.HostKeyPub)
+	ctx := t.Context()
+	res := c.Run(ctx, "ssh", lg.gatewayArgs(LoginUser, "cat", "/etc/passwd")...)
+	if res.ExitCode == 0 || strings.Contains(res.Stdout, "root:") {
+		t.Fatalf("the login user ran a command: %s", res)
+	}
+	lg.waitEvent(t, "request.refused", map[string]string{"reason": ReasonLoginOnly, "user": LoginUser})
+	res = c.Run(ctx, "ssh", "-o", "LogLevel=INFO", "-W", lg.target.Addr, "-p", strconv.Itoa(lg.port), LoginUser+"@127.0.0.1")
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "open failed") {
+		t.Fatalf("the login user opened a jump: %s", res)
+	}
+	lg.waitEvent(t, "channel.refused", map[string]string{"reason": ReasonLoginOnly})
+	// A plain key is still refused for every other user.
+	res = c.Run(ctx, "ssh", lg.gatewayArgs(lg.user, "info")...)
+	if res.ExitCode != 255 {
+		t.Fatalf("a plain key logged in as %s: %s", lg.user, res)
+	}
+	// Without an oidc section there is no login user at all.
+	plain := startGateway(t)
+	res = c.Run(ctx, "ssh", plain.gatewayArgs(LoginUser)...)
+	if res.ExitCode != 255 || !strings.Contains(res.Stderr, "Permission denied") {
+		t.Fatalf("login without a login service: %s", res)
+	}
+	plain.waitEvent(t, "auth.failed", map[string]string{"reason": ReasonLoginServiceUnavailable})
+}
+
