@@ -18,6 +18,7 @@ import (
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/gateway"
 	"github.com/bastion-ssh/bastion/internal/config"
+	"github.com/bastion-ssh/bastion/internal/oidc"
 )
 
 func newServeCommand(a *app) *cobra.Command {
@@ -115,6 +116,11 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ru
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gc := f.Gateway()
 	gc.Logger = logger
+	if f.OIDC != nil {
+		if gc.Login, err = loginConfig(ctx, f, policy); err != nil {
+			return fail(err)
+		}
+	}
 	gw, err := gateway.New(gc, gateway.Deps{Authority: auth, Revocations: revs, Locks: locks, Audit: store, Registry: reg})
 	if err != nil {
 		return fail(err)
@@ -139,6 +145,46 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ru
 	}
 	go func() { rt.served <- gw.Serve(ln) }()
 	return rt, nil
+}
+
+// loginConfig connects to the IdP (OIDC discovery) and builds the login
+// service's configuration.
+func loginConfig(ctx context.Context, f *config.File, policy ca.Policy) (*gateway.LoginConfig, error) {
+	o := f.OIDC
+	secret, err := readSecretFile(o.ClientSecretFile)
+	if err != nil {
+		return nil, fmt.Errorf("oidc.client_secret_file: %w", err)
+	}
+	groupPrincipals := map[string][]string{}
+	groupMax := map[string]time.Duration{}
+	for g, cg := range f.Cert.Groups {
+		groupPrincipals[g] = cg.Principals
+		if cg.MaxValidity > 0 {
+			groupMax[g] = time.Duration(cg.MaxValidity)
+		}
+	}
+	prov, err := oidc.New(ctx, oidc.Config{
+		Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: secret, Scopes: o.Scopes,
+		UsernameClaim: o.UsernameClaim, GroupsClaim: o.GroupsClaim, AllowedDomains: o.AllowedDomains,
+		GroupPrincipals: groupPrincipals, Forbidden: policy.Forbidden, ValidPrincipal: ca.ValidateUserPrincipal,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &gateway.LoginConfig{
+		Provider: prov, ClientID: o.ClientID,
+		DefaultValidity: time.Duration(f.Cert.DefaultValidity), MaxValidity: time.Duration(f.Cert.MaxValidity),
+		GroupMaxValidity: groupMax, PerMinute: o.LoginsPerMinute,
+	}, nil
+}
+
+// readSecretFile reads a secret, dropping the trailing newline; "" for no file.
+func readSecretFile(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := readPassphrase(path)
+	return string(b), err
 }
 
 // stop shuts the gateway down gracefully and closes the audit log.

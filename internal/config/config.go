@@ -39,6 +39,37 @@ type File struct {
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
 	CA            CA       `yaml:"ca"`
 	Log           Log      `yaml:"log"`
+	// OIDC, when present, turns on the login service (ssh login@bastion).
+	OIDC *OIDC `yaml:"oidc"`
+	// Cert configures certificates issued at login.
+	Cert Cert `yaml:"cert"`
+}
+
+// OIDC is the company identity provider.
+type OIDC struct {
+	Issuer           string   `yaml:"issuer"`
+	ClientID         string   `yaml:"client_id"`
+	ClientSecretFile string   `yaml:"client_secret_file"`
+	Scopes           []string `yaml:"scopes"`
+	UsernameClaim    string   `yaml:"username_claim"`
+	GroupsClaim      string   `yaml:"groups_claim"`
+	AllowedDomains   []string `yaml:"allowed_domains"`
+	// LoginsPerMinute limits logins per source address (default 10).
+	LoginsPerMinute int `yaml:"logins_per_minute"`
+}
+
+// Cert configures login certificates.
+type Cert struct {
+	DefaultValidity Duration             `yaml:"default_validity"`
+	MaxValidity     Duration             `yaml:"max_validity"`
+	Groups          map[string]CertGroup `yaml:"groups"`
+}
+
+// CertGroup adds principals to, and caps the validity of, a group's
+// certificates.
+type CertGroup struct {
+	Principals  []string `yaml:"principals"`
+	MaxValidity Duration `yaml:"max_validity"`
 }
 
 // Access is one access rule.
@@ -118,7 +149,11 @@ func Load(path string) (*File, error) {
 		return nil, fmt.Errorf("config: %s: %w", path, err)
 	}
 	base := filepath.Dir(path)
-	for _, p := range []*string{&f.DataDir, &f.CA.PassphraseFile} {
+	paths := []*string{&f.DataDir, &f.CA.PassphraseFile}
+	if f.OIDC != nil {
+		paths = append(paths, &f.OIDC.ClientSecretFile)
+	}
+	for _, p := range paths {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
@@ -176,8 +211,52 @@ func (f *File) Validate() error {
 	if err := gc.Validate(); err != nil {
 		return errors.New(strings.TrimPrefix(err.Error(), "gateway: "))
 	}
-	if _, err := f.Policy(); err != nil {
+	policy, err := f.Policy()
+	if err != nil {
 		return err
+	}
+	return f.validateLogin(policy)
+}
+
+// validateLogin checks the oidc: and cert: sections.
+func (f *File) validateLogin(policy ca.Policy) error {
+	if f.OIDC == nil {
+		if len(f.Cert.Groups) > 0 || f.Cert.DefaultValidity != 0 || f.Cert.MaxValidity != 0 {
+			return fmt.Errorf("cert: is set but oidc: is not; cert: configures login certificates, which need an oidc: section")
+		}
+		return nil
+	}
+	o := f.OIDC
+	if o.Issuer == "" {
+		return fmt.Errorf("oidc.issuer is empty: set it to your identity provider's issuer URL")
+	}
+	if o.ClientID == "" {
+		return fmt.Errorf("oidc.client_id is empty: set it to the client registered for bastion at your identity provider")
+	}
+	switch o.UsernameClaim {
+	case "", "email", "preferred_username", "sub":
+	default:
+		return fmt.Errorf("oidc.username_claim: %q is not one of email, preferred_username, sub", o.UsernameClaim)
+	}
+	if o.LoginsPerMinute < 0 {
+		return fmt.Errorf("oidc.logins_per_minute must not be negative")
+	}
+	max := time.Duration(f.Cert.MaxValidity)
+	if max > policy.UserMaxValidity {
+		return fmt.Errorf("cert.max_validity %s exceeds the CA's user maximum %s (ca.user_max_validity)", max, policy.UserMaxValidity)
+	}
+	if def := time.Duration(f.Cert.DefaultValidity); max > 0 && def > max {
+		return fmt.Errorf("cert.default_validity %s exceeds cert.max_validity %s", def, max)
+	}
+	for g, cg := range f.Cert.Groups {
+		for _, p := range cg.Principals {
+			if policy.Forbidden(p) {
+				return fmt.Errorf("cert.groups.%s.principals: %q is forbidden and is never signed", g, p)
+			}
+			if err := ca.ValidateUserPrincipal(p); err != nil {
+				return fmt.Errorf("cert.groups.%s.principals: %v", g, err)
+			}
+		}
 	}
 	return nil
 }
