@@ -89,6 +89,7 @@ root logins are refused by construction; every attempt is audited.`,
 		newCACommand(a),
 		newAuditCommand(a),
 		newServeCommand(a),
+		newDevCommand(a),
 	)
 	return root
 }
