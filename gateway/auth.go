@@ -163,6 +163,7 @@ func (c *checker) verifyKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Perm
 		Groups:       groups,
 		ValidUntil:   time.Unix(int64(cert.ValidBefore), 0).UTC(),
 		ForceCommand: cert.CriticalOptions["force-command"],
+		PublicKey:    strings.TrimSpace(string(ssh.MarshalAuthorizedKey(cert.Key))),
 	}
 	if lock, locked := c.locks.Find(id); locked {
 		return nil, fail(ReasonLocked, "%s is locked: %s", lock.Target, lock.Reason)

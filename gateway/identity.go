@@ -29,10 +29,12 @@ type Identity struct {
 	ValidUntil time.Time `json:"valid_until"`
 	// ForceCommand is the cert's force-command critical option, if any.
 	ForceCommand string `json:"force_command,omitempty"`
-	// Login is true for the reserved login user: it may only use the
-	// login service, which signs PublicKey (authorized_keys form).
-	Login     bool   `json:"login,omitempty"`
+	// PublicKey is the certified (or, for the login user, offered) key
+	// in authorized_keys form.
 	PublicKey string `json:"public_key,omitempty"`
+	// Login is true for the reserved login user: it may only use the
+	// login service, which signs PublicKey.
+	Login bool `json:"login,omitempty"`
 }
 
 // HasGroup reports whether the identity carries group g.

@@ -147,7 +147,7 @@ func (g *Gateway) isAdmin(id *Identity) bool {
 // commandList names the commands id may run.
 func (g *Gateway) commandList(id *Identity) string {
 	var names []string
-	for _, n := range []string{"info", "lock", "unlock", "locks"} {
+	for _, n := range []string{"info", "lock", "unlock", "locks", "revoke", "krl"} {
 		if c, ok := g.commands[n]; ok && (!c.admin || g.isAdmin(id)) {
 			names = append(names, n)
 		}
@@ -161,6 +161,8 @@ func (g *Gateway) builtinCommands() map[string]command {
 		"lock":   {summary: "lock USER [--reason TEXT]: refuse USER and end their sessions", admin: true, run: g.cmdLock},
 		"unlock": {summary: "unlock USER", admin: true, run: g.cmdUnlock},
 		"locks":  {summary: "list locked users", admin: true, run: g.cmdLocks},
+		"revoke": {summary: "revoke (--serial N | --key-id ID | --key KEY) [--reason TEXT]: revoke certificates and end their sessions", admin: true, run: g.cmdRevoke},
+		"krl":    {summary: "write the revocation list as an OpenSSH KRL to stdout", admin: true, run: g.cmdKRL},
 	}
 }
 

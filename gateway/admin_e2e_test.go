@@ -1,0 +1,79 @@
+package gateway
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bastion-ssh/bastion/ca"
+)
+
+// TestRevokeAndKRLThroughTheGateway: while the gateway holds the audit
+// database, admins revoke over SSH; the revoked user's live session ends,
+// and the KRL the gateway hands out makes ssh-keygen (and so sshd) agree.
+func TestRevokeAndKRLThroughTheGateway(t *testing.T) {
+	tg := startGateway(t)
+	ctx := t.Context()
+	admin := tg.client(ca.Request{KeyID: "admin", Principals: []string{"opsadmin"}, Groups: []string{"admins"}})
+	victim := tg.client(ca.Request{KeyID: "victim", Serial: 4242})
+	bystander := tg.client(ca.Request{KeyID: "bystander", Serial: 4343})
+
+	cmd := victim.Command(ctx, "ssh", tg.jumpArgs(tg.user, "echo", "started;", "sleep", "60")...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); strings.TrimSpace(line) != "started" {
+		t.Fatalf("victim session did not start: %q", line)
+	}
+
+	if res := bystander.Run(ctx, "ssh", tg.gatewayArgs(tg.user, "revoke", "--serial", "4242")...); res.ExitCode != 126 {
+		t.Fatalf("a non-admin revoked: %s", res)
+	}
+	res := admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "revoke", "--serial", "4242", "--reason", "'laptop stolen'")...)
+	if res.ExitCode != 0 {
+		t.Fatalf("revoke over ssh: %s", res)
+	}
+	select {
+	case <-exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the revoked certificate's live session is still running")
+	}
+	tg.waitEvent(t, "cert.revoked", map[string]string{"kind": "serial", "value": "4242", "reason": "laptop stolen"})
+	tg.waitEvent(t, "session.end", map[string]string{"key_id": "victim", "reason": ReasonRevoked})
+
+	res = admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "krl")...)
+	if res.ExitCode != 0 {
+		t.Fatalf("krl over ssh: %s", res)
+	}
+	dir := t.TempDir()
+	krl := filepath.Join(dir, "revoked.krl")
+	if err := os.WriteFile(krl, []byte(res.Stdout), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cert    string
+		revoked bool
+	}{{victim.CertPath, true}, {bystander.CertPath, false}} {
+		out, err := exec.Command("ssh-keygen", "-Q", "-f", krl, tc.cert).CombinedOutput()
+		got := err != nil && strings.Contains(string(out), "REVOKED")
+		if got != tc.revoked {
+			t.Errorf("ssh-keygen -Q %s: %s (exit error %v), want revoked=%v", tc.cert, out, err, tc.revoked)
+		}
+	}
+	if res := victim.Run(ctx, "ssh", tg.jumpArgs(tg.user, "true")...); res.ExitCode == 0 {
+		t.Fatal("a revoked certificate still logs in")
+	}
+	if res := bystander.Run(ctx, "ssh", tg.jumpArgs(tg.user, "true")...); res.ExitCode != 0 {
+		t.Fatalf("an unrevoked certificate was refused: %s", res)
+	}
+}
