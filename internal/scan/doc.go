@@ -18,6 +18,12 @@
 // caches results per address for the gateway's require_hardened_targets
 // option, so a burst of jumps to one target costs one probe.
 //
+// What a probe cannot see: the methods a server lists are those for the
+// probe's user (Options.User) at the first step, so a Match block for
+// another user, or a second step of a multi-step AuthenticationMethods
+// ("publickey,password"), stays hidden; scan with Options.User set to the
+// login in question, and read the target's sshd -T for the rest.
+//
 // Whether root may log in cannot be seen from outside without root
 // credentials, and bastion's CA never signs root, not even for a probe; the
 // target sshd_config snippet in deploy/target covers that side.
