@@ -28,6 +28,11 @@ type Config struct {
 	DialTimeout time.Duration
 	// ShutdownGrace is how long live sessions may finish on SIGTERM.
 	ShutdownGrace time.Duration
+	// RequireHardenedTargets probes each target (cached for
+	// HardenedTargetTTL, default 10m) and refuses jumps to targets that
+	// offer password or keyboard-interactive authentication.
+	RequireHardenedTargets bool
+	HardenedTargetTTL      time.Duration
 	// Login, when set, runs the login service for the reserved user
 	// "login".
 	Login *LoginConfig

@@ -68,6 +68,11 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		}
 		return
 	}
+	if err := g.hardenedCheck(openCtx, dest); err != nil {
+		ae := err.(*accessError)
+		refuse(ae.reason, ae.msg, gossh.Prohibited)
+		return
+	}
 	upstream, err := g.deps.Dial(openCtx, "tcp", dest.Addr.String())
 	if err != nil {
 		refuse(ReasonDialFailed, fmt.Sprintf("cannot connect to %s (%s): %v", target, dest.Addr, dialReason(err)), gossh.ConnectionFailed)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/scan"
 )
 
 // Auditor is where the gateway writes audit records; *audit.Store is one.
@@ -54,6 +55,8 @@ type Gateway struct {
 	hostKeys []gossh.Signer
 	unauth   chan struct{} // semaphore of unauthenticated connections
 	commands map[string]command
+	// targets probes jump targets for require_hardened_targets (nil: off).
+	targets *scan.Checker
 	// loginLimiter rate-limits logins per source address.
 	loginLimiter *rateLimiter
 
@@ -114,6 +117,7 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		g.loginLimiter = newRateLimiter(cfg.Login.PerMinute, cfg.Now)
 	}
 	g.commands = g.builtinCommands()
+	g.targets = newTargetChecker(cfg, deps)
 	deps.Locks.mu.Lock()
 	deps.Locks.onLock = g.endSessionsOf
 	deps.Locks.mu.Unlock()

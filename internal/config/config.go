@@ -34,7 +34,12 @@ type File struct {
 	Access      []Access `yaml:"access"`
 	Limits      Limits   `yaml:"limits"`
 	AdminGroups []string `yaml:"admin_groups"`
-	DialTimeout Duration `yaml:"dial_timeout"`
+	// RequireHardenedTargets refuses jumps to targets that offer password
+	// or keyboard-interactive authentication (probed, cached for
+	// HardenedTargetTTL).
+	RequireHardenedTargets bool     `yaml:"require_hardened_targets"`
+	HardenedTargetTTL      Duration `yaml:"hardened_target_ttl"`
+	DialTimeout            Duration `yaml:"dial_timeout"`
 	// ShutdownGrace is how long sessions may finish after SIGTERM.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
 	CA            CA       `yaml:"ca"`
@@ -311,13 +316,16 @@ func (f *File) Gateway() gateway.Config {
 		rules = append(rules, gateway.AccessRule{Principals: a.Principals, Groups: a.Groups, Hosts: a.Hosts, Ports: a.Ports})
 	}
 	return gateway.Config{
-		Listen:        f.Listen,
-		HostKeyPath:   filepath.Join(f.DataDir, "gateway", "ssh_host_ed25519_key"),
-		HostNames:     f.HostNames,
-		Access:        rules,
-		Limits:        l,
-		AdminGroups:   f.AdminGroups,
-		DialTimeout:   time.Duration(f.DialTimeout),
-		ShutdownGrace: time.Duration(f.ShutdownGrace),
+		Listen:      f.Listen,
+		HostKeyPath: filepath.Join(f.DataDir, "gateway", "ssh_host_ed25519_key"),
+		HostNames:   f.HostNames,
+		Access:      rules,
+		Limits:      l,
+		AdminGroups: f.AdminGroups,
+
+		RequireHardenedTargets: f.RequireHardenedTargets,
+		HardenedTargetTTL:      time.Duration(f.HardenedTargetTTL),
+		DialTimeout:            time.Duration(f.DialTimeout),
+		ShutdownGrace:          time.Duration(f.ShutdownGrace),
 	}
 }
