@@ -112,6 +112,40 @@ func TestSystemdUnitsVerify(t *testing.T) {
 	}
 }
 
+// TestSystemdShellCommands checks the shell scripts the units run: systemd
+// expands $NAME in command lines before the shell sees them, so a shell
+// variable must be written $$NAME; and each script must parse.
+func TestSystemdShellCommands(t *testing.T) {
+	units, _ := filepath.Glob("systemd/*.service")
+	shellVar := regexp.MustCompile(`(^|[^$])\$[a-zA-Z_({]`)
+	n := 0
+	for _, u := range units {
+		for k, vals := range unitDirectives(t, u) {
+			if !strings.HasPrefix(k, "Exec") {
+				continue
+			}
+			for _, v := range vals {
+				_, script, ok := strings.Cut(v, "/bin/sh -ec '")
+				if !ok {
+					continue
+				}
+				n++
+				script = strings.TrimSuffix(strings.TrimSpace(script), "'")
+				if m := shellVar.FindString(script); m != "" {
+					t.Errorf("%s %s: %q would be expanded by systemd, not the shell; write $$", u, k, m)
+				}
+				script = strings.ReplaceAll(script, "$$", "$")
+				if out, err := exec.Command("sh", "-n", "-c", script).CombinedOutput(); err != nil {
+					t.Errorf("%s %s: shell syntax: %v\n%s\n%s", u, k, err, out, script)
+				}
+			}
+		}
+	}
+	if n < 3 {
+		t.Fatalf("found %d shell commands in the units, want at least 3", n)
+	}
+}
+
 // bastionInvocations returns the arguments of every bastion command line
 // in a unit.
 func bastionInvocations(t *testing.T, unit string) []string {
