@@ -136,6 +136,11 @@ func TestDeviceLoginThenJump(t *testing.T) {
 	if ok.Fields["email"] != lg.user+"@example.com" || ok.Fields["key_fp"] != gossh.FingerprintSHA256(c.PublicKey()) || ok.Fields["remote"] != "127.0.0.1" {
 		t.Errorf("login.ok record: %v", ok.Fields)
 	}
+	// Nothing secret reaches the audit log: no ID token (a JWT starts
+	// with eyJ), no key material.
+	if all := lg.dump(); strings.Contains(all, "eyJ") || strings.Contains(all, "PRIVATE KEY") {
+		t.Errorf("the audit log holds a secret:\n%s", all)
+	}
 }
 
 // TestDeviceLoginRefusals: refusals at the IdP or by policy leave a
