@@ -269,6 +269,12 @@ func TestKubernetesManifests(t *testing.T) {
 		if err != nil {
 			t.Fatalf("bastion.yaml in the ConfigMap: %v", err)
 		}
+		if !f.RequireHardenedTargets {
+			t.Error("require_hardened_targets is off")
+		}
+		if f.OIDC == nil || !mountedFile(sts.Spec.Template.Spec.Containers[0], f.OIDC.ClientSecretFile) {
+			t.Errorf("oidc.client_secret_file is not a file the pod mounts")
+		}
 		if f.Listen != "0.0.0.0:2222" || f.MetricsListen != "0.0.0.0:9222" || f.DataDir != "/var/lib/bastion" {
 			t.Errorf("listen %q metrics %q data_dir %q; the probes, Service and volume expect 0.0.0.0:2222, 0.0.0.0:9222, /var/lib/bastion", f.Listen, f.MetricsListen, f.DataDir)
 		}
@@ -381,4 +387,14 @@ func restrictedProblems(pod corev1.PodSpec) []string {
 		}
 	}
 	return p
+}
+
+// mountedFile reports whether path lies under one of c's volume mounts.
+func mountedFile(c corev1.Container, path string) bool {
+	for _, vm := range c.VolumeMounts {
+		if path == vm.MountPath || strings.HasPrefix(path, strings.TrimSuffix(vm.MountPath, "/")+"/") {
+			return true
+		}
+	}
+	return false
 }
