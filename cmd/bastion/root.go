@@ -90,6 +90,7 @@ root logins are refused by construction; every attempt is audited.`,
 		newAuditCommand(a),
 		newServeCommand(a),
 		newDevCommand(a),
+		newScanCommand(a),
 	)
 	return root
 }

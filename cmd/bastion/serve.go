@@ -67,8 +67,8 @@ func newLogger(w interface{ Write([]byte) (int, error) }, lc config.Log) *slog.L
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// runtime is a running gateway with everything it owns.
-type runtime struct {
+// gatewayRuntime is a running gateway with everything it owns.
+type gatewayRuntime struct {
 	gw          *gateway.Gateway
 	store       *audit.Store
 	metricsSrv  *http.Server
@@ -79,7 +79,7 @@ type runtime struct {
 
 // startRuntime opens the data dir, builds the gateway and starts serving
 // SSH (and metrics, when configured).
-func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*runtime, error) {
+func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*gatewayRuntime, error) {
 	layout := ca.Layout{DataDir: f.DataDir}
 	if !layout.Exists() {
 		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), f.DataDir)
@@ -96,7 +96,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ru
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) (*runtime, error) {
+	fail := func(err error) (*gatewayRuntime, error) {
 		store.Close()
 		return nil, err
 	}
@@ -129,7 +129,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ru
 	if err != nil {
 		return fail(fmt.Errorf("listen on %s: %w (is another process using the port?)", gc.Listen, err))
 	}
-	rt := &runtime{gw: gw, store: store, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
+	rt := &gatewayRuntime{gw: gw, store: store, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
 	if f.MetricsListen != "" {
 		mln, err := net.Listen("tcp", f.MetricsListen)
 		if err != nil {
@@ -188,7 +188,7 @@ func readSecretFile(path string) (string, error) {
 }
 
 // stop shuts the gateway down gracefully and closes the audit log.
-func (rt *runtime) stop() error {
+func (rt *gatewayRuntime) stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	err := rt.gw.Shutdown(ctx)
