@@ -102,6 +102,10 @@ func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (
 			return err
 		}
 		out = e
+		// Only a transaction that commits runs its handlers, and it runs
+		// them under the committer's writeMu, so the feed sees exactly
+		// the committed events, in commit order.
+		tx.OnCommit(func() { s.feed.publish(e) })
 		return nil
 	}
 	if fn == nil {
@@ -109,7 +113,7 @@ func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (
 	} else {
 		// AppendWith runs alone, so fn runs exactly once per call and never
 		// because some other append in its batch failed.
-		err = s.runCancelable(ctx, func() error { return s.db.Update(txFn) }, &state)
+		err = s.runCancelable(ctx, func() error { return s.commits.update(txFn) }, &state)
 	}
 	if err == nil && state.Load() == writeAbandoned {
 		err = ctx.Err()

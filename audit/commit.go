@@ -34,8 +34,14 @@ type writeReq struct {
 
 // committer runs the group commit loop for one Store.
 type committer struct {
-	db   *bbolt.DB
-	reqs chan *writeReq
+	db *bbolt.DB
+	// writeMu serializes every write transaction of the Store: the
+	// batches, AppendWith's own transactions and retention's. bbolt
+	// serializes writers anyway; holding writeMu across Update as well
+	// makes a commit and its OnCommit handlers (the live feed) one step,
+	// so subscribers see events in commit order.
+	writeMu sync.Mutex
+	reqs    chan *writeReq
 	// mu is held for reading while sending on reqs and for writing to
 	// close it, so no send races the close.
 	mu     sync.RWMutex
@@ -126,7 +132,7 @@ func (c *committer) gather(batch []*writeReq) []*writeReq {
 func (c *committer) commit(batch []*writeReq) {
 	for len(batch) > 0 {
 		failed := -1
-		err := c.db.Update(func(tx *bbolt.Tx) error {
+		err := c.update(func(tx *bbolt.Tx) error {
 			for i, r := range batch {
 				if err := safeCall(r.fn, tx); err != nil {
 					failed = i
@@ -143,8 +149,15 @@ func (c *committer) commit(batch []*writeReq) {
 		}
 		r := batch[failed]
 		batch = append(batch[:failed], batch[failed+1:]...)
-		r.done <- c.db.Update(func(tx *bbolt.Tx) error { return safeCall(r.fn, tx) })
+		r.done <- c.update(func(tx *bbolt.Tx) error { return safeCall(r.fn, tx) })
 	}
+}
+
+// update runs fn in a write transaction under writeMu.
+func (c *committer) update(fn func(*bbolt.Tx) error) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	return c.db.Update(fn)
 }
 
 // safeCall turns a panic in fn into an error, so one bad append cannot take

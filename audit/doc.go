@@ -15,6 +15,12 @@
 // [Store.AppendWith] and [Store.View]. The bucket names "events" and "meta"
 // belong to this package.
 //
+// Committed events are also offered live to subscribers ([Store.Subscribe],
+// which drops rather than wait, and [Store.Follow], which never misses
+// one), for alerting and `audit tail`. With Options.Retention set, the
+// oldest events are pruned in the background ([Store.Prune]) and
+// verification starts from the recorded checkpoint.
+//
 // bbolt holds an exclusive lock on the file while a writer has it open, so a
 // second process gets [ErrInUse], naming the holder, once Options.Timeout
 // passes; a live export goes through the running gateway. Logs leave the

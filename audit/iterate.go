@@ -81,8 +81,9 @@ func (f Filter) Match(ev Event) bool {
 // fn's first error, which it returns.
 //
 // The events are a consistent snapshot: exactly those committed when
-// Iterate started. The log is append-only, so the snapshot is read in pages
-// of short read transactions bounded by the last key at the start, and fn
+// Iterate started. Appends only add keys past the end and retention never
+// prunes a key a scan has yet to read, so the snapshot is read in pages of
+// short read transactions bounded by the last key at the start, and fn
 // runs outside any transaction: a slow consumer (an export streamed to a
 // remote client) never holds a read transaction that would stall appends,
 // and fn may itself append.
@@ -90,25 +91,33 @@ func (s *Store) Iterate(ctx context.Context, f Filter, fn func(Event) error) err
 	if err := f.Validate(); err != nil {
 		return err
 	}
-	var start []byte
-	if !f.Since.IsZero() && f.Since.Unix() >= 0 {
-		// An id's time is never before its event's time, so no event at or
-		// after Since has an id before Since's millisecond.
-		var id ulid.ULID
-		if id.SetTime(uint64(f.Since.UnixMilli())) == nil {
-			start = id[:]
-		}
+	return s.scan(ctx, sinceKey(f), nil, func(k, v []byte) error { return s.match(k, v, f, fn) })
+}
+
+// sinceKey is the first key that can hold an event matching f, or nil.
+func sinceKey(f Filter) []byte {
+	if f.Since.IsZero() || f.Since.Unix() < 0 {
+		return nil
 	}
-	return s.scan(ctx, start, func(k, v []byte) error {
-		ev, err := DecodeEvent(v)
-		if err != nil {
-			return fmt.Errorf("%w (record %s; run `bastion audit verify`)", err, keyString(k))
-		}
-		if !f.Match(ev) {
-			return nil
-		}
-		return fn(ev)
-	})
+	// An id's time is never before its event's time, so no event at or
+	// after Since has an id before Since's millisecond.
+	var id ulid.ULID
+	if id.SetTime(uint64(f.Since.UnixMilli())) != nil {
+		return nil
+	}
+	return id[:]
+}
+
+// match decodes the record k, v and calls fn with it if it matches f.
+func (s *Store) match(k, v []byte, f Filter, fn func(Event) error) error {
+	ev, err := DecodeEvent(v)
+	if err != nil {
+		return fmt.Errorf("%w (record %s; run `bastion audit verify`)", err, keyString(k))
+	}
+	if !f.Match(ev) {
+		return nil
+	}
+	return fn(ev)
 }
 
 // scanPage is how many records one read transaction of a scan copies out.
@@ -116,26 +125,38 @@ const scanPage = 1024
 
 // scan calls fn with the key and value of each record of the events
 // bucket from start (nil: the first) to the last record committed when scan
-// began. fn runs outside any transaction and may keep k and v.
-func (s *Store) scan(ctx context.Context, start []byte, fn func(k, v []byte) error) error {
+// began. fn runs outside any transaction and may keep k and v. first, when
+// set, runs inside the transaction that reads the first page, so what it
+// reads (the meta bucket) is from the same snapshot as that page.
+//
+// While it runs, scan registers how far it has read, and retention never
+// prunes a record it has yet to read: the snapshot stays whole.
+func (s *Store) scan(ctx context.Context, start []byte, first func(*bbolt.Tx) error, fn func(k, v []byte) error) error {
 	type rec struct{ k, v []byte }
 	var (
 		end  []byte // last key of the snapshot
 		next = start
 		page = make([]rec, 0, scanPage)
 	)
-	for first := true; ; first = false {
+	r := s.readers.add(start)
+	defer s.readers.remove(r)
+	for isFirst := true; ; isFirst = false {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("audit: read: %w", err)
 		}
 		page = page[:0]
 		err := s.db.View(func(tx *bbolt.Tx) error {
+			if isFirst && first != nil {
+				if err := first(tx); err != nil {
+					return err
+				}
+			}
 			b := tx.Bucket([]byte(bucketEvents))
 			if b == nil {
 				return nil
 			}
 			c := b.Cursor()
-			if first {
+			if isFirst {
 				if k, _ := c.Last(); k != nil {
 					end = bytes.Clone(k)
 				}
@@ -158,6 +179,10 @@ func (s *Store) scan(ctx context.Context, start []byte, fn func(k, v []byte) err
 			return ErrClosed
 		}
 		if err != nil {
+			var ce *ChainError
+			if errors.As(err, &ce) || errors.Is(err, ErrCorrupt) {
+				return err
+			}
 			return fmt.Errorf("audit: read: %w", err)
 		}
 		for _, r := range page {
@@ -173,6 +198,7 @@ func (s *Store) scan(ctx context.Context, start []byte, fn func(k, v []byte) err
 			return nil
 		}
 		next = successor(last)
+		s.readers.advance(r, next)
 	}
 }
 

@@ -31,6 +31,13 @@ type Options struct {
 	// Logger receives the store's few operational messages; nil discards
 	// them. Events never go to the logger.
 	Logger *slog.Logger
+	// Retention, when positive, prunes events older than this in the
+	// background (see Prune); zero keeps every event forever. Ignored
+	// when ReadOnly.
+	Retention time.Duration
+	// PruneEvery is how often retention runs (default 1h); it also runs
+	// once at Open.
+	PruneEvery time.Duration
 }
 
 const (
@@ -70,6 +77,12 @@ type Store struct {
 	readOnly  bool
 	now       func() time.Time
 	log       *slog.Logger
+	feed      feed
+	readers   readers
+
+	// Retention's background loop, when on: closed to stop it, closed by
+	// it when it has stopped.
+	stopRetention, retentionDone chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -127,11 +140,23 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("audit: open %s: %w", path, err)
 	}
+	if opts.Retention < 0 || opts.PruneEvery < 0 {
+		_ = db.Close()
+		return nil, fmt.Errorf("audit: open %s: retention %s and prune interval %s must not be negative", path, opts.Retention, opts.PruneEvery)
+	}
 	if !opts.ReadOnly {
 		s.commits = startCommitter(db)
 		if err := writeOwner(s.ownerPath, s.now()); err != nil {
 			// Only the ErrInUse message depends on it; say so and go on.
 			s.log.Warn("audit: cannot record the lock holder; a second process will not learn who holds the log", "path", s.ownerPath, "err", err)
+		}
+		if opts.Retention > 0 {
+			every := opts.PruneEvery
+			if every == 0 {
+				every = defaultPruneEvery
+			}
+			s.stopRetention, s.retentionDone = make(chan struct{}), make(chan struct{})
+			go s.runRetention(opts.Retention, every, s.stopRetention, s.retentionDone)
 		}
 	}
 	s.log.Debug("audit: opened", "path", path, "read_only", opts.ReadOnly)
@@ -209,13 +234,18 @@ func describeOwner(path string) string {
 	return fmt.Sprintf("pid %d (%q, open since %s, per %s)", o.PID, cmd, o.Since.Format(time.RFC3339), path)
 }
 
-// Close commits the appends already queued, refuses new ones with
-// ErrClosed, and releases the file.
+// Close stops retention, commits the appends already queued, refuses new
+// ones with ErrClosed, ends every subscription and releases the file.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		if s.stopRetention != nil {
+			close(s.stopRetention)
+			<-s.retentionDone
+		}
 		if s.commits != nil {
 			s.commits.stop()
 		}
+		s.feed.close()
 		if !s.readOnly {
 			// Remove while still holding the lock, so the next writer's
 			// owner file is never the one removed.

@@ -16,52 +16,71 @@ import (
 // (ReasonHashMismatch), deleted or reordered (ReasonPrevHashMismatch), moved
 // (ReasonIDMismatch), out of order (ReasonIDOrder, ReasonTimeOrder), cut
 // short (ReasonTruncated) or unreadable (ReasonUndecodable).
+//
+// When retention has pruned the oldest events, the walk starts at the
+// retention checkpoint: the oldest event held must chain to the hash of
+// the last one pruned. VerifyChain says which checkpoint it started from.
 func (s *Store) Verify(ctx context.Context) (int, error) {
+	v, err := s.VerifyChain(ctx)
+	return v.Checked, err
+}
+
+// Verification is what VerifyChain found.
+type Verification struct {
+	// Checked is how many events were verified.
+	Checked int
+	// From is the retention checkpoint the walk started from (zero: the
+	// log's first event, nothing pruned).
+	From Checkpoint
+}
+
+// VerifyChain is Verify, also reporting the checkpoint it started from.
+func (s *Store) VerifyChain(ctx context.Context) (Verification, error) {
 	var (
-		n    int
+		res  Verification
 		prev Event
 		last []byte
 		meta chainMeta
 	)
-	// The meta bucket is read before the scan: appends that land after it
-	// only add records past its last id, which the check below ignores.
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	// The meta bucket and checkpoint are read in the transaction of the
+	// scan's first page: appends that land after it only add records past
+	// its last id, which the check below ignores, and the scan keeps
+	// retention from pruning what it has yet to read.
+	first := func(tx *bbolt.Tx) error {
 		var err error
-		meta, err = readMeta(tx)
+		if meta, err = readMeta(tx); err != nil {
+			return err
+		}
+		res.From, err = readCheckpoint(tx.Bucket([]byte(bucketMeta)))
+		prev = Event{ID: res.From.ID, Hash: res.From.Hash}
 		return err
-	})
-	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
-		err = ErrClosed
 	}
-	if err != nil {
-		return 0, err
-	}
-	err = s.scan(ctx, nil, func(k, v []byte) error {
+	err := s.scan(ctx, nil, first, func(k, v []byte) error {
 		if meta.hasLast && bytes.Compare(k, meta.lastID[:]) > 0 {
 			return errStopScan // appended after the meta snapshot
 		}
-		ev, err := checkLink(n, k, v, prev)
+		ev, err := checkLink(res.Checked, k, v, prev)
 		if err != nil {
 			return err
 		}
 		prev, last = ev, k
-		n++
+		res.Checked++
 		return nil
 	})
 	if errors.Is(err, errStopScan) {
 		err = nil
 	}
 	if err != nil {
-		return n, err
+		return res, err
 	}
 	if meta.hasLast && !bytes.Equal(last, meta.lastID[:]) {
 		got := "the start"
 		if last != nil {
 			got = keyString(last)
 		}
-		return n, &ChainError{Index: n, ID: meta.lastID.String(), Reason: ReasonTruncated, Expected: meta.lastID.String(), Got: got}
+		return res, &ChainError{Index: res.Checked, ID: meta.lastID.String(), Reason: ReasonTruncated, Expected: meta.lastID.String(), Got: got}
 	}
-	return n, nil
+	return res, nil
 }
 
 // errStopScan ends a scan early without error.

@@ -1,0 +1,161 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// The live feed: every committed event is offered to each subscriber
+// right after its commit, in commit order. Offering never blocks: a
+// subscriber whose buffer is full misses the event and counts it, so a
+// slow consumer (an alert webhook, a stalled tail) can never hold up an
+// append, and with it an authentication.
+
+// feed fans committed events out to subscribers.
+type feed struct {
+	mu     sync.Mutex
+	subs   map[*Subscription]struct{}
+	closed bool
+}
+
+// Subscription is a live feed of the events committed after Subscribe
+// returned. Receive from C; C is closed by Close and when the store closes.
+type Subscription struct {
+	// C delivers the events, in commit order, minus those dropped while
+	// its buffer was full.
+	C <-chan Event
+
+	c       chan Event
+	wake    chan struct{} // Follow's coalescing wake-up; nil for Subscribe
+	dropped atomic.Uint64
+	feed    *feed
+}
+
+// Subscribe starts a live feed with room for buf events (at least 1).
+// Appends never wait for a subscriber: when C is full an event is dropped
+// for this subscriber and counted in Dropped. Consumers that must not
+// miss an event use Follow, which reads them back from the log instead.
+func (s *Store) Subscribe(buf int) *Subscription {
+	if buf < 1 {
+		buf = 1
+	}
+	c := make(chan Event, buf)
+	sub := &Subscription{C: c, c: c, feed: &s.feed}
+	s.feed.add(sub)
+	return sub
+}
+
+// Dropped is how many events this subscriber missed because C was full.
+func (sub *Subscription) Dropped() uint64 { return sub.dropped.Load() }
+
+// Close ends the subscription and closes C. It is safe to call more than
+// once and concurrently with appends.
+func (sub *Subscription) Close() {
+	f := sub.feed
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.subs[sub]; ok {
+		delete(f.subs, sub)
+		sub.close()
+	}
+}
+
+func (sub *Subscription) close() {
+	if sub.wake != nil {
+		close(sub.wake)
+	} else {
+		close(sub.c)
+	}
+}
+
+// add registers sub, or closes it at once when the store is closed.
+func (f *feed) add(sub *Subscription) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		sub.close()
+		return
+	}
+	if f.subs == nil {
+		f.subs = map[*Subscription]struct{}{}
+	}
+	f.subs[sub] = struct{}{}
+}
+
+// publish offers ev to every subscriber without waiting.
+func (f *feed) publish(ev Event) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for sub := range f.subs {
+		if sub.wake != nil {
+			select {
+			case sub.wake <- struct{}{}:
+			default: // a wake-up is already pending; it covers this event
+			}
+			continue
+		}
+		select {
+		case sub.c <- ev:
+		default:
+			sub.dropped.Add(1)
+		}
+	}
+}
+
+// close ends every subscription; later ones start closed.
+func (f *feed) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for sub := range f.subs {
+		sub.close()
+	}
+	f.subs = nil
+}
+
+// Follow calls fn for every event matching f: first those already in the
+// log, as Iterate would, then each one committed later, in log order,
+// until ctx ends, fn returns an error or the store closes. It returns
+// ctx's error, fn's error, or ErrClosed.
+//
+// Follow never skips an event, however slow fn is: commits only wake it,
+// and it reads what is new from the log in pages of short read
+// transactions, with fn running outside any transaction. A stalled
+// follower therefore holds no transaction and delays no append, and
+// retention does not prune events it has yet to read.
+func (s *Store) Follow(ctx context.Context, f Filter, fn func(Event) error) error {
+	if err := f.Validate(); err != nil {
+		return err
+	}
+	// Subscribe before the first read, so a commit between that read and
+	// the wait below still wakes us.
+	wake := make(chan struct{}, 1)
+	sub := &Subscription{wake: wake, feed: &s.feed}
+	s.feed.add(sub)
+	defer sub.Close()
+
+	start := sinceKey(f)
+	for {
+		var last []byte
+		err := s.scan(ctx, start, nil, func(k, v []byte) error {
+			last = k
+			return s.match(k, v, f, fn)
+		})
+		if err != nil {
+			return err
+		}
+		if last != nil {
+			start = successor(last)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("audit: follow: %w", ctx.Err())
+		case _, ok := <-wake:
+			if !ok {
+				return fmt.Errorf("%w: follow ended", ErrClosed)
+			}
+		}
+	}
+}
