@@ -31,7 +31,7 @@ func loadHostKeys(ctx context.Context, cfg Config, auth *ca.Authority) ([]gossh.
 	if cert == nil || !auth.IsTrusted(ca.HostCA, cert.SignatureKey) || !certFresh(cert, now) {
 		names := cfg.HostNames
 		if len(names) == 0 {
-			names = defaultHostNames(cfg.Listen)
+			names = defaultHostNames()
 		}
 		cert, err = auth.Sign(ctx, ca.Request{Kind: ca.HostCA, Key: signer.PublicKey(), KeyID: "bastion-gateway", Principals: names, Requester: "gateway", Via: "gateway"})
 		if err != nil {
@@ -106,7 +106,7 @@ func certFresh(cert *gossh.Certificate, now time.Time) bool {
 
 // defaultHostNames are the host certificate's principals when none are
 // configured: the machine's name and "localhost".
-func defaultHostNames(_ string) []string {
+func defaultHostNames() []string {
 	names := []string{"localhost"}
 	if h, err := os.Hostname(); err == nil && ca.ValidateHostPrincipal(h) == nil && h != "localhost" {
 		names = append([]string{h}, names...)

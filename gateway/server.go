@@ -207,6 +207,7 @@ func (g *Gateway) publicKeyHandler(ctx gliderssh.Context, key gliderssh.PublicKe
 		return false
 	}
 	ctx.Permissions().Permissions = perms
+	stateOf(ctx).lastErr.Store(nil)
 	return true
 }
 
@@ -233,7 +234,10 @@ func (g *Gateway) authLog(cs *connState, meta gossh.ConnMetadata, method string,
 	}
 	fields := map[string]string{"remote": cs.remote.String(), "user": meta.User(), "method": method, "conn": cs.id}
 	var ae *authError
-	if last := cs.lastErr.Swap(nil); method == "publickey" && last != nil && errors.As(*last, &ae) {
+	// gliderlabs hands x/crypto its own "permission denied", so the reason
+	// travels in lastErr: the verdict on the last key checked, which is
+	// the key this attempt was about (x/crypto re-checks any other key).
+	if last := cs.lastErr.Load(); method == "publickey" && last != nil && errors.As(*last, &ae) {
 		for k, v := range ae.fields() {
 			fields[k] = v
 		}
