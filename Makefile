@@ -26,6 +26,9 @@ fuzz:
 	go test -run x -fuzz FuzzValidateUserPrincipal -fuzztime 15s ./ca/
 	go test -run x -fuzz FuzzDecodeEvent -fuzztime 30s ./audit/
 	go test -run x -fuzz FuzzMap -fuzztime 30s ./internal/oidc/
+	go test -run x -fuzz FuzzParseKexInit -fuzztime 15s ./internal/scan/
+	go test -run x -fuzz FuzzReadServerHello -fuzztime 15s ./internal/scan/
+	go test -run x -fuzz FuzzParse -fuzztime 15s ./internal/config/
 
 bench:
 	go test -run x -bench . -benchtime 2s ./ca/ ./audit/ ./gateway/

@@ -16,8 +16,12 @@ import (
 // database, admins revoke over SSH; the revoked user's live session ends,
 // and the KRL the gateway hands out makes ssh-keygen (and so sshd) agree.
 func TestRevokeAndKRLThroughTheGateway(t *testing.T) {
-	tg := startGateway(t)
+	krlFile := filepath.Join(t.TempDir(), "revoked.krl")
+	tg := startGateway(t, func(c *Config, _ *Deps) { c.KRLFile = krlFile })
 	ctx := t.Context()
+	if _, err := os.Stat(krlFile); err != nil {
+		t.Fatalf("krl_file not written at start: %v", err)
+	}
 	admin := tg.client(ca.Request{KeyID: "admin", Principals: []string{"opsadmin"}, Groups: []string{"admins"}})
 	victim := tg.client(ca.Request{KeyID: "victim", Serial: 4242})
 	bystander := tg.client(ca.Request{KeyID: "bystander", Serial: 4343})
@@ -60,14 +64,16 @@ func TestRevokeAndKRLThroughTheGateway(t *testing.T) {
 	if err := os.WriteFile(krl, []byte(res.Stdout), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct {
-		cert    string
-		revoked bool
-	}{{victim.CertPath, true}, {bystander.CertPath, false}} {
-		out, err := exec.Command("ssh-keygen", "-Q", "-f", krl, tc.cert).CombinedOutput()
-		got := err != nil && strings.Contains(string(out), "REVOKED")
-		if got != tc.revoked {
-			t.Errorf("ssh-keygen -Q %s: %s (exit error %v), want revoked=%v", tc.cert, out, err, tc.revoked)
+	for _, file := range []string{krl, krlFile} { // from `krl` and the refreshed krl_file
+		for _, tc := range []struct {
+			cert    string
+			revoked bool
+		}{{victim.CertPath, true}, {bystander.CertPath, false}} {
+			out, err := exec.Command("ssh-keygen", "-Q", "-f", file, tc.cert).CombinedOutput()
+			got := err != nil && strings.Contains(string(out), "REVOKED")
+			if got != tc.revoked {
+				t.Errorf("ssh-keygen -Q -f %s %s: %s (exit error %v), want revoked=%v", file, tc.cert, out, err, tc.revoked)
+			}
 		}
 	}
 	if res := victim.Run(ctx, "ssh", tg.jumpArgs(tg.user, "true")...); res.ExitCode == 0 {

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"strconv"
 
 	gossh "golang.org/x/crypto/ssh"
@@ -72,14 +74,42 @@ func (g *Gateway) cmdRevoke(ctx context.Context, s *sessionIO, id *Identity, arg
 		return 1
 	}
 	g.endRevokedSessions()
+	if err := g.writeKRL(); err != nil {
+		s.errorf("bastion: revoked, but %v\n", err)
+	}
 	s.printf("revoked %s %s\n", rev.Kind, rev.Value)
 	return 0
 }
 
+// krl renders the current revocation list.
+func (g *Gateway) krl() ([]byte, error) {
+	cas := append(g.deps.Authority.TrustedKeys(ca.UserCA), g.deps.Authority.TrustedKeys(ca.HostCA)...)
+	return g.deps.Revocations.KRL(cas).Marshal()
+}
+
+// writeKRL refreshes cfg.KRLFile (if set) atomically, so a web server or
+// config management can hand it to hosts' RevokedKeys.
+func (g *Gateway) writeKRL() error {
+	if g.cfg.KRLFile == "" {
+		return nil
+	}
+	data, err := g.krl()
+	if err != nil {
+		return err
+	}
+	tmp := g.cfg.KRLFile + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("gateway: write krl_file: %w", err)
+	}
+	if err := os.Rename(tmp, g.cfg.KRLFile); err != nil {
+		return fmt.Errorf("gateway: write krl_file: %w", err)
+	}
+	return nil
+}
+
 // cmdKRL writes the revocation list as an OpenSSH KRL (binary) to stdout.
 func (g *Gateway) cmdKRL(_ context.Context, s *sessionIO, _ *Identity, _ []string) int {
-	cas := append(g.deps.Authority.TrustedKeys(ca.UserCA), g.deps.Authority.TrustedKeys(ca.HostCA)...)
-	data, err := g.deps.Revocations.KRL(cas).Marshal()
+	data, err := g.krl()
 	if err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1

@@ -24,10 +24,16 @@ type Config struct {
 	Limits Limits
 	// AdminGroups may lock and unlock users through the gateway.
 	AdminGroups []string
+	// AuditorGroups may read the audit log through the gateway (`audit
+	// export`, `audit tail`).
+	AuditorGroups []string
 	// DialTimeout bounds connecting to a target.
 	DialTimeout time.Duration
 	// ShutdownGrace is how long live sessions may finish on SIGTERM.
 	ShutdownGrace time.Duration
+	// KRLFile, when set, is rewritten with the OpenSSH KRL at start and
+	// after every revocation through the gateway.
+	KRLFile string
 	// RequireHardenedTargets probes each target (cached for
 	// HardenedTargetTTL, default 10m) and refuses jumps to targets that
 	// offer password or keyboard-interactive authentication.

@@ -125,6 +125,9 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		return nil, err
 	}
 	g.srv = g.newServer()
+	if err := g.writeKRL(); err != nil {
+		return nil, err
+	}
 	return g, nil
 }
 

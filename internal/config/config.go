@@ -37,6 +37,9 @@ type File struct {
 	// RequireHardenedTargets refuses jumps to targets that offer password
 	// or keyboard-interactive authentication (probed, cached for
 	// HardenedTargetTTL).
+	// KRLFile is rewritten with the OpenSSH KRL at start and after every
+	// revocation made through the gateway.
+	KRLFile                string   `yaml:"krl_file"`
 	RequireHardenedTargets bool     `yaml:"require_hardened_targets"`
 	HardenedTargetTTL      Duration `yaml:"hardened_target_ttl"`
 	DialTimeout            Duration `yaml:"dial_timeout"`
@@ -154,7 +157,7 @@ func Load(path string) (*File, error) {
 		return nil, fmt.Errorf("config: %s: %w", path, err)
 	}
 	base := filepath.Dir(path)
-	paths := []*string{&f.DataDir, &f.CA.PassphraseFile}
+	paths := []*string{&f.DataDir, &f.CA.PassphraseFile, &f.KRLFile}
 	if f.OIDC != nil {
 		paths = append(paths, &f.OIDC.ClientSecretFile)
 	}
@@ -323,6 +326,7 @@ func (f *File) Gateway() gateway.Config {
 		Limits:      l,
 		AdminGroups: f.AdminGroups,
 
+		KRLFile:                f.KRLFile,
 		RequireHardenedTargets: f.RequireHardenedTargets,
 		HardenedTargetTTL:      time.Duration(f.HardenedTargetTTL),
 		DialTimeout:            time.Duration(f.DialTimeout),
