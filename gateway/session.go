@@ -20,7 +20,9 @@ type command struct {
 	summary string
 	// group, if set, is required of the caller (AdminGroups for "admin").
 	admin bool
-	run   func(ctx context.Context, s *sessionIO, id *Identity, args []string) int
+	// auditor, if set, requires membership of one of AuditorGroups.
+	auditor bool
+	run     func(ctx context.Context, s *sessionIO, id *Identity, args []string) int
 }
 
 // sessionIO is a session channel seen by a command.
@@ -126,6 +128,8 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 	case cmd.admin && !g.isAdmin(id):
 		sio.errorf("bastion: %s needs membership of an admin group (%s)\n", name, strings.Join(g.cfg.AdminGroups, ", "))
 		status = 126
+	case cmd.auditor && !g.isAuditor(id):
+		status = g.refuseAuditCommand(cs, sio, id, line)
 	default:
 		status = cmd.run(ctx, sio, id, args)
 	}
@@ -147,8 +151,8 @@ func (g *Gateway) isAdmin(id *Identity) bool {
 // commandList names the commands id may run.
 func (g *Gateway) commandList(id *Identity) string {
 	var names []string
-	for _, n := range []string{"info", "lock", "unlock", "locks", "revoke", "krl"} {
-		if c, ok := g.commands[n]; ok && (!c.admin || g.isAdmin(id)) {
+	for _, n := range []string{"info", "lock", "unlock", "locks", "revoke", "krl", "audit"} {
+		if c, ok := g.commands[n]; ok && (!c.admin || g.isAdmin(id)) && (!c.auditor || g.isAuditor(id)) {
 			names = append(names, n)
 		}
 	}
@@ -163,6 +167,7 @@ func (g *Gateway) builtinCommands() map[string]command {
 		"locks":  {summary: "list locked users", admin: true, run: g.cmdLocks},
 		"revoke": {summary: "revoke (--serial N | --key-id ID | --key KEY) [--reason TEXT]: revoke certificates and end their sessions", admin: true, run: g.cmdRevoke},
 		"krl":    {summary: "write the revocation list as an OpenSSH KRL to stdout", admin: true, run: g.cmdKRL},
+		"audit":  {summary: "audit export|tail [filters]: read the audit log (auditor groups)", auditor: true, run: g.cmdAudit},
 	}
 }
 

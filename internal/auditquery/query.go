@@ -1,0 +1,135 @@
+// Package auditquery parses the flags that select and format audit events
+// for `audit export` and `audit tail`. The CLI (`bastion audit export`)
+// and the gateway's auditor commands (`ssh auditor@bastion audit export`)
+// both parse with it, so the same flags select the same events and write
+// the same bytes wherever they run.
+package auditquery
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/bastion-ssh/bastion/audit"
+)
+
+// Query is a parsed request: which events, in which format.
+type Query struct {
+	Filter audit.Filter
+	Format audit.Format
+}
+
+// Flags are the flag values as typed, before times are resolved.
+type Flags struct {
+	Since, Until, Actor, Session string
+	Types                        []string
+	Format                       string
+}
+
+// Register adds the flags to fs.
+func (f *Flags) Register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.Since, "since", "", "only events at or after: RFC 3339 time, YYYY-MM-DD (local midnight), or a duration ago such as 24h")
+	fs.StringVar(&f.Until, "until", "", "only events before: same forms as --since")
+	fs.StringSliceVar(&f.Types, "type", nil, "only these event types (repeatable or comma-separated; auth.* matches a family)")
+	fs.StringVar(&f.Actor, "actor", "", "only events by this actor")
+	fs.StringVar(&f.Session, "session", "", "only events of this session id")
+	fs.StringVar(&f.Format, "format", string(audit.FormatJSONL), "output format: jsonl or csv")
+}
+
+// Query resolves the flags into a Query; relative times count back from
+// now, dates are local midnight.
+func (f *Flags) Query(now time.Time) (Query, error) {
+	format, err := audit.ParseFormat(f.Format)
+	if err != nil {
+		return Query{}, fmt.Errorf("--format: %w", err)
+	}
+	since, err := ParseTime(f.Since, now)
+	if err != nil {
+		return Query{}, fmt.Errorf("--since: %w", err)
+	}
+	until, err := ParseTime(f.Until, now)
+	if err != nil {
+		return Query{}, fmt.Errorf("--until: %w", err)
+	}
+	q := Query{
+		Filter: audit.Filter{Since: since, Until: until, Types: f.Types, Actor: f.Actor, Session: f.Session},
+		Format: format,
+	}
+	if err := q.Filter.Validate(); err != nil {
+		return Query{}, err
+	}
+	return q, nil
+}
+
+// Parse parses a command line of these flags and nothing else, as the
+// gateway receives it. Errors name the flag; usage, when asked for with
+// --help, is written to usage and reported as pflag.ErrHelp.
+func Parse(name string, args []string, now time.Time, usage io.Writer) (Query, error) {
+	var f Flags
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	f.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprintf(usage, "usage: %s [flags]\n%s", name, fs.FlagUsages())
+		}
+		return Query{}, fmt.Errorf("auditquery: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return Query{}, fmt.Errorf("auditquery: unexpected argument %q: %s takes flags only (--since, --until, --type, --actor, --session, --format)", fs.Arg(0), name)
+	}
+	q, err := f.Query(now)
+	if err != nil {
+		return Query{}, fmt.Errorf("auditquery: %w", err)
+	}
+	return q, nil
+}
+
+// Args renders q as flags Parse reads back to the same Query, with times
+// absolute (RFC 3339, UTC), so a query resolved on one machine means the
+// same on another whatever its clock or time zone.
+func (q Query) Args() []string {
+	var args []string
+	f := q.Filter
+	if !f.Since.IsZero() {
+		args = append(args, "--since="+f.Since.UTC().Format(time.RFC3339Nano))
+	}
+	if !f.Until.IsZero() {
+		args = append(args, "--until="+f.Until.UTC().Format(time.RFC3339Nano))
+	}
+	if len(f.Types) > 0 {
+		args = append(args, "--type="+strings.Join(f.Types, ","))
+	}
+	if f.Actor != "" {
+		args = append(args, "--actor="+f.Actor)
+	}
+	if f.Session != "" {
+		args = append(args, "--session="+f.Session)
+	}
+	if q.Format != "" {
+		args = append(args, "--format="+string(q.Format))
+	}
+	return args
+}
+
+// ParseTime accepts RFC 3339, a date (local midnight), or a duration
+// before now; "" is the zero time (no bound).
+func ParseTime(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.ParseInLocation("2006-01-02", s, time.Local); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(strings.TrimPrefix(s, "-")); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("%q is not a time: use RFC 3339 (2026-11-27T15:00:00Z), a date (2026-11-27) or a duration ago (24h)", s)
+}
