@@ -47,17 +47,25 @@ func (c SSHConfig) Validate() error {
 	if !userRE.MatchString(c.User) {
 		return fmt.Errorf("sshclient: user %q cannot go into an ssh config", c.User)
 	}
-	if len(c.Hosts) == 0 {
-		return errors.New("sshclient: no host patterns: give --hosts, e.g. --hosts '*.internal'")
-	}
-	for _, h := range c.Hosts {
-		if !hostPatternRE.MatchString(h) {
-			return fmt.Errorf("sshclient: host pattern %q: use names, addresses and the wildcards * and ?, such as *.internal or 10.0.0.*", h)
-		}
+	if err := ValidateHostPatterns(c.Hosts); err != nil {
+		return err
 	}
 	for _, p := range append([]string{c.IdentityFile, c.CertificateFile, c.KnownHosts}, c.TargetKnownHosts...) {
 		if p == "" || strings.ContainsAny(p, "\"\r\n") {
 			return fmt.Errorf("sshclient: path %q cannot go into an ssh config", p)
+		}
+	}
+	return nil
+}
+
+// ValidateHostPatterns checks ssh_config Host patterns for the config.
+func ValidateHostPatterns(hosts []string) error {
+	if len(hosts) == 0 {
+		return errors.New("sshclient: no host patterns: give --hosts, e.g. --hosts '*.internal'")
+	}
+	for _, h := range hosts {
+		if !hostPatternRE.MatchString(h) {
+			return fmt.Errorf("sshclient: host pattern %q: use names, addresses and the wildcards * and ?, such as *.internal or 10.0.0.*", h)
 		}
 	}
 	return nil

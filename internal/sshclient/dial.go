@@ -52,6 +52,11 @@ func NormalizeAddr(addr string) (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
+// ErrAuthRefused means the gateway refused the user and key: for the
+// login user, the gateway has no login service; for anyone else, the
+// certificate is not accepted (expired, revoked, locked, wrong principal).
+var ErrAuthRefused = errors.New("sshclient: the gateway refused the key")
+
 // Conn is an SSH connection to a gateway.
 type Conn struct {
 	client *ssh.Client
@@ -92,7 +97,7 @@ func Dial(ctx context.Context, addr, user string, signer ssh.Signer, hc *HostChe
 			return nil, fmt.Errorf("sshclient: connect to %s: %w", addr, ctx.Err())
 		}
 		if strings.Contains(err.Error(), "unable to authenticate") {
-			return nil, fmt.Errorf("sshclient: the gateway at %s refused %s's key: %w", addr, user, err)
+			return nil, fmt.Errorf("%w: the gateway at %s refused %s (%v)", ErrAuthRefused, addr, user, err)
 		}
 		return nil, fmt.Errorf("sshclient: SSH handshake with %s: %w", addr, err)
 	}
