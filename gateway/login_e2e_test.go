@@ -51,7 +51,7 @@ func startLoginGateway(t *testing.T, opts ...gatewayOption) *loginGateway {
 			t.Fatal(err)
 		}
 		c.Login = &LoginConfig{Provider: prov, ClientID: idp.ClientID(), DefaultValidity: 8 * time.Hour, MaxValidity: 24 * time.Hour,
-			GroupMaxValidity: map[string]time.Duration{"dba": time.Hour}}
+			GroupMaxValidity: map[string]time.Duration{"dba": time.Hour}, PerMinute: 100}
 	}
 	lg.testGateway = startGateway(t, append([]gatewayOption{withLogin}, opts...)...)
 	return lg
@@ -231,3 +231,19 @@ func TestLoginUserCanOnlyLogIn(t *testing.T) {
 	plain.waitEvent(t, "auth.failed", map[string]string{"reason": ReasonLoginServiceUnavailable})
 }
 
+// TestLoginRateLimit: one source may start only so many logins a minute.
+func TestLoginRateLimit(t *testing.T) {
+	lg := startLoginGateway(t, func(c *Config, _ *Deps) { c.Login.PerMinute = 2 })
+	c := testbed.NewClient(t)
+	c.TrustHostCA("*", lg.auth.PublicKey(ca.HostCA))
+	for i := range 3 {
+		res := c.RunInput(t.Context(), strings.NewReader("not-a-token\n"), "ssh", lg.gatewayArgs(LoginUser, "login-token")...)
+		if res.ExitCode == 0 {
+			t.Fatalf("login %d succeeded with a bad token", i)
+		}
+	}
+	lg.waitEvent(t, "login.failed", map[string]string{"reason": ReasonLoginRateLimited, "remote": "127.0.0.1"})
+	if n := len(lg.events("login.started")); n != 2 {
+		t.Errorf("%d logins started, want 2 (the third is refused before it starts)", n)
+	}
+}

@@ -91,6 +91,7 @@ root logins are refused by construction; every attempt is audited.`,
 		newServeCommand(a),
 		newDevCommand(a),
 		newScanCommand(a),
+		newLoginCommand(a),
 	)
 	return root
 }
