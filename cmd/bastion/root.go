@@ -92,6 +92,9 @@ root logins are refused by construction; every attempt is audited.`,
 		newDevCommand(a),
 		newScanCommand(a),
 		newLoginCommand(a),
+		newStatusCommand(a),
+		newLockCommand(a),
+		newUnlockCommand(a),
 	)
 	return root
 }
