@@ -1,0 +1,194 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/gateway"
+	"github.com/bastion-ssh/bastion/internal/sshclient"
+)
+
+// lockChange is one lock or unlock, done either on the audit log directly
+// or by the running gateway's admin command.
+type lockChange struct {
+	// local changes the locks when the audit log is free.
+	local func(ctx context.Context, l *gateway.Locks) error
+	// remote is the gateway admin command line.
+	remote string
+	// done is printed after a local change.
+	done string
+}
+
+func newLockCommand(a *app) *cobra.Command {
+	var reason, gw string
+	cmd := &cobra.Command{
+		Use:   "lock USER [--reason TEXT]",
+		Short: "Lock a user out of the gateway and end their live sessions",
+		Long: `bastion lock refuses USER (a login name, any certificate principal, or a
+certificate key id) at the gateway from now on, and ends the user's live
+sessions within a second.
+
+When the audit log in --data-dir is free (no gateway running on it), the
+lock is written there directly. While a gateway holds it, the lock goes
+through that gateway's admin command over SSH instead, with your bastion
+certificate (from bastion login; it must carry an admin group): pass
+--gateway, or the gateway of your last bastion login is used.`,
+		Example: `  bastion lock alice --reason "laptop stolen"
+  bastion lock alice --gateway bastion.example.com:2222 --reason "left the company"`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			target := args[0]
+			remote := "lock " + shellQuote(target)
+			if reason != "" {
+				remote += " --reason " + shellQuote(reason)
+			}
+			return a.changeLock(cmd, gw, lockChange{
+				local: func(ctx context.Context, l *gateway.Locks) error {
+					return l.Lock(ctx, gateway.Lock{Target: target, Reason: reason, By: a.operator()})
+				},
+				remote: remote,
+				done:   "locked " + target,
+			})
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why, for the audit log")
+	cmd.Flags().StringVar(&gw, "gateway", "", "lock through this running gateway (HOST:PORT) with your bastion certificate")
+	return cmd
+}
+
+func newUnlockCommand(a *app) *cobra.Command {
+	var gw string
+	cmd := &cobra.Command{
+		Use:   "unlock USER",
+		Short: "Lift a lock set with bastion lock",
+		Long: `bastion unlock lets USER in again. Like bastion lock, it writes the audit
+log in --data-dir when it is free, and otherwise goes through the running
+gateway (--gateway, or the gateway of your last bastion login).`,
+		Example: `  bastion unlock alice
+  bastion unlock alice --gateway bastion.example.com:2222`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			target := args[0]
+			return a.changeLock(cmd, gw, lockChange{
+				local: func(ctx context.Context, l *gateway.Locks) error {
+					return l.Unlock(ctx, target, a.operator())
+				},
+				remote: "unlock " + shellQuote(target),
+				done:   "unlocked " + target,
+			})
+		},
+	}
+	cmd.Flags().StringVar(&gw, "gateway", "", "unlock through this running gateway (HOST:PORT) with your bastion certificate")
+	return cmd
+}
+
+// changeLock applies ch: on the audit log when it is free, else through
+// the gateway. An explicit --gateway always goes through the gateway.
+func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error {
+	ctx := cmd.Context()
+	db := a.layout().AuditDB()
+	held := false
+	if !cmd.Flags().Changed("gateway") {
+		if _, err := os.Stat(db); err == nil {
+			store, err := a.openAudit()
+			switch {
+			case err == nil:
+				defer store.Close()
+				locks, err := gateway.LoadLocks(store, nil)
+				if err != nil {
+					return err
+				}
+				if err := ch.local(ctx, locks); err != nil {
+					return err
+				}
+				fmt.Fprintln(a.stdout, ch.done)
+				return nil
+			case errors.Is(err, audit.ErrInUse):
+				held = true
+			default:
+				return err
+			}
+		}
+	}
+	st := sshclient.State{}
+	paths, err := sshclient.DefaultPaths()
+	if err == nil {
+		st, _ = sshclient.LoadState(paths.State())
+	}
+	addr, err := resolveGateway(gwFlag, st, "")
+	if err != nil {
+		return fmt.Errorf("--gateway: %w", err)
+	}
+	if addr == "" {
+		verb, _, _ := strings.Cut(ch.remote, " ")
+		why := fmt.Sprintf("there is no audit log at %s (is --data-dir right?)", db)
+		if held {
+			why = fmt.Sprintf("the audit log %s is held by a running gateway", db)
+		}
+		return fmt.Errorf("%s; to %s through the gateway, pass --gateway HOST:PORT (it uses the certificate from `bastion login`, which must carry an admin group), or run `ssh -p 2222 admin@bastion %s`",
+			why, verb, ch.remote)
+	}
+	return a.gatewayAdmin(ctx, addr, ch.remote)
+}
+
+// gatewayAdmin runs an admin command on the gateway at addr with the
+// user's bastion certificate, relaying its output and exit status.
+func (a *app) gatewayAdmin(ctx context.Context, addr, command string) error {
+	paths, err := sshclient.DefaultPaths()
+	if err != nil {
+		return err
+	}
+	key, err := sshclient.LoadKey(paths.Key())
+	if err != nil {
+		return err
+	}
+	cert, err := sshclient.ReadCertificate(paths.Certificate())
+	if err != nil {
+		return err
+	}
+	if s := statusOf(cert, paths, addr, time.Now()); !s.Valid {
+		return fmt.Errorf("your bastion certificate cannot be used: %s: run `bastion login --gateway %s`", s.Problem, addr)
+	}
+	if len(cert.ValidPrincipals) == 0 {
+		return fmt.Errorf("your bastion certificate %s has no principals: run `bastion login --gateway %s`", paths.Certificate(), addr)
+	}
+	signer, err := gossh.NewCertSigner(cert, key.Signer)
+	if err != nil {
+		return fmt.Errorf("your bastion certificate does not match your key: %w: run `bastion login --gateway %s`", err, addr)
+	}
+	hc, err := sshclient.NewHostCheck(sshclient.HostCheckConfig{KnownHosts: paths.KnownHosts()})
+	if err != nil {
+		return err
+	}
+	user := cert.ValidPrincipals[0]
+	conn, err := sshclient.Dial(ctx, addr, user, signer, hc)
+	if errors.Is(err, sshclient.ErrAuthRefused) {
+		return fmt.Errorf("%w: is your certificate revoked, or %s locked? `bastion status` shows the certificate", err, user)
+	}
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	code, err := conn.Exec(ctx, command, nil, a.stdout, a.stderr)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		verb, _, _ := strings.Cut(command, " ")
+		return &exitError{code: code, err: fmt.Errorf("the gateway at %s refused %s as %s (exit status %d; its reason is above)", addr, verb, user, code)}
+	}
+	return nil
+}
+
+// shellQuote quotes s for the gateway's shell-like command parser.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

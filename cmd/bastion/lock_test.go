@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/gateway"
+)
+
+// auditEvents reads the events of type typ from a stopped data dir.
+func auditEvents(t *testing.T, dataDir, typ string) []audit.Event {
+	t.Helper()
+	store, err := audit.Open(ca.Layout{DataDir: dataDir}.AuditDB(), audit.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var out []audit.Event
+	if err := store.Iterate(context.Background(), audit.Filter{Types: []string{typ}}, func(ev audit.Event) error {
+		out = append(out, ev)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestLockOffline: with no gateway running, lock and unlock write the
+// audit log in --data-dir directly, as the operator.
+func TestLockOffline(t *testing.T) {
+	newHome(t)
+	dir := t.TempDir()
+	mustRun(t, dir, "ca", "init")
+	out, _ := mustRun(t, dir, "lock", "alice", "--reason", "laptop stolen")
+	if strings.TrimSpace(out) != "locked alice" {
+		t.Errorf("lock printed %q", out)
+	}
+	evs := auditEvents(t, dir, audit.TypeUserLocked)
+	op := (&app{}).operator()
+	if len(evs) != 1 || evs[0].Actor != op || evs[0].Fields["target"] != "alice" || evs[0].Fields["reason"] != "laptop stolen" {
+		t.Fatalf("user.locked events: %+v (want one by %s)", evs, op)
+	}
+	// What a gateway starting on this data dir will enforce.
+	store, err := audit.Open(ca.Layout{DataDir: dir}.AuditDB(), audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	locks, err := gateway.LoadLocks(store, nil)
+	store.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := locks.List(); len(l) != 1 || l[0].Target != "alice" || l[0].By != op || l[0].Reason != "laptop stolen" {
+		t.Fatalf("locks = %+v", l)
+	}
+
+	out, _ = mustRun(t, dir, "unlock", "alice")
+	if strings.TrimSpace(out) != "unlocked alice" {
+		t.Errorf("unlock printed %q", out)
+	}
+	if evs := auditEvents(t, dir, audit.TypeUserUnlocked); len(evs) != 1 || evs[0].Fields["target"] != "alice" || evs[0].Actor != op {
+		t.Fatalf("user.unlocked events: %+v", evs)
+	}
+	if _, _, err := run(t, dir, "unlock", "alice"); err == nil || !strings.Contains(err.Error(), "not locked") {
+		t.Errorf("unlocking an unlocked user: %v", err)
+	}
+}
+
+// TestLockWithoutAuditLogOrGateway: nothing to write to and nothing to
+// ask: the error says both ways to do it.
+func TestLockWithoutAuditLogOrGateway(t *testing.T) {
+	newHome(t)
+	_, _, err := run(t, t.TempDir(), "lock", "alice")
+	if err == nil {
+		t.Fatal("lock succeeded with no audit log and no gateway")
+	}
+	for _, want := range []string{"no audit log at", "--gateway HOST:PORT", "ssh -p 2222 admin@bastion lock 'alice'"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+}
+
+// TestLockThroughGateway: while a gateway holds the audit log, lock and
+// unlock go through its admin command with the operator's bastion
+// certificate; the lock takes effect at once (the user's ssh is refused),
+// and only admins may do it.
+func TestLockThroughGateway(t *testing.T) {
+	e := startLoginEnv(t, loginEnvOptions{})
+	engHome, opsHome := t.TempDir(), t.TempDir()
+	useHome(t, engHome)
+	if _, stderr, err := runLoginCLI(t, e.addr, e.approveDevice(t, "eng")); err != nil {
+		t.Fatalf("eng login: %v\n%s", err, stderr)
+	}
+	engConfig := e.writeUserSSHConfig(t, engHome)
+	if out, code := sshVia(t, engHome, engConfig, "target.internal", "true"); code != 0 {
+		t.Fatalf("eng jump before the lock: exit %d: %s", code, out)
+	}
+	// Not an admin: the gateway refuses, and its exit status comes back.
+	_, errOut, err := run(t, e.layout.DataDir, "lock", "ops", "--gateway", e.addr)
+	if exitCode(err) != 126 || !strings.Contains(errOut, "admin group") {
+		t.Errorf("lock by a non-admin: exit %d (%v): %s", exitCode(err), err, errOut)
+	}
+	if l := e.locks.List(); len(l) != 0 {
+		t.Fatalf("a non-admin locked %+v", l)
+	}
+
+	useHome(t, opsHome)
+	if _, stderr, err := runLoginCLI(t, e.addr, e.approveDevice(t, "ops")); err != nil {
+		t.Fatalf("ops login: %v\n%s", err, stderr)
+	}
+
+	// The audit log is held: the lock goes through the gateway of the last login.
+	reason := "it's compromised"
+	var out string
+	out, errOut, err = run(t, e.layout.DataDir, "lock", e.user, "--reason", reason)
+	if err != nil {
+		t.Fatalf("lock through the gateway: %v\n%s%s", err, out, errOut)
+	}
+	if strings.TrimSpace(out) != "locked "+e.user {
+		t.Errorf("lock printed %q", out)
+	}
+	if l := e.locks.List(); len(l) != 1 || l[0].Target != e.user || l[0].By != "ops" || l[0].Reason != reason {
+		t.Fatalf("gateway locks = %+v, want %s locked by ops with reason %q", l, e.user, reason)
+	}
+	e.waitEvent(audit.TypeUserLocked, map[string]string{"target": e.user, "reason": reason})
+	useHome(t, engHome)
+	if out, code := sshVia(t, engHome, engConfig, "target.internal", "true"); code != 255 || !strings.Contains(out, "Permission denied") {
+		t.Fatalf("locked user's jump: exit %d: %s", code, out)
+	}
+	e.waitEvent("auth.failed", map[string]string{"reason": "locked", "user": e.user})
+
+	// An explicit --gateway; the user gets in again.
+	useHome(t, opsHome)
+	if out, errOut, err := run(t, e.layout.DataDir, "unlock", e.user, "--gateway", e.addr); err != nil || strings.TrimSpace(out) != "unlocked "+e.user {
+		t.Fatalf("unlock: %v\n%s%s", err, out, errOut)
+	}
+	if l := e.locks.List(); len(l) != 0 {
+		t.Fatalf("locks after unlock: %+v", l)
+	}
+	e.waitEvent(audit.TypeUserUnlocked, map[string]string{"target": e.user})
+	useHome(t, engHome)
+	if out, code := sshVia(t, engHome, engConfig, "target.internal", "true"); code != 0 {
+		t.Fatalf("jump after unlock: exit %d: %s", code, out)
+	}
+
+	// Held, and no gateway known: say how.
+	newHome(t)
+	_, _, err = run(t, e.layout.DataDir, "lock", e.user)
+	if err == nil || !strings.Contains(err.Error(), "held by a running gateway") || !strings.Contains(err.Error(), "--gateway") {
+		t.Errorf("lock with the log held and no gateway: %v", err)
+	}
+}
