@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,19 +25,7 @@ func TestRevokeAndKRLThroughTheGateway(t *testing.T) {
 	victim := tg.client(ca.Request{KeyID: "victim", Serial: 4242})
 	bystander := tg.client(ca.Request{KeyID: "bystander", Serial: 4343})
 
-	cmd := victim.Command(ctx, "ssh", tg.jumpArgs(tg.user, "echo", "started;", "sleep", "60")...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	if line, _ := bufio.NewReader(stdout).ReadString('\n'); strings.TrimSpace(line) != "started" {
-		t.Fatalf("victim session did not start: %q", line)
-	}
+	exited := tg.liveSession(t, victim)
 
 	if res := bystander.Run(ctx, "ssh", tg.gatewayArgs(tg.user, "revoke", "--serial", "4242")...); res.ExitCode != 126 {
 		t.Fatalf("a non-admin revoked: %s", res)

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"net"
@@ -253,3 +254,23 @@ func (tg *testGateway) certOf(c *testbed.Client) *gossh.Certificate {
 }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// liveSession starts a long jumped session for c and returns once it runs;
+// the channel reports when the ssh process exits.
+func (tg *testGateway) liveSession(t *testing.T, c *testbed.Client) <-chan error {
+	t.Helper()
+	cmd := c.Command(t.Context(), "ssh", tg.jumpArgs(tg.user, "echo", "started;", "sleep", "60")...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); strings.TrimSpace(line) != "started" {
+		t.Fatalf("the session did not start: %q", line)
+	}
+	return exited
+}

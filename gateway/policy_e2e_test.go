@@ -170,20 +170,7 @@ func TestLockEndsLiveSession(t *testing.T) {
 	admin := tg.client(ca.Request{KeyID: "admin", Principals: []string{"opsadmin"}, Groups: []string{"admins"}})
 	notAdmin := tg.client(ca.Request{KeyID: "not-admin", Principals: []string{"eve"}})
 
-	cmd := victim.Command(ctx, "ssh", tg.jumpArgs(tg.user, "echo", "started;", "sleep", "60")...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	line, _ := bufio.NewReader(stdout).ReadString('\n')
-	if strings.TrimSpace(line) != "started" {
-		t.Fatalf("the victim's session did not start: %q", line)
-	}
+	exited := tg.liveSession(t, victim)
 
 	if res := notAdmin.Run(ctx, "ssh", tg.gatewayArgs("eve", "lock", "victim")...); res.ExitCode == 0 {
 		t.Fatalf("a non-admin locked a user: %s", res)
