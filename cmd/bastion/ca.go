@@ -63,18 +63,19 @@ func readPassphrase(path string) ([]byte, error) {
 	return b, nil
 }
 
-// kindFlags adds the --user/--host pair and returns a resolver.
-func kindFlags(cmd *cobra.Command) func() (ca.Kind, error) {
+// kindFlags adds the --user/--host pair (exactly one required) and
+// returns a resolver for the chosen CA.
+func kindFlags(cmd *cobra.Command) func() ca.Kind {
 	var user, host bool
 	cmd.Flags().BoolVar(&user, "user", false, "the user CA")
 	cmd.Flags().BoolVar(&host, "host", false, "the host CA")
 	cmd.MarkFlagsMutuallyExclusive("user", "host")
 	cmd.MarkFlagsOneRequired("user", "host")
-	return func() (ca.Kind, error) {
+	return func() ca.Kind {
 		if host {
-			return ca.HostCA, nil
+			return ca.HostCA
 		}
-		return ca.UserCA, nil
+		return ca.UserCA
 	}
 }
 
@@ -394,7 +395,7 @@ func newCAExportCommand(a *app) *cobra.Command {
 	kind := kindFlags(cmd)
 	cmd.Flags().StringVar(&pattern, "hosts", "*", "known_hosts host pattern for --host lines")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		k, _ := kind()
+		k := kind()
 		keys, err := a.layout().TrustedKeys(k)
 		if err != nil {
 			return err
@@ -419,7 +420,7 @@ func newCARotateCommand(a *app) *cobra.Command {
 	cmd.Flags().StringVar(&keyType, "key-type", "", "type of the new key (default: same as the current one)")
 	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "passphrase of an encrypted CA key (the new key uses it too)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		k, _ := kind()
+		k := kind()
 		var kt ca.KeyType
 		if keyType != "" {
 			var err error
@@ -455,7 +456,7 @@ func newCARetireCommand(a *app) *cobra.Command {
 	cmd.Flags().StringVar(&fp, "fingerprint", "", "retire only the previous key with this fingerprint")
 	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "passphrase of an encrypted CA key")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		k, _ := kind()
+		k := kind()
 		auth, store, err := a.loadAuthority(passFile)
 		if err != nil {
 			return err
