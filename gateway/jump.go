@@ -137,33 +137,35 @@ func dialReason(err error) string {
 	return err.Error()
 }
 
-// relayBufferSize bounds the memory each direction of a relay holds; with
-// x/crypto's per-channel window this bounds a session's buffering.
+// relayBufferSize is the chunk each direction of a relay reads while data
+// flows; with x/crypto's per-channel window this bounds a session's
+// buffering.
 const relayBufferSize = 32 * 1024
 
-// relayBuffers are shared by all relays, so idle sessions hold none.
+// relayIdleBufferSize is what each direction holds while it waits for
+// data. An idle session would otherwise pin two full buffers for as long
+// as it stays open: with thousands of idle sessions that was half of the
+// gateway's memory (see bench/README.md).
+const relayIdleBufferSize = 1024
+
+// relayBuffers lend full-size buffers to relays only while data flows.
 var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
 
 // relay copies both ways with half-close: when one side finishes sending,
 // the other is told (CloseWrite) and the copy the other way goes on. A
 // failed copy, or the end of the SSH connection (ctx), tears both down. It
 // returns the bytes sent up (client to target) and down, and why it ended.
+//
+// It costs one goroutine besides the caller's: the caller copies up, a
+// goroutine copies down, and the end of ctx is watched by a callback
+// rather than by a goroutine, since every goroutine's stack is paid for
+// by every idle session.
 func relay(ctx context.Context, ch gossh.Channel, target net.Conn) (up, down int64, why string) {
 	var upN, downN atomic.Int64
 	var upErr, downErr error
-	var wg sync.WaitGroup
-	wg.Add(2)
+	downDone := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		_, upErr = copyCounted(target, ch, &upN)
-		if tc, ok := target.(interface{ CloseWrite() error }); ok && upErr == nil {
-			tc.CloseWrite()
-		} else {
-			target.Close()
-		}
-	}()
-	go func() {
-		defer wg.Done()
+		defer close(downDone)
 		_, downErr = copyCounted(ch, target, &downN)
 		if downErr == nil {
 			ch.CloseWrite()
@@ -171,15 +173,18 @@ func relay(ctx context.Context, ch gossh.Channel, target net.Conn) (up, down int
 			ch.Close()
 		}
 	}()
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	stop := context.AfterFunc(ctx, func() {
 		ch.Close()
 		target.Close()
-		<-done
+	})
+	_, upErr = copyCounted(target, ch, &upN)
+	if tc, ok := target.(interface{ CloseWrite() error }); ok && upErr == nil {
+		tc.CloseWrite()
+	} else {
+		target.Close()
 	}
+	<-downDone
+	stop()
 	ch.Close()
 	target.Close()
 	switch {
@@ -195,20 +200,41 @@ func relay(ctx context.Context, ch gossh.Channel, target net.Conn) (up, down int
 	return upN.Load(), downN.Load(), why
 }
 
-// copyCounted is io.Copy with a pooled buffer and a live byte count.
+// copyCounted is io.Copy with a live byte count that holds little memory
+// while src has nothing to send. It waits for data with a small buffer of
+// its own; when a read fills that, data is flowing, and it borrows a
+// full-size buffer from relayBuffers until a read comes back short (src
+// has been drained for now), then returns it. Each read is written before
+// the next read, so nothing waits in a buffer while src is quiet.
 func copyCounted(dst io.Writer, src io.Reader, n *atomic.Int64) (int64, error) {
-	bp := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(bp)
+	idle := make([]byte, relayIdleBufferSize)
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			relayBuffers.Put(big)
+		}
+	}()
 	var total int64
 	for {
-		nr, rerr := src.Read(*bp)
+		buf := idle
+		if big != nil {
+			buf = *big
+		}
+		nr, rerr := src.Read(buf)
 		if nr > 0 {
-			nw, werr := dst.Write((*bp)[:nr])
+			nw, werr := dst.Write(buf[:nr])
 			total += int64(nw)
 			n.Add(int64(nw))
 			if werr != nil {
 				return total, werr
 			}
+		}
+		switch {
+		case big == nil && nr == len(buf):
+			big = relayBuffers.Get().(*[]byte)
+		case big != nil && nr < len(buf):
+			relayBuffers.Put(big)
+			big = nil
 		}
 		if rerr == io.EOF {
 			return total, nil
