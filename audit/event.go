@@ -53,4 +53,14 @@ const (
 	TypeLoginStarted  = "login.started"
 	TypeLoginOK       = "login.ok"
 	TypeLoginFailed   = "login.failed"
+	// TypeAuditPruned records a retention run: how many events it deleted
+	// and the checkpoint the chain now starts from.
+	TypeAuditPruned = "audit.pruned"
+	// TypeAlertSent and TypeAlertFailed record each alert's delivery to a
+	// webhook, or its giving up (a dead letter).
+	TypeAlertSent   = "alert.sent"
+	TypeAlertFailed = "alert.failed"
+	// TypeSourceSeen records the first successful login of a user from a
+	// network (a /24 or /64), which the new_source alert rule remembers.
+	TypeSourceSeen = "alert.source_seen"
 )

@@ -43,10 +43,6 @@ const (
 	defaultPruneEvery = time.Hour
 )
 
-// TypeAuditPruned is the event a retention run appends when it deleted
-// events; its fields say how many and name the new checkpoint.
-const TypeAuditPruned = "audit.pruned"
-
 // Checkpoint is where the verifiable chain starts after retention pruned
 // the oldest events. The zero value means nothing was pruned.
 type Checkpoint struct {
