@@ -41,6 +41,7 @@ type Engine struct {
 	closed  bool
 	feed    *audit.Subscription // set by Run, for the dropped-events metric
 	workers sync.WaitGroup
+	records sync.WaitGroup // delivery records being written
 }
 
 // New builds an engine and starts its delivery workers.
@@ -127,10 +128,7 @@ func (e *Engine) enqueue(a Alert) {
 		case s.queue <- a:
 			e.metrics.queued.Inc()
 		default:
-			// Counted now; recorded off this goroutine, which must not
-			// wait for the disk.
-			e.countDead()
-			go e.recordDead(s.hook, a, 0, "queue_full", fmt.Errorf("the queue of %d undelivered alerts is full", cap(s.queue)))
+			e.deadLetter(s.hook, a, 0, "queue_full", fmt.Errorf("the queue of %d undelivered alerts is full", cap(s.queue)))
 		}
 	}
 }
@@ -153,6 +151,7 @@ func (e *Engine) Close(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		e.workers.Wait()
+		e.records.Wait()
 		close(done)
 	}()
 	select {
@@ -243,19 +242,10 @@ func (e *Engine) deliver(w Webhook, a Alert) {
 	}
 }
 
-// deadLetter counts and records an alert given up on.
+// deadLetter counts, logs and records an alert given up on.
 func (e *Engine) deadLetter(w Webhook, a Alert, attempts int, reason string, err error) {
-	e.countDead()
-	e.recordDead(w, a, attempts, reason, err)
-}
-
-func (e *Engine) countDead() {
 	e.metrics.deadLetters.Inc()
 	e.metrics.deadCount.Add(1)
-}
-
-// recordDead logs a dead letter and records it as alert.failed.
-func (e *Engine) recordDead(w Webhook, a Alert, attempts int, reason string, err error) {
 	e.log.Error("alert not delivered", "rule", a.Rule, "key", a.Key, "webhook", w.Name(), "attempts", attempts, "reason", reason, "err", err)
 	detail := ""
 	if err != nil {
@@ -267,9 +257,15 @@ func (e *Engine) recordDead(w Webhook, a Alert, attempts int, reason string, err
 	}})
 }
 
-// record appends a delivery record; a closed store is only logged.
+// record appends a delivery record without holding up the worker, so
+// records of a burst share the store's group commits; Close waits for
+// them. A closed store is only logged.
 func (e *Engine) record(ev audit.Event) {
-	if _, err := e.store.Append(context.Background(), ev); err != nil {
-		e.log.Error("alert: cannot record the delivery outcome", "type", ev.Type, "err", err)
-	}
+	e.records.Add(1)
+	go func() {
+		defer e.records.Done()
+		if _, err := e.store.Append(context.Background(), ev); err != nil {
+			e.log.Error("alert: cannot record the delivery outcome", "type", ev.Type, "err", err)
+		}
+	}()
 }
