@@ -34,6 +34,14 @@ type File struct {
 	Access      []Access `yaml:"access"`
 	Limits      Limits   `yaml:"limits"`
 	AdminGroups []string `yaml:"admin_groups"`
+	// AuditorGroups may read the audit log through the gateway
+	// (ssh auditor@bastion audit export|tail).
+	AuditorGroups []string `yaml:"auditor_groups"`
+	// Audit configures the audit log (retention).
+	Audit Audit `yaml:"audit"`
+	// Alerts, when present, sends alerts on suspicious activity to
+	// webhooks.
+	Alerts *Alerts `yaml:"alerts"`
 	// RequireHardenedTargets refuses jumps to targets that offer password
 	// or keyboard-interactive authentication (probed, cached for
 	// HardenedTargetTTL).
@@ -157,7 +165,7 @@ func Load(path string) (*File, error) {
 		return nil, fmt.Errorf("config: %s: %w", path, err)
 	}
 	base := filepath.Dir(path)
-	paths := []*string{&f.DataDir, &f.CA.PassphraseFile, &f.KRLFile}
+	paths := append([]*string{&f.DataDir, &f.CA.PassphraseFile, &f.KRLFile}, f.webhookSecretPaths()...)
 	if f.OIDC != nil {
 		paths = append(paths, &f.OIDC.ClientSecretFile)
 	}
@@ -218,6 +226,12 @@ func (f *File) Validate() error {
 	gc := f.Gateway()
 	if err := gc.Validate(); err != nil {
 		return errors.New(strings.TrimPrefix(err.Error(), "gateway: "))
+	}
+	if err := f.validateAudit(); err != nil {
+		return err
+	}
+	if err := f.validateAlerts(); err != nil {
+		return err
 	}
 	policy, err := f.Policy()
 	if err != nil {
@@ -319,12 +333,13 @@ func (f *File) Gateway() gateway.Config {
 		rules = append(rules, gateway.AccessRule{Principals: a.Principals, Groups: a.Groups, Hosts: a.Hosts, Ports: a.Ports})
 	}
 	return gateway.Config{
-		Listen:      f.Listen,
-		HostKeyPath: filepath.Join(f.DataDir, "gateway", "ssh_host_ed25519_key"),
-		HostNames:   f.HostNames,
-		Access:      rules,
-		Limits:      l,
-		AdminGroups: f.AdminGroups,
+		Listen:        f.Listen,
+		HostKeyPath:   filepath.Join(f.DataDir, "gateway", "ssh_host_ed25519_key"),
+		HostNames:     f.HostNames,
+		Access:        rules,
+		Limits:        l,
+		AdminGroups:   f.AdminGroups,
+		AuditorGroups: f.AuditorGroups,
 
 		KRLFile:                f.KRLFile,
 		RequireHardenedTargets: f.RequireHardenedTargets,
