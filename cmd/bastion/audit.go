@@ -1,101 +1,185 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"io"
+	"os"
 	"time"
 
+	"github.com/oklog/ulid/v2"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/internal/auditquery"
 )
 
 func newAuditCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
-		Short: "Read the audit log: export and verify",
+		Short: "Read the audit log: export, tail and verify",
 	}
-	cmd.AddCommand(newAuditExportCommand(a), newAuditVerifyCommand(a))
+	cmd.AddCommand(newAuditExportCommand(a), newAuditTailCommand(a), newAuditVerifyCommand(a))
 	return cmd
-}
-
-// filterFlags are the event filters shared by export (and, later, tail).
-type filterFlags struct {
-	since, until, actor, session string
-	types                        []string
-}
-
-func (f *filterFlags) add(cmd *cobra.Command) {
-	fl := cmd.Flags()
-	fl.StringVar(&f.since, "since", "", "only events at or after: RFC 3339 time, YYYY-MM-DD, or a duration ago such as 24h")
-	fl.StringVar(&f.until, "until", "", "only events before: same forms as --since")
-	fl.StringSliceVar(&f.types, "type", nil, "only these event types (repeatable or comma-separated; auth.* matches a family)")
-	fl.StringVar(&f.actor, "actor", "", "only events by this actor")
-	fl.StringVar(&f.session, "session", "", "only events of this session id")
-}
-
-func (f *filterFlags) filter(now time.Time) (audit.Filter, error) {
-	since, err := parseWhen(f.since, now)
-	if err != nil {
-		return audit.Filter{}, fmt.Errorf("--since: %w", err)
-	}
-	until, err := parseWhen(f.until, now)
-	if err != nil {
-		return audit.Filter{}, fmt.Errorf("--until: %w", err)
-	}
-	return audit.Filter{Since: since, Until: until, Types: f.types, Actor: f.actor, Session: f.session}, nil
-}
-
-// parseWhen accepts RFC 3339, a date, or a duration before now.
-func parseWhen(s string, now time.Time) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return t, nil
-	}
-	if t, err := time.ParseInLocation("2006-01-02", s, time.Local); err == nil {
-		return t, nil
-	}
-	if d, err := time.ParseDuration(strings.TrimPrefix(s, "-")); err == nil && d >= 0 {
-		return now.Add(-d), nil
-	}
-	return time.Time{}, fmt.Errorf("%q is not a time: use RFC 3339 (2026-11-27T15:00:00Z), a date (2026-11-27) or a duration ago (24h)", s)
 }
 
 func newAuditExportCommand(a *app) *cobra.Command {
 	var (
-		ff     filterFlags
-		format string
+		qf auditquery.Flags
+		rf remoteFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "export [--format jsonl|csv] [filters]",
+		Use:   "export [--format jsonl|csv] [filters] [--gateway HOST:PORT]",
 		Short: "Stream audit events to stdout as JSON Lines or CSV",
+		Long: `Stream audit events to stdout as JSON Lines (the verifiable form) or CSV.
+
+Without --gateway it reads the log in --data-dir, which needs the gateway
+stopped (the running gateway holds the file). With --gateway it asks the
+running gateway over SSH, as your certificate's identity, which must be in
+one of the gateway's auditor_groups; the output is byte for byte what the
+offline export of the same log would write.`,
 		Example: `  bastion audit export --format jsonl > audit.jsonl
   bastion audit export --format csv --since 24h --type auth.failed
-  bastion audit export --type cert.issued,cert.revoked --actor operator:alice`,
+  bastion audit export --type cert.issued,cert.revoked --actor operator:alice
+  bastion audit export --gateway bastion.example.com:2222 --since 2026-11-01 --type auth.*`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fm, err := audit.ParseFormat(format)
+			q, err := qf.Query(time.Now())
 			if err != nil {
 				return err
 			}
-			flt, err := ff.filter(time.Now())
-			if err != nil {
-				return err
+			if rf.gateway != "" {
+				return a.runRemoteAudit(cmd.Context(), rf, "export", q)
 			}
 			store, err := a.openAuditReadOnly()
 			if err != nil {
 				return err
 			}
 			defer store.Close()
-			return store.Export(cmd.Context(), a.stdout, flt, fm)
+			if p := newProgress(a.stderr, store, q.Filter, time.Now); p != nil {
+				defer p.done()
+				return exportWithProgress(cmd.Context(), store, a.stdout, q, p)
+			}
+			return store.Export(cmd.Context(), a.stdout, q.Filter, q.Format)
 		},
 	}
-	ff.add(cmd)
-	cmd.Flags().StringVar(&format, "format", "jsonl", "output format: jsonl or csv")
+	qf.Register(cmd.Flags())
+	rf.register(cmd, false)
 	return cmd
+}
+
+func newAuditTailCommand(a *app) *cobra.Command {
+	var (
+		qf auditquery.Flags
+		rf remoteFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "tail --gateway HOST:PORT [--format jsonl|csv] [filters]",
+		Short: "Print the matching audit events of a running gateway, then follow new ones",
+		Long: `Print the audit events that match the filters, then each new one as the
+running gateway records it, until interrupted. It runs ` + "`audit tail`" + ` on the
+gateway over SSH, as your certificate's identity, which must be in one of
+the gateway's auditor_groups. Nothing is missed however slowly you read.`,
+		Example: `  bastion audit tail --gateway bastion.example.com:2222 --type auth.failed,source.banned
+  bastion audit tail --gateway 127.0.0.1:2222 --since 1h --format csv`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q, err := qf.Query(time.Now())
+			if err != nil {
+				return err
+			}
+			return a.runRemoteAudit(cmd.Context(), rf, "tail", q)
+		},
+	}
+	qf.Register(cmd.Flags())
+	rf.register(cmd, true)
+	return cmd
+}
+
+// exportWithProgress is Store.Export, reporting progress to p.
+func exportWithProgress(ctx context.Context, store *audit.Store, w io.Writer, q auditquery.Query, p *progress) error {
+	enc := audit.NewEncoder(w, q.Format)
+	err := store.Iterate(ctx, q.Filter, func(ev audit.Event) error {
+		if err := enc.Encode(ev); err != nil {
+			return err
+		}
+		p.event(ev)
+		return nil
+	})
+	if err != nil {
+		_ = enc.Flush()
+		return err
+	}
+	return enc.Flush()
+}
+
+// progress reports a long export's progress on a terminal: how many events
+// were written and how far through the log's time span the export is.
+type progress struct {
+	w        io.Writer
+	now      func() time.Time
+	from, to time.Time // the span the export covers
+	n        int
+	last     time.Time // when progress was last printed
+	shown    bool
+}
+
+// progressEvery is how often progress is redrawn.
+const progressEvery = 250 * time.Millisecond
+
+// newProgress returns a progress reporter when stderr is a terminal, nil
+// otherwise: redirected output stays clean.
+func newProgress(stderr io.Writer, store *audit.Store, f audit.Filter, now func() time.Time) *progress {
+	file, ok := stderr.(*os.File)
+	if !ok || !term.IsTerminal(int(file.Fd())) {
+		return nil
+	}
+	h, err := store.Head()
+	if err != nil || h.ID == "" {
+		return nil
+	}
+	to := f.Until
+	if id, err := ulid.ParseStrict(h.ID); err == nil {
+		if last := ulid.Time(id.Time()); to.IsZero() || last.Before(to) {
+			to = last
+		}
+	}
+	return &progress{w: stderr, now: now, from: f.Since, to: to, last: now()}
+}
+
+// event counts one written event and redraws now and then.
+func (p *progress) event(ev audit.Event) {
+	p.n++
+	if p.from.IsZero() {
+		p.from = ev.Time // the first event starts the span
+	}
+	if p.n%256 != 0 {
+		return
+	}
+	if now := p.now(); now.Sub(p.last) >= progressEvery {
+		p.last = now
+		p.shown = true
+		fmt.Fprintf(p.w, "\rbastion: exported %d events, %s, up to %s ", p.n, p.percent(ev.Time), ev.Time.Format(time.RFC3339))
+	}
+}
+
+// percent is how far t is through the export's span.
+func (p *progress) percent(t time.Time) string {
+	span := p.to.Sub(p.from)
+	if span <= 0 {
+		return "?%"
+	}
+	pc := 100 * float64(t.Sub(p.from)) / float64(span)
+	return fmt.Sprintf("%.0f%%", min(max(pc, 0), 100))
+}
+
+// done ends the progress line, if one was drawn.
+func (p *progress) done() {
+	if p.shown {
+		fmt.Fprintf(p.w, "\rbastion: exported %d events%30s\n", p.n, "")
+	}
 }
 
 func newAuditVerifyCommand(a *app) *cobra.Command {
@@ -110,15 +194,20 @@ func newAuditVerifyCommand(a *app) *cobra.Command {
 				return err
 			}
 			defer store.Close()
-			n, err := store.Verify(cmd.Context())
+			v, err := store.VerifyChain(cmd.Context())
 			var ce *audit.ChainError
 			if errors.As(err, &ce) {
-				return &exitError{code: 1, err: fmt.Errorf("audit log is NOT intact (%d events checked before the break): %w", n, err)}
+				return &exitError{code: 1, err: fmt.Errorf("audit log is NOT intact (%d events checked before the break): %w", v.Checked, err)}
 			}
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact\n", n)
+			if v.From.Pruned > 0 {
+				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact from the retention checkpoint (%d older events pruned; the oldest held event chains to %s, the hash of pruned event %s)\n",
+					v.Checked, v.From.Pruned, v.From.Hash, v.From.ID)
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact\n", v.Checked)
 			return nil
 		},
 	}

@@ -95,6 +95,7 @@ root logins are refused by construction; every attempt is audited.`,
 		newStatusCommand(a),
 		newLockCommand(a),
 		newUnlockCommand(a),
+		newAlertsCommand(a),
 	)
 	return root
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/gateway"
+	"github.com/bastion-ssh/bastion/internal/alert"
 	"github.com/bastion-ssh/bastion/internal/config"
 	"github.com/bastion-ssh/bastion/internal/oidc"
 )
@@ -72,6 +73,7 @@ type gatewayRuntime struct {
 	gw          *gateway.Gateway
 	store       *audit.Store
 	metricsSrv  *http.Server
+	alerts      *alertRuntime // nil without an alerts: section
 	sshAddr     string
 	metricsAddr string
 	served      chan error
@@ -92,11 +94,13 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 	if err != nil {
 		return nil, err
 	}
-	store, err := audit.Open(layout.AuditDB(), audit.Options{Timeout: time.Second, Logger: logger})
+	store, err := audit.Open(layout.AuditDB(), audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention)})
 	if err != nil {
 		return nil, err
 	}
+	var alerts *alertRuntime
 	fail := func(err error) (*gatewayRuntime, error) {
+		alerts.stop()
 		store.Close()
 		return nil, err
 	}
@@ -125,11 +129,16 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 	if err != nil {
 		return fail(err)
 	}
+	if f.Alerts != nil {
+		if alerts, err = startAlerts(f, store, reg, logger); err != nil {
+			return fail(err)
+		}
+	}
 	ln, err := net.Listen("tcp", gc.Listen)
 	if err != nil {
 		return fail(fmt.Errorf("listen on %s: %w (is another process using the port?)", gc.Listen, err))
 	}
-	rt := &gatewayRuntime{gw: gw, store: store, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
+	rt := &gatewayRuntime{gw: gw, store: store, alerts: alerts, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
 	if f.MetricsListen != "" {
 		mln, err := net.Listen("tcp", f.MetricsListen)
 		if err != nil {
@@ -198,5 +207,53 @@ func (rt *gatewayRuntime) stop() error {
 	if serr := <-rt.served; serr != nil && !errors.Is(serr, net.ErrClosed) {
 		err = errors.Join(err, serr)
 	}
+	// Alerts raised up to here still go out (briefly), and their delivery
+	// records reach the log before it closes.
+	rt.alerts.stop()
 	return errors.Join(err, rt.store.Close())
+}
+
+// alertFeed is how many audit events may wait for the alert engine before
+// the feed drops (and counts) them; the gateway never waits for it.
+const alertFeed = 8192
+
+// alertRuntime is the alert engine reading the audit log's live feed.
+type alertRuntime struct {
+	engine *alert.Engine
+	sub    *audit.Subscription
+	done   chan struct{}
+}
+
+// startAlerts starts the alert engine on the store's live feed.
+func startAlerts(f *config.File, store *audit.Store, reg prometheus.Registerer, logger *slog.Logger) (*alertRuntime, error) {
+	cfg, err := alertConfig(f, logger)
+	if err != nil {
+		return nil, err
+	}
+	eng, err := alert.New(cfg, alert.Deps{Store: store, Registry: reg})
+	if err != nil {
+		return nil, err
+	}
+	ar := &alertRuntime{engine: eng, sub: store.Subscribe(alertFeed), done: make(chan struct{})}
+	go func() {
+		defer close(ar.done)
+		eng.Run(context.Background(), ar.sub)
+	}()
+	return ar, nil
+}
+
+// alertGrace bounds how long a stopping gateway keeps delivering alerts.
+const alertGrace = 5 * time.Second
+
+// stop ends the feed and gives queued alerts alertGrace to go out; what is
+// left is recorded as dead letters. A nil runtime does nothing.
+func (ar *alertRuntime) stop() {
+	if ar == nil {
+		return
+	}
+	ar.sub.Close()
+	<-ar.done
+	ctx, cancel := context.WithTimeout(context.Background(), alertGrace)
+	defer cancel()
+	_ = ar.engine.Close(ctx)
 }

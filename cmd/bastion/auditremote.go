@@ -1,0 +1,183 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+
+	"github.com/bastion-ssh/bastion/internal/auditquery"
+	"github.com/bastion-ssh/bastion/internal/sshclient"
+)
+
+// remoteFlags select a running gateway and the identity to reach it with,
+// for `audit export --gateway` and `audit tail`.
+type remoteFlags struct {
+	gateway, identity, user, knownHosts string
+}
+
+func (r *remoteFlags) register(cmd *cobra.Command, required bool) {
+	fl := cmd.Flags()
+	help := "ask the running gateway at HOST:PORT over SSH instead of reading --data-dir"
+	if required {
+		help = "the running gateway, HOST:PORT"
+	}
+	fl.StringVar(&r.gateway, "gateway", "", help)
+	fl.StringVar(&r.identity, "identity", "", "private key whose certificate (FILE-cert.pub beside it) identifies you; default ~/.ssh/bastion/id_ed25519 from `bastion login` when it has a certificate, else ~/.ssh/id_ed25519; a passphrase-protected key is used through ssh-agent")
+	fl.StringVar(&r.user, "user", "", "login name on the gateway (default: the certificate's first principal)")
+	fl.StringVar(&r.knownHosts, "known-hosts", "", "known_hosts file with the gateway's @cert-authority line; default ~/.ssh/bastion/known_hosts from `bastion login` when it exists, else ~/.ssh/known_hosts")
+	if required {
+		_ = cmd.MarkFlagRequired("gateway")
+	}
+}
+
+// resolve fills the defaults of the identity and known_hosts paths.
+func (r remoteFlags) resolve() (remoteFlags, error) {
+	if r.identity != "" && r.knownHosts != "" {
+		return r, nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return r, fmt.Errorf("cannot find your home directory for the default --identity and --known-hosts: %w (set HOME or pass both flags)", err)
+	}
+	login := sshclient.Paths{Dir: filepath.Join(home, ".ssh", "bastion")}
+	if r.identity == "" {
+		r.identity = filepath.Join(home, ".ssh", "id_ed25519")
+		if _, err := os.Stat(login.Certificate()); err == nil {
+			r.identity = login.Key()
+		}
+	}
+	if r.knownHosts == "" {
+		r.knownHosts = filepath.Join(home, ".ssh", "known_hosts")
+		if _, err := os.Stat(login.KnownHosts()); err == nil {
+			r.knownHosts = login.KnownHosts()
+		}
+	}
+	return r, nil
+}
+
+// runRemoteAudit runs `audit SUB` with q's flags on the gateway, streaming
+// its output to stdout and its messages to stderr. Its exit status
+// becomes ours. An interrupted tail is a normal end.
+func (a *app) runRemoteAudit(ctx context.Context, rf remoteFlags, sub string, q auditquery.Query) error {
+	rf, err := rf.resolve()
+	if err != nil {
+		return err
+	}
+	addr, err := sshclient.NormalizeAddr(rf.gateway)
+	if err != nil {
+		return fmt.Errorf("--gateway: %w", err)
+	}
+	signer, cert, closeAgent, err := loadIdentity(rf.identity)
+	if err != nil {
+		return err
+	}
+	defer closeAgent()
+	user := rf.user
+	if user == "" {
+		user = cert.ValidPrincipals[0]
+	}
+	hc, err := sshclient.NewHostCheck(sshclient.HostCheckConfig{KnownHosts: rf.knownHosts})
+	if err != nil {
+		return err
+	}
+	conn, err := sshclient.Dial(ctx, addr, user, signer, hc)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	command := "audit " + sub
+	for _, arg := range q.Args() {
+		command += " " + quoteArg(arg)
+	}
+	status, err := conn.Exec(ctx, command, nil, a.stdout, a.stderr)
+	if err != nil {
+		if sub == "tail" && ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	if status != 0 {
+		return &exitError{code: status, err: fmt.Errorf("audit %s on the gateway %s failed (exit status %d; its message is above)", sub, addr, status)}
+	}
+	return nil
+}
+
+// loadIdentity returns a signer for the certificate FILE-cert.pub and the
+// private key FILE. When FILE needs a passphrase the key is used through
+// ssh-agent ($SSH_AUTH_SOCK), which must hold it; closeAgent releases it.
+func loadIdentity(keyPath string) (signer ssh.Signer, cert *ssh.Certificate, closeAgent func(), err error) {
+	closeAgent = func() {}
+	certPath := keyPath + "-cert.pub"
+	data, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, nil, closeAgent, fmt.Errorf("no certificate at %s (%w): run `bastion login`, or pass --identity with the key whose -cert.pub is beside it", certPath, err)
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(data)
+	cert, ok := pub.(*ssh.Certificate)
+	if err != nil || !ok || cert.CertType != ssh.UserCert || len(cert.ValidPrincipals) == 0 {
+		return nil, nil, closeAgent, fmt.Errorf("%s is not an SSH user certificate with principals: run `bastion login` for a new one", certPath)
+	}
+	keyData, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, nil, closeAgent, fmt.Errorf("read the private key %s: %w (pass --identity)", keyPath, err)
+	}
+	key, err := ssh.ParsePrivateKey(keyData)
+	var pme *ssh.PassphraseMissingError
+	switch {
+	case errors.As(err, &pme):
+		key, closeAgent, err = agentSigner(cert.Key, keyPath)
+		if err != nil {
+			return nil, nil, func() {}, err
+		}
+	case err != nil:
+		return nil, nil, closeAgent, fmt.Errorf("%s is not a private key (%v): pass --identity with the right file", keyPath, err)
+	}
+	if !bytes.Equal(key.PublicKey().Marshal(), cert.Key.Marshal()) {
+		closeAgent()
+		return nil, nil, func() {}, fmt.Errorf("the certificate %s is for another key than %s: run `bastion login` again", certPath, keyPath)
+	}
+	signer, err = ssh.NewCertSigner(cert, key)
+	if err != nil {
+		closeAgent()
+		return nil, nil, func() {}, fmt.Errorf("use the certificate %s: %w", certPath, err)
+	}
+	return signer, cert, closeAgent, nil
+}
+
+// agentSigner finds pub's private half in ssh-agent.
+func agentSigner(pub ssh.PublicKey, keyPath string) (ssh.Signer, func(), error) {
+	sock := os.Getenv("SSH_AUTH_SOCK")
+	if sock == "" {
+		return nil, nil, fmt.Errorf("%s needs a passphrase and no ssh-agent is running (SSH_AUTH_SOCK is unset): run `ssh-add %s` in an agent, or use a key without one", keyPath, keyPath)
+	}
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s needs a passphrase and ssh-agent at %s cannot be reached: %w", keyPath, sock, err)
+	}
+	signers, err := agent.NewClient(conn).Signers()
+	if err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("list the keys of ssh-agent at %s: %w", sock, err)
+	}
+	for _, s := range signers {
+		if bytes.Equal(s.PublicKey().Marshal(), pub.Marshal()) {
+			return s, func() { conn.Close() }, nil
+		}
+	}
+	conn.Close()
+	return nil, nil, fmt.Errorf("%s needs a passphrase and ssh-agent does not hold it: run `ssh-add %s`", keyPath, keyPath)
+}
+
+// quoteArg quotes s for the gateway's POSIX-style command line parser.
+func quoteArg(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
