@@ -30,7 +30,9 @@ func AddToAgent(socket string, key *Key, cert *ssh.Certificate, comment string, 
 	}
 	defer conn.Close()
 	// The socket deadline is wall-clock time, whatever clock now came from.
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := conn.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		return 0, fmt.Errorf("sshclient: ssh-agent at %s: %w", socket, err)
+	}
 	ag := agent.NewClient(conn)
 	if err := removeOldCerts(ag, key.PublicKey()); err != nil {
 		return 0, fmt.Errorf("sshclient: ssh-agent at %s: %w", socket, err)

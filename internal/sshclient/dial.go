@@ -73,12 +73,16 @@ func Dial(ctx context.Context, addr, user string, signer ssh.Signer, hc *HostChe
 	if err != nil {
 		return nil, fmt.Errorf("sshclient: cannot reach the gateway at %s: %w (is the address right and the gateway running?)", addr, err)
 	}
-	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = nc.Close() })
 	deadline := time.Now().Add(30 * time.Second)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	nc.SetDeadline(deadline)
+	if err := nc.SetDeadline(deadline); err != nil {
+		stop()
+		_ = nc.Close()
+		return nil, fmt.Errorf("sshclient: connect to %s: %w", addr, err)
+	}
 	cfg := &ssh.ClientConfig{
 		User:              user,
 		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signer)},
@@ -89,7 +93,7 @@ func Dial(ctx context.Context, addr, user string, signer ssh.Signer, hc *HostChe
 	sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
 	if err != nil {
 		stop()
-		nc.Close()
+		_ = nc.Close()
 		if herr := hc.Err(); herr != nil {
 			return nil, herr
 		}
@@ -101,7 +105,11 @@ func Dial(ctx context.Context, addr, user string, signer ssh.Signer, hc *HostChe
 		}
 		return nil, fmt.Errorf("sshclient: SSH handshake with %s: %w", addr, err)
 	}
-	nc.SetDeadline(time.Time{})
+	if err := nc.SetDeadline(time.Time{}); err != nil {
+		stop()
+		_ = sc.Close()
+		return nil, fmt.Errorf("sshclient: connect to %s: %w", addr, err)
+	}
 	return &Conn{client: ssh.NewClient(sc, chans, reqs), stop: stop}, nil
 }
 
@@ -120,8 +128,9 @@ func (c *Conn) Exec(ctx context.Context, command string, stdin io.Reader, stdout
 	if err != nil {
 		return -1, fmt.Errorf("sshclient: open a session on the gateway: %w", err)
 	}
-	defer sess.Close()
-	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	// Close after Run reports io.EOF (the channel is closed already).
+	defer func() { _ = sess.Close() }()
+	stop := context.AfterFunc(ctx, func() { _ = sess.Close() })
 	defer stop()
 	sess.Stdin, sess.Stdout, sess.Stderr = stdin, stdout, stderr
 	err = sess.Run(command)

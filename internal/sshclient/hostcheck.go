@@ -223,7 +223,7 @@ func (h *HostCheck) Pin(addr string) (ssh.PublicKey, error) {
 	}
 	line := fmt.Sprintf("@cert-authority * %s bastion host CA, pinned by bastion login from %s on %s\n",
 		strings.TrimSpace(string(ssh.MarshalAuthorizedKey(ca))), addr, h.cfg.Now().UTC().Format(time.DateOnly))
-	f, err := os.OpenFile(h.cfg.KnownHosts, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(h.cfg.KnownHosts, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("sshclient: pin the host CA: %w", err)
 	}

@@ -57,7 +57,7 @@ func (p Paths) Ensure() error {
 		return fmt.Errorf("sshclient: %s is not a directory: move it away so bastion can keep its key there", p.Dir)
 	}
 	if st.Mode().Perm()&0o077 != 0 {
-		if err := os.Chmod(p.Dir, 0o700); err != nil {
+		if err := os.Chmod(p.Dir, 0o700); err != nil { // #nosec G302 -- a directory needs its x bit
 			return fmt.Errorf("sshclient: %s is open to other users and cannot be narrowed: %w (run `chmod 700 %s`)", p.Dir, err, p.Dir)
 		}
 	}
@@ -78,7 +78,7 @@ type State struct {
 // LoadState reads state.json; a missing file is the zero State.
 func LoadState(path string) (State, error) {
 	var s State
-	data, err := os.ReadFile(path)
+	data, err := os.ReadFile(path) // #nosec G304 -- the user's own state file
 	if errors.Is(err, os.ErrNotExist) {
 		return s, nil
 	}
@@ -108,13 +108,13 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("sshclient: write %s: %w", path, err)
 	}
 	tmp := f.Name()
-	defer os.Remove(tmp)
+	defer func() { _ = os.Remove(tmp) }() // fails harmlessly once renamed
 	if err := f.Chmod(mode); err != nil {
-		f.Close()
+		_ = f.Close()
 		return fmt.Errorf("sshclient: write %s: %w", path, err)
 	}
 	if _, err := f.Write(data); err != nil {
-		f.Close()
+		_ = f.Close()
 		return fmt.Errorf("sshclient: write %s: %w", path, err)
 	}
 	if err := f.Close(); err != nil {

@@ -22,6 +22,20 @@ import (
 	"golang.org/x/crypto/ssh/agent"
 )
 
+func mustWrite(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustChmod(t *testing.T, path string, mode os.FileMode) {
+	t.Helper()
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func newSigner(t testing.TB) ssh.Signer {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
@@ -40,7 +54,7 @@ func signCert(t testing.TB, ca ssh.Signer, key ssh.PublicKey, typ uint32, princi
 	t.Helper()
 	c := &ssh.Certificate{
 		Key: key, CertType: typ, KeyId: "test", ValidPrincipals: principals,
-		ValidAfter: uint64(from.Unix()), ValidBefore: uint64(to.Unix()), Serial: 7,
+		ValidAfter: uint64(from.Unix()), ValidBefore: uint64(to.Unix()), Serial: 7, // #nosec G115 -- times after 1970
 	}
 	if err := c.SignCert(rand.Reader, ca); err != nil {
 		t.Fatal(err)
@@ -61,7 +75,7 @@ func startServer(t *testing.T, hostKeys ...ssh.Signer) string {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -87,17 +101,16 @@ func startServer(t *testing.T, hostKeys ...ssh.Signer) string {
 					go func() {
 						defer ch.Close()
 						for r := range creqs {
-							if r.Type != "exec" {
-								r.Reply(false, nil)
+							var p struct{ Command string }
+							if r.Type != "exec" || ssh.Unmarshal(r.Payload, &p) != nil {
+								_ = r.Reply(false, nil)
 								continue
 							}
-							r.Reply(true, nil)
-							var p struct{ Command string }
-							ssh.Unmarshal(r.Payload, &p)
+							_ = r.Reply(true, nil)
 							in, _ := io.ReadAll(ch)
-							io.WriteString(ch, p.Command+"|"+string(in))
-							io.WriteString(ch.Stderr(), "to stderr\n")
-							ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{3}))
+							_, _ = io.WriteString(ch, p.Command+"|"+string(in))
+							_, _ = io.WriteString(ch.Stderr(), "to stderr\n")
+							_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{3}))
 							return
 						}
 					}()
@@ -123,7 +136,7 @@ func dial(t *testing.T, addr string, hc *HostCheck) (*Conn, error) {
 	t.Helper()
 	c, err := Dial(t.Context(), addr, "login", newSigner(t), hc)
 	if err == nil {
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() { _ = c.Close() })
 	}
 	return c, err
 }
@@ -149,7 +162,7 @@ func TestHostCheckTrustOnFirstUseThenPinned(t *testing.T) {
 	if err != nil || pinned == nil || !bytes.Equal(pinned.Marshal(), ca1.PublicKey().Marshal()) {
 		t.Fatalf("Pin = %v, %v; want the first gateway's CA", pinned, err)
 	}
-	data, _ := os.ReadFile(kh)
+	data, _ := os.ReadFile(kh) // #nosec G304 -- the test's own file
 	want := "@cert-authority * " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(ca1.PublicKey()))) + " "
 	if !strings.HasPrefix(string(data), want) || strings.Count(string(data), "\n") != 1 {
 		t.Fatalf("known_hosts = %q, want one line starting %q", data, want)
@@ -180,7 +193,7 @@ func TestHostCheckTrustOnFirstUseThenPinned(t *testing.T) {
 			t.Errorf("error lacks %q:\n%v", s, err)
 		}
 	}
-	if after, _ := os.ReadFile(kh); !bytes.Equal(after, data) {
+	if after, _ := os.ReadFile(kh); !bytes.Equal(after, data) { // #nosec G304 -- the test's own file
 		t.Errorf("known_hosts changed after a refusal:\n%s", after)
 	}
 }
@@ -200,7 +213,7 @@ func TestHostCheckRefusals(t *testing.T) {
 	good := startServer(t, hostCertSigner(t, ca, []string{"127.0.0.1"}, now.Add(-time.Hour), now.Add(time.Hour)))
 
 	pinnedFile := filepath.Join(t.TempDir(), "known_hosts")
-	os.WriteFile(pinnedFile, []byte("# pinned\n\n@cert-authority * "+string(ssh.MarshalAuthorizedKey(ca.PublicKey()))), 0o644)
+	mustWrite(t, pinnedFile, []byte("# pinned\n\n@cert-authority * "+string(ssh.MarshalAuthorizedKey(ca.PublicKey()))))
 
 	tests := []struct {
 		name     string
@@ -239,7 +252,7 @@ func TestHostCheckRefusals(t *testing.T) {
 
 func TestHostCheckUnreadableFile(t *testing.T) {
 	kh := filepath.Join(t.TempDir(), "known_hosts")
-	os.WriteFile(kh, []byte("@cert-authority * ssh-ed25519 AAAAnotbase64\n"), 0o644)
+	mustWrite(t, kh, []byte("@cert-authority * ssh-ed25519 AAAAnotbase64\n"))
 	_, err := NewHostCheck(HostCheckConfig{KnownHosts: kh})
 	if err == nil || !strings.Contains(err.Error(), "delete the file") {
 		t.Fatalf("err = %v, want advice to fix or delete the file", err)
@@ -285,20 +298,20 @@ func TestKeys(t *testing.T) {
 		t.Fatalf("ssh-keygen -y: %v %s", err, out)
 	}
 
-	os.Chmod(p.Key(), 0o644)
+	mustChmod(t, p.Key(), 0o644)
 	if _, err := LoadKey(p.Key()); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("a world-readable key: %v", err)
 	}
-	os.Chmod(p.Key(), 0o600)
+	mustChmod(t, p.Key(), 0o600)
 
 	block, _ := ssh.MarshalPrivateKeyWithPassphrase(k.Private, "", []byte("secret"))
-	os.WriteFile(p.Key(), pem.EncodeToMemory(block), 0o600)
+	mustWrite(t, p.Key(), pem.EncodeToMemory(block))
 	if _, err := LoadKey(p.Key()); err == nil || !strings.Contains(err.Error(), "passphrase") {
 		t.Errorf("a passphrase-protected key: %v", err)
 	}
 
 	// A wide directory is narrowed.
-	os.Chmod(p.Dir, 0o755)
+	mustChmod(t, p.Dir, 0o755)
 	if err := p.Ensure(); err != nil {
 		t.Fatal(err)
 	}
@@ -357,7 +370,7 @@ func TestState(t *testing.T) {
 	if err != nil || got.Gateway != want.Gateway || got.Hosts[0] != "*.internal" || !got.IncludeHintShown {
 		t.Fatalf("round trip: %+v %v", got, err)
 	}
-	os.WriteFile(path, []byte("{"), 0o600)
+	mustWrite(t, path, []byte("{"))
 	if _, err := LoadState(path); err == nil || !strings.Contains(err.Error(), "delete it") {
 		t.Errorf("corrupt state: %v", err)
 	}
@@ -456,14 +469,14 @@ func serveAgent(t *testing.T, ag agent.Agent) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	t.Cleanup(func() { _ = ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() { defer c.Close(); agent.ServeAgent(ag, c) }()
+			go func() { defer c.Close(); _ = agent.ServeAgent(ag, c) }()
 		}
 	}()
 	return sock
@@ -548,7 +561,7 @@ func startSSHAgent(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "-D", "-a", sock)
@@ -557,10 +570,10 @@ func startSSHAgent(t *testing.T) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); cmd.Wait() })
+	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
 	for i := 0; ; i++ {
 		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
+			_ = c.Close()
 			return sock
 		}
 		if i > 100 {
@@ -576,6 +589,6 @@ func agentClient(t *testing.T, sock string) agent.ExtendedAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { _ = c.Close() })
 	return agent.NewClient(c)
 }
