@@ -39,8 +39,9 @@ sessions within a second.
 When the audit log in --data-dir is free (no gateway running on it), the
 lock is written there directly. While a gateway holds it, the lock goes
 through that gateway's admin command over SSH instead, with your bastion
-certificate (from bastion login; it must carry an admin group): pass
---gateway, or the gateway of your last bastion login is used.`,
+certificate (from bastion login; it must carry an admin group): the
+gateway of your last bastion login, or $BASTION_GATEWAY. With --gateway, the
+lock always goes through that gateway.`,
 		Example: `  bastion lock alice --reason "laptop stolen"
   bastion lock alice --gateway bastion.example.com:2222 --reason "left the company"`,
 		Args: cobra.ExactArgs(1),
@@ -71,7 +72,8 @@ func newUnlockCommand(a *app) *cobra.Command {
 		Short: "Lift a lock set with bastion lock",
 		Long: `bastion unlock lets USER in again. Like bastion lock, it writes the audit
 log in --data-dir when it is free, and otherwise goes through the running
-gateway (--gateway, or the gateway of your last bastion login).`,
+gateway (--gateway, $BASTION_GATEWAY, or the gateway of your last bastion
+login).`,
 		Example: `  bastion unlock alice
   bastion unlock alice --gateway bastion.example.com:2222`,
 		Args: cobra.ExactArgs(1),
@@ -176,7 +178,7 @@ func (a *app) gatewayAdmin(ctx context.Context, addr, command string) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	code, err := conn.Exec(ctx, command, nil, a.stdout, a.stderr)
 	if err != nil {
 		return err

@@ -140,7 +140,7 @@ func runLogin(ctx context.Context, a *app, f loginFlags, hostsGiven bool) error 
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	if ca, first := hc.FirstUse(); first {
 		fmt.Fprintf(a.stderr, "First contact with %s: its host CA is %s; it will be pinned once you have logged in.\n", addr, gossh.FingerprintSHA256(ca))
 	}

@@ -91,7 +91,7 @@ func startLoginEnv(t *testing.T, o loginEnvOptions) *loginEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.idp.Close() })
+	t.Cleanup(func() { _ = e.idp.Close() })
 	if _, _, err := ca.Init(e.layout, ca.InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -170,9 +170,15 @@ func (e *loginEnv) stop() {
 	e.stopped = true
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	e.gw.Shutdown(ctx)
-	<-e.served
-	e.store.Close()
+	if err := e.gw.Shutdown(ctx); err != nil {
+		e.t.Errorf("gateway shutdown: %v", err)
+	}
+	if err := <-e.served; err != nil {
+		e.t.Errorf("gateway Serve: %v", err)
+	}
+	if err := e.store.Close(); err != nil {
+		e.t.Errorf("close the audit log: %v", err)
+	}
 }
 
 // events returns the audit events of type typ.
@@ -241,7 +247,7 @@ func runLoginCLI(t *testing.T, addr string, answer func(line string), args ...st
 	done := make(chan error, 1)
 	go func() {
 		err := cmd.ExecuteContext(ctx)
-		pw.Close()
+		_ = pw.Close()
 		done <- err
 	}()
 	var stderr strings.Builder
@@ -252,7 +258,7 @@ func runLoginCLI(t *testing.T, addr string, answer func(line string), args ...st
 			answer(sc.Text())
 		}
 	}
-	io.Copy(io.Discard, pr)
+	_, _ = io.Copy(io.Discard, pr) // a line too long for the scanner
 	err := <-done
 	return stdout.String(), stderr.String(), err
 }
@@ -308,7 +314,7 @@ func submitForm(c *http.Client, pageURL string, fields map[string]string) (int, 
 		return 0, "", err
 	}
 	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	m := formRE.FindStringSubmatch(string(page))
 	if m == nil {
 		return resp.StatusCode, string(page), fmt.Errorf("no form at %s", resp.Request.URL)
@@ -645,7 +651,7 @@ func startSSHAgent(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "-D", "-a", sock)
@@ -654,10 +660,10 @@ func startSSHAgent(t *testing.T) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); cmd.Wait() })
+	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
 	for i := 0; ; i++ {
 		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
+			_ = c.Close()
 			return sock
 		}
 		if i > 100 {
@@ -673,7 +679,7 @@ func agentClient(t *testing.T, sock string) agent.ExtendedAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { _ = c.Close() })
 	return agent.NewClient(c)
 }
 
@@ -684,7 +690,9 @@ func TestLoginRefusals(t *testing.T) {
 		home := newHome(t)
 		_, stderr, err := runLoginCLI(t, e.addr, func(line string) {
 			if m := deviceCodeRE.FindStringSubmatch(line); m != nil {
-				e.idp.DenyDevice(m[1])
+				if err := e.idp.DenyDevice(m[1]); err != nil {
+					t.Errorf("deny %s: %v", m[1], err)
+				}
 			}
 		})
 		if err == nil || !strings.Contains(stderr, oidc.ReasonAccessDenied) || !strings.Contains(err.Error(), "did not sign") {
@@ -701,7 +709,7 @@ func TestLoginRefusals(t *testing.T) {
 		newHome(t)
 		ln, _ := net.Listen("tcp", "127.0.0.1:0")
 		addr := ln.Addr().String()
-		ln.Close()
+		_ = ln.Close()
 		_, _, err := runLoginCLI(t, addr, nil)
 		if err == nil || !strings.Contains(err.Error(), "cannot reach the gateway at "+addr) {
 			t.Fatalf("err = %v", err)

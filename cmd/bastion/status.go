@@ -48,7 +48,7 @@ needed:
 		Example: `  bastion status
   bastion status --json`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(_ *cobra.Command, _ []string) error {
 			paths, err := sshclient.DefaultPaths()
 			if err != nil {
 				return err
@@ -80,7 +80,7 @@ needed:
 
 // statusOf describes cert at now.
 func statusOf(cert *gossh.Certificate, paths sshclient.Paths, gw string, now time.Time) certStatus {
-	after, before := time.Unix(int64(cert.ValidAfter), 0), sshclient.Expiry(cert)
+	after, before := sshclient.ValidFrom(cert), sshclient.Expiry(cert)
 	s := certStatus{
 		Certificate: paths.Certificate(), KeyID: cert.KeyId, Principals: cert.ValidPrincipals, Groups: []string{},
 		Serial: cert.Serial, KeyFingerprint: gossh.FingerprintSHA256(cert.Key), CAFingerprint: gossh.FingerprintSHA256(cert.SignatureKey),
