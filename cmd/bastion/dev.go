@@ -132,6 +132,8 @@ func startDev(ctx context.Context, o devOptions) (env *devEnv, err error) {
 		DataDir:     o.DataDir,
 		HostNames:   []string{"127.0.0.1", "localhost"},
 		AdminGroups: []string{"eng"},
+		// alice (eng) exports the audit log over SSH in the instructions.
+		AuditorGroups: []string{"eng"},
 		Access: []config.Access{
 			{Groups: []string{"eng", "dba"}, Hosts: []string{"127.0.0.1", "localhost"}, Ports: []int{port}},
 		},
