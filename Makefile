@@ -29,6 +29,7 @@ fuzz:
 	go test -run x -fuzz FuzzParseKexInit -fuzztime 15s ./internal/scan/
 	go test -run x -fuzz FuzzReadServerHello -fuzztime 15s ./internal/scan/
 	go test -run x -fuzz FuzzParse -fuzztime 15s ./internal/config/
+	go test -run x -fuzz FuzzParse -fuzztime 15s ./internal/auditquery/
 
 bench:
 	go test -run x -bench . -benchtime 2s ./ca/ ./audit/ ./gateway/

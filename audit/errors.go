@@ -67,6 +67,7 @@ type ChainError struct {
 	Expected, Got string
 }
 
+// Error names the event and says what is wrong with it, in words.
 func (e *ChainError) Error() string {
 	at := fmt.Sprintf("audit: chain broken at event %d (id %s)", e.Index, e.ID)
 	switch e.Reason {

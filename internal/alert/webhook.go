@@ -120,10 +120,12 @@ type SendError struct {
 	Err    error
 }
 
+// Error says what failed, naming the webhook by scheme and host only.
 func (e *SendError) Error() string {
 	return fmt.Sprintf("alert: webhook delivery failed (%s): %v", e.Reason, e.Err)
 }
 
+// Unwrap returns the underlying error.
 func (e *SendError) Unwrap() error { return e.Err }
 
 // Send makes one delivery attempt of a to w and returns the HTTP status.
