@@ -12,6 +12,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Append validates ev, assigns its ID, Time (when zero, from Options.Now),
@@ -125,7 +126,7 @@ func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (
 			return Event{}, fmt.Errorf("audit: %s not recorded: the state change failed: %w", ev.Type, se.err)
 		case errors.Is(err, ErrInvalidEvent), errors.Is(err, ErrCorrupt):
 			return Event{}, err
-		case errors.Is(err, ErrClosed), errors.Is(err, bbolt.ErrDatabaseNotOpen):
+		case errors.Is(err, ErrClosed), errors.Is(err, berrors.ErrDatabaseNotOpen):
 			return Event{}, fmt.Errorf("%w: %s not recorded", ErrClosed, ev.Type)
 		}
 		return Event{}, fmt.Errorf("audit: %s not recorded: %w", ev.Type, err)

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Errors callers can test for with errors.Is. The returned errors wrap them
@@ -102,4 +102,4 @@ func (e *inUseError) Error() string {
 
 func (e *inUseError) Is(target error) bool { return target == ErrInUse }
 
-func (e *inUseError) Unwrap() error { return bbolt.ErrTimeout }
+func (e *inUseError) Unwrap() error { return berrors.ErrTimeout }

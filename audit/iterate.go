@@ -10,6 +10,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Filter selects events. Zero fields select everything; set fields must all
@@ -175,7 +176,7 @@ func (s *Store) scan(ctx context.Context, start []byte, first func(*bbolt.Tx) er
 			}
 			return nil
 		})
-		if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 			return ErrClosed
 		}
 		if err != nil {

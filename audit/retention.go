@@ -12,6 +12,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Retention deletes the oldest events once they are older than
@@ -192,7 +193,7 @@ func (s *Store) pruneBatch(limit []byte) (int, Checkpoint, error) {
 		n = len(keys)
 		return nil
 	})
-	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return 0, cp, ErrClosed
 	}
 	var ce *ChainError
@@ -213,7 +214,7 @@ func (s *Store) Checkpoint() (Checkpoint, error) {
 		cp, err = readCheckpoint(tx.Bucket([]byte(bucketMeta)))
 		return err
 	})
-	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		err = ErrClosed
 	}
 	return cp, err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Options configure Open. The zero value opens read-write with a one-second
@@ -120,7 +121,7 @@ func Open(path string, opts Options) (*Store, error) {
 		FreelistType:    bbolt.FreelistMapType,
 		InitialMmapSize: initialMmapSize,
 	})
-	if errors.Is(err, bbolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, &inUseError{path: path, holder: describeOwner(s.ownerPath), timeout: timeout}
 	}
 	if err != nil {
@@ -297,7 +298,7 @@ func (s *Store) Head() (Head, error) {
 		}
 		return nil
 	})
-	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		err = ErrClosed
 	}
 	return h, err

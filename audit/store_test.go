@@ -16,6 +16,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 func TestAppendIterateRoundTrip(t *testing.T) {
@@ -291,7 +292,7 @@ func TestErrInUseInProcess(t *testing.T) {
 	for _, ro := range []bool{false, true} {
 		t.Run(fmt.Sprintf("readonly=%v", ro), func(t *testing.T) {
 			_, err := Open(path, Options{Timeout: 100 * time.Millisecond, ReadOnly: ro})
-			if !errors.Is(err, ErrInUse) || !errors.Is(err, bbolt.ErrTimeout) {
+			if !errors.Is(err, ErrInUse) || !errors.Is(err, berrors.ErrTimeout) {
 				t.Fatalf("second Open = %v, want ErrInUse", err)
 			}
 			for _, want := range []string{fmt.Sprintf("pid %d", os.Getpid()), "stop `bastion serve` or run the command through the running gateway", path} {

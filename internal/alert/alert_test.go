@@ -243,10 +243,13 @@ func TestNewSourcePersists(t *testing.T) {
 		}
 	}
 	var seen []string
-	store.Iterate(context.Background(), audit.Filter{Types: []string{audit.TypeSourceSeen}}, func(ev audit.Event) error {
+	err := store.Iterate(context.Background(), audit.Filter{Types: []string{audit.TypeSourceSeen}}, func(ev audit.Event) error {
 		seen = append(seen, ev.Fields["network"]+" baseline="+ev.Fields["baseline"])
 		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if fmt.Sprint(seen) != "[10.0.0.0/24 baseline=true 10.0.3.0/24 baseline=false]" {
 		t.Errorf("alert.source_seen records: %v", seen)
 	}
@@ -339,10 +342,12 @@ func TestDeliveryFormatsAndSignature(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var sent []audit.Event
-		store.Iterate(context.Background(), audit.Filter{Types: []string{audit.TypeAlertSent}}, func(ev audit.Event) error {
+		if err := store.Iterate(context.Background(), audit.Filter{Types: []string{audit.TypeAlertSent}}, func(ev audit.Event) error {
 			sent = append(sent, ev)
 			return nil
-		})
+		}); err != nil {
+			t.Fatal(err)
+		}
 		if len(sent) == 2 {
 			for _, s := range sent {
 				if strings.Contains(s.Fields["webhook"], "/services") || s.Fields["rule"] != RuleBan || s.Fields["attempts"] != "1" {
@@ -382,7 +387,9 @@ func TestRetriesWithinBudgetLoseNothing(t *testing.T) {
 	keys := map[string]bool{}
 	for _, g := range got {
 		var sp struct{ Text string }
-		json.Unmarshal(g.body, &sp)
+		if err := json.Unmarshal(g.body, &sp); err != nil {
+			t.Fatal(err)
+		}
 		keys[sp.Text] = true
 	}
 	if len(keys) != n {
@@ -425,10 +432,12 @@ func TestDeadLetters(t *testing.T) {
 				}
 				time.Sleep(5 * time.Millisecond)
 				failed = failed[:0]
-				store.Iterate(context.Background(), audit.Filter{Types: []string{audit.TypeAlertFailed}}, func(ev audit.Event) error {
+				if err := store.Iterate(context.Background(), audit.Filter{Types: []string{audit.TypeAlertFailed}}, func(ev audit.Event) error {
 					failed = append(failed, ev)
 					return nil
-				})
+				}); err != nil {
+					t.Fatal(err)
+				}
 			}
 			for _, f := range failed {
 				if f.Fields["reason"] != tc.reason || f.Fields["attempts"] != tc.attempts || f.Fields["rule"] != RuleCAChange || strings.Contains(f.Fields["detail"]+f.Fields["webhook"], "secret-path") {

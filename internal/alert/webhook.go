@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/bastion-ssh/bastion/audit"
@@ -183,7 +184,7 @@ func isTimeout(err error) bool {
 
 // redact replaces the full URL in err's message with its public name.
 func redact(err error, url, name string) string {
-	return string(bytes.ReplaceAll([]byte(err.Error()), []byte(url), []byte(name)))
+	return strings.ReplaceAll(err.Error(), url, name)
 }
 
 // newAlertID returns a random id for an alert.
