@@ -91,8 +91,9 @@ func run(ctx context.Context, o options, w io.Writer) (err error) {
 	if _, err := e.startGateway(ctx); err != nil {
 		return err
 	}
-	bastion := jumpHost{name: "bastion", addr: e.gateway.addr}
-	openssh := jumpHost{name: "OpenSSH sshd", addr: e.jump.addr}
+	bastion := jumpHost{name: "bastion", addr: e.gateway.addr, pid: func() int { return e.gateway.cmd.Process.Pid }}
+	openssh := jumpHost{name: "OpenSSH sshd", addr: e.jump.addr, pid: func() int { return e.jump.cmd.Process.Pid }}
+	hosts := []jumpHost{bastion, openssh}
 	skip := func(name string) bool { return strings.Contains(","+o.skip+",", ","+name+",") }
 	progress := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "jumpbench: "+format+"\n", args...) }
 	var rows []row
@@ -102,8 +103,10 @@ func run(ctx context.Context, o options, w io.Writer) (err error) {
 	fmt.Fprintf(w, "bastion jump host vs OpenSSH sshd — %d CPUs, %s, %s, %s\n\n",
 		runtime.NumCPU(), strings.TrimSpace(string(sshVersion)), runtime.Version(), time.Now().UTC().Format(time.DateOnly))
 
-	// Every call alternates the two hosts so that drift in machine load
-	// (other jobs, CPU frequency) hits both alike.
+	// Every figure alternates the two hosts so that drift in machine load
+	// (other jobs, CPU frequency) hits both alike. Besides throughput, the
+	// CPU time each jump host spent per GiB is reported: it depends much
+	// less on what else the machine is doing.
 	if !skip("throughput") {
 		for _, c := range []struct {
 			label, cfg string
@@ -114,49 +117,50 @@ func run(ctx context.Context, o options, w io.Writer) (err error) {
 		} {
 			notes = append(notes, fmt.Sprintf("%s: ciphers (jump hop / inner hop): bastion %s; OpenSSH %s",
 				c.label, e.ciphers(ctx, c.cfg, bastion), e.ciphers(ctx, c.cfg, openssh)))
-			var b, s []float64
+			mbs := [2][]float64{}
+			cpu := [2]time.Duration{}
 			for i := range o.repeat {
-				for _, j := range []jumpHost{bastion, openssh} {
-					mbs, err := e.throughput(ctx, c.cfg, j, o.bytes)
+				for k, j := range hosts {
+					m, t, err := e.throughput(ctx, c.cfg, j, o.bytes)
 					if err != nil {
 						return err
 					}
-					progress("bulk %s, %s, run %d: %.0f MB/s", c.label, j.name, i+1, mbs)
-					if j == bastion {
-						b = append(b, mbs)
-					} else {
-						s = append(s, mbs)
-					}
+					progress("bulk %s, %s, run %d: %.0f MB/s, jump host CPU %v", c.label, j.name, i+1, m, t)
+					mbs[k] = append(mbs[k], m)
+					cpu[k] += t
 				}
 			}
-			mb, ms := medianF(b), medianF(s)
-			rows = append(rows, row{
-				figure:  fmt.Sprintf("bulk %s via ssh -J, %s (MB/s, median of %d)", size(o.bytes), c.label, o.repeat),
-				bastion: fmt.Sprintf("%.0f", mb), openssh: fmt.Sprintf("%.0f", ms),
-				ratio: fmt.Sprintf("%.2f×", mb/ms), target: fmt.Sprintf("≥ %.2f×", c.target), verdict: verdict(mb/ms >= c.target),
-			})
+			mb, ms := medianF(mbs[0]), medianF(mbs[1])
+			gib := float64(o.bytes) * float64(o.repeat) / (1 << 30)
+			cb, cs := cpu[0].Seconds()/gib, cpu[1].Seconds()/gib
+			rows = append(rows,
+				row{
+					figure:  fmt.Sprintf("bulk %s via ssh -J, %s (MB/s, median of %d)", size(o.bytes), c.label, o.repeat),
+					bastion: fmt.Sprintf("%.0f", mb), openssh: fmt.Sprintf("%.0f", ms),
+					ratio: fmt.Sprintf("%.2f×", mb/ms), target: fmt.Sprintf("≥ %.2f×", c.target), verdict: verdict(mb/ms >= c.target),
+				},
+				row{
+					figure:  fmt.Sprintf("  jump host CPU per GiB, %s (s)", c.label),
+					bastion: fmt.Sprintf("%.2f", cb), openssh: fmt.Sprintf("%.2f", cs), ratio: fmt.Sprintf("%.2f×", cb/cs),
+				})
 		}
 	}
 
 	if !skip("setup") {
-		var b, s []time.Duration
+		took := [2][]time.Duration{}
 		for i := range o.setups {
-			for _, j := range []jumpHost{bastion, openssh} {
+			for k, j := range hosts {
 				d, err := e.setup(ctx, j)
 				if err != nil {
 					return err
 				}
-				if j == bastion {
-					b = append(b, d)
-				} else {
-					s = append(s, d)
-				}
+				took[k] = append(took[k], d)
 			}
 			if (i+1)%10 == 0 {
 				progress("set-up: %d of %d", i+1, o.setups)
 			}
 		}
-		mb, ms := median(b), median(s)
+		mb, ms := median(took[0]), median(took[1])
 		r := float64(mb) / float64(ms)
 		rows = append(rows, row{
 			figure:  fmt.Sprintf("connection set-up, ssh -J … true (ms, median of %d)", o.setups),

@@ -22,6 +22,71 @@ import (
 type jumpHost struct {
 	name string
 	addr string
+	// pid is bastion's process, or OpenSSH's listening sshd, whose
+	// descendants serve the connections.
+	pid func() int
+}
+
+// cpuMeter follows the CPU time of a jump host's processes over one
+// measurement. The processes of OpenSSH's jump host that do the work (one
+// per connection after authentication) exit without being waited for by
+// their parent, so their time never reaches the listener's cutime: the
+// meter samples every process of the tree every 20 ms instead, and keeps
+// the last value seen. It undercounts by at most one interval of CPU per
+// process that exits, a few per cent of a bulk transfer; bastion is one
+// process and is measured exactly.
+type cpuMeter struct {
+	root int
+	base map[int]time.Duration // own CPU at start, for processes already running
+	last map[int]time.Duration
+	stop chan struct{}
+	done chan struct{}
+}
+
+func startCPUMeter(root int) *cpuMeter {
+	m := &cpuMeter{root: root, base: map[int]time.Duration{}, last: map[int]time.Duration{}, stop: make(chan struct{}), done: make(chan struct{})}
+	m.sample()
+	for pid, t := range m.last {
+		m.base[pid] = t
+	}
+	go func() {
+		defer close(m.done)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-m.stop:
+				return
+			case <-tick.C:
+				m.sample()
+			}
+		}
+	}()
+	return m
+}
+
+func (m *cpuMeter) sample() {
+	for _, pid := range append(descendants(m.root), m.root) {
+		if t, err := ownCPU(pid); err == nil {
+			m.last[pid] = t
+		}
+	}
+}
+
+// finish waits (bounded) until the tree has no processes left besides the
+// root, takes a last sample and returns the CPU time used since start.
+func (m *cpuMeter) finish() time.Duration {
+	for deadline := time.Now().Add(5 * time.Second); len(descendants(m.root)) > 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(m.stop)
+	<-m.done
+	m.sample()
+	var total time.Duration
+	for pid, t := range m.last {
+		total += t - m.base[pid]
+	}
+	return total
 }
 
 // runSSH runs ssh with args, stdin from in (nil: none), and returns its
@@ -54,29 +119,32 @@ func runSSH(ctx context.Context, timeout time.Duration, in *os.File, args ...str
 
 // throughput sends size zero bytes through the jump host to `wc -c` on
 // the target, checks they all arrived, and returns MB/s (10^6 bytes).
-func (e *env) throughput(ctx context.Context, cfg string, j jumpHost, size int64) (float64, error) {
+// It also returns the jump host's CPU time for the transfer.
+func (e *env) throughput(ctx context.Context, cfg string, j jumpHost, size int64) (float64, time.Duration, error) {
 	head := exec.CommandContext(ctx, "head", "-c", strconv.FormatInt(size, 10), "/dev/zero")
 	pipe, err := head.StdoutPipe()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if err := head.Start(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer head.Wait()
 	f, ok := pipe.(*os.File) // passed to ssh as its stdin, with no copying in between
 	if !ok {
-		return 0, fmt.Errorf("head's stdout is a %T, not a pipe", pipe)
+		return 0, 0, fmt.Errorf("head's stdout is a %T, not a pipe", pipe)
 	}
+	meter := startCPUMeter(j.pid())
 	out, took, err := runSSH(ctx, 10*time.Minute, f, e.sshArgs(cfg, j.addr, "wc", "-c")...)
 	pipe.Close()
+	cpu := meter.finish()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if got := strings.TrimSpace(out); got != strconv.FormatInt(size, 10) {
-		return 0, fmt.Errorf("%s: the target counted %q bytes, want %d", j.name, got, size)
+		return 0, 0, fmt.Errorf("%s: the target counted %q bytes, want %d", j.name, got, size)
 	}
-	return float64(size) / took.Seconds() / 1e6, nil
+	return float64(size) / took.Seconds() / 1e6, cpu, nil
 }
 
 // setup times `ssh -J jump target true`.

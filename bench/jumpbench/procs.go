@@ -165,6 +165,31 @@ func parentOf(pid int) (int, error) {
 	return strconv.Atoi(f[1])
 }
 
+// clockTick is the unit of the times in /proc/PID/stat (USER_HZ), which
+// is 100 on every Linux ABI Go supports.
+const clockTick = 10 * time.Millisecond
+
+// ownCPU is the user and system time pid itself has used (utime and
+// stime in /proc/PID/stat).
+func ownCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, errors.New("malformed stat")
+	}
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("malformed stat")
+	}
+	return time.Duration(utime+stime) * clockTick, nil
+}
+
 // memory is resident memory in KiB: RSS counts shared pages in every
 // process that maps them; PSS divides them among the sharers.
 type memory struct {
