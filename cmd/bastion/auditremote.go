@@ -85,7 +85,22 @@ func (a *app) runRemoteAudit(ctx context.Context, rf remoteFlags, sub string, q 
 	if user == "" {
 		user = cert.ValidPrincipals[0]
 	}
-	hc, err := sshclient.NewHostCheck(sshclient.HostCheckConfig{KnownHosts: rf.knownHosts})
+	command := "audit " + sub
+	for _, arg := range q.Args() {
+		command += " " + quoteArg(arg)
+	}
+	err = a.gatewayExec(ctx, addr, user, signer, rf.knownHosts, command)
+	if err != nil && sub == "tail" && ctx.Err() != nil {
+		return nil // an interrupted tail is a normal end
+	}
+	return err
+}
+
+// gatewayExec runs command on the gateway at addr as user, checking the
+// gateway's host certificate against knownHosts, and relays its output.
+// A non-zero exit status becomes ours, with a message naming the command.
+func (a *app) gatewayExec(ctx context.Context, addr, user string, signer ssh.Signer, knownHosts, command string) error {
+	hc, err := sshclient.NewHostCheck(sshclient.HostCheckConfig{KnownHosts: knownHosts})
 	if err != nil {
 		return err
 	}
@@ -94,19 +109,17 @@ func (a *app) runRemoteAudit(ctx context.Context, rf remoteFlags, sub string, q 
 		return err
 	}
 	defer conn.Close()
-	command := "audit " + sub
-	for _, arg := range q.Args() {
-		command += " " + quoteArg(arg)
-	}
 	status, err := conn.Exec(ctx, command, nil, a.stdout, a.stderr)
 	if err != nil {
-		if sub == "tail" && ctx.Err() != nil {
-			return nil
-		}
 		return err
 	}
 	if status != 0 {
-		return &exitError{code: status, err: fmt.Errorf("audit %s on the gateway %s failed (exit status %d; its message is above)", sub, addr, status)}
+		words := strings.Fields(command)
+		if len(words) > 2 {
+			words = words[:2] // "lock alice", "audit export"
+		}
+		verb := strings.Join(words, " ")
+		return &exitError{code: status, err: fmt.Errorf("%s on the gateway %s as %s failed (exit status %d; its reason is above)", verb, addr, user, status)}
 	}
 	return nil
 }

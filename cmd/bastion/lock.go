@@ -47,9 +47,9 @@ lock always goes through that gateway.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			target := args[0]
-			remote := "lock " + shellQuote(target)
+			remote := "lock " + quoteArg(target)
 			if reason != "" {
-				remote += " --reason " + shellQuote(reason)
+				remote += " --reason " + quoteArg(reason)
 			}
 			return a.changeLock(cmd, gw, lockChange{
 				local: func(ctx context.Context, l *gateway.Locks) error {
@@ -83,7 +83,7 @@ login).`,
 				local: func(ctx context.Context, l *gateway.Locks) error {
 					return l.Unlock(ctx, target, a.operator())
 				},
-				remote: "unlock " + shellQuote(target),
+				remote: "unlock " + quoteArg(target),
 				done:   "unlocked " + target,
 			})
 		},
@@ -166,31 +166,10 @@ func (a *app) gatewayAdmin(ctx context.Context, addr, command string) error {
 	if err != nil {
 		return fmt.Errorf("your bastion certificate does not match your key: %w: run `bastion login --gateway %s`", err, addr)
 	}
-	hc, err := sshclient.NewHostCheck(sshclient.HostCheckConfig{KnownHosts: paths.KnownHosts()})
-	if err != nil {
-		return err
-	}
 	user := cert.ValidPrincipals[0]
-	conn, err := sshclient.Dial(ctx, addr, user, signer, hc)
+	err = a.gatewayExec(ctx, addr, user, signer, paths.KnownHosts(), command)
 	if errors.Is(err, sshclient.ErrAuthRefused) {
 		return fmt.Errorf("%w: is your certificate revoked, or %s locked? `bastion status` shows the certificate", err, user)
 	}
-	if err != nil {
-		return err
-	}
-	defer func() { _ = conn.Close() }()
-	code, err := conn.Exec(ctx, command, nil, a.stdout, a.stderr)
-	if err != nil {
-		return err
-	}
-	if code != 0 {
-		verb, _, _ := strings.Cut(command, " ")
-		return &exitError{code: code, err: fmt.Errorf("the gateway at %s refused %s as %s (exit status %d; its reason is above)", addr, verb, user, code)}
-	}
-	return nil
-}
-
-// shellQuote quotes s for the gateway's shell-like command parser.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	return err
 }
