@@ -219,7 +219,7 @@ func run(ctx context.Context, o options, w io.Writer) (err error) {
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s %s\t\n", r.figure, r.bastion, r.openssh, r.ratio, r.target, r.verdict)
 	}
-	tw.Flush()
+	_ = tw.Flush()
 	fmt.Fprintln(w)
 	for _, n := range notes {
 		fmt.Fprintln(w, n)

@@ -129,7 +129,7 @@ func (e *env) throughput(ctx context.Context, cfg string, j jumpHost, size int64
 	if err := head.Start(); err != nil {
 		return 0, 0, err
 	}
-	defer head.Wait()
+	defer func() { _ = head.Wait() }()
 	f, ok := pipe.(*os.File) // passed to ssh as its stdin, with no copying in between
 	if !ok {
 		return 0, 0, fmt.Errorf("head's stdout is a %T, not a pipe", pipe)
@@ -186,10 +186,10 @@ func (h *heldSessions) close() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, c := range h.inner {
-		c.Close()
+		_ = c.Close()
 	}
 	for _, c := range h.outer {
-		c.Close()
+		_ = c.Close()
 	}
 	h.inner, h.outer = nil, nil
 }
@@ -232,13 +232,13 @@ func (e *env) open(ctx context.Context, h *heldSessions, jumpAddr string, jumpKe
 				}
 				nc, err := outer.Dial("tcp", e.target.addr)
 				if err != nil {
-					outer.Close()
+					_ = outer.Close()
 					errs <- fmt.Errorf("direct-tcpip through %s: %w", jumpAddr, err)
 					return
 				}
 				c, chans, reqs, err := ssh.NewClientConn(nc, e.target.addr, innerCfg)
 				if err != nil {
-					outer.Close()
+					_ = outer.Close()
 					errs <- fmt.Errorf("log in to the target through %s: %w", jumpAddr, err)
 					return
 				}

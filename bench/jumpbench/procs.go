@@ -43,7 +43,7 @@ func (p *procs) start(name, logPath string, env []string, bin string, args ...st
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
-	logf.Close()
+	_ = logf.Close()
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
