@@ -127,10 +127,10 @@ func (c *Config) Validate() error {
 
 func (r AccessRule) validate() error {
 	if len(r.Principals) == 0 && len(r.Groups) == 0 {
-		return fmt.Errorf("names no principals and no groups, so it matches nobody: add principals: or groups:")
+		return fmt.Errorf("names no principals and no groups, so it matches nobody: add a principals or groups list")
 	}
 	if len(r.Hosts) == 0 {
-		return fmt.Errorf("names no hosts: add hosts:")
+		return fmt.Errorf("names no hosts: add a hosts list")
 	}
 	for _, h := range r.Hosts {
 		if _, err := parseHostPattern(h); err != nil {

@@ -184,11 +184,13 @@ func relay(ctx context.Context, ch gossh.Channel, target net.Conn) (up, down int
 		target.Close()
 	}
 	<-downDone
-	stop()
+	// stop reports false when the connection's end already fired the
+	// callback: only then did the connection, not the relay, end it.
+	connectionEnded := !stop()
 	ch.Close()
 	target.Close()
 	switch {
-	case ctx.Err() != nil:
+	case connectionEnded:
 		why = "connection_closed"
 	case upErr != nil:
 		why = "client_error"

@@ -199,7 +199,7 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 		sio.errorf("; groups %s", strings.Join(ident.Groups, ", "))
 	}
 	sio.errorf("), valid until %s.\n", time.Unix(int64(cert.ValidBefore), 0).UTC().Format(time.RFC3339))
-	io.WriteString(sio.stdout, string(gossh.MarshalAuthorizedKey(cert)))
+	sio.stdout.Write(gossh.MarshalAuthorizedKey(cert))
 	return 0
 }
 

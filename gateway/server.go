@@ -166,8 +166,9 @@ func (g *Gateway) newServer() *gliderssh.Server {
 // Algorithms the gateway offers: those ssh-audit rates good, no more.
 // The ciphers are AES-GCM only: clients pick the first of their own list
 // that the server offers, OpenSSH lists chacha20-poly1305 first, and
-// x/crypto's chacha20-poly1305 is about half as fast as its AES-GCM on
-// AES-NI hardware, which decides jump throughput. With AEAD ciphers no MAC
+// x/crypto's chacha20-poly1305 runs at a quarter to a fifth of its AES-GCM
+// speed on AES-NI hardware (0.6 vs 2.2-3.4 GB/s measured), which decides
+// jump throughput. With AEAD ciphers no MAC
 // is used; the list holds only encrypt-then-MAC ones so a MAC never gets
 // negotiated in the weak encrypt-and-MAC form.
 var (
