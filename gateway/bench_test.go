@@ -136,6 +136,14 @@ const benchUser = "bench"
 // benchUser reach 127.0.0.1:port.
 func startBenchGateway(b *testing.B, port int) *benchGateway {
 	b.Helper()
+	return startBenchGatewayWith(b, port, nil)
+}
+
+// startBenchGatewayWith is startBenchGateway with a hook that can change
+// the configuration (for example turn on the login service) once the CA
+// exists.
+func startBenchGatewayWith(b *testing.B, port int, configure func(*Config, *ca.Authority)) *benchGateway {
+	b.Helper()
 	layout := ca.Layout{DataDir: b.TempDir()}
 	if _, _, err := ca.Init(layout, ca.InitOptions{}); err != nil {
 		b.Fatal(err)
@@ -158,13 +166,17 @@ func startBenchGateway(b *testing.B, port int) *benchGateway {
 	}
 	limits := DefaultLimits()
 	limits.BanAfterFailures = 0
-	gw, err := New(Config{
+	cfg := Config{
 		Listen:      "127.0.0.1:0",
 		HostKeyPath: layout.DataDir + "/gateway/ssh_host_ed25519_key",
 		HostNames:   []string{"127.0.0.1"},
 		Access:      []AccessRule{{Principals: []string{benchUser}, Hosts: []string{"127.0.0.1"}, Ports: []int{port}}},
 		Limits:      limits,
-	}, Deps{Authority: auth, Revocations: revs, Locks: locks, Audit: store})
+	}
+	if configure != nil {
+		configure(&cfg, auth)
+	}
+	gw, err := New(cfg, Deps{Authority: auth, Revocations: revs, Locks: locks, Audit: store})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,17 +2,14 @@ package gateway
 
 import (
 	"bytes"
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 
-	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/internal/devidp"
 	"github.com/bastion-ssh/bastion/internal/oidc"
@@ -33,45 +30,12 @@ func BenchmarkConcurrentLogins(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { idp.Close() })
-	layout := ca.Layout{DataDir: b.TempDir()}
-	if _, _, err := ca.Init(layout, ca.InitOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	store, err := audit.Open(layout.AuditDB(), audit.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	auth, err := ca.New(ca.Config{Layout: layout}, store)
-	if err != nil {
-		b.Fatal(err)
-	}
-	revs, _ := ca.LoadRevocations(store, nil)
-	locks, _ := LoadLocks(store, nil)
-	prov, err := oidc.New(ctx, oidc.Config{Issuer: idp.Issuer(), ClientID: idp.ClientID(), Forbidden: auth.Policy().Forbidden, ValidPrincipal: ca.ValidateUserPrincipal})
-	if err != nil {
-		b.Fatal(err)
-	}
-	limits := DefaultLimits()
-	limits.BanAfterFailures = 0
-	gw, err := New(Config{
-		Listen: "127.0.0.1:0", HostKeyPath: layout.DataDir + "/gateway/key", HostNames: []string{"127.0.0.1"}, Limits: limits,
-		Login: &LoginConfig{Provider: prov, ClientID: idp.ClientID(), PerMinute: 1 << 30},
-	}, Deps{Authority: auth, Revocations: revs, Locks: locks, Audit: store})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- gw.Serve(ln) }()
-	b.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		gw.Shutdown(sctx)
-		<-served
-		store.Close()
+	bg := startBenchGatewayWith(b, 22, func(c *Config, auth *ca.Authority) {
+		prov, err := oidc.New(ctx, oidc.Config{Issuer: idp.Issuer(), ClientID: idp.ClientID(), Forbidden: auth.Policy().Forbidden, ValidPrincipal: ca.ValidateUserPrincipal})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Login = &LoginConfig{Provider: prov, ClientID: idp.ClientID(), PerMinute: 1 << 30}
 	})
 	claims, err := idp.Claims("bench")
 	if err != nil {
@@ -83,15 +47,14 @@ func BenchmarkConcurrentLogins(b *testing.B) {
 	}
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	key, _ := gossh.NewSignerFromKey(priv)
-	hostKey := gw.HostKeys()[0].PublicKey()
 
 	b.SetParallelism(8) // 16 logins at once on 2 cores
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			client, err := gossh.Dial("tcp", ln.Addr().String(), &gossh.ClientConfig{
+			client, err := gossh.Dial("tcp", bg.addr, &gossh.ClientConfig{
 				User: LoginUser, Auth: []gossh.AuthMethod{gossh.PublicKeys(key)},
-				HostKeyCallback: gossh.FixedHostKey(hostKey), HostKeyAlgorithms: []string{gossh.KeyAlgoED25519}, Timeout: 30 * time.Second,
+				HostKeyCallback: gossh.FixedHostKey(bg.hostKey), HostKeyAlgorithms: []string{gossh.KeyAlgoED25519}, Timeout: 30 * time.Second,
 			})
 			if err != nil {
 				b.Error(err)
