@@ -605,7 +605,7 @@ func TestLoginAddsCertToAgent(t *testing.T) {
 	const validity = 6 * time.Second
 	e := startLoginEnv(t, loginEnvOptions{validity: validity})
 	home := newHome(t)
-	sock := startSSHAgent(t)
+	sock := testbed.StartSSHAgent(t)
 	t.Setenv("SSH_AUTH_SOCK", sock)
 	stdout, stderr, err := runLoginCLI(t, e.addr, e.approveDevice(t, "eng"))
 	if err != nil {
@@ -637,39 +637,6 @@ func TestLoginAddsCertToAgent(t *testing.T) {
 			t.Fatalf("the agent still holds the certificate %s after it expired", time.Since(expiry).Round(time.Second))
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// startSSHAgent runs OpenSSH's ssh-agent in the foreground on a socket.
-func startSSHAgent(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("ssh-agent")
-	if err != nil {
-		t.Fatalf("ssh-agent not found: install openssh-client: %v", err)
-	}
-	dir, err := os.MkdirTemp("", "agent-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "-D", "-a", sock)
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
-	for i := 0; ; i++ {
-		if c, err := net.Dial("unix", sock); err == nil {
-			_ = c.Close()
-			return sock
-		}
-		if i > 100 {
-			t.Fatalf("ssh-agent did not listen on %s: %s", sock, log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

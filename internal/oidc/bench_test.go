@@ -33,9 +33,6 @@ func (tt *tokenTimer) RoundTrip(r *http.Request) (*http.Response, error) {
 // exchange + ID token verification + mapping). It reports figures and
 // asserts nothing about them: they depend on the machine.
 func TestApprovalToIdentityLatency(t *testing.T) {
-	if testing.Short() {
-		t.Skip("takes a few seconds of polling")
-	}
 	idp, _ := startIDP(t, devidp.Config{})
 	timer := &tokenTimer{next: http.DefaultTransport}
 	p := newProvider(t, idp, func(c *Config) { c.HTTPClient = &http.Client{Transport: timer, Timeout: 30 * time.Second} })

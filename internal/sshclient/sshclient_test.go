@@ -2,11 +2,11 @@ package sshclient
 
 import (
 	"bytes"
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
+	"github.com/bastion-ssh/bastion/internal/testbed"
 	"io"
 	"net"
 	"os"
@@ -519,7 +519,7 @@ func TestAddToAgentLifetime(t *testing.T) {
 // TestAddToAgentOpenSSH: OpenSSH's ssh-agent takes the certificate with
 // its lifetime and forgets it when the lifetime ends.
 func TestAddToAgentOpenSSH(t *testing.T) {
-	sock := startSSHAgent(t)
+	sock := testbed.StartSSHAgent(t)
 	now := time.Now()
 	ca := newSigner(t)
 	key, _, err := LoadOrCreateKey(filepath.Join(t.TempDir(), "id_ed25519"), "")
@@ -547,39 +547,6 @@ func TestAddToAgentOpenSSH(t *testing.T) {
 			t.Fatal("ssh-agent still holds the certificate long after its lifetime")
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// startSSHAgent runs OpenSSH's ssh-agent in the foreground on a socket.
-func startSSHAgent(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("ssh-agent")
-	if err != nil {
-		t.Fatalf("ssh-agent not found: install openssh-client: %v", err)
-	}
-	dir, err := os.MkdirTemp("", "agent-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "-D", "-a", sock)
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
-	for i := 0; ; i++ {
-		if c, err := net.Dial("unix", sock); err == nil {
-			_ = c.Close()
-			return sock
-		}
-		if i > 100 {
-			t.Fatalf("ssh-agent did not listen on %s: %s", sock, log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
