@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"github.com/bastion-ssh/bastion/internal/testbed"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,31 +41,31 @@ func TestBackupRestore(t *testing.T) {
 		}
 	}
 
-	c := newTestCA(t)
+	c := testbed.NewBastionCA(t)
 	ctx := t.Context()
 	for _, name := range []string{"alice", "bob", "carol"} {
-		c.sign(t, ca.Request{Kind: ca.UserCA, Key: newKey(t), KeyID: name, Principals: []string{name}})
+		sign(t, c, ca.Request{Kind: ca.UserCA, Key: newKey(t), KeyID: name, Principals: []string{name}})
 	}
-	c.sign(t, ca.Request{Kind: ca.HostCA, Key: newKey(t), KeyID: "web1", Principals: []string{"web1.internal"}})
-	revs, err := ca.LoadRevocations(c.store, nil)
+	sign(t, c, ca.Request{Kind: ca.HostCA, Key: newKey(t), KeyID: "web1", Principals: []string{"web1.internal"}})
+	revs, err := ca.LoadRevocations(c.Store, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := revs.Revoke(ctx, ca.Revocation{Kind: ca.RevokeKeyID, Value: "bob", Reason: "left", By: "test"}); err != nil {
 		t.Fatal(err)
 	}
-	before, err := c.store.Verify(ctx)
+	before, err := c.Store.Verify(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// "Stop the gateway": nothing may hold the audit log during the copy.
-	if err := c.store.Close(); err != nil {
+	if err := c.Store.Close(); err != nil {
 		t.Fatal(err)
 	}
 
 	backup := filepath.Join(t.TempDir(), "bastion-backup.tgz")
 	restored := filepath.Join(t.TempDir(), "restored")
-	shell(t, backupCommand, "DATA="+c.layout.DataDir, "BACKUP="+backup)
+	shell(t, backupCommand, "DATA="+c.Layout.DataDir, "BACKUP="+backup)
 	shell(t, restoreCommand, "DATA="+restored, "BACKUP="+backup)
 
 	rl := ca.Layout{DataDir: restored}
@@ -94,7 +95,7 @@ func TestBackupRestore(t *testing.T) {
 		if fi.Mode().Perm() != 0o600 {
 			t.Errorf("restored %s has mode %v, want 0600 (tar -p keeps it)", rl.PrivateKey(k), fi.Mode().Perm())
 		}
-		want, _ := c.layout.TrustedKeys(k)
+		want, _ := c.Layout.TrustedKeys(k)
 		got, err := rl.TrustedKeys(k)
 		if err != nil || len(got) != len(want) || string(got[0].Marshal()) != string(want[0].Marshal()) {
 			t.Errorf("restored %s CA keys differ: %v", k, err)

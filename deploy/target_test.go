@@ -13,41 +13,15 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/deploy"
 	"github.com/bastion-ssh/bastion/internal/scan"
 	"github.com/bastion-ssh/bastion/internal/testbed"
 )
 
-// testCA is bastion's CA in a temporary data dir, with its audit log open.
-type testCA struct {
-	layout ca.Layout
-	store  *audit.Store
-	auth   *ca.Authority
-}
-
-func newTestCA(t *testing.T) *testCA {
+func sign(t *testing.T, c *testbed.BastionCA, req ca.Request) *ssh.Certificate {
 	t.Helper()
-	l := ca.Layout{DataDir: t.TempDir()}
-	if _, _, err := ca.Init(l, ca.InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	store, err := audit.Open(l.AuditDB(), audit.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	auth, err := ca.New(ca.Config{Layout: l}, store)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{layout: l, store: store, auth: auth}
-}
-
-func (c *testCA) sign(t *testing.T, req ca.Request) *ssh.Certificate {
-	t.Helper()
-	cert, err := c.auth.Sign(t.Context(), req)
+	cert, err := c.Auth.Sign(t.Context(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,26 +82,26 @@ func TestTargetSnippetDirectives(t *testing.T) {
 func TestTargetSnippetOnRealSSHD(t *testing.T) {
 	testbed.RequireOpenSSH(t)
 	ctx := t.Context()
-	c := newTestCA(t)
+	c := testbed.NewBastionCA(t)
 	login := testbed.LoginUser(t)
 
 	const revokedSerial = 4242
-	revs, err := ca.LoadRevocations(c.store, nil)
+	revs, err := ca.LoadRevocations(c.Store, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := revs.Revoke(ctx, ca.Revocation{Kind: ca.RevokeSerial, Value: strconv.Itoa(revokedSerial), Reason: "test", By: "deploy_test"}); err != nil {
 		t.Fatal(err)
 	}
-	krl, err := revs.KRL(c.auth.TrustedKeys(ca.UserCA)).Marshal()
+	krl, err := revs.KRL(c.Auth.TrustedKeys(ca.UserCA)).Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	d := testbed.NewSSHD(t, testbed.SSHDConfig{})
-	hostCert := c.sign(t, ca.Request{Kind: ca.HostCA, Key: d.HostKeyPub, KeyID: "target", Principals: []string{"127.0.0.1"}})
+	hostCert := sign(t, c, ca.Request{Kind: ca.HostCA, Key: d.HostKeyPub, KeyID: "target", Principals: []string{"127.0.0.1"}})
 	snippet, err := deploy.TargetSSHDConfigWithPaths(map[string]string{
-		"TrustedUserCAKeys": d.WriteFile("bastion_user_ca.pub", []byte(ca.ExportLines(ca.UserCA, c.auth.TrustedKeys(ca.UserCA), ""))),
+		"TrustedUserCAKeys": d.WriteFile("bastion_user_ca.pub", []byte(ca.ExportLines(ca.UserCA, c.Auth.TrustedKeys(ca.UserCA), ""))),
 		"RevokedKeys":       d.WriteFile("bastion_revoked.krl", krl),
 		"HostCertificate":   d.WriteFile("ssh_host_ed25519_key-cert.pub", ssh.MarshalAuthorizedKey(hostCert)),
 	})
@@ -160,13 +134,13 @@ func TestTargetSnippetOnRealSSHD(t *testing.T) {
 	newClient := func(t *testing.T) *testbed.Client {
 		cl := testbed.NewClient(t)
 		cl.StrictHostKeyChecking = "yes"
-		cl.TrustHostCA("127.0.0.1", c.auth.TrustedKeys(ca.HostCA)[0])
+		cl.TrustHostCA("127.0.0.1", c.Auth.TrustedKeys(ca.HostCA)[0])
 		return cl
 	}
 
 	t.Run("bastion certificate gets in", func(t *testing.T) {
 		cl := newClient(t)
-		cl.SetCertificate(ssh.MarshalAuthorizedKey(c.sign(t, ca.Request{Kind: ca.UserCA, Key: cl.PublicKey(), KeyID: "alice", Principals: []string{login}})))
+		cl.SetCertificate(ssh.MarshalAuthorizedKey(sign(t, c, ca.Request{Kind: ca.UserCA, Key: cl.PublicKey(), KeyID: "alice", Principals: []string{login}})))
 		r := sshTo(t, cl, login)
 		if r.ExitCode != 0 || !strings.Contains(r.Stdout, "in-as-"+login) {
 			t.Fatalf("login with a bastion certificate failed (the host certificate is checked too: StrictHostKeyChecking=yes with only the @cert-authority line):\n%s\nsshd log:\n%s", r, d.Log())
@@ -176,7 +150,7 @@ func TestTargetSnippetOnRealSSHD(t *testing.T) {
 	t.Run("root is refused by sshd itself", func(t *testing.T) {
 		// Our CA refuses to sign root at all ...
 		cl := newClient(t)
-		if _, err := c.auth.Sign(ctx, ca.Request{Kind: ca.UserCA, Key: cl.PublicKey(), KeyID: "root", Principals: []string{"root"}}); err == nil {
+		if _, err := c.Auth.Sign(ctx, ca.Request{Kind: ca.UserCA, Key: cl.PublicKey(), KeyID: "root", Principals: []string{"root"}}); err == nil {
 			t.Fatal("bastion's CA signed a certificate for root")
 		}
 		// ... so sign one with the CA's private key directly, as a stolen
@@ -185,7 +159,7 @@ func TestTargetSnippetOnRealSSHD(t *testing.T) {
 		if err := os.WriteFile(pub, ssh.MarshalAuthorizedKey(cl.PublicKey()), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := exec.Command("ssh-keygen", "-q", "-s", c.layout.PrivateKey(ca.UserCA), "-I", "root-by-stolen-key", "-n", "root", "-V", "-5m:+1h", pub).CombinedOutput(); err != nil {
+		if out, err := exec.Command("ssh-keygen", "-q", "-s", c.Layout.PrivateKey(ca.UserCA), "-I", "root-by-stolen-key", "-n", "root", "-V", "-5m:+1h", pub).CombinedOutput(); err != nil {
 			t.Fatalf("ssh-keygen -s: %v\n%s", err, out)
 		}
 		cert, err := os.ReadFile(filepath.Join(cl.Dir, "root-key-cert.pub"))
@@ -207,7 +181,7 @@ func TestTargetSnippetOnRealSSHD(t *testing.T) {
 	})
 
 	t.Run("passwords are not offered", func(t *testing.T) {
-		res := scan.Scan(ctx, d.Addr, scan.Options{HostCAs: c.auth.TrustedKeys(ca.HostCA)})
+		res := scan.Scan(ctx, d.Addr, scan.Options{HostCAs: c.Auth.TrustedKeys(ca.HostCA)})
 		if !res.Pass || !slices.Equal(res.AuthMethods, []string{"publickey"}) || !res.HostCertFromOurCA {
 			t.Fatalf("scan: pass=%v methods=%v ours=%v findings=%v", res.Pass, res.AuthMethods, res.HostCertFromOurCA, res.Findings)
 		}
@@ -220,7 +194,7 @@ func TestTargetSnippetOnRealSSHD(t *testing.T) {
 
 	t.Run("revoked certificate is refused", func(t *testing.T) {
 		cl := newClient(t)
-		cl.SetCertificate(ssh.MarshalAuthorizedKey(c.sign(t, ca.Request{Kind: ca.UserCA, Key: cl.PublicKey(), KeyID: "mallory", Principals: []string{login}, Serial: revokedSerial})))
+		cl.SetCertificate(ssh.MarshalAuthorizedKey(sign(t, c, ca.Request{Kind: ca.UserCA, Key: cl.PublicKey(), KeyID: "mallory", Principals: []string{login}, Serial: revokedSerial})))
 		r := sshTo(t, cl, login)
 		if r.ExitCode == 0 || !strings.Contains(r.Stderr, "Permission denied") {
 			t.Fatalf("revoked certificate got in:\n%s", r)

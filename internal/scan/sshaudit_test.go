@@ -106,7 +106,7 @@ func TestWeakAlgorithmsMatchSSHAudit(t *testing.T) {
 // ssh-audit nothing to fail or warn about (beyond its own age).
 func TestTargetSnippetPassesSSHAudit(t *testing.T) {
 	testbed.RequireOpenSSH(t)
-	d := startHardened(t, newBastionCA(t))
+	d := startHardened(t, testbed.NewBastionCA(t))
 	for name, notes := range sshAuditVerdicts(t, d.Addr) {
 		if !sshAuditOutdated(name, notes) {
 			t.Errorf("ssh-audit on the target snippet: %s: %v", name, notes)

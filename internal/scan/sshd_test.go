@@ -13,41 +13,16 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/deploy"
 	"github.com/bastion-ssh/bastion/internal/scan"
 	"github.com/bastion-ssh/bastion/internal/testbed"
 )
 
-// bastionCA is bastion's own CA in a temporary data dir.
-type bastionCA struct {
-	layout ca.Layout
-	auth   *ca.Authority
-}
-
-func newBastionCA(t *testing.T) *bastionCA {
-	t.Helper()
-	l := ca.Layout{DataDir: t.TempDir()}
-	if _, _, err := ca.Init(l, ca.InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	store, err := audit.Open(l.AuditDB(), audit.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	auth, err := ca.New(ca.Config{Layout: l}, store)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &bastionCA{layout: l, auth: auth}
-}
-
 // hostCAs is what `bastion scan` reads from DATA_DIR.
-func (c *bastionCA) hostCAs(t *testing.T) []ssh.PublicKey {
+func hostCAs(t *testing.T, c *testbed.BastionCA) []ssh.PublicKey {
 	t.Helper()
-	keys, err := c.layout.TrustedKeys(ca.HostCA)
+	keys, err := c.Layout.TrustedKeys(ca.HostCA)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,9 +30,9 @@ func (c *bastionCA) hostCAs(t *testing.T) []ssh.PublicKey {
 }
 
 // hostCert signs d's host key for the given names with bastion's host CA.
-func (c *bastionCA) hostCert(t *testing.T, d *testbed.SSHD, names ...string) []byte {
+func hostCert(t *testing.T, c *testbed.BastionCA, d *testbed.SSHD, names ...string) []byte {
 	t.Helper()
-	cert, err := c.auth.Sign(t.Context(), ca.Request{Kind: ca.HostCA, Key: d.HostKeyPub, KeyID: "scan-test-host", Principals: names})
+	cert, err := c.Auth.Sign(t.Context(), ca.Request{Kind: ca.HostCA, Key: d.HostKeyPub, KeyID: "scan-test-host", Principals: names})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,13 +42,13 @@ func (c *bastionCA) hostCert(t *testing.T, d *testbed.SSHD, names ...string) []b
 // startHardened starts an sshd configured with exactly the shipped target
 // snippet (its file paths pointed at temporary files) and a host
 // certificate from bastion's host CA for 127.0.0.1.
-func startHardened(t *testing.T, c *bastionCA) *testbed.SSHD {
+func startHardened(t *testing.T, c *testbed.BastionCA) *testbed.SSHD {
 	t.Helper()
 	d := testbed.NewSSHD(t, testbed.SSHDConfig{})
 	snippet, err := deploy.TargetSSHDConfigWithPaths(map[string]string{
-		"TrustedUserCAKeys": d.WriteFile("bastion_user_ca.pub", []byte(ca.ExportLines(ca.UserCA, c.auth.TrustedKeys(ca.UserCA), ""))),
+		"TrustedUserCAKeys": d.WriteFile("bastion_user_ca.pub", []byte(ca.ExportLines(ca.UserCA, c.Auth.TrustedKeys(ca.UserCA), ""))),
 		"RevokedKeys":       d.WriteFile("bastion_revoked.krl", nil),
-		"HostCertificate":   d.WriteFile("host-cert.pub", c.hostCert(t, d, "127.0.0.1", "target.internal")),
+		"HostCertificate":   d.WriteFile("host-cert.pub", hostCert(t, c, d, "127.0.0.1", "target.internal")),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +70,7 @@ func codes(r scan.Result) []string {
 // and checks each verdict.
 func TestScanRealSSHD(t *testing.T) {
 	testbed.RequireOpenSSH(t)
-	bca := newBastionCA(t)
+	bca := testbed.NewBastionCA(t)
 	otherCA := testbed.NewCA(t)
 
 	hardened := startHardened(t, bca)
@@ -115,7 +90,7 @@ func TestScanRealSSHD(t *testing.T) {
 		"HostKeyAlgorithms ssh-rsa,rsa-sha2-256",
 	}, "\n")})
 
-	opts := scan.Options{HostCAs: bca.hostCAs(t), Timeout: 10 * time.Second}
+	opts := scan.Options{HostCAs: hostCAs(t, bca), Timeout: 10 * time.Second}
 	tests := []struct {
 		name      string
 		d         *testbed.SSHD
@@ -345,10 +320,10 @@ func TestScanAllOrderAndBound(t *testing.T) {
 // allows the hardened one, and answers the second time from its cache.
 func TestCheckerRealSSHD(t *testing.T) {
 	testbed.RequireOpenSSH(t)
-	bca := newBastionCA(t)
+	bca := testbed.NewBastionCA(t)
 	hardened := startHardened(t, bca)
 	soft := testbed.StartSSHD(t, testbed.SSHDConfig{Extra: "PasswordAuthentication yes\n"})
-	c := scan.NewChecker(scan.Options{HostCAs: bca.hostCAs(t), Timeout: 10 * time.Second}, time.Minute, nil)
+	c := scan.NewChecker(scan.Options{HostCAs: hostCAs(t, bca), Timeout: 10 * time.Second}, time.Minute, nil)
 
 	r, err := c.Check(t.Context(), hardened.Addr)
 	if err != nil || !r.Pass {
