@@ -3,7 +3,7 @@ package deploy_test
 import (
 	"crypto/ed25519"
 	"crypto/rand"
-	"github.com/bastion-ssh/bastion/internal/testbed"
+	"github.com/bastion-ssh/bastion/internal/catest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,7 +41,7 @@ func TestBackupRestore(t *testing.T) {
 		}
 	}
 
-	c := testbed.NewBastionCA(t)
+	c := catest.NewBastionCA(t)
 	ctx := t.Context()
 	for _, name := range []string{"alice", "bob", "carol"} {
 		sign(t, c, ca.Request{Kind: ca.UserCA, Key: newKey(t), KeyID: name, Principals: []string{name}})

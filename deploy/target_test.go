@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"context"
+	"github.com/bastion-ssh/bastion/internal/catest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +20,7 @@ import (
 	"github.com/bastion-ssh/bastion/internal/testbed"
 )
 
-func sign(t *testing.T, c *testbed.BastionCA, req ca.Request) *ssh.Certificate {
+func sign(t *testing.T, c *catest.BastionCA, req ca.Request) *ssh.Certificate {
 	t.Helper()
 	cert, err := c.Auth.Sign(t.Context(), req)
 	if err != nil {
@@ -82,7 +83,7 @@ func TestTargetSnippetDirectives(t *testing.T) {
 func TestTargetSnippetOnRealSSHD(t *testing.T) {
 	testbed.RequireOpenSSH(t)
 	ctx := t.Context()
-	c := testbed.NewBastionCA(t)
+	c := catest.NewBastionCA(t)
 	login := testbed.LoginUser(t)
 
 	const revokedSerial = 4242

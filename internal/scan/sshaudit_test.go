@@ -2,6 +2,7 @@ package scan_test
 
 import (
 	"context"
+	"github.com/bastion-ssh/bastion/internal/catest"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -106,7 +107,7 @@ func TestWeakAlgorithmsMatchSSHAudit(t *testing.T) {
 // ssh-audit nothing to fail or warn about (beyond its own age).
 func TestTargetSnippetPassesSSHAudit(t *testing.T) {
 	testbed.RequireOpenSSH(t)
-	d := startHardened(t, testbed.NewBastionCA(t))
+	d := startHardened(t, catest.NewBastionCA(t))
 	for name, notes := range sshAuditVerdicts(t, d.Addr) {
 		if !sshAuditOutdated(name, notes) {
 			t.Errorf("ssh-audit on the target snippet: %s: %v", name, notes)

@@ -2,6 +2,7 @@ package scan_test
 
 import (
 	"context"
+	"github.com/bastion-ssh/bastion/internal/catest"
 	"io"
 	"net"
 	"slices"
@@ -20,7 +21,7 @@ import (
 )
 
 // hostCAs is what `bastion scan` reads from DATA_DIR.
-func hostCAs(t *testing.T, c *testbed.BastionCA) []ssh.PublicKey {
+func hostCAs(t *testing.T, c *catest.BastionCA) []ssh.PublicKey {
 	t.Helper()
 	keys, err := c.Layout.TrustedKeys(ca.HostCA)
 	if err != nil {
@@ -30,7 +31,7 @@ func hostCAs(t *testing.T, c *testbed.BastionCA) []ssh.PublicKey {
 }
 
 // hostCert signs d's host key for the given names with bastion's host CA.
-func hostCert(t *testing.T, c *testbed.BastionCA, d *testbed.SSHD, names ...string) []byte {
+func hostCert(t *testing.T, c *catest.BastionCA, d *testbed.SSHD, names ...string) []byte {
 	t.Helper()
 	cert, err := c.Auth.Sign(t.Context(), ca.Request{Kind: ca.HostCA, Key: d.HostKeyPub, KeyID: "scan-test-host", Principals: names})
 	if err != nil {
@@ -42,7 +43,7 @@ func hostCert(t *testing.T, c *testbed.BastionCA, d *testbed.SSHD, names ...stri
 // startHardened starts an sshd configured with exactly the shipped target
 // snippet (its file paths pointed at temporary files) and a host
 // certificate from bastion's host CA for 127.0.0.1.
-func startHardened(t *testing.T, c *testbed.BastionCA) *testbed.SSHD {
+func startHardened(t *testing.T, c *catest.BastionCA) *testbed.SSHD {
 	t.Helper()
 	d := testbed.NewSSHD(t, testbed.SSHDConfig{})
 	snippet, err := deploy.TargetSSHDConfigWithPaths(map[string]string{
@@ -70,7 +71,7 @@ func codes(r scan.Result) []string {
 // and checks each verdict.
 func TestScanRealSSHD(t *testing.T) {
 	testbed.RequireOpenSSH(t)
-	bca := testbed.NewBastionCA(t)
+	bca := catest.NewBastionCA(t)
 	otherCA := testbed.NewCA(t)
 
 	hardened := startHardened(t, bca)
@@ -320,7 +321,7 @@ func TestScanAllOrderAndBound(t *testing.T) {
 // allows the hardened one, and answers the second time from its cache.
 func TestCheckerRealSSHD(t *testing.T) {
 	testbed.RequireOpenSSH(t)
-	bca := testbed.NewBastionCA(t)
+	bca := catest.NewBastionCA(t)
 	hardened := startHardened(t, bca)
 	soft := testbed.StartSSHD(t, testbed.SSHDConfig{Extra: "PasswordAuthentication yes\n"})
 	c := scan.NewChecker(scan.Options{HostCAs: hostCAs(t, bca), Timeout: 10 * time.Second}, time.Minute, nil)

@@ -1,4 +1,7 @@
-package testbed
+// Package catest gives tests outside package ca a real bastion CA in a
+// temporary data directory. It is apart from testbed because package ca's
+// own tests use testbed, and testbed importing ca would be a cycle.
+package catest
 
 import (
 	"testing"
@@ -9,7 +12,6 @@ import (
 
 // BastionCA is bastion's own CA in a temporary data directory, with its
 // audit log open (closed in t.Cleanup unless the test closes it first).
-// Package ca's own tests cannot use it (import cycle) and keep their own.
 type BastionCA struct {
 	Layout ca.Layout
 	Store  *audit.Store
