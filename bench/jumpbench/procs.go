@@ -123,6 +123,44 @@ func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 // descendants lists every process whose parent chain leads to root
 // (excluding root itself), from /proc.
 func descendants(root int) []int {
+	if out, ok := descendantsByChildren(root); ok {
+		return out
+	}
+	return descendantsByScan(root)
+}
+
+// descendantsByChildren walks /proc/PID/task/TID/children from root down,
+// which costs a few reads per process in the tree; scanning all of /proc
+// every 20 ms took a quarter of a core and slowed the transfers being
+// measured. ok is false when the kernel lacks the children files
+// (CONFIG_PROC_CHILDREN).
+func descendantsByChildren(root int) (out []int, ok bool) {
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/task/%d/children", os.Getpid(), os.Getpid())); err != nil {
+		return nil, false
+	}
+	queue := []int{root}
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+			if err != nil {
+				continue
+			}
+			for _, f := range strings.Fields(string(b)) {
+				if child, err := strconv.Atoi(f); err == nil {
+					out = append(out, child)
+					queue = append(queue, child)
+				}
+			}
+		}
+	}
+	return out, true
+}
+
+// descendantsByScan reads every process's parent from /proc.
+func descendantsByScan(root int) []int {
 	parent := map[int]int{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {

@@ -19,6 +19,7 @@ import (
 	"github.com/bastion-ssh/bastion/gateway"
 	"github.com/bastion-ssh/bastion/internal/alert"
 	"github.com/bastion-ssh/bastion/internal/config"
+	"github.com/bastion-ssh/bastion/internal/gcpace"
 	"github.com/bastion-ssh/bastion/internal/oidc"
 )
 
@@ -40,6 +41,12 @@ over SSH instead (ssh -p 2222 admin@bastion lock alice).`,
 				return err
 			}
 			logger := newLogger(a.stderr, f.Log)
+			if setting, ok := gcpace.FromEnvironment(); ok {
+				logger.Info("garbage collector paced by the environment", "setting", setting)
+			} else {
+				pacer := gcpace.Start(gcpace.Options{})
+				defer pacer.Stop()
+			}
 			rt, err := startRuntime(cmd.Context(), f, logger)
 			if err != nil {
 				return err
