@@ -13,6 +13,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/bastion-bench-build-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 go build -o "$work/bastion" ./cmd/bastion
 go build -o "$work/jumpbench" ./bench/jumpbench
+go build -o "$work/barejump" ./bench/barejump
 # Sessions need file descriptors: raise the soft limit as far as allowed.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-"$work/jumpbench" -bastion "$work/bastion" "$@"
+"$work/jumpbench" -bastion "$work/bastion" -barejump "$work/barejump" "$@"

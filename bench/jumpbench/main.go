@@ -28,6 +28,7 @@ import (
 
 type options struct {
 	bastion     string
+	barejump    string
 	bytes       int64
 	repeat      int
 	setups      int
@@ -42,6 +43,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.bastion, "bastion", "", "the bastion binary to measure (bench/jump.sh builds it)")
+	flag.StringVar(&o.barejump, "barejump", "", "bench/barejump binary: when set, the memory figure also measures a bare x/crypto/ssh jump host (bench/jump.sh builds it)")
 	flag.Int64Var(&o.bytes, "bytes", 1<<30, "bytes per bulk transfer")
 	flag.IntVar(&o.repeat, "repeat", 3, "bulk transfers per configuration and jump host (the median is reported)")
 	flag.IntVar(&o.setups, "setups", 21, "connection set-ups per jump host (the median is reported; at least 20)")
@@ -181,6 +183,21 @@ func run(ctx context.Context, o options, w io.Writer) (err error) {
 			func() { gm = goMetrics(ctx, e.gateway.metrics) })
 		if err != nil {
 			return fmt.Errorf("bastion: %w", err)
+		}
+		if o.barejump != "" {
+			progress("memory: opening %d idle sessions through bench/barejump", o.sessions)
+			bare, err := e.startBareJump(ctx, o.barejump)
+			if err != nil {
+				return err
+			}
+			xm, _, _, err := e.idleMemory(ctx, bare.addr, bare.hostKey,
+				func() []int { return []int{bare.cmd.Process.Pid} }, o.sessions, o.concurrency, nil)
+			bare.stop(10 * time.Second)
+			if err != nil {
+				return fmt.Errorf("barejump: %w", err)
+			}
+			notes = append(notes, fmt.Sprintf("memory floor: bench/barejump, a jump host of x/crypto/ssh alone (certificate check, direct-tcpip, the same 1 KiB relay buffers and GC pacing; no audit, policy, limits or gliderlabs), holds %.1f KiB RSS per idle session with %d held",
+				float64(xm.RSS)/1024, o.sessions))
 		}
 		progress("memory: opening %d idle sessions through OpenSSH sshd", o.sessions)
 		jumpPid := e.jump.cmd.Process.Pid

@@ -237,6 +237,24 @@ log:
 	return g, e.writeKnownHosts()
 }
 
+// startBareJump starts bench/barejump, the least jump host x/crypto/ssh
+// allows, with the gateway's host key so that the same known_hosts line
+// and client settings serve both. Callers stop it.
+func (e *env) startBareJump(ctx context.Context, bin string) (*gatewayProc, error) {
+	d, err := e.procs.start("barejump", filepath.Join(e.dir, "barejump.log"), nil, bin,
+		"-host-key", filepath.Join(e.dataDir, "gateway", "ssh_host_ed25519_key"),
+		"-user-ca", filepath.Join(e.dir, "user_ca.pub"))
+	if err != nil {
+		return nil, err
+	}
+	const listening = "barejump: listening on "
+	line, err := d.waitLog(ctx, 15*time.Second, func(l string) bool { return strings.HasPrefix(l, listening) })
+	if err != nil {
+		return nil, err
+	}
+	return &gatewayProc{daemon: d, addr: strings.TrimSpace(strings.TrimPrefix(line, listening)), hostKey: e.gateway.hostKey}, nil
+}
+
 // writeKnownHosts pins the plain host keys of the target and both jump
 // hosts, so clients check them strictly.
 func (e *env) writeKnownHosts() error {

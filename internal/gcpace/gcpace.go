@@ -38,9 +38,16 @@ type Options struct {
 	// live heap is still given this proportion of room and collections
 	// do not run back to back. Default 25.
 	MinPercent int
-	// MaxPercent bounds it from above. Default 2000.
+	// MaxPercent bounds it from above. Default: the percentage at which
+	// Go's own minimum heap, 4 MiB scaled by the GC percentage, equals
+	// Headroom (800 for 32 MiB); any higher and a small heap would be
+	// given more room than Headroom.
 	MaxPercent int
 }
+
+// runtimeMinimumHeap is the heap size below which Go does not collect at
+// GOGC=100; it scales with the GC percentage (runtime's heapMinimum).
+const runtimeMinimumHeap = 4 << 20
 
 func (o Options) withDefaults() Options {
 	if o.Headroom == 0 {
@@ -50,7 +57,7 @@ func (o Options) withDefaults() Options {
 		o.MinPercent = 25
 	}
 	if o.MaxPercent <= 0 {
-		o.MaxPercent = 2000
+		o.MaxPercent = int(o.Headroom * 100 / runtimeMinimumHeap)
 	}
 	if o.MaxPercent < o.MinPercent {
 		o.MaxPercent = o.MinPercent

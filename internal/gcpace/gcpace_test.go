@@ -35,8 +35,11 @@ func TestOptionsDefaults(t *testing.T) {
 	if got := Percent(1<<40, Options{}); got != 25 {
 		t.Errorf("default floor = %d %%, want 25", got)
 	}
-	if got := Percent(1, Options{}); got != 2000 {
-		t.Errorf("default ceiling = %d %%, want 2000", got)
+	if got := Percent(1, Options{}); got != 800 {
+		t.Errorf("default ceiling = %d %%, want 800 (Go's 4 MiB minimum heap times 8 = 32 MiB)", got)
+	}
+	if got := Percent(1, Options{Headroom: 64 << 20}); got != 1600 {
+		t.Errorf("ceiling for 64 MiB of headroom = %d %%, want 1600", got)
 	}
 	if got := Percent(1, Options{MinPercent: 300, MaxPercent: 200}); got != 300 {
 		t.Errorf("a ceiling under the floor = %d %%, want the floor (300)", got)
