@@ -46,6 +46,7 @@ over SSH instead (ssh -p 2222 admin@bastion lock alice).`,
 			} else {
 				pacer := gcpace.Start(gcpace.Options{})
 				defer pacer.Stop()
+				logger.Info("garbage collector paced by bastion; set GOGC or GOMEMLIMIT to pace it yourself", "gc_percent", pacer.Percent())
 			}
 			rt, err := startRuntime(cmd.Context(), f, logger)
 			if err != nil {

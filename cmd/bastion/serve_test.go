@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -40,6 +41,13 @@ func TestServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// serve paces the collector unless the environment does (gcpace),
+	// and gives the GC percentage back when it stops.
+	t.Setenv("GOGC", "")
+	t.Setenv("GOMEMLIMIT", "")
+	before := debug.SetGCPercent(123)
+	defer debug.SetGCPercent(before)
+
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr bytes.Buffer
 	done := make(chan error, 1)
@@ -75,6 +83,12 @@ func TestServe(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("serve did not stop")
+	}
+	if !strings.Contains(stderr.String(), "garbage collector paced by bastion") {
+		t.Errorf("serve did not say it paces the collector:\n%s", stderr.String())
+	}
+	if p := debug.SetGCPercent(before); p != 123 {
+		t.Errorf("after serve stopped, GC percent = %d, want the 123 it started with", p)
 	}
 	// The audit log records the start and the stop, and verifies.
 	out, _ := mustRun(t, data, "audit", "export", "--type", "gateway.*")
