@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/ed25519"
 	"crypto/rand"
 	"io"
 	"net"
@@ -10,13 +9,15 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/internal/testbed"
 )
 
 // The measuring stick must be a working jump host, or its memory figure
 // means nothing: bytes go through and come back, and a plain key is
 // refused.
 func TestBareJumpRelaysForCertificatesOnly(t *testing.T) {
-	caSigner, userSigner, hostSigner := newSigner(t), newSigner(t), newSigner(t)
+	caSigner, userSigner, hostSigner := testbed.NewSigner(t), testbed.NewSigner(t), testbed.NewSigner(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -75,16 +76,4 @@ func TestBareJumpRelaysForCertificatesOnly(t *testing.T) {
 	if string(got) != payload {
 		t.Fatalf("echo through the jump returned %d bytes, want %d identical", len(got), len(payload))
 	}
-}
-
-func newSigner(t *testing.T) ssh.Signer {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }

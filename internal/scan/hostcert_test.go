@@ -1,33 +1,21 @@
 package scan
 
 import (
-	"crypto/ed25519"
 	"crypto/rand"
 	"slices"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
-)
 
-func newSigner(t *testing.T) ssh.Signer {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
+	"github.com/bastion-ssh/bastion/internal/testbed"
+)
 
 // TestJudgeHostKey covers the host certificate verdicts that a real sshd
 // cannot easily be made to produce: wrong type, expired, bad signature,
 // missing principal.
 func TestJudgeHostKey(t *testing.T) {
-	ours, theirs, host := newSigner(t), newSigner(t), newSigner(t)
+	ours, theirs, host := testbed.NewSigner(t), testbed.NewSigner(t), testbed.NewSigner(t)
 	now := time.Unix(1_800_000_000, 0)
 	certFor := func(mod func(c *ssh.Certificate), signer ssh.Signer) *ssh.Certificate {
 		c := &ssh.Certificate{

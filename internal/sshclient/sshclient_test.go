@@ -2,7 +2,6 @@ package sshclient
 
 import (
 	"bytes"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
@@ -34,19 +33,6 @@ func mustChmod(t *testing.T, path string, mode os.FileMode) {
 	if err := os.Chmod(path, mode); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func newSigner(t testing.TB) ssh.Signer {
-	t.Helper()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // signCert signs a certificate of type typ for key with ca.
@@ -124,7 +110,7 @@ func startServer(t *testing.T, hostKeys ...ssh.Signer) string {
 // hostCertSigner is a host key with a certificate from ca for principals.
 func hostCertSigner(t *testing.T, ca ssh.Signer, principals []string, from, to time.Time) ssh.Signer {
 	t.Helper()
-	host := newSigner(t)
+	host := testbed.NewSigner(t)
 	cs, err := ssh.NewCertSigner(signCert(t, ca, host.PublicKey(), ssh.HostCert, principals, from, to), host)
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +120,7 @@ func hostCertSigner(t *testing.T, ca ssh.Signer, principals []string, from, to t
 
 func dial(t *testing.T, addr string, hc *HostCheck) (*Conn, error) {
 	t.Helper()
-	c, err := Dial(t.Context(), addr, "login", newSigner(t), hc)
+	c, err := Dial(t.Context(), addr, "login", testbed.NewSigner(t), hc)
 	if err == nil {
 		t.Cleanup(func() { _ = c.Close() })
 	}
@@ -146,7 +132,7 @@ func dial(t *testing.T, addr string, hc *HostCheck) (*Conn, error) {
 // with another CA on the same address is refused loudly.
 func TestHostCheckTrustOnFirstUseThenPinned(t *testing.T) {
 	now := time.Now()
-	ca1, ca2 := newSigner(t), newSigner(t)
+	ca1, ca2 := testbed.NewSigner(t), testbed.NewSigner(t)
 	good := startServer(t, hostCertSigner(t, ca1, []string{"127.0.0.1"}, now.Add(-time.Hour), now.Add(time.Hour)))
 	other := startServer(t, hostCertSigner(t, ca2, []string{"127.0.0.1"}, now.Add(-time.Hour), now.Add(time.Hour)))
 	kh := filepath.Join(t.TempDir(), "known_hosts")
@@ -200,12 +186,12 @@ func TestHostCheckTrustOnFirstUseThenPinned(t *testing.T) {
 
 func TestHostCheckRefusals(t *testing.T) {
 	now := time.Now()
-	ca := newSigner(t)
-	plain := startServer(t, newSigner(t))
+	ca := testbed.NewSigner(t)
+	plain := startServer(t, testbed.NewSigner(t))
 	wrongName := startServer(t, hostCertSigner(t, ca, []string{"gw.example.com"}, now.Add(-time.Hour), now.Add(time.Hour)))
 	expired := startServer(t, hostCertSigner(t, ca, []string{"127.0.0.1"}, now.Add(-2*time.Hour), now.Add(-time.Hour)))
 	userCert := func() ssh.Signer {
-		k := newSigner(t)
+		k := testbed.NewSigner(t)
 		cs, _ := ssh.NewCertSigner(signCert(t, ca, k.PublicKey(), ssh.UserCert, []string{"127.0.0.1"}, now.Add(-time.Hour), now.Add(time.Hour)), k)
 		return cs
 	}()
@@ -261,7 +247,7 @@ func TestHostCheckUnreadableFile(t *testing.T) {
 
 func TestExec(t *testing.T) {
 	now := time.Now()
-	ca := newSigner(t)
+	ca := testbed.NewSigner(t)
 	addr := startServer(t, hostCertSigner(t, ca, []string{"127.0.0.1"}, now.Add(-time.Hour), now.Add(time.Hour)))
 	hc, _ := NewHostCheck(HostCheckConfig{KnownHosts: filepath.Join(t.TempDir(), "kh"), FirstUse: true})
 	c, err := dial(t, addr, hc)
@@ -322,7 +308,7 @@ func TestKeys(t *testing.T) {
 
 func TestCertificates(t *testing.T) {
 	now := time.Now()
-	ca, key, other := newSigner(t), newSigner(t), newSigner(t)
+	ca, key, other := testbed.NewSigner(t), testbed.NewSigner(t), testbed.NewSigner(t)
 	cert := signCert(t, ca, key.PublicKey(), ssh.UserCert, []string{"alice"}, now.Add(-time.Minute), now.Add(time.Hour))
 	line := ssh.MarshalAuthorizedKey(cert)
 	if _, err := ParseUserCertificate(line, key.PublicKey()); err != nil {
@@ -486,7 +472,7 @@ func serveAgent(t *testing.T, ag agent.Agent) string {
 // remaining validity, and an earlier certificate for the key is replaced.
 func TestAddToAgentLifetime(t *testing.T) {
 	now := time.Now().Truncate(time.Second)
-	ca := newSigner(t)
+	ca := testbed.NewSigner(t)
 	p := Paths{Dir: t.TempDir()}
 	key, _, err := LoadOrCreateKey(p.Key(), "")
 	if err != nil {
@@ -521,7 +507,7 @@ func TestAddToAgentLifetime(t *testing.T) {
 func TestAddToAgentOpenSSH(t *testing.T) {
 	sock := testbed.StartSSHAgent(t)
 	now := time.Now()
-	ca := newSigner(t)
+	ca := testbed.NewSigner(t)
 	key, _, err := LoadOrCreateKey(filepath.Join(t.TempDir(), "id_ed25519"), "")
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,8 @@
 package testbed
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -129,4 +131,19 @@ func (ca *CA) scratch() string {
 		ca.t.Fatalf("testbed: %v", err)
 	}
 	return work
+}
+
+// NewSigner returns a fresh ed25519 signer, for a host key, a user key or
+// a CA of a test's own.
+func NewSigner(t testing.TB) ssh.Signer {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
