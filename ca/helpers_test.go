@@ -1,8 +1,6 @@
 package ca
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +10,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/internal/testbed"
 )
 
 // testCA is a CA in a temporary data dir with a real audit store.
@@ -62,16 +61,7 @@ func (c *testCA) events(t testing.TB, typ string) []audit.Event {
 
 // newKey returns a fresh ed25519 public key.
 func newKey(t testing.TB) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return testbed.NewSigner(t).PublicKey()
 }
 
 // readKeyFixture parses a public key under testdata.

@@ -1,9 +1,6 @@
 package deploy_test
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
-	"github.com/bastion-ssh/bastion/internal/catest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +12,8 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/catest"
+	"github.com/bastion-ssh/bastion/internal/testbed"
 )
 
 // README.md's backup and restore commands, with DATA and BACKUP standing
@@ -132,14 +131,5 @@ func shell(t *testing.T, script string, env ...string) {
 
 // newKey returns a fresh ed25519 public key to certify.
 func newKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return testbed.NewSigner(t).PublicKey()
 }

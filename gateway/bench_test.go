@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/testbed"
 )
 
 // The benchmarks run the gateway, an x/crypto client and a tiny target in
@@ -194,14 +193,7 @@ func startBenchGatewayWith(b *testing.B, port int, configure func(*Config, *ca.A
 		store.Close()
 	})
 
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		b.Fatal(err)
-	}
-	key, err := gossh.NewSignerFromKey(priv)
-	if err != nil {
-		b.Fatal(err)
-	}
+	key := testbed.NewSigner(b)
 	cert, err := auth.Sign(b.Context(), ca.Request{Kind: ca.UserCA, Key: key.PublicKey(), KeyID: "bench", Principals: []string{benchUser}})
 	if err != nil {
 		b.Fatal(err)

@@ -140,7 +140,10 @@ func (p *Pacer) afterGC() {
 	}
 	p.mu.Lock()
 	if !p.stopped.Load() {
-		debug.SetGCPercent(p.compute())
+		// SetGCPercent takes the heap lock: only when it changes.
+		if last := p.Percent(); p.compute() != last {
+			debug.SetGCPercent(p.Percent())
+		}
 		p.runs.Add(1)
 	}
 	p.mu.Unlock()
