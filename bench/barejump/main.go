@@ -33,19 +33,19 @@ func main() {
 func run(listen, hostKeyPath, userCAPath string) error {
 	keyPEM, err := os.ReadFile(hostKeyPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("host key: %w (pass -host-key with an OpenSSH private key file)", err)
 	}
 	hostKey, err := ssh.ParsePrivateKey(keyPEM)
 	if err != nil {
-		return err
+		return fmt.Errorf("host key %s: %w", hostKeyPath, err)
 	}
 	caText, err := os.ReadFile(userCAPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("user CA: %w (pass -user-ca with the CA's .pub file)", err)
 	}
 	userCA, _, _, _, err := ssh.ParseAuthorizedKey(caText)
 	if err != nil {
-		return err
+		return fmt.Errorf("user CA %s: %w", userCAPath, err)
 	}
 	config := serverConfig(hostKey, userCA)
 	// The same collector pacing as bastion serve, so that the two differ
@@ -67,6 +67,10 @@ func serverConfig(hostKey ssh.Signer, userCA ssh.PublicKey) *ssh.ServerConfig {
 		return bytes.Equal(k.Marshal(), userCA.Marshal())
 	}}
 	config := &ssh.ServerConfig{PublicKeyCallback: checker.Authenticate}
+	// What bastion's gateway offers (gateway/server.go), so that clients
+	// negotiate the same cipher state with both.
+	config.KeyExchanges = []string{ssh.KeyExchangeMLKEM768X25519, ssh.KeyExchangeCurve25519}
+	config.Ciphers = []string{ssh.CipherAES128GCM, ssh.CipherAES256GCM}
 	config.AddHostKey(hostKey)
 	return config
 }
