@@ -33,6 +33,11 @@ type Config struct {
 	Now func() time.Time
 	// Rand is the randomness source for serials and nonces; default crypto/rand.
 	Rand io.Reader
+	// State is the revocation state the signing pipeline consults (it
+	// never signs for a revoked key or key id, or a locked identity).
+	// When nil it is loaded from the recorder, which must then also be a
+	// StateStore (*audit.Store is).
+	State *State
 }
 
 // Authority signs user and host certificates with bastion's CA keys.
@@ -44,6 +49,7 @@ type Authority struct {
 	now        func() time.Time
 	rand       io.Reader
 	rec        Recorder
+	state      *State
 
 	mu      sync.RWMutex
 	signers map[Kind]ssh.Signer
@@ -69,6 +75,17 @@ func New(cfg Config, rec Recorder) (*Authority, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = defaultRand
 	}
+	if cfg.State == nil {
+		store, ok := rec.(StateStore)
+		if !ok {
+			return nil, fmt.Errorf("ca: a revocation state is required: nothing is signed without checking locks and revocations")
+		}
+		st, err := LoadState(store, cfg.Now)
+		if err != nil {
+			return nil, err
+		}
+		cfg.State = st
+	}
 	a := &Authority{
 		layout:     cfg.Layout,
 		policy:     cfg.Policy,
@@ -76,6 +93,7 @@ func New(cfg Config, rec Recorder) (*Authority, error) {
 		now:        cfg.Now,
 		rand:       cfg.Rand,
 		rec:        rec,
+		state:      cfg.State,
 	}
 	if err := a.reload(); err != nil {
 		return nil, err
@@ -106,6 +124,10 @@ func (a *Authority) reload() error {
 	a.mu.Unlock()
 	return nil
 }
+
+// State returns the revocation state the Authority signs against; the
+// gateway checks connections against the same one.
+func (a *Authority) State() *State { return a.state }
 
 // Policy returns the signing policy in force.
 func (a *Authority) Policy() Policy { return a.policy }

@@ -3,7 +3,6 @@ package ca
 import (
 	"crypto/rsa"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -117,6 +116,10 @@ const (
 	RuleOption             = "option_invalid"
 	RuleValidity           = "validity_invalid"
 	RuleValidityTooLong    = "validity_too_long"
+	// RuleLocked and RuleRevoked: the revocation state bars the identity
+	// or the key.
+	RuleLocked  = "locked"
+	RuleRevoked = "revoked"
 )
 
 // RefusedError is a request the policy refused. Rule is one of the Rule*
@@ -186,20 +189,8 @@ func (p Policy) checkPrincipals(kind Kind, principals []string) error {
 	return nil
 }
 
-// checkSourceAddress validates a comma-separated CIDR/address list as
-// sshd's source-address critical option expects.
+// checkSourceAddress validates a source-address list as sshd does.
 func checkSourceAddress(list string) error {
-	if list == "" {
-		return fmt.Errorf("empty address list")
-	}
-	for _, part := range strings.Split(list, ",") {
-		if _, err := netip.ParsePrefix(part); err == nil {
-			continue
-		}
-		if _, err := netip.ParseAddr(part); err == nil {
-			continue
-		}
-		return fmt.Errorf("%q is not an address or CIDR", part)
-	}
-	return nil
+	_, err := ParseSourceAddress(list)
+	return err
 }

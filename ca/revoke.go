@@ -62,6 +62,8 @@ type Revocations struct {
 	serials map[uint64]Revocation
 	keyIDs  map[string]Revocation
 	keys    map[[32]byte]Revocation
+
+	changed listeners
 }
 
 // LoadRevocations reads the revocation list from store.
@@ -163,7 +165,34 @@ func (r *Revocations) Revoke(ctx context.Context, rev Revocation) error {
 	if err != nil {
 		return fmt.Errorf("ca: revoke: %w", err)
 	}
-	return r.add(rev)
+	if err := r.add(rev); err != nil {
+		return err
+	}
+	r.changed.notify()
+	return nil
+}
+
+func (r *Revocations) subscribe(fn func()) { r.changed.subscribe(fn) }
+
+// CheckSubject reports whether sub's serial (when non-zero), key id or
+// key is revoked, and by which entry.
+func (r *Revocations) CheckSubject(sub Subject) (Revocation, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if sub.Serial != 0 {
+		if rev, ok := r.serials[sub.Serial]; ok {
+			return rev, true
+		}
+	}
+	if rev, ok := r.keyIDs[sub.KeyID]; ok && sub.KeyID != "" {
+		return rev, true
+	}
+	if h, err := parseSHA256Fingerprint(sub.KeyFP); err == nil {
+		if rev, ok := r.keys[h]; ok {
+			return rev, true
+		}
+	}
+	return Revocation{}, false
 }
 
 // List returns every revocation, oldest first.

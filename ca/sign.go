@@ -71,6 +71,7 @@ var pipeline = []step{
 	stepCheckKey,
 	stepCheckPrincipals,
 	stepCheckKeyID,
+	stepCheckState,
 	stepTemplate,
 	stepRequestOptions,
 	stepGroups,
@@ -119,6 +120,26 @@ func stepCheckKeyID(_ *Authority, s *signing) error {
 		if r < ' ' || r == 0x7f {
 			return refuse(RuleKeyID, "key id contains the control character %q", r)
 		}
+	}
+	return nil
+}
+
+// stepCheckState refuses a key or key id that is revoked, or an identity
+// that is locked: whoever asks, the CA never issues a credential the
+// gateway would refuse.
+func stepCheckState(a *Authority, s *signing) error {
+	keyID := s.req.KeyID
+	if keyID == "" && len(s.req.Principals) > 0 {
+		keyID = s.req.Principals[0]
+	}
+	sub := Subject{Principals: s.req.Principals, KeyID: keyID, KeyFP: ssh.FingerprintSHA256(s.req.Key)}
+	if err := a.state.Check(sub); err != nil {
+		be := err.(*BarredError)
+		rule := RuleRevoked
+		if be.Reason == BarredLocked {
+			rule = RuleLocked
+		}
+		return refuse(rule, "%s", be.Detail)
 	}
 	return nil
 }
@@ -254,8 +275,8 @@ func stepPolicyDefaults(a *Authority, s *signing) error {
 
 // stepValidateWindow enforces the validity cap on the finished template.
 func stepValidateWindow(a *Authority, s *signing) error {
-	from := time.Unix(int64(s.cert.ValidAfter), 0)
-	to := time.Unix(int64(s.cert.ValidBefore), 0)
+	from := CertTime(s.cert.ValidAfter)
+	to := CertTime(s.cert.ValidBefore)
 	if !to.After(from) {
 		return refuse(RuleValidity, "validity ends (%s) before it starts (%s)", to.UTC().Format(time.RFC3339), from.UTC().Format(time.RFC3339))
 	}
@@ -341,8 +362,8 @@ func CertFields(c *ssh.Certificate) map[string]string {
 		"serial":       strconv.FormatUint(c.Serial, 10),
 		"key_id":       c.KeyId,
 		"principals":   strings.Join(c.ValidPrincipals, ","),
-		"valid_after":  time.Unix(int64(c.ValidAfter), 0).UTC().Format(time.RFC3339),
-		"valid_before": time.Unix(int64(c.ValidBefore), 0).UTC().Format(time.RFC3339),
+		"valid_after":  FormatCertTime(c.ValidAfter),
+		"valid_before": FormatCertTime(c.ValidBefore),
 		"key_fp":       ssh.FingerprintSHA256(c.Key),
 	}
 	if c.SignatureKey != nil {

@@ -207,7 +207,9 @@ func (failingRecorder) Append(_ context.Context, _ audit.Event) (audit.Event, er
 
 func TestSignFailsClosedWithoutAudit(t *testing.T) {
 	c := newTestCA(t, KeyEd25519, time.Time{}, Policy{})
-	auth, err := New(Config{Layout: c.layout}, failingRecorder{})
+	state, err := LoadState(c.store, nil)
+	must(t, err)
+	auth, err := New(Config{Layout: c.layout, State: state}, failingRecorder{})
 	must(t, err)
 	cert, err := auth.Sign(t.Context(), Request{Kind: UserCA, Key: newKey(t), Principals: []string{"alice"}})
 	if err == nil || cert != nil {

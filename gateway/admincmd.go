@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	gossh "golang.org/x/crypto/ssh"
 
@@ -47,6 +48,9 @@ func (g *Gateway) cmdRevoke(ctx context.Context, s *sessionIO, id *Identity, arg
 				}
 				rev = ca.RevokeKeyRequest(k)
 			}
+		case "--user":
+			rev.Kind = revokeUser
+			rev.Value, ok = next()
 		case "--reason":
 			rev.Reason, ok = next()
 		default:
@@ -54,7 +58,7 @@ func (g *Gateway) cmdRevoke(ctx context.Context, s *sessionIO, id *Identity, arg
 			ok = false
 		}
 		if !ok {
-			s.errorf("usage: revoke (--serial N | --key-id ID | --key 'ssh-ed25519 AAAA...') [--reason TEXT]\n")
+			s.errorf("usage: revoke (--serial N | --key-id ID | --user NAME | --key 'ssh-ed25519 AAAA...') [--reason TEXT]\n")
 			return 2
 		}
 	}
@@ -65,26 +69,62 @@ func (g *Gateway) cmdRevoke(ctx context.Context, s *sessionIO, id *Identity, arg
 		}
 	}
 	if rev.Kind == "" {
-		s.errorf("usage: revoke (--serial N | --key-id ID | --key 'ssh-ed25519 AAAA...') [--reason TEXT]\n")
+		s.errorf("usage: revoke (--serial N | --key-id ID | --user NAME | --key 'ssh-ed25519 AAAA...') [--reason TEXT]\n")
 		return 2
 	}
 	rev.By = id.User
-	if err := g.deps.Revocations.Revoke(ctx, rev); err != nil {
+	if rev.Kind == revokeUser {
+		return g.revokeUser(ctx, s, rev)
+	}
+	// The state's change callback ends the sessions it now bars and
+	// rewrites the KRL file (see stateChanged).
+	if err := g.deps.Authority.State().Revocations.Revoke(ctx, rev); err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1
 	}
-	g.endRevokedSessions()
-	if err := g.writeKRL(); err != nil {
-		s.errorf("bastion: revoked, but %v\n", err)
-	}
 	s.printf("revoked %s %s\n", rev.Kind, rev.Value)
+	if r, ok := g.deps.Audit.(ca.EventReader); ok && rev.Kind == ca.RevokeKeyID {
+		if exact, similar, err := ca.KeyIDMatches(ctx, r, rev.Value, g.now()); err == nil {
+			s.printf("it matches %d unexpired certificate(s) issued by this CA\n", exact)
+			if exact == 0 && len(similar) > 0 {
+				s.errorf("warning: key ids are matched exactly; these issued key ids start with %q: %s\n  to revoke everything a user holds: revoke --user NAME\n", rev.Value, strings.Join(similar, ", "))
+			}
+		}
+	}
+	return 0
+}
+
+// revokeUser is a pseudo-kind of the revoke command: every unexpired
+// certificate issued to a user, by serial.
+const revokeUser ca.RevocationKind = "user"
+
+// revokeUser revokes every unexpired certificate issued to rev.Value.
+func (g *Gateway) revokeUser(ctx context.Context, s *sessionIO, rev ca.Revocation) int {
+	r, ok := g.deps.Audit.(ca.EventReader)
+	if !ok {
+		s.errorf("bastion: this gateway cannot read its issued certificates\n")
+		return 1
+	}
+	done, err := g.deps.Authority.State().RevokeUser(ctx, r, rev.Value, rev.Reason, rev.By, g.now())
+	if err != nil {
+		s.errorf("bastion: %v\n", err)
+		return 1
+	}
+	if len(done) == 0 {
+		s.errorf("bastion: no unexpired certificate was issued to %q; nothing revoked (to refuse new logins: lock %s)\n", rev.Value, rev.Value)
+		return 1
+	}
+	for _, c := range done {
+		s.printf("revoked serial %d (key id %q)\n", c.Serial, c.KeyID)
+	}
+	s.printf("revoked %d certificate(s) of %s\n", len(done), rev.Value)
 	return 0
 }
 
 // krl renders the current revocation list.
 func (g *Gateway) krl() ([]byte, error) {
 	cas := append(g.deps.Authority.TrustedKeys(ca.UserCA), g.deps.Authority.TrustedKeys(ca.HostCA)...)
-	return g.deps.Revocations.KRL(cas).Marshal()
+	return g.deps.Authority.State().Revocations.KRL(cas).Marshal()
 }
 
 // writeKRL refreshes cfg.KRLFile (if set) atomically, so a web server or
@@ -118,28 +158,4 @@ func (g *Gateway) cmdKRL(_ context.Context, s *sessionIO, _ *Identity, _ []strin
 		return 1
 	}
 	return 0
-}
-
-// endRevokedSessions ends live connections whose certificate was just
-// revoked (by serial, key id or key).
-func (g *Gateway) endRevokedSessions() {
-	g.mu.Lock()
-	var victims []*connState
-	for cs := range g.live {
-		id := cs.identity
-		if id == nil || id.Login {
-			continue
-		}
-		key, _, _, _, err := gossh.ParseAuthorizedKey([]byte(id.PublicKey))
-		if err != nil {
-			continue
-		}
-		if _, revoked := g.deps.Revocations.Check(&gossh.Certificate{Serial: id.Serial, KeyId: id.KeyID, Key: key}); revoked {
-			victims = append(victims, cs)
-		}
-	}
-	g.mu.Unlock()
-	for _, cs := range victims {
-		cs.kill(ReasonRevoked)
-	}
 }

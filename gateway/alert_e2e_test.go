@@ -3,13 +3,11 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -169,9 +167,7 @@ func TestAlertsFromRealEvents(t *testing.T) {
 	// password_attempt: OpenSSH never sends a method the server does not
 	// offer; bots do, and x/crypto reports it to authLog. Drive that hook
 	// as x/crypto does.
-	cs := &connState{id: "c-bot", remote: netip.MustParseAddr("192.0.2.7"), conn: nopConn{}, g: tg.gw, handshakeTimer: time.NewTimer(time.Hour)}
-	tg.gw.authLog(cs, fakeMeta{user: "admin"}, "password", errors.New("ssh: password auth not configured"))
-	tg.gw.authLog(cs, fakeMeta{user: "admin"}, "keyboard-interactive", errors.New("ssh: keyboard-interactive auth not configured"))
+	botHandshake(tg, "192.0.2.7", "admin", "password", "keyboard-interactive")
 	a = rcv.waitRule(t, alert.RulePasswordAttempt, "192.0.2.7")
 	if a.Event.Fields["reason"] != ReasonPasswordAttempt {
 		t.Errorf("password_attempt alert carries %+v", a.Event)
@@ -259,7 +255,7 @@ func TestAlertLatency(t *testing.T) {
 	}
 	const locks = 500
 	for i := range locks {
-		if err := tg.locks.Lock(ctx, Lock{Target: fmt.Sprint("user", i), By: "test"}); err != nil {
+		if err := tg.locks.Lock(ctx, ca.Lock{Target: fmt.Sprint("user", i), By: "test"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -355,8 +351,9 @@ func TestAlertDeliveryDoesNotSlowAuthentication(t *testing.T) {
 		return true
 	})
 	failingEngine := startAlerts(t, tg, hook(failing.URL))
-	from := len(tg.events(audit.TypeAuthFailed))
+	from := tg.settledCount(audit.TypeAuthFailed)
 	withFailing := measure()
+	tg.settledCount(audit.TypeAuthFailed)
 	// Each root attempt is one auth.failed per key the client offers,
 	// and each of those one alert: every one must arrive.
 	want := tg.events(audit.TypeAuthFailed)[from:]
@@ -388,11 +385,11 @@ func TestAlertDeliveryDoesNotSlowAuthentication(t *testing.T) {
 	brokenCfg := hook(broken.URL)
 	brokenCfg.MaxAttempts = 3
 	brokenEngine := startAlerts(t, tg, brokenCfg)
-	from = len(tg.events(audit.TypeAuthFailed))
+	from = tg.settledCount(audit.TypeAuthFailed)
 	for range 3 {
 		bad.Run(ctx, "ssh", tg.gatewayArgs("root", "info")...)
 	}
-	lost := uint64(len(tg.events(audit.TypeAuthFailed)) - from)
+	lost := uint64(tg.settledCount(audit.TypeAuthFailed) - from)
 	deadline := time.Now().Add(20 * time.Second)
 	for brokenEngine.DeadLetters() < lost && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)

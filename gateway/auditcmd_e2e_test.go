@@ -170,7 +170,7 @@ func TestAuditTailFollows(t *testing.T) {
 	tg := startGateway(t, withAuditors)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	if err := tg.locks.Lock(ctx, Lock{Target: "before", By: "test"}); err != nil {
+	if err := tg.locks.Lock(ctx, ca.Lock{Target: "before", By: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	auditor := tg.client(ca.Request{KeyID: "auditor-laptop", Groups: []string{"auditors"}})
@@ -213,7 +213,7 @@ func TestAuditTailFollows(t *testing.T) {
 		t.Fatalf("first line %+v, want the existing lock", ev)
 	}
 	for _, target := range []string{"mallory", "trudy", "eve"} {
-		if err := tg.locks.Lock(ctx, Lock{Target: target, By: "test"}); err != nil {
+		if err := tg.locks.Lock(ctx, ca.Lock{Target: target, By: "test"}); err != nil {
 			t.Fatal(err)
 		}
 		if err := tg.locks.Unlock(ctx, target, "test"); err != nil {

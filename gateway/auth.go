@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"fmt"
-	"net"
-	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -35,6 +33,18 @@ const (
 	ReasonUnsupportedMethod       = "unsupported_method"
 	ReasonBadSignature            = "bad_signature"
 	ReasonLoginServiceUnavailable = "login_unavailable"
+	// ReasonNoExpiry: a certificate valid forever (ssh-keygen without -V).
+	ReasonNoExpiry = "no_expiry"
+	// ReasonSourceAddressInvalid: a source-address sshd would not parse.
+	ReasonSourceAddressInvalid = "source_address_invalid"
+	// ReasonForwardingNotPermitted: a jump or forward with a certificate
+	// that lacks permit-port-forwarding.
+	ReasonForwardingNotPermitted = "port_forwarding_not_permitted"
+	// ReasonForceCommand: a jump with a force-command certificate.
+	ReasonForceCommand = "force_command"
+	// ReasonPTYNotPermitted: a pty request with a certificate that lacks
+	// permit-pty.
+	ReasonPTYNotPermitted = "pty_not_permitted"
 )
 
 // enforcedCriticalOptions are the only critical options the gateway
@@ -71,68 +81,98 @@ func (e *authError) fields() map[string]string {
 
 // checker holds what verifying a key needs.
 type checker struct {
-	authority   *ca.Authority
-	revocations *ca.Revocations
-	locks       *Locks
-	login       *LoginConfig
-	now         func() time.Time
+	authority *ca.Authority
+	state     *ca.State
+	login     *LoginConfig
+	now       func() time.Time
 }
 
 // verifyKey decides whether key may authenticate as meta.User(). It is
 // called by x/crypto for every key a client offers, proven or not; it
 // keeps no state and returns a fresh Permissions carrying the Identity.
+// The outer connection and record mode's inner hop both authenticate
+// through it.
 func (c *checker) verifyKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 	user := meta.User()
-	fail := func(reason, format string, args ...any) error {
-		e := &authError{reason: reason, detail: fmt.Sprintf(format, args...), keyFP: ssh.FingerprintSHA256(key)}
-		if cert, ok := key.(*ssh.Certificate); ok {
-			e.serial, e.keyID = cert.Serial, cert.KeyId
-			e.keyFP = ssh.FingerprintSHA256(cert.Key)
-		}
-		return e
-	}
 	// root and forbidden names are refused before anything about the key
 	// is looked at.
 	if c.authority.Policy().Forbidden(user) {
-		return nil, &authError{reason: ReasonForbiddenUser, detail: fmt.Sprintf("login as %q is never allowed", user)}
+		return nil, &authError{reason: ReasonForbiddenUser, detail: fmt.Sprintf("login as %q is never allowed", bounded(user))}
 	}
 	if user == LoginUser {
 		return c.loginKey(key, c.login, c.now())
 	}
 	cert, ok := key.(*ssh.Certificate)
 	if !ok {
-		return nil, fail(ReasonNotACertificate, "plain public keys are not accepted; log in to get a certificate")
+		return nil, &authError{reason: ReasonNotACertificate, detail: "plain public keys are not accepted; log in to get a certificate", keyFP: ssh.FingerprintSHA256(key)}
 	}
+	id, err := c.checkCert(meta, cert)
+	if err != nil {
+		return nil, err
+	}
+	perms := &ssh.Permissions{CriticalOptions: map[string]string{}, Extensions: map[string]string{}}
+	for k, v := range cert.CriticalOptions {
+		perms.CriticalOptions[k] = v
+	}
+	for k, v := range cert.Extensions {
+		perms.Extensions[k] = v
+	}
+	if err := id.attach(perms); err != nil {
+		return nil, certFail(cert, ReasonInvalidCertificate, "%v", err)
+	}
+	return perms, nil
+}
+
+// certFail is a refused certificate with the facts the audit record needs.
+func certFail(cert *ssh.Certificate, reason, format string, args ...any) error {
+	return &authError{reason: reason, detail: fmt.Sprintf(format, args...), keyFP: ssh.FingerprintSHA256(cert.Key), serial: cert.Serial, keyID: bounded(cert.KeyId)}
+}
+
+// checkCert is the one certificate check: every part of a user
+// certificate the gateway relies on, in the order sshd checks them (type,
+// CA, principals, validity, critical options, source-address, signature),
+// then the revocation state. It returns the identity the certificate
+// proves for meta.User() from meta.RemoteAddr().
+func (c *checker) checkCert(meta ssh.ConnMetadata, cert *ssh.Certificate) (*Identity, error) {
+	user := meta.User()
 	if cert.CertType != ssh.UserCert {
-		return nil, fail(ReasonNotUserCertificate, "a host certificate cannot log in")
+		return nil, certFail(cert, ReasonNotUserCertificate, "a host certificate cannot log in")
 	}
 	// Compare CA keys by marshalled bytes; a certificate posing as a CA
 	// key is never trusted (IsTrusted refuses it).
 	if !c.authority.IsTrusted(ca.UserCA, cert.SignatureKey) {
-		return nil, fail(ReasonUnknownAuthority, "certificate signed by %s, which is not a trusted user CA", ssh.FingerprintSHA256(cert.SignatureKey))
+		return nil, certFail(cert, ReasonUnknownAuthority, "certificate signed by %s, which is not a trusted user CA", ssh.FingerprintSHA256(cert.SignatureKey))
 	}
 	// x/crypto treats an empty principal list as "any user".
 	if len(cert.ValidPrincipals) == 0 {
-		return nil, fail(ReasonNoPrincipals, "certificate has no principals")
+		return nil, certFail(cert, ReasonNoPrincipals, "certificate has no principals")
 	}
 	now := c.now()
-	if after := int64(cert.ValidAfter); after < 0 || now.Unix() < after {
-		return nil, fail(ReasonNotYetValid, "certificate is valid from %s", time.Unix(after, 0).UTC().Format(time.RFC3339))
+	if cert.ValidBefore == ssh.CertTimeInfinity {
+		return nil, certFail(cert, ReasonNoExpiry, "certificate never expires (signed without -V); bastion accepts only certificates that expire: sign one with a validity, e.g. -V +8h")
 	}
-	if before := int64(cert.ValidBefore); cert.ValidBefore != ssh.CertTimeInfinity && (before < 0 || now.Unix() >= before) {
-		return nil, fail(ReasonExpired, "certificate expired at %s", time.Unix(before, 0).UTC().Format(time.RFC3339))
+	if unix := now.Unix(); unix < 0 || uint64(unix) < cert.ValidAfter {
+		return nil, certFail(cert, ReasonNotYetValid, "certificate is valid from %s", ca.FormatCertTime(cert.ValidAfter))
+	}
+	if uint64(now.Unix()) >= cert.ValidBefore {
+		return nil, certFail(cert, ReasonExpired, "certificate expired at %s", ca.FormatCertTime(cert.ValidBefore))
 	}
 	if !slices.Contains(cert.ValidPrincipals, user) {
-		return nil, fail(ReasonPrincipalMismatch, "certificate principals %q do not include %q", cert.ValidPrincipals, user)
+		return nil, certFail(cert, ReasonPrincipalMismatch, "certificate principals %q do not include %q", boundedList(cert.ValidPrincipals), bounded(user))
 	}
 	for name := range cert.CriticalOptions {
 		if !slices.Contains(enforcedCriticalOptions, name) {
-			return nil, fail(ReasonUnsupportedCritical, "critical option %q is not enforced by this gateway", name)
+			return nil, certFail(cert, ReasonUnsupportedCritical, "critical option %q is not enforced by this gateway", bounded(name))
 		}
 	}
-	if sa, ok := cert.CriticalOptions["source-address"]; ok {
-		if !sourceAllowed(meta.RemoteAddr(), sa) {
-			return nil, fail(ReasonSourceAddress, "connection from %s is outside the certificate's source-address %s", meta.RemoteAddr(), sa)
+	if list, ok := cert.CriticalOptions["source-address"]; ok {
+		sa, err := ca.ParseSourceAddress(list)
+		if err != nil {
+			// sshd refuses such a certificate outright; so do we.
+			return nil, certFail(cert, ReasonSourceAddressInvalid, "certificate's source-address is invalid: %v", err)
+		}
+		if !sa.Allows(remoteAddr(meta.RemoteAddr())) {
+			return nil, certFail(cert, ReasonSourceAddress, "connection from %s is outside the certificate's source-address %s", remoteAddr(meta.RemoteAddr()), bounded(list))
 		}
 	}
 	// CertChecker.Authenticate, not CheckCert alone: it also checks the
@@ -142,58 +182,69 @@ func (c *checker) verifyKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Perm
 		Clock:                    c.now,
 		SupportedCriticalOptions: enforcedCriticalOptions,
 	}
-	perms, err := cc.Authenticate(meta, cert)
-	if err != nil {
-		return nil, fail(ReasonInvalidCertificate, "%v", err)
+	if _, err := cc.Authenticate(meta, cert); err != nil {
+		return nil, certFail(cert, ReasonInvalidCertificate, "%v", err)
 	}
-	if rev, revoked := c.revocations.Check(cert); revoked {
-		return nil, fail(ReasonRevoked, "certificate revoked by %s %s", rev.Kind, rev.Value)
+	id := identityOfCert(user, cert)
+	if err := c.state.Check(id.subject()); err != nil {
+		be := err.(*ca.BarredError)
+		return nil, certFail(cert, be.Reason, "certificate %s", be.Detail)
 	}
+	return id, nil
+}
+
+// recheck re-runs, for an identity that has authenticated, every part of
+// checkCert that can change after authentication: the CA may be retired,
+// the certificate may expire, be revoked or its holder locked. It runs on
+// every channel and request, and for every connection whenever the
+// revocation state changes. The reserved login identity has no
+// certificate; only its expiry applies (the signing pipeline checks locks
+// and revocations of what it signs).
+func (c *checker) recheck(id *Identity) error {
+	if !c.now().Before(id.ValidUntil) {
+		return &authError{reason: ReasonExpired, detail: fmt.Sprintf("certificate expired at %s", id.ValidUntil.Format(time.RFC3339))}
+	}
+	if id.Login {
+		return nil
+	}
+	caKey, err := id.caKey()
+	if err != nil || !c.authority.IsTrusted(ca.UserCA, caKey) {
+		return &authError{reason: ReasonUnknownAuthority, detail: "the CA that signed the certificate is no longer trusted"}
+	}
+	if err := c.state.Check(id.subject()); err != nil {
+		be := err.(*ca.BarredError)
+		return &authError{reason: be.Reason, detail: "certificate " + be.Detail}
+	}
+	return nil
+}
+
+// identityOfCert is the identity a checked certificate proves for user.
+func identityOfCert(user string, cert *ssh.Certificate) *Identity {
 	var groups []string
 	if g := cert.Extensions[ca.GroupsExtension]; g != "" {
 		groups = strings.Split(g, ",")
 	}
-	id := &Identity{
-		User:         user,
-		KeyID:        cert.KeyId,
-		Serial:       cert.Serial,
-		KeyFP:        ssh.FingerprintSHA256(cert.Key),
-		CAFP:         ssh.FingerprintSHA256(cert.SignatureKey),
-		Principals:   cert.ValidPrincipals,
-		Groups:       groups,
-		ValidUntil:   time.Unix(int64(cert.ValidBefore), 0).UTC(),
-		ForceCommand: cert.CriticalOptions["force-command"],
-		PublicKey:    strings.TrimSpace(string(ssh.MarshalAuthorizedKey(cert.Key))),
-	}
-	if lock, locked := c.locks.Find(id); locked {
-		return nil, fail(ReasonLocked, "%s is locked: %s", lock.Target, lock.Reason)
-	}
-	fresh := &ssh.Permissions{CriticalOptions: perms.CriticalOptions, Extensions: map[string]string{}}
+	exts := map[string]string{}
 	for k, v := range cert.Extensions {
-		fresh.Extensions[k] = v
-	}
-	if err := id.attach(fresh); err != nil {
-		return nil, fail(ReasonInvalidCertificate, "%v", err)
-	}
-	return fresh, nil
-}
-
-// sourceAllowed checks addr against a source-address list.
-func sourceAllowed(addr net.Addr, list string) bool {
-	ap, err := netip.ParseAddrPort(addr.String())
-	if err != nil {
-		return false
-	}
-	ip := ap.Addr().Unmap()
-	for _, part := range strings.Split(list, ",") {
-		if p, err := netip.ParsePrefix(part); err == nil && p.Contains(ip) {
-			return true
-		}
-		if a, err := netip.ParseAddr(part); err == nil && a.Unmap() == ip {
-			return true
+		if k != ca.GroupsExtension {
+			exts[k] = v
 		}
 	}
-	return false
+	return &Identity{
+		User:          user,
+		KeyID:         cert.KeyId,
+		Serial:        cert.Serial,
+		KeyFP:         ssh.FingerprintSHA256(cert.Key),
+		CAFP:          ssh.FingerprintSHA256(cert.SignatureKey),
+		CAKey:         strings.TrimSpace(string(ssh.MarshalAuthorizedKey(cert.SignatureKey))),
+		Principals:    cert.ValidPrincipals,
+		Groups:        groups,
+		ValidUntil:    ca.CertTime(cert.ValidBefore),
+		ForceCommand:  cert.CriticalOptions["force-command"],
+		SourceAddress: cert.CriticalOptions["source-address"],
+		Extensions:    exts,
+		PublicKey:     strings.TrimSpace(string(ssh.MarshalAuthorizedKey(cert.Key))),
+	}
 }
 
 // methodReason names a failed non-publickey method.

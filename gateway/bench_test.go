@@ -155,14 +155,6 @@ func startBenchGatewayWith(b *testing.B, port int, configure func(*Config, *ca.A
 	if err != nil {
 		b.Fatal(err)
 	}
-	revs, err := ca.LoadRevocations(store, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	locks, err := LoadLocks(store, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
 	limits := DefaultLimits()
 	limits.BanAfterFailures = 0
 	cfg := Config{
@@ -175,7 +167,7 @@ func startBenchGatewayWith(b *testing.B, port int, configure func(*Config, *ca.A
 	if configure != nil {
 		configure(&cfg, auth)
 	}
-	gw, err := New(cfg, Deps{Authority: auth, Revocations: revs, Locks: locks, Audit: store})
+	gw, err := New(cfg, Deps{Authority: auth, Audit: store})
 	if err != nil {
 		b.Fatal(err)
 	}

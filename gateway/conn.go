@@ -1,7 +1,7 @@
 package gateway
 
 import (
-	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,8 +12,6 @@ import (
 
 	gliderssh "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
-
-	"github.com/bastion-ssh/bastion/audit"
 )
 
 // connStateKey keys a connection's state in its gliderlabs context.
@@ -31,17 +29,65 @@ type connState struct {
 
 	handshakeTimer *time.Timer
 	authed         atomic.Bool
-	failures       atomic.Int32
 	lastErr        atomic.Pointer[error]
-	slotOnce       sync.Once
-	closeOnce      sync.Once
-	closeReason    atomic.Pointer[string]
+	// accepted describes the last key our check accepted on this
+	// connection (its signature may still fail), and userName the user it
+	// was offered for.
+	accepted atomic.Pointer[map[string]string]
+	userName atomic.Pointer[string]
+	slotOnce    sync.Once
+	closeOnce   sync.Once
+	closeReason atomic.Pointer[string]
 
-	// Set once, by touch, after the handshake.
-	postAuth    sync.Once
+	// attempts are the failed authentication attempts so far (bounded),
+	// and user the last user name tried; accounted for once the
+	// connection authenticates or ends.
+	attemptsMu sync.Mutex
+	attempts   []map[string]string
+	user       string
+
+	// identity is set once, by verified, when the connection
+	// authenticates; touch checks it against the ServerConn's.
 	identity    *Identity
-	identityErr error
 	expiryTimer *time.Timer
+}
+
+// maxAttemptsKept bounds the attempts a connection remembers; x/crypto
+// itself ends a connection after 128 authentication requests.
+const maxAttemptsKept = 32
+
+// addAttempt remembers a failed attempt.
+func (cs *connState) addAttempt(user string, fields map[string]string) {
+	cs.attemptsMu.Lock()
+	defer cs.attemptsMu.Unlock()
+	cs.user = user
+	if len(cs.attempts) < maxAttemptsKept {
+		cs.attempts = append(cs.attempts, fields)
+	}
+}
+
+// takeAttempts returns the failed attempts so far, and forgets them.
+func (cs *connState) takeAttempts() ([]map[string]string, string) {
+	cs.attemptsMu.Lock()
+	defer cs.attemptsMu.Unlock()
+	a := cs.attempts
+	cs.attempts = nil
+	return a, cs.user
+}
+
+// setIdentity makes the connection authenticated as id: it joins the live
+// set that revocations and locks are checked against, and its
+// certificate's expiry is scheduled.
+func (cs *connState) setIdentity(g *Gateway, id *Identity) {
+	cs.identity = id
+	cs.log = cs.log.With("user", id.User)
+	g.mu.Lock()
+	g.live[cs] = struct{}{}
+	g.mu.Unlock()
+	if g.cfg.Limits.DisconnectExpiredCert {
+		cs.expiryTimer = time.AfterFunc(id.ValidUntil.Sub(g.now()), func() { cs.kill(ReasonExpired) })
+	}
+	cs.log.Info("authenticated", "key_id", bounded(id.KeyID), "serial", id.Serial)
 }
 
 // stateOf returns the connection's state; connCallback always sets it.
@@ -51,13 +97,15 @@ func stateOf(ctx gliderssh.Context) *connState {
 }
 
 // authenticated runs when x/crypto accepts an authentication: the
-// connection no longer counts against the unauthenticated cap, its
-// handshake deadline stops, and its earlier failures are forgiven.
+// connection no longer counts against the unauthenticated cap and its
+// handshake deadline stops.
 func (cs *connState) authenticated(g *Gateway) {
 	cs.authed.Store(true)
 	cs.handshakeTimer.Stop()
 	cs.releaseSlot(g)
-	g.bans.Forgive(cs.remote, int(cs.failures.Load()))
+	g.mu.Lock()
+	delete(g.handshaking, cs.conn.RemoteAddr().String())
+	g.mu.Unlock()
 }
 
 func (cs *connState) releaseSlot(g *Gateway) {
@@ -67,49 +115,28 @@ func (cs *connState) releaseSlot(g *Gateway) {
 	})
 }
 
-// touch is called by every channel and request handler. The first call
-// reads the identity from the ServerConn's Permissions, the ones x/crypto
-// kept for the key that authenticated, writes auth.ok and registers the
-// connection for locks and certificate expiry. Every call re-checks that
-// the identity is neither locked nor expired.
+// touch is called by every channel and request handler. It reads the
+// identity from the ServerConn's Permissions (the ones x/crypto kept for
+// the key that authenticated), checks it is the one settled at
+// authentication, and re-runs the checks that can change since: the CA's
+// trust, expiry, revocation and locks. A connection that fails them ends.
 func (cs *connState) touch(g *Gateway, conn *gossh.ServerConn) (*Identity, error) {
-	cs.postAuth.Do(func() {
-		id, err := identityOf(conn)
-		if err != nil {
-			cs.identityErr = err
-			cs.kill("no_identity")
-			return
-		}
-		cs.identity = id
-		cs.log = cs.log.With("user", id.User)
-		f := id.auditFields()
-		f["remote"], f["conn"], f["method"] = cs.remote.String(), cs.id, "publickey"
-		f["valid_until"] = id.ValidUntil.Format(time.RFC3339)
-		g.metrics.authAttempts.WithLabelValues("ok", "").Inc()
-		if err := g.record(context.Background(), audit.Event{Type: audit.TypeAuthOK, Actor: id.User, Session: cs.id, Fields: f}); err != nil {
-			cs.identityErr = fmt.Errorf("gateway: audit unavailable: %w", err)
-			cs.kill(ReasonAuditUnavailable)
-			return
-		}
-		g.mu.Lock()
-		g.live[cs] = struct{}{}
-		g.mu.Unlock()
-		if g.cfg.Limits.DisconnectExpiredCert {
-			cs.expiryTimer = time.AfterFunc(id.ValidUntil.Sub(g.now()), func() { cs.kill(ReasonExpired) })
-		}
-		cs.log.Info("authenticated", "key_id", id.KeyID, "serial", id.Serial)
-	})
-	if cs.identityErr != nil {
-		return nil, cs.identityErr
-	}
 	id := cs.identity
-	if lk, locked := g.deps.Locks.Find(id); locked && !id.Login {
-		cs.kill(ReasonLocked)
-		return nil, fmt.Errorf("gateway: %s is locked: %s", lk.Target, lk.Reason)
+	if id == nil {
+		cs.kill("no_identity")
+		return nil, fmt.Errorf("the connection has no identity")
 	}
-	if !g.now().Before(id.ValidUntil) {
-		cs.kill(ReasonExpired)
-		return nil, fmt.Errorf("gateway: certificate expired at %s", id.ValidUntil.Format(time.RFC3339))
+	if fromConn, err := identityOf(conn); err != nil || fromConn.KeyFP != id.KeyFP || fromConn.User != id.User {
+		cs.kill("no_identity")
+		return nil, fmt.Errorf("the connection's identity is inconsistent")
+	}
+	if err := g.checker.recheck(id); err != nil {
+		cs.kill(reasonOf(err))
+		var ae *authError
+		if errors.As(err, &ae) {
+			return nil, fmt.Errorf("%s", ae.detail)
+		}
+		return nil, err
 	}
 	return id, nil
 }

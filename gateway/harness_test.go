@@ -31,7 +31,7 @@ type testGateway struct {
 	store  *audit.Store
 	auth   *ca.Authority
 	revs   *ca.Revocations
-	locks  *Locks
+	locks  *ca.Locks
 	reg    *prometheus.Registry
 	target *testbed.SSHD
 	user   string // the login user on the target (and principal)
@@ -74,12 +74,7 @@ func startGateway(t *testing.T, opts ...gatewayOption) *testGateway {
 	if tg.auth, err = ca.New(ca.Config{Layout: tg.layout}, tg.store); err != nil {
 		t.Fatal(err)
 	}
-	if tg.revs, err = ca.LoadRevocations(tg.store, nil); err != nil {
-		t.Fatal(err)
-	}
-	if tg.locks, err = LoadLocks(tg.store, nil); err != nil {
-		t.Fatal(err)
-	}
+	tg.revs, tg.locks = tg.auth.State().Revocations, tg.auth.State().Locks
 	tg.target = testbed.StartSSHD(t, testbed.SSHDConfig{
 		TrustedUserCAKeys: ca.ExportLines(ca.UserCA, tg.auth.TrustedKeys(ca.UserCA), ""),
 	})
@@ -94,7 +89,7 @@ func startGateway(t *testing.T, opts ...gatewayOption) *testGateway {
 		AdminGroups:   []string{"admins"},
 		ShutdownGrace: 5 * time.Second,
 	}
-	deps := Deps{Authority: tg.auth, Revocations: tg.revs, Locks: tg.locks, Audit: tg.store, Registry: tg.reg}
+	deps := Deps{Authority: tg.auth, Audit: tg.store, Registry: tg.reg}
 	for _, o := range opts {
 		o(&cfg, &deps)
 	}
@@ -184,6 +179,22 @@ func (tg *testGateway) waitEvent(t testing.TB, typ string, want map[string]strin
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// settledCount waits (bounded) until no new event of typ has arrived for
+// half a second and returns how many there are: auth.failed records are
+// written as a refused connection winds down, after the client has gone.
+func (tg *testGateway) settledCount(typ string) int {
+	tg.t.Helper()
+	n, since := len(tg.events(typ)), time.Now()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if m := len(tg.events(typ)); m != n {
+			n, since = m, time.Now()
+		} else if time.Since(since) > 500*time.Millisecond {
+			break
+		}
+	}
+	return n
 }
 
 func fieldsMatch(have, want map[string]string) bool {

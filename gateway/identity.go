@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/ca"
 )
 
 // identityExtension is the Permissions.Extensions key that carries the
@@ -19,22 +21,48 @@ const identityExtension = "identity@bastion"
 // certificate that was checked.
 type Identity struct {
 	// User is the SSH login name, equal to one of the cert's principals.
-	User       string    `json:"user"`
-	KeyID      string    `json:"key_id"`
-	Serial     uint64    `json:"serial"`
-	KeyFP      string    `json:"key_fp"`
-	CAFP       string    `json:"ca_fp"`
+	User   string `json:"user"`
+	KeyID  string `json:"key_id"`
+	Serial uint64 `json:"serial"`
+	KeyFP  string `json:"key_fp"`
+	CAFP   string `json:"ca_fp"`
+	// CAKey is the signing CA's public key in authorized_keys form, so the
+	// CA's trust can be re-checked after a rotation or retirement.
+	CAKey      string    `json:"ca_key,omitempty"`
 	Principals []string  `json:"principals"`
 	Groups     []string  `json:"groups,omitempty"`
 	ValidUntil time.Time `json:"valid_until"`
 	// ForceCommand is the cert's force-command critical option, if any.
 	ForceCommand string `json:"force_command,omitempty"`
+	// SourceAddress is the cert's source-address critical option, if any.
+	SourceAddress string `json:"source_address,omitempty"`
+	// Extensions are the cert's extensions (permit-pty,
+	// permit-port-forwarding, ...), the groups extension aside.
+	Extensions map[string]string `json:"extensions,omitempty"`
 	// PublicKey is the certified (or, for the login user, offered) key
 	// in authorized_keys form.
 	PublicKey string `json:"public_key,omitempty"`
 	// Login is true for the reserved login user: it may only use the
 	// login service, which signs PublicKey.
 	Login bool `json:"login,omitempty"`
+}
+
+// Permits reports whether the certificate grants extension ext (e.g.
+// "permit-port-forwarding"), as sshd reads it: absent means refused.
+func (id *Identity) Permits(ext string) bool {
+	_, ok := id.Extensions[ext]
+	return ok
+}
+
+// subject is the identity as the revocation state matches it.
+func (id *Identity) subject() ca.Subject {
+	return ca.Subject{User: id.User, Principals: id.Principals, KeyID: id.KeyID, Serial: id.Serial, KeyFP: id.KeyFP}
+}
+
+// caKey parses CAKey.
+func (id *Identity) caKey() (ssh.PublicKey, error) {
+	k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(id.CAKey))
+	return k, err
 }
 
 // HasGroup reports whether the identity carries group g.
@@ -50,10 +78,10 @@ func (id *Identity) HasGroup(g string) bool {
 // auditFields are the fields every record about this identity carries.
 func (id *Identity) auditFields() map[string]string {
 	f := map[string]string{
-		"user":       id.User,
+		"user":       bounded(id.User),
 		"key_fp":     id.KeyFP,
-		"key_id":     id.KeyID,
-		"principals": strings.Join(id.Principals, ","),
+		"key_id":     bounded(id.KeyID),
+		"principals": strings.Join(boundedList(id.Principals), ","),
 	}
 	if id.Serial != 0 {
 		f["serial"] = fmt.Sprint(id.Serial)
@@ -80,10 +108,18 @@ func (id *Identity) attach(perms *ssh.Permissions) error {
 // identityOf reads the identity x/crypto kept for the key that
 // authenticated the connection.
 func identityOf(conn *ssh.ServerConn) (*Identity, error) {
-	if conn == nil || conn.Permissions == nil {
+	if conn == nil {
 		return nil, errors.New("gateway: connection has no permissions")
 	}
-	raw, ok := conn.Permissions.Extensions[identityExtension]
+	return identityFromPerms(conn.Permissions)
+}
+
+// identityFromPerms reads the identity our check attached to perms.
+func identityFromPerms(perms *ssh.Permissions) (*Identity, error) {
+	if perms == nil {
+		return nil, errors.New("gateway: connection has no permissions")
+	}
+	raw, ok := perms.Extensions[identityExtension]
 	if !ok {
 		return nil, errors.New("gateway: connection has no identity")
 	}

@@ -41,6 +41,20 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		nc.Reject(gossh.Prohibited, "bastion: the login user can only log in; use the certificate it gives you")
 		return
 	}
+	// The certificate's restrictions bind the jump as they bind sshd's
+	// port forwarding: without permit-port-forwarding there is none, and a
+	// force-command certificate may run that command only (in tunnel
+	// mode the gateway cannot see what runs beyond it).
+	if !id.Permits("permit-port-forwarding") {
+		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", ReasonForwardingNotPermitted, "the certificate does not permit port forwarding")
+		nc.Reject(gossh.Prohibited, "bastion: your certificate does not permit port forwarding (it was signed with no-port-forwarding), so it cannot jump")
+		return
+	}
+	if id.ForceCommand != "" {
+		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", ReasonForceCommand, "the certificate has a force-command")
+		nc.Reject(gossh.Prohibited, "bastion: your certificate is restricted to one command (force-command), so it cannot jump")
+		return
+	}
 	var req directTCPIP
 	if err := gossh.Unmarshal(nc.ExtraData(), &req); err != nil || req.Port > 65535 {
 		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", "bad_request", "malformed direct-tcpip request")

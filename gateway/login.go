@@ -186,8 +186,14 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 	if err != nil {
 		reason := ReasonCertRefused
 		var re *ca.RefusedError
-		if errors.As(err, &re) && re.Rule == ca.RulePrincipalForbidden {
-			reason = oidc.ReasonForbiddenPrincipal
+		if errors.As(err, &re) {
+			switch re.Rule {
+			case ca.RulePrincipalForbidden:
+				reason = oidc.ReasonForbiddenPrincipal
+			case ca.RuleLocked, ca.RuleRevoked:
+				reason = re.Rule
+				err = fmt.Errorf("%s; ask an administrator", re.Reason)
+			}
 		}
 		return fail(reason, err)
 	}
@@ -198,7 +204,7 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 	if len(ident.Groups) > 0 {
 		sio.errorf("; groups %s", strings.Join(ident.Groups, ", "))
 	}
-	sio.errorf("), valid until %s.\n", time.Unix(int64(cert.ValidBefore), 0).UTC().Format(time.RFC3339))
+	sio.errorf("), valid until %s.\n", ca.FormatCertTime(cert.ValidBefore))
 	sio.stdout.Write(gossh.MarshalAuthorizedKey(cert))
 	return 0
 }

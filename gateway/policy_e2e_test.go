@@ -156,7 +156,7 @@ func TestForceCommandOnGateway(t *testing.T) {
 	if res.ExitCode != 0 || !strings.Contains(res.Stdout, "you are") || strings.Contains(res.Stdout, "locked") {
 		t.Fatalf("force-command=info was not honoured: %s", res)
 	}
-	if _, locked := tg.locks.Find(&Identity{User: "someone"}); locked {
+	if _, locked := tg.locks.FindAny([]string{"someone"}); locked {
 		t.Error("the client's own command ran instead of the forced one")
 	}
 }

@@ -97,12 +97,12 @@ func TestAuthRefusals(t *testing.T) {
 		}, ReasonNoPrincipals},
 		{"unknown critical option", tg.user, func() *testbed.Client {
 			c := tg.client(ca.Request{KeyID: "x"})
-			keygen(c, "-I", "crit", "-n", tg.user, "-O", "critical:verify-hardware=yes")
+			keygen(c, "-I", "crit", "-n", tg.user, "-V", "+1h", "-O", "critical:verify-hardware=yes")
 			return c
 		}, ReasonUnsupportedCritical},
 		{"locked", tg.user, func() *testbed.Client {
 			c := tg.client(ca.Request{KeyID: "locked-user-key", Principals: []string{tg.user, "mallory"}})
-			must(tg.locks.Lock(ctx, Lock{Target: "mallory", Reason: "test", By: "test"}))
+			must(tg.locks.Lock(ctx, ca.Lock{Target: "mallory", Reason: "test", By: "test"}))
 			return c
 		}, ReasonLocked},
 	}
@@ -124,8 +124,11 @@ func TestAuthRefusals(t *testing.T) {
 			if tc.reason != ReasonForbiddenUser && !strings.HasPrefix(ev.Fields["key_fp"], "SHA256:") {
 				t.Errorf("auth.failed lacks the key fingerprint: %v", ev.Fields)
 			}
-			if len(tg.events("auth.failed")) <= before {
-				t.Error("no new auth.failed record")
+			// Records are written as the refused connection winds down.
+			for deadline := time.Now().Add(10 * time.Second); len(tg.events("auth.failed")) <= before; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("no new auth.failed record")
+				}
 			}
 		})
 	}
@@ -188,10 +191,7 @@ func TestPasswordsAreNeverOffered(t *testing.T) {
 	// Neither OpenSSH nor x/crypto's client sends a method the server did
 	// not list, but bots do; x/crypto's server then reports the attempt to
 	// AuthLogCallback, which must audit it. Drive that hook as x/crypto does.
-	cs := &connState{id: "c1", remote: netip.MustParseAddr("192.0.2.7"), conn: nopConn{}, g: tg.gw, handshakeTimer: time.NewTimer(time.Hour)}
-	for _, m := range []string{"password", "keyboard-interactive"} {
-		tg.gw.authLog(cs, fakeMeta{user: "admin"}, m, errors.New("ssh: "+m+" auth not configured"))
-	}
+	botHandshake(tg, "192.0.2.7", "admin", "password", "keyboard-interactive")
 	tg.waitEvent(t, "auth.failed", map[string]string{"reason": ReasonPasswordAttempt, "method": "password", "remote": "192.0.2.7", "user": "admin"})
 	tg.waitEvent(t, "auth.failed", map[string]string{"reason": ReasonKeyboardInteractive, "method": "keyboard-interactive"})
 }
@@ -204,10 +204,32 @@ type fakeMeta struct {
 
 func (m fakeMeta) User() string { return m.user }
 
-// nopConn is a net.Conn that is already gone.
-type nopConn struct{ net.Conn }
+func (m fakeMeta) ClientVersion() []byte { return []byte("SSH-2.0-bot") }
 
-func (nopConn) Close() error { return nil }
+// botHandshake drives the hooks x/crypto calls for a client at ip that
+// tries methods as user and gives up, as bots do: AuthLogCallback for each
+// attempt, then ConnectionFailedCallback when the handshake ends. (Neither
+// OpenSSH nor x/crypto's client sends a method the server did not list.)
+func botHandshake(tg *testGateway, ip, user string, methods ...string) {
+	conn := nopConn{remote: &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000}}
+	cs := &connState{id: "bot-" + ip, remote: netip.MustParseAddr(ip), conn: conn, g: tg.gw, handshakeTimer: time.NewTimer(time.Hour), log: tg.gw.log}
+	tg.gw.mu.Lock()
+	tg.gw.handshaking[conn.RemoteAddr().String()] = cs
+	tg.gw.mu.Unlock()
+	for _, m := range methods {
+		tg.gw.authLog(cs, fakeMeta{user: user}, m, errors.New("ssh: "+m+" auth not configured"))
+	}
+	tg.gw.handshakeFailed(conn, &gossh.ServerAuthError{})
+}
+
+// nopConn is a net.Conn that is already gone.
+type nopConn struct {
+	net.Conn
+	remote net.Addr
+}
+
+func (nopConn) Close() error           { return nil }
+func (c nopConn) RemoteAddr() net.Addr { return c.remote }
 
 // TestUnprovenKeyThenAnother: a client offers key A (whose private half it
 // does not have) and then authenticates with key B; the audit record must

@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,10 +31,10 @@ type Auditor interface {
 
 // Deps are the gateway's collaborators.
 type Deps struct {
-	Authority   *ca.Authority
-	Revocations *ca.Revocations
-	Locks       *Locks
-	Audit       Auditor
+	// Authority checks certificates; its State (revocations and locks) is
+	// the one the gateway re-checks connections against.
+	Authority *ca.Authority
+	Audit     Auditor
 	// Registry receives the gateway's metrics; nil registers nowhere.
 	Registry prometheus.Registerer
 	// Resolver resolves jump targets; default net.DefaultResolver.
@@ -60,10 +62,15 @@ type Gateway struct {
 	// loginLimiter rate-limits logins per source address.
 	loginLimiter *rateLimiter
 
-	mu       sync.Mutex
-	live     map[*connState]struct{}
-	stopping bool
-	sessions sync.WaitGroup
+	mu sync.Mutex
+	// live holds every authenticated connection, idle or not, so that a
+	// revocation or lock reaches all of them.
+	live map[*connState]struct{}
+	// handshaking maps a remote "ip:port" to its connection until it
+	// authenticates, so a handshake that fails can be accounted for.
+	handshaking map[string]*connState
+	stopping    bool
+	sessions    sync.WaitGroup
 }
 
 // New builds a gateway; it loads (or creates) its host key and host
@@ -84,8 +91,8 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.Authority == nil || deps.Revocations == nil || deps.Locks == nil || deps.Audit == nil {
-		return nil, errors.New("gateway: Authority, Revocations, Locks and Audit are required")
+	if deps.Authority == nil || deps.Audit == nil {
+		return nil, errors.New("gateway: Authority and Audit are required")
 	}
 	if deps.Resolver == nil {
 		deps.Resolver = net.DefaultResolver
@@ -103,12 +110,14 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		deps:    deps,
 		log:     cfg.Logger,
 		now:     cfg.Now,
-		checker: &checker{authority: deps.Authority, revocations: deps.Revocations, locks: deps.Locks, login: cfg.Login, now: cfg.Now},
+		checker: &checker{authority: deps.Authority, state: deps.Authority.State(), login: cfg.Login, now: cfg.Now},
 		access:  access,
 		bans:    newBanList(cfg.Limits, cfg.Now),
 		metrics: newMetrics(deps.Registry),
 		unauth:  make(chan struct{}, cfg.Limits.MaxUnauthenticated),
 		live:    map[*connState]struct{}{},
+
+		handshaking: map[string]*connState{},
 	}
 	if cfg.Login != nil {
 		if cfg.Login.Provider == nil {
@@ -118,9 +127,7 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 	}
 	g.commands = g.builtinCommands()
 	g.targets = newTargetChecker(cfg, deps)
-	deps.Locks.mu.Lock()
-	deps.Locks.onLock = g.endSessionsOf
-	deps.Locks.mu.Unlock()
+	deps.Authority.State().OnChange(g.stateChanged)
 	if g.hostKeys, err = loadHostKeys(context.Background(), cfg, deps.Authority); err != nil {
 		return nil, err
 	}
@@ -153,9 +160,7 @@ func (g *Gateway) newServer() *gliderssh.Server {
 		RequestHandlers: map[string]gliderssh.RequestHandler{
 			"default": g.refuseGlobalRequest,
 		},
-		ConnectionFailedCallback: func(conn net.Conn, err error) {
-			g.log.Debug("handshake failed", "remote", conn.RemoteAddr().String(), "err", err)
-		},
+		ConnectionFailedCallback: g.handshakeFailed,
 	}
 	for _, s := range g.hostKeys {
 		srv.AddHostKey(s)
@@ -196,6 +201,12 @@ func (g *Gateway) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 		AuthLogCallback: func(meta gossh.ConnMetadata, method string, err error) {
 			g.authLog(cs, meta, method, err)
 		},
+		// x/crypto calls this only for the key whose signature it has
+		// just verified, with the Permissions our check built for that
+		// very key: the connection's identity is settled here, once.
+		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, _ gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+			return g.verified(cs, meta, perms)
+		},
 	}
 }
 
@@ -205,13 +216,22 @@ func (g *Gateway) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 // the key that finally authenticates, the Permissions built for that key.
 func (g *Gateway) publicKeyHandler(ctx gliderssh.Context, key gliderssh.PublicKey) bool {
 	perms, err := g.checker.verifyKey(metaOf(ctx), key)
+	cs := stateOf(ctx)
 	if err != nil {
 		ctx.Permissions().Permissions = &gossh.Permissions{}
-		stateOf(ctx).lastErr.Store(&err)
+		cs.lastErr.Store(&err)
 		return false
 	}
 	ctx.Permissions().Permissions = perms
-	stateOf(ctx).lastErr.Store(nil)
+	cs.lastErr.Store(nil)
+	// Remember what the accepted key claims, for the record of a
+	// signature that then fails to verify.
+	accepted := map[string]string{"method": "publickey", "key_fp": gossh.FingerprintSHA256(key)}
+	if cert, ok := key.(*gossh.Certificate); ok {
+		accepted["key_fp"], accepted["key_id"], accepted["serial"] = gossh.FingerprintSHA256(cert.Key), bounded(cert.KeyId), strconv.FormatUint(cert.Serial, 10)
+	}
+	cs.accepted.Store(&accepted)
+	cs.userName.Store(ptr(bounded(ctx.User())))
 	return true
 }
 
@@ -227,7 +247,11 @@ func (m ctxMeta) ServerVersion() []byte { return []byte(m.ctx.ServerVersion()) }
 func (m ctxMeta) RemoteAddr() net.Addr  { return m.ctx.RemoteAddr() }
 func (m ctxMeta) LocalAddr() net.Addr   { return m.ctx.LocalAddr() }
 
-// authLog sees every authentication attempt x/crypto decides.
+// authLog sees every authentication attempt x/crypto decides. Failures
+// are kept with the connection and accounted for once, when it is known
+// how the connection ended (see verified and handshakeFailed): a client
+// offering other keys before its certificate is not an attacker, and an
+// attacker who ends by logging in as "login" is not forgiven.
 func (g *Gateway) authLog(cs *connState, meta gossh.ConnMetadata, method string, err error) {
 	if method == "none" && err != nil {
 		return // every client asks first; it is not an attempt
@@ -236,7 +260,7 @@ func (g *Gateway) authLog(cs *connState, meta gossh.ConnMetadata, method string,
 		cs.authenticated(g)
 		return
 	}
-	fields := map[string]string{"remote": cs.remote.String(), "user": meta.User(), "method": method, "conn": cs.id}
+	fields := map[string]string{"method": bounded(method)}
 	var ae *authError
 	// gliderlabs hands x/crypto its own "permission denied", so the reason
 	// travels in lastErr: the verdict on the last key checked, which is
@@ -247,18 +271,115 @@ func (g *Gateway) authLog(cs *connState, meta gossh.ConnMetadata, method string,
 		}
 	} else {
 		fields["reason"] = methodReason(method)
-		fields["detail"] = err.Error()
+		fields["detail"] = bounded(err.Error())
 	}
 	g.metrics.authAttempts.WithLabelValues("failed", fields["reason"]).Inc()
-	g.record(context.Background(), audit.Event{Type: audit.TypeAuthFailed, Actor: meta.User(), Session: cs.id, Fields: fields})
-	cs.failures.Add(1)
-	if until, banned := g.bans.Fail(cs.remote, 1); banned {
+	cs.addAttempt(bounded(meta.User()), fields)
+}
+
+// verified settles the identity of a connection whose key x/crypto has
+// just proven: the connection joins the live set (so revocations and locks
+// reach it even before it opens a channel), its auth.ok is made durable
+// with the attempts that preceded it, and its certificate's expiry is
+// scheduled. If the record cannot be written the authentication fails,
+// with a one-line reason for the user.
+func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.Permissions) (*gossh.Permissions, error) {
+	id, err := identityFromPerms(perms)
+	if err != nil {
+		return nil, err
+	}
+	attempts, user := cs.takeAttempts()
+	if id.Login && len(attempts) > 0 {
+		// Reaching the login service proves nothing about who the client
+		// is: its failures count as if it had never authenticated.
+		g.accountFailures(cs, user, attempts)
+	}
+	f := id.auditFields()
+	f["remote"], f["conn"], f["method"] = cs.remote.String(), cs.id, "publickey"
+	f["valid_until"] = id.ValidUntil.Format(time.RFC3339)
+	f["client"] = bounded(string(meta.ClientVersion()))
+	if !id.Login && len(attempts) > 0 {
+		f["attempts_failed"] = strconv.Itoa(len(attempts))
+		f["attempts_reasons"] = attemptReasons(attempts)
+	}
+	if err := g.record(context.Background(), audit.Event{Type: audit.TypeAuthOK, Actor: id.User, Session: cs.id, Fields: f}); err != nil {
+		return nil, &gossh.BannerError{Err: err, Message: "bastion: audit log unavailable, try again later\r\n"}
+	}
+	g.metrics.authAttempts.WithLabelValues("ok", "").Inc()
+	cs.setIdentity(g, id)
+	return perms, nil
+}
+
+// handshakeFailed runs when a connection ends before authenticating,
+// whatever layer refused it: its failed attempts, and a signature x/crypto
+// rejected (a forged or replayed signature never reaches authLog), are
+// recorded and counted towards a ban.
+func (g *Gateway) handshakeFailed(conn net.Conn, err error) {
+	g.mu.Lock()
+	cs := g.handshaking[conn.RemoteAddr().String()]
+	delete(g.handshaking, conn.RemoteAddr().String())
+	g.mu.Unlock()
+	if cs == nil {
+		return
+	}
+	attempts, user := cs.takeAttempts()
+	var authErr *gossh.ServerAuthError
+	if accepted := cs.accepted.Load(); !errors.As(err, &authErr) && accepted != nil && cs.reason() == "" {
+		// x/crypto accepted the key, then the signature failed to verify
+		// and it dropped the connection.
+		f := map[string]string{"reason": ReasonBadSignature, "detail": bounded(err.Error())}
+		for k, v := range *accepted {
+			f[k] = v
+		}
+		attempts = append(attempts, f)
+		if user == "" {
+			user = *cs.userName.Load()
+		}
+		g.metrics.authAttempts.WithLabelValues("failed", ReasonBadSignature).Inc()
+	}
+	cs.log.Debug("handshake failed", "err", err, "attempts", len(attempts))
+	if len(attempts) > 0 {
+		g.accountFailures(cs, user, attempts)
+	}
+}
+
+// accountFailures writes an auth.failed record for each of a
+// connection's failed attempts and counts them towards a ban of the
+// source. It runs once the connection's outcome is known.
+func (g *Gateway) accountFailures(cs *connState, user string, attempts []map[string]string) {
+	for i, a := range attempts {
+		fields := map[string]string{"remote": cs.remote.String(), "user": user, "conn": cs.id, "attempt": strconv.Itoa(i + 1)}
+		for k, v := range a {
+			fields[k] = v
+		}
+		g.record(context.Background(), audit.Event{Type: audit.TypeAuthFailed, Actor: user, Session: cs.id, Fields: fields})
+	}
+	if until, banned := g.bans.Fail(cs.remote, len(attempts)); banned {
 		g.metrics.bans.Inc()
 		g.record(context.Background(), audit.Event{Type: audit.TypeSourceBanned, Actor: cs.remote.String(), Fields: map[string]string{
 			"remote": cs.remote.String(), "until": until.UTC().Format(time.RFC3339), "after_failures": fmt.Sprint(g.cfg.Limits.BanAfterFailures),
 		}})
 		cs.kill(ReasonBanned)
 	}
+}
+
+// attemptReasons summarises attempts as "reason×count" in first-seen
+// order, e.g. "not_a_certificate×4,expired×1".
+func attemptReasons(attempts []map[string]string) string {
+	var order []string
+	counts := map[string]int{}
+	for _, a := range attempts {
+		r := a["reason"]
+		if counts[r] == 0 {
+			order = append(order, r)
+		}
+		counts[r]++
+	}
+	parts := make([]string, len(order))
+	for i, r := range order {
+		parts[i] = fmt.Sprintf("%s×%d", r, counts[r])
+	}
+	return strings.Join(parts, ",")
 }
 
 // record appends ev, timing it; a failure is logged and returned.
@@ -297,6 +418,9 @@ func (g *Gateway) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
 	cs := &connState{id: newID(), remote: remote, conn: conn, g: g}
 	cs.log = g.log.With("conn", cs.id, "remote", remote.String())
 	ctx.SetValue(connStateKey, cs)
+	g.mu.Lock()
+	g.handshaking[conn.RemoteAddr().String()] = cs
+	g.mu.Unlock()
 	g.metrics.unauthConns.Inc()
 	g.metrics.connections.Inc()
 	cs.handshakeTimer = time.AfterFunc(g.cfg.Limits.HandshakeTimeout, func() {
@@ -354,19 +478,41 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// endSessionsOf ends the live connections a new lock bars.
-func (g *Gateway) endSessionsOf(lk Lock) {
+// stateChanged runs after every revocation and lock: live connections
+// are re-checked, and the KRL file is rewritten.
+func (g *Gateway) stateChanged() {
+	g.recheckAll()
+	if err := g.writeKRL(); err != nil {
+		g.log.Error("rewriting the KRL file failed", "err", err)
+	}
+}
+
+// recheckAll re-checks every authenticated connection, idle or not,
+// against the revocation state, the CA's trust and expiry, and ends those
+// that no longer pass. It runs after every revocation and lock.
+func (g *Gateway) recheckAll() {
 	g.mu.Lock()
-	var victims []*connState
+	conns := make([]*connState, 0, len(g.live))
 	for cs := range g.live {
-		if id := cs.identity; id != nil && lk.matches(id) {
-			victims = append(victims, cs)
-		}
+		conns = append(conns, cs)
 	}
 	g.mu.Unlock()
-	for _, cs := range victims {
-		cs.kill(ReasonLocked)
+	for _, cs := range conns {
+		if id := cs.identity; id != nil {
+			if err := g.checker.recheck(id); err != nil {
+				cs.kill(reasonOf(err))
+			}
+		}
 	}
+}
+
+// reasonOf is the stable reason code of a refusal.
+func reasonOf(err error) string {
+	var ae *authError
+	if errors.As(err, &ae) {
+		return ae.reason
+	}
+	return "refused"
 }
 
 // refuseGlobalRequest refuses every global request (tcpip-forward,

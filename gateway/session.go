@@ -12,6 +12,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/ca"
 )
 
 // command is a built-in the gateway runs in a session channel. There is no
@@ -72,8 +73,17 @@ func (g *Gateway) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc 
 	defer g.metrics.channels.WithLabelValues("session").Dec()
 	sio := &sessionIO{stdout: ch, stderr: ch.Stderr(), stdin: ch}
 	for req := range reqs {
+		if _, err := cs.touch(g, conn); err != nil {
+			req.Reply(false, nil)
+			return
+		}
 		switch req.Type {
 		case "pty-req":
+			if !id.Login && !id.Permits("permit-pty") {
+				g.auditRefusal(cs, audit.TypeRequestDenied, "pty-req", ReasonPTYNotPermitted, "the certificate does not permit a pty")
+				req.Reply(false, nil)
+				continue
+			}
 			sio.crlf = true
 			req.Reply(true, nil)
 		case "env", "window-change", "signal", "break":
@@ -165,7 +175,7 @@ func (g *Gateway) builtinCommands() map[string]command {
 		"lock":   {summary: "lock USER [--reason TEXT]: refuse USER and end their sessions", admin: true, run: g.cmdLock},
 		"unlock": {summary: "unlock USER", admin: true, run: g.cmdUnlock},
 		"locks":  {summary: "list locked users", admin: true, run: g.cmdLocks},
-		"revoke": {summary: "revoke (--serial N | --key-id ID | --key KEY) [--reason TEXT]: revoke certificates and end their sessions", admin: true, run: g.cmdRevoke},
+		"revoke": {summary: "revoke (--serial N | --key-id ID | --user NAME | --key KEY) [--reason TEXT]: revoke certificates and end their sessions", admin: true, run: g.cmdRevoke},
 		"krl":    {summary: "write the revocation list as an OpenSSH KRL to stdout", admin: true, run: g.cmdKRL},
 		"audit":  {summary: "audit export|tail [filters]: read the audit log (auditor groups)", auditor: true, run: g.cmdAudit},
 	}
@@ -207,7 +217,7 @@ func (g *Gateway) cmdLock(ctx context.Context, s *sessionIO, id *Identity, args 
 		s.errorf("bastion: %v\nusage: lock USER [--reason TEXT]\n", err)
 		return 2
 	}
-	if err := g.deps.Locks.Lock(ctx, Lock{Target: target, Reason: reason, By: id.User}); err != nil {
+	if err := g.deps.Authority.State().Locks.Lock(ctx, ca.Lock{Target: target, Reason: reason, By: id.User}); err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1
 	}
@@ -220,7 +230,7 @@ func (g *Gateway) cmdUnlock(ctx context.Context, s *sessionIO, id *Identity, arg
 		s.errorf("usage: unlock USER\n")
 		return 2
 	}
-	if err := g.deps.Locks.Unlock(ctx, args[0], id.User); err != nil {
+	if err := g.deps.Authority.State().Locks.Unlock(ctx, args[0], id.User); err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1
 	}
@@ -229,7 +239,7 @@ func (g *Gateway) cmdUnlock(ctx context.Context, s *sessionIO, id *Identity, arg
 }
 
 func (g *Gateway) cmdLocks(_ context.Context, s *sessionIO, _ *Identity, _ []string) int {
-	for _, lk := range g.deps.Locks.List() {
+	for _, lk := range g.deps.Authority.State().Locks.List() {
 		s.printf("%s\t%s\t%s\t%s\n", lk.Target, lk.Time.Format(time.RFC3339), lk.By, lk.Reason)
 	}
 	return 0

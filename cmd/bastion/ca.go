@@ -13,6 +13,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/config"
 )
 
 func newCACommand(a *app) *cobra.Command {
@@ -20,6 +21,7 @@ func newCACommand(a *app) *cobra.Command {
 		Use:   "ca",
 		Short: "Manage the certificate authority: init, sign, inspect, revoke, krl, export, rotate, retire",
 	}
+	cmd.PersistentFlags().StringVar(&a.configPath, "config", "", "bastion.yaml whose ca: signing policy applies (default: the policy the gateway last ran with on this data dir, else the built-in defaults)")
 	cmd.AddCommand(
 		newCAInitCommand(a),
 		newCASignCommand(a),
@@ -143,12 +145,35 @@ func (a *app) loadAuthority(passFile string) (*ca.Authority, *audit.Store, error
 	if err != nil {
 		return nil, nil, err
 	}
-	auth, err := ca.New(ca.Config{Layout: a.layout(), Policy: ca.DefaultPolicy(), Passphrase: pass}, store)
+	policy, err := a.signingPolicy()
+	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	auth, err := ca.New(ca.Config{Layout: a.layout(), Policy: policy, Passphrase: pass}, store)
 	if err != nil {
 		store.Close()
 		return nil, nil, err
 	}
 	return auth, store, nil
+}
+
+// signingPolicy is the one signing policy for this data dir: the
+// configuration's when --config is given, else the one the gateway last
+// ran with (DATA_DIR/ca/policy.json), else the defaults.
+func (a *app) signingPolicy() (ca.Policy, error) {
+	if a.configPath != "" {
+		f, err := config.Load(a.configPath)
+		if err != nil {
+			return ca.Policy{}, err
+		}
+		return f.Policy()
+	}
+	p, ok, err := ca.LoadPolicy(a.layout())
+	if err != nil || ok {
+		return p, err
+	}
+	return ca.DefaultPolicy(), nil
 }
 
 // readPublicKeyFile reads one authorized_keys-format key.
@@ -285,18 +310,47 @@ func newCAInspectCommand(a *app) *cobra.Command {
 
 func newCARevokeCommand(a *app) *cobra.Command {
 	var (
-		serial         uint64
-		keyID, keyFile string
-		reason         string
+		serial               uint64
+		keyID, keyFile, user string
+		reason               string
 	)
 	cmd := &cobra.Command{
-		Use:   "revoke (--serial N | --key-id ID | --key FILE.pub) [--reason TEXT]",
-		Short: "Revoke certificates by serial or key id, or a key (and every certificate for it)",
+		Use:   "revoke (--serial N | --key-id ID | --key FILE.pub | --user NAME) [--reason TEXT]",
+		Short: "Revoke certificates by serial, key id or user, or a key (and every certificate for it)",
+		Long: `Revoke certificates. --user revokes every unexpired certificate issued to
+a user (by principal, key id, or the email in a login certificate's key id),
+found in the cert.issued records; it does not stop new logins: lock the user
+for that. --key-id revokes an exact key id and says how many issued
+certificates it matched.`,
 		Example: `  bastion ca revoke --serial 1234567890 --reason "laptop stolen"
-  bastion ca revoke --key-id alice@example.com
+  bastion ca revoke --user alice --reason "left the company"
+  bastion ca revoke --key-id 'alice@example.com sub=8d2f'
   bastion ca revoke --key ~/.ssh/id_ed25519.pub`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			store, err := a.openAudit()
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			state, err := ca.LoadState(store, nil)
+			if err != nil {
+				return err
+			}
+			if user != "" {
+				done, err := state.RevokeUser(cmd.Context(), store, user, reason, a.operator(), time.Now())
+				if err != nil {
+					return err
+				}
+				if len(done) == 0 {
+					return fmt.Errorf("no unexpired certificate was issued to %q; nothing revoked (to refuse %s new certificates and sessions: bastion lock %s)", user, user, user)
+				}
+				for _, c := range done {
+					fmt.Fprintf(a.stderr, "revoked serial %d (key id %q, valid until %s)\n", c.Serial, c.KeyID, c.ValidBefore.Format(time.RFC3339))
+				}
+				fmt.Fprintf(a.stderr, "revoked %d certificate(s) of %s\nnext: `bastion ca krl --out FILE` for the hosts' RevokedKeys; `bastion lock %s` to refuse new logins\n", len(done), user, user)
+				return nil
+			}
 			var rev ca.Revocation
 			switch {
 			case serial != 0:
@@ -311,29 +365,32 @@ func newCARevokeCommand(a *app) *cobra.Command {
 				rev = ca.RevokeKeyRequest(k)
 			}
 			rev.Reason, rev.By = reason, a.operator()
-			store, err := a.openAudit()
-			if err != nil {
+			if err := state.Revocations.Revoke(cmd.Context(), rev); err != nil {
 				return err
 			}
-			defer store.Close()
-			revs, err := ca.LoadRevocations(store, nil)
-			if err != nil {
-				return err
+			fmt.Fprintf(a.stderr, "revoked %s %s\n", rev.Kind, rev.Value)
+			if rev.Kind == ca.RevokeKeyID {
+				exact, similar, err := ca.KeyIDMatches(cmd.Context(), store, keyID, time.Now())
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stderr, "it matches %d unexpired certificate(s) issued by this CA\n", exact)
+				if exact == 0 && len(similar) > 0 {
+					fmt.Fprintf(a.stderr, "warning: key ids are matched exactly; these issued key ids start with %q: %s\n  to revoke everything a user holds: bastion ca revoke --user NAME\n", keyID, strings.Join(similar, ", "))
+				}
 			}
-			if err := revs.Revoke(cmd.Context(), rev); err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stderr, "revoked %s %s\nnext: `bastion ca krl --out FILE` and copy FILE to the RevokedKeys path on every host\n", rev.Kind, rev.Value)
+			fmt.Fprintf(a.stderr, "next: `bastion ca krl --out FILE` and copy FILE to the RevokedKeys path on every host\n")
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.Uint64Var(&serial, "serial", 0, "revoke the certificate with this serial")
-	f.StringVar(&keyID, "key-id", "", "revoke every certificate with this key id")
+	f.StringVar(&keyID, "key-id", "", "revoke every certificate with exactly this key id")
 	f.StringVar(&keyFile, "key", "", "revoke this public key (or the key inside this certificate)")
+	f.StringVar(&user, "user", "", "revoke every unexpired certificate issued to this user")
 	f.StringVar(&reason, "reason", "", "why, for the audit log")
-	cmd.MarkFlagsMutuallyExclusive("serial", "key-id", "key")
-	cmd.MarkFlagsOneRequired("serial", "key-id", "key")
+	cmd.MarkFlagsMutuallyExclusive("serial", "key-id", "key", "user")
+	cmd.MarkFlagsOneRequired("serial", "key-id", "key", "user")
 	return cmd
 }
 
@@ -445,7 +502,10 @@ func newCARotateCommand(a *app) *cobra.Command {
 }
 
 func newCARetireCommand(a *app) *cobra.Command {
-	var fp, passFile string
+	var (
+		fp, passFile string
+		force        bool
+	)
 	cmd := &cobra.Command{
 		Use:     "retire (--user | --host) [--fingerprint SHA256:...]",
 		Short:   "Stop trusting CA keys replaced by `ca rotate` (all, or one by fingerprint)",
@@ -454,6 +514,7 @@ func newCARetireCommand(a *app) *cobra.Command {
 	}
 	kind := kindFlags(cmd)
 	cmd.Flags().StringVar(&fp, "fingerprint", "", "retire only the previous key with this fingerprint")
+	cmd.Flags().BoolVar(&force, "force", false, "retire even while certificates from the key are still valid")
 	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "passphrase of an encrypted CA key")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		k := kind()
@@ -462,6 +523,25 @@ func newCARetireCommand(a *app) *cobra.Command {
 			return err
 		}
 		defer store.Close()
+		// Refuse while certificates from a key to retire may still be in
+		// use: retiring it would lock their holders out (or, for host
+		// certificates, make every client warn).
+		var fps []string
+		for _, old := range auth.TrustedKeys(k)[1:] {
+			if f := ca.Fingerprint(old); fp == "" || f == fp {
+				fps = append(fps, f)
+			}
+		}
+		n, until, err := ca.ValidUnder(cmd.Context(), store, fps, time.Now())
+		if err != nil {
+			return err
+		}
+		if n > 0 && !force {
+			return fmt.Errorf("%d %s certificate(s) signed by the key(s) to retire are valid until %s; retire after that, or pass --force to refuse them now", n, k, until.Local().Format(time.RFC3339))
+		}
+		if n > 0 {
+			fmt.Fprintf(a.stderr, "warning: %d %s certificate(s) still valid until %s will be refused from now on\n", n, k, until.Local().Format(time.RFC3339))
+		}
 		gone, err := auth.Retire(cmd.Context(), k, fp, a.operator())
 		if err != nil {
 			return err

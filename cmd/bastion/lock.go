@@ -12,7 +12,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-ssh/bastion/audit"
-	"github.com/bastion-ssh/bastion/gateway"
+	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/internal/sshclient"
 )
 
@@ -20,7 +20,7 @@ import (
 // or by the running gateway's admin command.
 type lockChange struct {
 	// local changes the locks when the audit log is free.
-	local func(ctx context.Context, l *gateway.Locks) error
+	local func(ctx context.Context, l *ca.Locks) error
 	// remote is the gateway admin command line.
 	remote string
 	// done is printed after a local change.
@@ -52,8 +52,8 @@ lock always goes through that gateway.`,
 				remote += " --reason " + quoteArg(reason)
 			}
 			return a.changeLock(cmd, gw, lockChange{
-				local: func(ctx context.Context, l *gateway.Locks) error {
-					return l.Lock(ctx, gateway.Lock{Target: target, Reason: reason, By: a.operator()})
+				local: func(ctx context.Context, l *ca.Locks) error {
+					return l.Lock(ctx, ca.Lock{Target: target, Reason: reason, By: a.operator()})
 				},
 				remote: remote,
 				done:   "locked " + target,
@@ -80,7 +80,7 @@ login).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			target := args[0]
 			return a.changeLock(cmd, gw, lockChange{
-				local: func(ctx context.Context, l *gateway.Locks) error {
+				local: func(ctx context.Context, l *ca.Locks) error {
 					return l.Unlock(ctx, target, a.operator())
 				},
 				remote: "unlock " + quoteArg(target),
@@ -104,7 +104,7 @@ func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error
 			switch {
 			case err == nil:
 				defer store.Close()
-				locks, err := gateway.LoadLocks(store, nil)
+				locks, err := ca.LoadLocks(store, nil)
 				if err != nil {
 					return err
 				}

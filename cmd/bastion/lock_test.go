@@ -7,7 +7,6 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
-	"github.com/bastion-ssh/bastion/gateway"
 )
 
 // auditEvents reads the events of type typ from a stopped data dir.
@@ -48,7 +47,7 @@ func TestLockOffline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	locks, err := gateway.LoadLocks(store, nil)
+	locks, err := ca.LoadLocks(store, nil)
 	store.Close()
 	if err != nil {
 		t.Fatal(err)

@@ -43,7 +43,7 @@ type loginEnv struct {
 	layout ca.Layout
 	store  *audit.Store
 	auth   *ca.Authority
-	locks  *gateway.Locks
+	locks  *ca.Locks
 	gw     *gateway.Gateway
 	addr   string
 	target *testbed.SSHD
@@ -101,13 +101,7 @@ func startLoginEnv(t *testing.T, o loginEnvOptions) *loginEnv {
 	if e.auth, err = ca.New(ca.Config{Layout: e.layout}, e.store); err != nil {
 		t.Fatal(err)
 	}
-	revs, err := ca.LoadRevocations(e.store, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.locks, err = gateway.LoadLocks(e.store, nil); err != nil {
-		t.Fatal(err)
-	}
+	e.locks = e.auth.State().Locks
 	e.target = testbed.NewSSHD(t, testbed.SSHDConfig{TrustedUserCAKeys: ca.ExportLines(ca.UserCA, e.auth.TrustedKeys(ca.UserCA), "")})
 	hostCert, err := e.auth.Sign(t.Context(), ca.Request{Kind: ca.HostCA, Key: e.target.HostKeyPub, KeyID: "target", Principals: []string{"127.0.0.1"}})
 	if err != nil {
@@ -145,7 +139,7 @@ func startLoginEnv(t *testing.T, o loginEnvOptions) *loginEnv {
 		Login: &gateway.LoginConfig{
 			Provider: idp, ClientID: e.idp.ClientID(), DefaultValidity: o.validity, MaxValidity: 24 * time.Hour,
 		},
-	}, gateway.Deps{Authority: e.auth, Revocations: revs, Locks: e.locks, Audit: e.store})
+	}, gateway.Deps{Authority: e.auth, Audit: e.store})
 	if err != nil {
 		t.Fatal(err)
 	}

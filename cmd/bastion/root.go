@@ -21,9 +21,12 @@ type buildInfo struct {
 type app struct {
 	build   buildInfo
 	dataDir string
-	stdin   io.Reader
-	stdout  io.Writer
-	stderr  io.Writer
+	// configPath is `ca --config`: the bastion.yaml whose signing policy
+	// the ca commands apply.
+	configPath string
+	stdin      io.Reader
+	stdout     io.Writer
+	stderr     io.Writer
 }
 
 // layout is the data directory's file layout.

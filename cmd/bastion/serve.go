@@ -102,6 +102,11 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 	if err != nil {
 		return nil, err
 	}
+	// The data dir remembers the policy, so `bastion ca sign` on it signs
+	// under the same rules as the gateway.
+	if err := ca.SavePolicy(layout, policy); err != nil {
+		return nil, err
+	}
 	store, err := audit.Open(layout.AuditDB(), audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention)})
 	if err != nil {
 		return nil, err
@@ -116,14 +121,6 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 	if err != nil {
 		return fail(err)
 	}
-	revs, err := ca.LoadRevocations(store, nil)
-	if err != nil {
-		return fail(err)
-	}
-	locks, err := gateway.LoadLocks(store, nil)
-	if err != nil {
-		return fail(err)
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gc := f.Gateway()
@@ -133,7 +130,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 			return fail(err)
 		}
 	}
-	gw, err := gateway.New(gc, gateway.Deps{Authority: auth, Revocations: revs, Locks: locks, Audit: store, Registry: reg})
+	gw, err := gateway.New(gc, gateway.Deps{Authority: auth, Audit: store, Registry: reg})
 	if err != nil {
 		return fail(err)
 	}

@@ -1,10 +1,9 @@
-package gateway
+package ca
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -14,13 +13,12 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/bastion-ssh/bastion/audit"
-	"github.com/bastion-ssh/bastion/ca"
 )
 
 // locksBucket holds one JSON Lock per locked name.
 var locksBucket = []byte("locks")
 
-// Lock bars a user from the gateway.
+// Lock bars an identity from the gateway and from the CA.
 type Lock struct {
 	// Target matches an identity's login user, any of its principals, or
 	// its certificate key id.
@@ -33,17 +31,16 @@ type Lock struct {
 // Locks is the set of locked users, persisted next to the user.locked and
 // user.unlocked audit records that changed it.
 type Locks struct {
-	store ca.StateStore
+	store StateStore
 	now   func() time.Time
 
-	mu    sync.RWMutex
-	locks map[string]Lock
-	// onLock is called after a lock is stored, to end live sessions.
-	onLock func(Lock)
+	mu      sync.RWMutex
+	locks   map[string]Lock
+	changed listeners
 }
 
 // LoadLocks reads the lock list from store.
-func LoadLocks(store ca.StateStore, now func() time.Time) (*Locks, error) {
+func LoadLocks(store StateStore, now func() time.Time) (*Locks, error) {
 	if now == nil {
 		now = time.Now
 	}
@@ -56,7 +53,7 @@ func LoadLocks(store ca.StateStore, now func() time.Time) (*Locks, error) {
 		return b.ForEach(func(k, v []byte) error {
 			var lk Lock
 			if err := json.Unmarshal(v, &lk); err != nil {
-				return fmt.Errorf("gateway: lock %q is corrupt: %w", k, err)
+				return fmt.Errorf("ca: lock %q is corrupt: %w", k, err)
 			}
 			l.locks[lk.Target] = lk
 			return nil
@@ -71,7 +68,7 @@ func LoadLocks(store ca.StateStore, now func() time.Time) (*Locks, error) {
 // Lock bars target and ends its live sessions.
 func (l *Locks) Lock(ctx context.Context, lk Lock) error {
 	if lk.Target == "" || len(lk.Target) > 256 || strings.ContainsFunc(lk.Target, unicode.IsControl) {
-		return fmt.Errorf("gateway: lock: name a user, principal or key id to lock (1-256 printable characters)")
+		return fmt.Errorf("ca: lock: name a user, principal or key id to lock (1-256 printable characters)")
 	}
 	if lk.Time.IsZero() {
 		lk.Time = l.now().UTC()
@@ -88,15 +85,12 @@ func (l *Locks) Lock(ctx context.Context, lk Lock) error {
 		}
 		return b.Put([]byte(lk.Target), data)
 	}); err != nil {
-		return fmt.Errorf("gateway: lock %s: %w", lk.Target, err)
+		return fmt.Errorf("ca: lock %s: %w", lk.Target, err)
 	}
 	l.mu.Lock()
 	l.locks[lk.Target] = lk
-	onLock := l.onLock
 	l.mu.Unlock()
-	if onLock != nil {
-		onLock(lk)
-	}
+	l.changed.notify()
 	return nil
 }
 
@@ -106,7 +100,7 @@ func (l *Locks) Unlock(ctx context.Context, target, by string) error {
 	_, ok := l.locks[target]
 	l.mu.RUnlock()
 	if !ok {
-		return fmt.Errorf("gateway: unlock: %s is not locked", target)
+		return fmt.Errorf("ca: unlock: %s is not locked", target)
 	}
 	ev := audit.Event{Type: audit.TypeUserUnlocked, Actor: by, Fields: map[string]string{"target": target}}
 	if _, err := l.store.AppendWith(ctx, ev, func(tx *bbolt.Tx) error {
@@ -115,7 +109,7 @@ func (l *Locks) Unlock(ctx context.Context, target, by string) error {
 		}
 		return nil
 	}); err != nil {
-		return fmt.Errorf("gateway: unlock %s: %w", target, err)
+		return fmt.Errorf("ca: unlock %s: %w", target, err)
 	}
 	l.mu.Lock()
 	delete(l.locks, target)
@@ -123,17 +117,19 @@ func (l *Locks) Unlock(ctx context.Context, target, by string) error {
 	return nil
 }
 
-// Find returns the lock that bars id, if any.
-func (l *Locks) Find(id *Identity) (Lock, bool) {
+// FindAny returns the lock on the first of names that is locked.
+func (l *Locks) FindAny(names []string) (Lock, bool) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	for _, name := range append([]string{id.User, id.KeyID}, id.Principals...) {
+	for _, name := range names {
 		if lk, ok := l.locks[name]; ok && name != "" {
 			return lk, true
 		}
 	}
 	return Lock{}, false
 }
+
+func (l *Locks) subscribe(fn func()) { l.changed.subscribe(fn) }
 
 // List returns the locks sorted by target.
 func (l *Locks) List() []Lock {
@@ -145,9 +141,4 @@ func (l *Locks) List() []Lock {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Target < out[j].Target })
 	return out
-}
-
-// matches reports whether lk bars id.
-func (lk Lock) matches(id *Identity) bool {
-	return lk.Target == id.User || lk.Target == id.KeyID || slices.Contains(id.Principals, lk.Target)
 }

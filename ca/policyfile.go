@@ -1,0 +1,67 @@
+package ca
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// PolicyFile is DATA_DIR/ca/policy.json: the signing policy the gateway
+// last ran with, so that every path that signs (bastion ca sign on the same
+// data dir included) applies the one policy the configuration sets.
+func (l Layout) PolicyFile() string { return filepath.Join(l.Dir(), "policy.json") }
+
+// SavePolicy records p as the data dir's signing policy, atomically
+// (temporary file, fsync, rename, fsync of the directory).
+func SavePolicy(l Layout, p Policy) error {
+	data, err := json.MarshalIndent(p, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(l.Dir(), ".policy-*.json")
+	if err != nil {
+		return fmt.Errorf("ca: save signing policy: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("ca: save signing policy: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("ca: save signing policy: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("ca: save signing policy: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), l.PolicyFile()); err != nil {
+		return fmt.Errorf("ca: save signing policy: %w", err)
+	}
+	if d, err := os.Open(l.Dir()); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// LoadPolicy reads the data dir's recorded signing policy; ok is false
+// when none was recorded (no gateway has run on this data dir).
+func LoadPolicy(l Layout) (p Policy, ok bool, err error) {
+	data, err := os.ReadFile(l.PolicyFile())
+	if errors.Is(err, fs.ErrNotExist) {
+		return Policy{}, false, nil
+	}
+	if err != nil {
+		return Policy{}, false, fmt.Errorf("ca: read the signing policy: %w", err)
+	}
+	if err := json.Unmarshal(data, &p); err != nil {
+		return Policy{}, false, fmt.Errorf("ca: %s is damaged (%v): restore it, or pass --config to sign with the configuration's policy", l.PolicyFile(), err)
+	}
+	if err := p.Validate(); err != nil {
+		return Policy{}, false, fmt.Errorf("%s: %w", l.PolicyFile(), err)
+	}
+	return p, true, nil
+}

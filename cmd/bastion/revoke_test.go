@@ -1,0 +1,102 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bastion-ssh/bastion/ca"
+)
+
+// TestRevokeByUserAndKeyIDReport: `ca revoke --user` revokes every
+// unexpired certificate issued to a user (login-style key ids included),
+// and `--key-id` says how many issued certificates it matched, warning
+// when the key id only resembles real ones.
+func TestRevokeByUserAndKeyIDReport(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, dir, "ca", "init")
+	keys := t.TempDir()
+	var certs []string
+	for i, id := range []string{"alice@example.com sub=8d2f", "alice-laptop", "bob"} {
+		principal := "alice"
+		if id == "bob" {
+			principal = "bob"
+		}
+		key := writeUserKey(t, keys, "k"+string(rune('a'+i)))
+		mustRun(t, dir, "ca", "sign", "-I", id, "-n", principal, "-V", "+1h", key)
+		certs = append(certs, strings.TrimSuffix(key, ".pub")+"-cert.pub")
+	}
+
+	_, errOut, err := run(t, dir, "ca", "revoke", "--key-id", "alice@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errOut, "matches 0 unexpired") || !strings.Contains(errOut, "alice@example.com sub=8d2f") || !strings.Contains(errOut, "--user") {
+		t.Errorf("a key id that matches nothing is not reported: %s", errOut)
+	}
+
+	_, errOut = mustRun(t, dir, "ca", "revoke", "--user", "alice", "--reason", "left")
+	if !strings.Contains(errOut, "revoked 2 certificate(s) of alice") {
+		t.Fatalf("revoke --user alice: %s", errOut)
+	}
+	krl := filepath.Join(keys, "revoked.krl")
+	mustRun(t, dir, "ca", "krl", "--out", krl)
+	for i, c := range certs {
+		out, _ := exec.Command("ssh-keygen", "-Q", "-f", krl, c).CombinedOutput()
+		revoked := strings.Contains(string(out), "REVOKED")
+		if want := i < 2; revoked != want {
+			t.Errorf("%s: revoked=%v, want %v (%s)", c, revoked, want, out)
+		}
+	}
+	if _, _, err := run(t, dir, "ca", "revoke", "--user", "nobody"); err == nil || !strings.Contains(err.Error(), "nothing revoked") {
+		t.Errorf("revoke --user for a user with no certificates: %v", err)
+	}
+}
+
+// TestCASignAppliesTheConfiguredPolicy: `ca sign` applies the policy of
+// --config, and without it the policy the gateway last ran with.
+func TestCASignAppliesTheConfiguredPolicy(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, dir, "ca", "init")
+	cfg := filepath.Join(t.TempDir(), "bastion.yaml")
+	if err := os.WriteFile(cfg, []byte("data_dir: "+dir+"\nlisten: 127.0.0.1:0\nca:\n  forbidden_principals: [admin]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := writeUserKey(t, t.TempDir(), "admin")
+	if _, errOut, err := run(t, dir, "ca", "sign", "--config", cfg, "-I", "x", "-n", "admin", key); err == nil || !strings.Contains(err.Error()+errOut, "forbidden") {
+		t.Fatalf("ca sign --config signed a forbidden principal: %v %s", err, errOut)
+	}
+	mustRun(t, dir, "ca", "sign", "-I", "x", "-n", "admin", "--out", "-", key) // no policy recorded yet: defaults
+	// What serve records when it starts with that configuration.
+	policy := ca.DefaultPolicy()
+	policy.ForbiddenPrincipals = []string{"admin"}
+	if err := ca.SavePolicy(ca.Layout{DataDir: dir}, policy); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, err := run(t, dir, "ca", "sign", "-I", "x", "-n", "admin", "--out", "-", key); err == nil || !strings.Contains(err.Error()+errOut, "forbidden") {
+		t.Fatalf("ca sign ignored the data dir's recorded policy: %v %s", err, errOut)
+	}
+}
+
+// TestRetireRefusesWhileCertificatesAreValid: `ca retire` right after `ca
+// rotate` would lock out every holder of a certificate from the old key;
+// it refuses, says until when, and --force overrides.
+func TestRetireRefusesWhileCertificatesAreValid(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, dir, "ca", "init")
+	mustRun(t, dir, "ca", "sign", "-I", "alice", "-n", "alice", "-V", "+2h", "--out", "-", writeUserKey(t, t.TempDir(), "alice"))
+	mustRun(t, dir, "ca", "rotate", "--user")
+	_, _, err := run(t, dir, "ca", "retire", "--user")
+	if err == nil || !strings.Contains(err.Error(), "valid until") || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("retire with a valid certificate outstanding: %v", err)
+	}
+	// The host CA's previous key signed nothing: retiring it is fine.
+	mustRun(t, dir, "ca", "rotate", "--host")
+	mustRun(t, dir, "ca", "retire", "--host")
+	_, errOut := mustRun(t, dir, "ca", "retire", "--user", "--force")
+	if !strings.Contains(errOut, "will be refused") {
+		t.Errorf("--force does not warn: %s", errOut)
+	}
+}
