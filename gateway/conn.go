@@ -33,8 +33,8 @@ type connState struct {
 	// accepted describes the last key our check accepted on this
 	// connection (its signature may still fail), and userName the user it
 	// was offered for.
-	accepted atomic.Pointer[map[string]string]
-	userName atomic.Pointer[string]
+	accepted    atomic.Pointer[map[string]string]
+	userName    atomic.Pointer[string]
 	slotOnce    sync.Once
 	closeOnce   sync.Once
 	closeReason atomic.Pointer[string]
