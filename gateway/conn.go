@@ -36,6 +36,9 @@ type connState struct {
 	slotOnce       sync.Once
 	closeOnce      sync.Once
 	closeReason    atomic.Pointer[string]
+	// guard holds the connection's channel count and pending refusal
+	// records (connguard.go).
+	guard *connGuard
 
 	// Set once, by touch, after the handshake.
 	postAuth    sync.Once
@@ -62,7 +65,7 @@ func (cs *connState) authenticated(g *Gateway) {
 
 func (cs *connState) releaseSlot(g *Gateway) {
 	cs.slotOnce.Do(func() {
-		<-g.unauth
+		g.startups.release(cs.remote)
 		g.metrics.unauthConns.Dec()
 	})
 }
