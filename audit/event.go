@@ -45,6 +45,12 @@ const (
 	TypeUserLocked    = "user.locked"
 	TypeUserUnlocked  = "user.unlocked"
 	TypeSourceBanned  = "source.banned"
+	// TypeSourceUnbanned records an admin lifting a ban.
+	TypeSourceUnbanned = "source.unbanned"
+	// TypeConnectionsDropped counts, per reporting interval, the
+	// connections the gateway closed before their handshake (banned
+	// source, full or per-source-full unauthenticated pool, early drop).
+	TypeConnectionsDropped = "connections.dropped"
 	TypeChannelDenied = "channel.refused"
 	TypeRequestDenied = "request.refused"
 	TypeCommand       = "gateway.command"

@@ -1,40 +1,157 @@
 package gateway
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/bastion-ssh/bastion/audit"
 )
 
-// maxClientString is the most of any client-chosen string (user names,
-// key ids, request and channel types, env names, host names) that reaches
-// an audit record or a log line.
-const maxClientString = 256
+// Bounds on what a client can make the gateway write. Every audit record
+// passes through boundEvent (in Gateway.record) and every log line through
+// boundedHandler, so no client-supplied string (a user name, a request or
+// channel type, a command line, a jump host name, a client version) is
+// written at more than this length, wherever it is put in a record.
+const (
+	// maxRecordedString bounds each string of an audit record or log line.
+	maxRecordedString = 512
+	// maxRecordedFields bounds the fields of one audit record.
+	maxRecordedFields = 64
+	// maxCommandLine bounds a command line the gateway accepts at all.
+	maxCommandLine = 8192
+)
 
-// bounded cuts a client-chosen string to maxClientString bytes on a rune
-// boundary, marking the cut, and replaces invalid UTF-8, so what a client
-// sends can never grow the audit log or a log line without limit.
-func bounded(s string) string {
-	if len(s) <= maxClientString && utf8.ValidString(s) {
+// boundString cuts s to at most max bytes (on a UTF-8 boundary) and says
+// how much was cut.
+func boundString(s string, max int) string {
+	if len(s) <= max {
 		return s
 	}
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= maxClientString {
-		return s
-	}
-	cut := maxClientString
+	cut := max
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
-	return s[:cut] + "…(truncated)"
+	return s[:cut] + fmt.Sprintf("...[%d bytes cut]", len(s)-cut)
+}
+
+// boundEvent returns ev with every string bounded; ev's own field map is
+// left alone (callers may reuse it).
+func boundEvent(ev audit.Event) audit.Event {
+	ev.Actor = boundString(ev.Actor, maxRecordedString)
+	ev.Session = boundString(ev.Session, maxRecordedString)
+	ev.Type = boundString(ev.Type, maxRecordedString)
+	over := len(ev.Fields) > maxRecordedFields
+	for k, v := range ev.Fields {
+		if len(k) > maxRecordedString || len(v) > maxRecordedString {
+			over = true
+			break
+		}
+	}
+	if !over {
+		return ev
+	}
+	f := make(map[string]string, min(len(ev.Fields), maxRecordedFields+1))
+	dropped := 0
+	for k, v := range ev.Fields {
+		if len(f) >= maxRecordedFields {
+			dropped++
+			continue
+		}
+		f[boundString(k, maxRecordedString)] = boundString(v, maxRecordedString)
+	}
+	if dropped > 0 {
+		f["fields_dropped"] = fmt.Sprint(dropped)
+	}
+	ev.Fields = f
+	return ev
+}
+
+// boundedHandler bounds every string of every log record before handing
+// it on.
+type boundedHandler struct{ next slog.Handler }
+
+// boundLogs wraps h so that no log line carries an unbounded string.
+func boundLogs(h slog.Handler) slog.Handler {
+	if _, ok := h.(boundedHandler); ok {
+		return h
+	}
+	return boundedHandler{next: h}
+}
+
+func (h boundedHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.next.Enabled(ctx, l)
+}
+
+func (h boundedHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, boundString(r.Message, maxRecordedString), r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(boundAttr(a))
+		return true
+	})
+	return h.next.Handle(ctx, out)
+}
+
+func (h boundedHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	b := make([]slog.Attr, len(as))
+	for i, a := range as {
+		b[i] = boundAttr(a)
+	}
+	return boundedHandler{next: h.next.WithAttrs(b)}
+}
+
+func (h boundedHandler) WithGroup(name string) slog.Handler {
+	return boundedHandler{next: h.next.WithGroup(boundString(name, maxRecordedString))}
+}
+
+// boundAttr bounds an attribute's key and, for strings, errors, Stringers
+// and groups, its value.
+func boundAttr(a slog.Attr) slog.Attr {
+	a.Key = boundString(a.Key, maxRecordedString)
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindString:
+		a.Value = slog.StringValue(boundString(v.String(), maxRecordedString))
+	case slog.KindGroup:
+		g := v.Group()
+		b := make([]slog.Attr, len(g))
+		for i, x := range g {
+			b[i] = boundAttr(x)
+		}
+		a.Value = slog.GroupValue(b...)
+	case slog.KindAny:
+		switch x := v.Any().(type) {
+		case error:
+			a.Value = slog.StringValue(boundString(x.Error(), maxRecordedString))
+		case fmt.Stringer:
+			a.Value = slog.StringValue(boundString(x.String(), maxRecordedString))
+		case []byte:
+			a.Value = slog.StringValue(boundString(string(x), maxRecordedString))
+		default:
+			a.Value = v
+		}
+	default:
+		a.Value = v
+	}
+	return a
+}
+
+// bounded is boundString at the record bound, with invalid UTF-8 replaced,
+// for client-chosen strings put into error details before they reach a
+// record (where boundEvent bounds them again).
+func bounded(s string) string {
+	return boundString(strings.ToValidUTF8(s, "\uFFFD"), maxRecordedString)
 }
 
 // boundedList bounds each element and the number of elements.
 func boundedList(list []string) []string {
 	const maxItems = 32
-	out := make([]string, 0, min(len(list), maxItems))
+	out := make([]string, 0, min(len(list), maxItems+1))
 	for i, s := range list {
 		if i == maxItems {
-			out = append(out, "…(truncated)")
+			out = append(out, fmt.Sprintf("...[%d more]", len(list)-maxItems))
 			break
 		}
 		out = append(out, bounded(s))

@@ -65,6 +65,35 @@ type Limits struct {
 	// (slow-loris defence); HandshakeTimeout closes those that take longer.
 	MaxUnauthenticated int
 	HandshakeTimeout   time.Duration
+	// UnauthenticatedDropStart and UnauthenticatedDropRate are the start
+	// and rate of sshd's MaxStartups start:rate:full (full being
+	// MaxUnauthenticated): once UnauthenticatedDropStart connections are
+	// unauthenticated, a new one is refused with a probability of
+	// UnauthenticatedDropRate percent, rising linearly to 100 % at
+	// MaxUnauthenticated. A start at or above MaxUnauthenticated turns
+	// early drop off.
+	UnauthenticatedDropStart int
+	UnauthenticatedDropRate  int
+	// MaxUnauthenticatedPerSource caps the unauthenticated connections of
+	// one source (an IPv4 address or an IPv6 /64), as sshd's
+	// PerSourceMaxStartups, so that one source cannot fill the pool.
+	MaxUnauthenticatedPerSource int
+	// MaxSessions caps the open channels (sessions and jumps) of one
+	// connection, as sshd's MaxSessions; MaxLoginSessions is the cap for
+	// the reserved login user.
+	MaxSessions      int
+	MaxLoginSessions int
+	// MaxLoginConnectionsPerSource caps the concurrent connections of the
+	// login user from one source.
+	MaxLoginConnectionsPerSource int
+	// MaxSessionInput bounds the input a session channel on the gateway
+	// itself may hold unread (before its command runs, or that its command
+	// does not read); past it the channel is closed.
+	MaxSessionInput int
+	// ReportInterval is how often counts of dropped connections and of
+	// repeated refusals are written to the audit log, as one record each
+	// rather than one per event.
+	ReportInterval time.Duration
 }
 
 // DefaultLimits are the limits unless configured otherwise.
@@ -78,6 +107,15 @@ func DefaultLimits() Limits {
 		BanDuration:           30 * time.Minute,
 		MaxUnauthenticated:    256,
 		HandshakeTimeout:      20 * time.Second,
+
+		UnauthenticatedDropStart:     128,
+		UnauthenticatedDropRate:      30,
+		MaxUnauthenticatedPerSource:  64,
+		MaxSessions:                  64,
+		MaxLoginSessions:             4,
+		MaxLoginConnectionsPerSource: 8,
+		MaxSessionInput:              64 * 1024,
+		ReportInterval:               time.Minute,
 	}
 }
 
@@ -121,6 +159,22 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("gateway: limits.handshake_timeout must be positive")
 	case l.IdleTimeout < 0:
 		return fmt.Errorf("gateway: limits.idle_timeout must not be negative")
+	case l.UnauthenticatedDropStart < 1:
+		return fmt.Errorf("gateway: limits.unauthenticated_drop_start must be at least 1 (set it to max_unauthenticated to turn early drop off)")
+	case l.UnauthenticatedDropRate < 1 || l.UnauthenticatedDropRate > 100:
+		return fmt.Errorf("gateway: limits.unauthenticated_drop_rate must be a percentage from 1 to 100")
+	case l.MaxUnauthenticatedPerSource < 1:
+		return fmt.Errorf("gateway: limits.max_unauthenticated_per_source must be at least 1")
+	case l.MaxSessions < 1:
+		return fmt.Errorf("gateway: limits.max_sessions must be at least 1")
+	case l.MaxLoginSessions < 1:
+		return fmt.Errorf("gateway: limits.max_login_sessions must be at least 1")
+	case l.MaxLoginConnectionsPerSource < 1:
+		return fmt.Errorf("gateway: limits.max_login_connections_per_source must be at least 1")
+	case l.MaxSessionInput < 1024:
+		return fmt.Errorf("gateway: limits.max_session_input must be at least 1024 (bytes)")
+	case l.ReportInterval <= 0:
+		return fmt.Errorf("gateway: limits.report_interval must be positive")
 	}
 	return nil
 }

@@ -38,6 +38,9 @@ type connState struct {
 	slotOnce    sync.Once
 	closeOnce   sync.Once
 	closeReason atomic.Pointer[string]
+	// guard holds the connection's channel count and pending refusal
+	// records (connguard.go).
+	guard *connGuard
 
 	// attempts are the failed authentication attempts so far (bounded),
 	// and user the last user name tried; accounted for once the
@@ -110,7 +113,7 @@ func (cs *connState) authenticated(g *Gateway) {
 
 func (cs *connState) releaseSlot(g *Gateway) {
 	cs.slotOnce.Do(func() {
-		<-g.unauth
+		g.startups.release(cs.remote)
 		g.metrics.unauthConns.Dec()
 	})
 }

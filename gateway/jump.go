@@ -66,7 +66,7 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		g.metrics.jumps.WithLabelValues("refused", reason).Inc()
 		f := id.auditFields()
 		f["target"], f["reason"], f["detail"], f["remote"], f["conn"] = target, reason, msg, cs.remote.String(), cs.id
-		g.record(context.Background(), audit.Event{Type: audit.TypeChannelDenied, Actor: id.User, Session: cs.id, Fields: f})
+		g.recordRefusal(cs, audit.Event{Type: audit.TypeChannelDenied, Actor: id.User, Session: cs.id, Fields: f})
 		nc.Reject(rejection, "bastion: "+msg)
 	}
 

@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"strings"
-	"sync"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
@@ -235,45 +233,4 @@ func (g *Gateway) readIDToken(ctx context.Context, l *LoginConfig, stdin io.Read
 	}
 	nonce, _ := r.ReadString('\n')
 	return l.Provider.VerifyIDToken(ctx, strings.TrimSpace(raw), strings.TrimSpace(nonce))
-}
-
-// rateLimiter allows n events per source address per minute.
-type rateLimiter struct {
-	n   int
-	now func() time.Time
-
-	mu   sync.Mutex
-	seen map[netip.Addr][]time.Time
-}
-
-func newRateLimiter(n int, now func() time.Time) *rateLimiter {
-	if n <= 0 {
-		n = 10
-	}
-	return &rateLimiter{n: n, now: now, seen: map[netip.Addr][]time.Time{}}
-}
-
-func (r *rateLimiter) allow(a netip.Addr) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := r.now()
-	recent := r.seen[a][:0]
-	for _, t := range r.seen[a] {
-		if now.Sub(t) < time.Minute {
-			recent = append(recent, t)
-		}
-	}
-	if len(recent) >= r.n {
-		r.seen[a] = recent
-		return false
-	}
-	r.seen[a] = append(recent, now)
-	if len(r.seen) > 4096 {
-		for k, ts := range r.seen {
-			if len(ts) == 0 || now.Sub(ts[len(ts)-1]) >= time.Minute {
-				delete(r.seen, k)
-			}
-		}
-	}
-	return true
 }

@@ -55,8 +55,11 @@ type Gateway struct {
 	metrics  *metrics
 	srv      *gliderssh.Server
 	hostKeys []gossh.Signer
-	unauth   chan struct{} // semaphore of unauthenticated connections
-	commands map[string]command
+	startups *startups // admits unauthenticated connections
+	// loginConns counts live login connections per source.
+	loginConns *loginConns
+	janitor    janitor
+	commands   map[string]command
 	// targets probes jump targets for require_hardened_targets (nil: off).
 	targets *scan.Checker
 	// loginLimiter rate-limits logins per source address.
@@ -82,6 +85,7 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.Logger = slog.New(boundLogs(cfg.Logger.Handler()))
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 10 * time.Second
 	}
@@ -106,16 +110,18 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		return nil, err
 	}
 	g := &Gateway{
-		cfg:     cfg,
-		deps:    deps,
-		log:     cfg.Logger,
-		now:     cfg.Now,
-		checker: &checker{authority: deps.Authority, state: deps.Authority.State(), login: cfg.Login, now: cfg.Now},
-		access:  access,
-		bans:    newBanList(cfg.Limits, cfg.Now),
-		metrics: newMetrics(deps.Registry),
-		unauth:  make(chan struct{}, cfg.Limits.MaxUnauthenticated),
-		live:    map[*connState]struct{}{},
+		cfg:        cfg,
+		deps:       deps,
+		log:        cfg.Logger,
+		now:        cfg.Now,
+		checker:    &checker{authority: deps.Authority, state: deps.Authority.State(), login: cfg.Login, now: cfg.Now},
+		access:     access,
+		bans:       newBanList(cfg.Limits, cfg.Now),
+		metrics:    newMetrics(deps.Registry),
+		startups:   newStartups(cfg.Limits),
+		loginConns: newLoginConns(cfg.Limits.MaxLoginConnectionsPerSource),
+		janitor:    janitor{stop: make(chan struct{}), done: make(chan struct{})},
+		live:       map[*connState]struct{}{},
 
 		handshaking: map[string]*connState{},
 	}
@@ -153,8 +159,8 @@ func (g *Gateway) newServer() *gliderssh.Server {
 		ConnCallback:         g.connCallback,
 		ServerConfigCallback: g.serverConfig,
 		ChannelHandlers: map[string]gliderssh.ChannelHandler{
-			"session":      g.handleSession,
-			"direct-tcpip": g.handleDirectTCPIP,
+			"session":      g.limitChannel(g.handleSession),
+			"direct-tcpip": g.limitChannel(g.handleDirectTCPIP),
 			"default":      g.refuseChannel,
 		},
 		RequestHandlers: map[string]gliderssh.RequestHandler{
@@ -200,6 +206,9 @@ func (g *Gateway) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 		PublicKeyAuthAlgorithms: pubKeyAlgos,
 		AuthLogCallback: func(meta gossh.ConnMetadata, method string, err error) {
 			g.authLog(cs, meta, method, err)
+			if err == nil {
+				g.authenticatedAs(cs, meta.User())
+			}
 		},
 		// x/crypto calls this only for the key whose signature it has
 		// just verified, with the Permissions our check built for that
@@ -385,7 +394,7 @@ func attemptReasons(attempts []map[string]string) string {
 // record appends ev, timing it; a failure is logged and returned.
 func (g *Gateway) record(ctx context.Context, ev audit.Event) error {
 	start := time.Now()
-	_, err := g.deps.Audit.Append(ctx, ev)
+	_, err := g.deps.Audit.Append(ctx, boundEvent(ev))
 	g.metrics.auditLatency.Observe(time.Since(start).Seconds())
 	if err != nil {
 		g.log.Error("audit write failed", "type", ev.Type, "err", err)
@@ -399,23 +408,22 @@ func (g *Gateway) record(ctx context.Context, ev audit.Event) error {
 func (g *Gateway) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
 	remote := remoteAddr(conn.RemoteAddr())
 	if _, banned := g.bans.Banned(remote); banned {
-		g.metrics.connsRefused.WithLabelValues(ReasonBanned).Inc()
+		g.metrics.connsRefused.WithLabelValues(DropBanned).Inc()
+		g.startups.dropped(remote, DropBanned)
 		return nil
 	}
-	select {
-	case g.unauth <- struct{}{}:
-	default:
-		g.metrics.connsRefused.WithLabelValues("too_many_unauthenticated").Inc()
+	if reason := g.startups.admit(remote); reason != "" {
+		g.metrics.connsRefused.WithLabelValues(reason).Inc()
 		return nil
 	}
 	g.mu.Lock()
 	stopping := g.stopping
 	g.mu.Unlock()
 	if stopping {
-		<-g.unauth
+		g.startups.release(remote)
 		return nil
 	}
-	cs := &connState{id: newID(), remote: remote, conn: conn, g: g}
+	cs := &connState{id: newID(), remote: remote, conn: conn, g: g, guard: newConnGuard()}
 	cs.log = g.log.With("conn", cs.id, "remote", remote.String())
 	ctx.SetValue(connStateKey, cs)
 	g.mu.Lock()
@@ -429,12 +437,13 @@ func (g *Gateway) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
 			cs.kill("handshake_timeout")
 		}
 	})
-	return &trackedConn{Conn: conn, onClose: func() { cs.closed(g) }}
+	return &trackedConn{Conn: conn, onClose: func() { cs.closed(g); g.connEnded(cs) }}
 }
 
 // Serve accepts connections on ln until Shutdown.
 func (g *Gateway) Serve(ln net.Listener) error {
 	g.record(context.Background(), audit.Event{Type: audit.TypeGatewayStart, Actor: "gateway", Fields: map[string]string{"listen": ln.Addr().String()}})
+	g.startJanitor()
 	err := g.srv.Serve(ln)
 	if errors.Is(err, gliderssh.ErrServerClosed) {
 		return nil
@@ -471,6 +480,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.srv.Close()
 	}
 	g.sessions.Wait()
+	g.stopJanitor()
 	g.record(context.Background(), audit.Event{Type: audit.TypeGatewayStop, Actor: "gateway"})
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return nil
@@ -556,11 +566,12 @@ func (g *Gateway) refuseChannel(_ *gliderssh.Server, conn *gossh.ServerConn, nc 
 	nc.Reject(gossh.UnknownChannelType, fmt.Sprintf("bastion: %s channels are not allowed", nc.ChannelType()))
 }
 
-// auditRefusal records a refused request or channel.
+// auditRefusal records a refused request or channel; repeats are
+// aggregated per connection (recordRefusal).
 func (g *Gateway) auditRefusal(cs *connState, typ, what, reason, detail string) {
 	f := cs.identity.auditFields()
 	f["request"], f["reason"], f["detail"], f["remote"], f["conn"] = what, reason, detail, cs.remote.String(), cs.id
-	g.record(context.Background(), audit.Event{Type: typ, Actor: cs.identity.User, Session: cs.id, Fields: f})
+	g.recordRefusal(cs, audit.Event{Type: typ, Actor: cs.identity.User, Session: cs.id, Fields: f})
 }
 
 // remoteAddr extracts the IP of a connection's remote address.

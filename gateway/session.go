@@ -71,7 +71,7 @@ func (g *Gateway) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc 
 	defer ch.Close()
 	g.metrics.channels.WithLabelValues("session").Inc()
 	defer g.metrics.channels.WithLabelValues("session").Dec()
-	sio := &sessionIO{stdout: ch, stderr: ch.Stderr(), stdin: ch}
+	sio := &sessionIO{stdout: ch, stderr: ch.Stderr(), stdin: g.sessionInput(cs, id.User, ch)}
 	for req := range reqs {
 		if _, err := cs.touch(g, conn); err != nil {
 			req.Reply(false, nil)
@@ -97,6 +97,11 @@ func (g *Gateway) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc 
 					continue
 				}
 				line = p.Command
+				if len(line) > maxCommandLine {
+					g.auditRefusal(cs, audit.TypeRequestDenied, "exec "+line, ReasonCommandTooLong, fmt.Sprintf("a command line of %d bytes (at most %d)", len(line), maxCommandLine))
+					req.Reply(false, nil)
+					continue
+				}
 			}
 			req.Reply(true, nil)
 			var status int

@@ -200,6 +200,8 @@ access:
     ports: [%d]
 limits:
   max_unauthenticated: 512
+  unauthenticated_drop_start: 512
+  max_unauthenticated_per_source: 512
 shutdown_grace: 2s
 log:
   level: warn

@@ -106,6 +106,15 @@ type Limits struct {
 	BanDuration           *Duration `yaml:"ban_duration"`
 	MaxUnauthenticated    *int      `yaml:"max_unauthenticated"`
 	HandshakeTimeout      *Duration `yaml:"handshake_timeout"`
+
+	UnauthenticatedDropStart     *int      `yaml:"unauthenticated_drop_start"`
+	UnauthenticatedDropRate      *int      `yaml:"unauthenticated_drop_rate"`
+	MaxUnauthenticatedPerSource  *int      `yaml:"max_unauthenticated_per_source"`
+	MaxSessions                  *int      `yaml:"max_sessions"`
+	MaxLoginSessions             *int      `yaml:"max_login_sessions"`
+	MaxLoginConnectionsPerSource *int      `yaml:"max_login_connections_per_source"`
+	MaxSessionInput              *int      `yaml:"max_session_input"`
+	ReportInterval               *Duration `yaml:"report_interval"`
 }
 
 // CA configures the certificate authority the gateway signs with.
@@ -328,6 +337,14 @@ func (f *File) Gateway() gateway.Config {
 	setDur(&l.BanDuration, f.Limits.BanDuration)
 	setInt(&l.MaxUnauthenticated, f.Limits.MaxUnauthenticated)
 	setDur(&l.HandshakeTimeout, f.Limits.HandshakeTimeout)
+	setInt(&l.UnauthenticatedDropStart, f.Limits.UnauthenticatedDropStart)
+	setInt(&l.UnauthenticatedDropRate, f.Limits.UnauthenticatedDropRate)
+	setInt(&l.MaxUnauthenticatedPerSource, f.Limits.MaxUnauthenticatedPerSource)
+	setInt(&l.MaxSessions, f.Limits.MaxSessions)
+	setInt(&l.MaxLoginSessions, f.Limits.MaxLoginSessions)
+	setInt(&l.MaxLoginConnectionsPerSource, f.Limits.MaxLoginConnectionsPerSource)
+	setInt(&l.MaxSessionInput, f.Limits.MaxSessionInput)
+	setDur(&l.ReportInterval, f.Limits.ReportInterval)
 	var rules []gateway.AccessRule
 	for _, a := range f.Access {
 		rules = append(rules, gateway.AccessRule{Principals: a.Principals, Groups: a.Groups, Hosts: a.Hosts, Ports: a.Ports})

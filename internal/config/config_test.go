@@ -24,6 +24,15 @@ limits:
   ban_after_failures: 10
   ban_window: 10m
   ban_duration: 30m
+  max_unauthenticated: 200
+  unauthenticated_drop_start: 100
+  unauthenticated_drop_rate: 40
+  max_unauthenticated_per_source: 32
+  max_sessions: 50
+  max_login_sessions: 3
+  max_login_connections_per_source: 5
+  max_session_input: 32768
+  report_interval: 30s
 oidc:
   issuer: https://idp.example.com
   client_id: bastion
@@ -47,6 +56,11 @@ func TestParseSample(t *testing.T) {
 	g := f.Gateway()
 	if g.Listen != "127.0.0.1:2222" || len(g.Access) != 1 || g.Access[0].Hosts[1] != "*.internal" || g.Limits.BanAfterFailures != 10 || g.Limits.IdleTimeout != 15*time.Minute {
 		t.Errorf("gateway config %+v", g)
+	}
+	if l := g.Limits; l.MaxUnauthenticated != 200 || l.UnauthenticatedDropStart != 100 || l.UnauthenticatedDropRate != 40 ||
+		l.MaxUnauthenticatedPerSource != 32 || l.MaxSessions != 50 || l.MaxLoginSessions != 3 ||
+		l.MaxLoginConnectionsPerSource != 5 || l.MaxSessionInput != 32768 || l.ReportInterval != 30*time.Second {
+		t.Errorf("limits %+v", l)
 	}
 	if f.OIDC.Issuer != "https://idp.example.com" || time.Duration(f.Cert.Groups["dba"].MaxValidity) != time.Hour {
 		t.Errorf("oidc/cert %+v %+v", f.OIDC, f.Cert)
@@ -85,6 +99,14 @@ func TestRefusals(t *testing.T) {
 		{"port out of range", base + "access:\n  - principals: [a]\n    hosts: [web1]\n    ports: [70000]\n", "out of range"},
 		{"max auth tries 0", base + "limits:\n  max_auth_tries: 0\n", "limits.max_auth_tries"},
 		{"ban without window", base + "limits:\n  ban_after_failures: 3\n  ban_window: 0s\n", "limits.ban_window"},
+		{"drop rate over 100", base + "limits:\n  unauthenticated_drop_rate: 101\n", "limits.unauthenticated_drop_rate"},
+		{"drop start 0", base + "limits:\n  unauthenticated_drop_start: 0\n", "limits.unauthenticated_drop_start"},
+		{"per-source cap 0", base + "limits:\n  max_unauthenticated_per_source: 0\n", "limits.max_unauthenticated_per_source"},
+		{"max sessions 0", base + "limits:\n  max_sessions: 0\n", "limits.max_sessions"},
+		{"login sessions 0", base + "limits:\n  max_login_sessions: 0\n", "limits.max_login_sessions"},
+		{"login connections 0", base + "limits:\n  max_login_connections_per_source: 0\n", "limits.max_login_connections_per_source"},
+		{"session input tiny", base + "limits:\n  max_session_input: 10\n", "limits.max_session_input"},
+		{"report interval 0", base + "limits:\n  report_interval: 0s\n", "limits.report_interval"},
 		{"oidc without issuer", base + "oidc:\n  client_id: x\n", "oidc.issuer"},
 		{"group principal root", base + "oidc:\n  issuer: https://i\n  client_id: c\ncert:\n  groups:\n    ops: {principals: [root]}\n", "forbidden"},
 		{"cert over CA max", base + "oidc:\n  issuer: https://i\n  client_id: c\ncert:\n  max_validity: 48h\n", "cert.max_validity"},
