@@ -78,6 +78,10 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		refuse(ReasonDialFailed, fmt.Sprintf("cannot connect to %s (%s): %v", target, dest.Addr, dialReason(err)), gossh.ConnectionFailed)
 		return
 	}
+	if dest.Mode == ModeRecord {
+		g.recordSession(ctx, cs, id, nc, req, dest, upstream)
+		return
+	}
 
 	sessionID := newID()
 	start := g.now()

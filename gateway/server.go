@@ -39,6 +39,12 @@ type Deps struct {
 	Resolver Resolver
 	// Dial connects to jump targets; default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Recordings stores record-mode session recordings; nil records
+	// none (sessions are still proxied and their commands audited).
+	Recordings Recordings
+	// SFTP, when set, returns an inspector for each sftp subsystem
+	// channel of a record-mode session (see SFTPInspector).
+	SFTP func(session string, ch uint32) SFTPInspector
 }
 
 // Gateway is the SSH jump host.
@@ -59,6 +65,8 @@ type Gateway struct {
 	targets *scan.Checker
 	// loginLimiter rate-limits logins per source address.
 	loginLimiter *rateLimiter
+	// record holds record mode's host certificate cache and known_hosts.
+	rec *recorder
 
 	mu       sync.Mutex
 	live     map[*connState]struct{}
@@ -118,6 +126,9 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 	}
 	g.commands = g.builtinCommands()
 	g.targets = newTargetChecker(cfg, deps)
+	if g.rec, err = newRecorder(cfg.Record, deps.Authority, cfg.Now); err != nil {
+		return nil, err
+	}
 	deps.Locks.mu.Lock()
 	deps.Locks.onLock = g.endSessionsOf
 	deps.Locks.mu.Unlock()
