@@ -546,13 +546,18 @@ func (s *recordedSession) authLog(meta gossh.ConnMetadata, method string, err er
 	f := map[string]string{"hop": "inner", "login": bound(meta.User()), "method": method}
 	var ae *authError
 	if last := s.lastAuthErr.Load(); method == "publickey" && last != nil && errors.As(*last, &ae) {
+		// The session's identity stays in key_id and friends; what the
+		// inner hop offered is named apart.
 		for k, v := range ae.fields() {
+			switch k {
+			case "key_fp", "serial", "key_id":
+				k = "offered_" + k
+			}
 			f[k] = v
 		}
 	} else {
 		f["reason"], f["detail"] = methodReason(method), bound(err.Error())
 	}
-	f["user"] = s.id.User
 	s.g.metrics.authAttempts.WithLabelValues("failed", f["reason"]).Inc()
 	s.event(context.Background(), audit.TypeAuthFailed, f)
 }
