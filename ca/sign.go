@@ -52,6 +52,11 @@ type Request struct {
 	Requester string
 	// Via says which path asked: "cli", "login", "gateway".
 	Via string
+	// Purpose says what the certificate is for when it is not a person's
+	// or a host's own: "session" for the per-session certificates the
+	// gateway mints in record mode. It lands in the audit record as
+	// "purpose".
+	Purpose string
 }
 
 // signing is the state the pipeline steps share.
@@ -348,6 +353,9 @@ func dedupe(in []string) []string {
 func issuedEvent(req Request, c *ssh.Certificate) audit.Event {
 	f := CertFields(c)
 	f["via"] = req.Via
+	if req.Purpose != "" {
+		f["purpose"] = req.Purpose
+	}
 	return audit.Event{Type: audit.TypeCertIssued, Actor: actorOf(req), Fields: f}
 }
 

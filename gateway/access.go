@@ -71,6 +71,8 @@ type compiledRule struct {
 	principals, groups []string
 	hosts              []hostPattern
 	ports              []int
+	mode               string   // ModeRecord or ModeTunnel (see AccessRule.Mode)
+	logins             []string // extra inner logins in record mode
 }
 
 func compileAccess(rules []AccessRule) (*accessPolicy, error) {
@@ -79,7 +81,7 @@ func compileAccess(rules []AccessRule) (*accessPolicy, error) {
 		if err := r.validate(); err != nil {
 			return nil, fmt.Errorf("gateway: access[%d]: %w", i, err)
 		}
-		cr := compiledRule{principals: r.Principals, groups: r.Groups, ports: r.Ports}
+		cr := compiledRule{principals: r.Principals, groups: r.Groups, ports: r.Ports, mode: r.effectiveMode(), logins: r.Logins}
 		if len(cr.ports) == 0 {
 			cr.ports = []int{22}
 		}
@@ -145,6 +147,9 @@ type Destination struct {
 	Host string
 	Port int
 	Addr netip.AddrPort
+	// Mode and Logins come from the rule that allowed the jump.
+	Mode   string
+	Logins []string
 }
 
 // decide resolves host once and returns the destination the first
@@ -188,7 +193,7 @@ func (p *accessPolicy) decide(ctx context.Context, res Resolver, id *Identity, h
 			}
 			hostOK = true
 			if slices.Contains(r.ports, port) {
-				return Destination{Host: host, Port: port, Addr: netip.AddrPortFrom(a, uint16(port))}, nil
+				return Destination{Host: host, Port: port, Addr: netip.AddrPortFrom(a, uint16(port)), Mode: r.mode, Logins: r.logins}, nil
 			}
 		}
 	}

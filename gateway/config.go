@@ -39,6 +39,8 @@ type Config struct {
 	// offer password or keyboard-interactive authentication.
 	RequireHardenedTargets bool
 	HardenedTargetTTL      time.Duration
+	// Record configures record-mode sessions (see AccessRule.Mode).
+	Record RecordConfig
 	// Login, when set, runs the login service for the reserved user
 	// "login".
 	Login *LoginConfig
@@ -130,6 +132,14 @@ type AccessRule struct {
 	Hosts []string
 	// Ports allowed; empty means 22 only.
 	Ports []int
+	// Mode is ModeRecord (the gateway terminates and records the inner
+	// SSH connection) or ModeTunnel (bytes are relayed untouched). Empty
+	// means record when the rule's ports are exactly SSH's (22), tunnel
+	// otherwise.
+	Mode string
+	// Logins are inner login names a record-mode session may use besides
+	// the certificate's principals (never root or a forbidden name).
+	Logins []string
 }
 
 // Validate checks the configuration and names the field to fix.
@@ -176,7 +186,7 @@ func (c *Config) Validate() error {
 	case l.ReportInterval <= 0:
 		return fmt.Errorf("gateway: limits.report_interval must be positive")
 	}
-	return nil
+	return c.Record.validate()
 }
 
 func (r AccessRule) validate() error {
@@ -196,7 +206,7 @@ func (r AccessRule) validate() error {
 			return fmt.Errorf("port %d is out of range 1-65535", p)
 		}
 	}
-	return nil
+	return r.validateRecord()
 }
 
 // hostPattern is one entry of AccessRule.Hosts.

@@ -42,17 +42,10 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		return
 	}
 	// The certificate's restrictions bind the jump as they bind sshd's
-	// port forwarding: without permit-port-forwarding there is none, and a
-	// force-command certificate may run that command only (in tunnel
-	// mode the gateway cannot see what runs beyond it).
+	// port forwarding: without permit-port-forwarding there is none.
 	if !id.Permits("permit-port-forwarding") {
 		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", ReasonForwardingNotPermitted, "the certificate does not permit port forwarding")
 		nc.Reject(gossh.Prohibited, "bastion: your certificate does not permit port forwarding (it was signed with no-port-forwarding), so it cannot jump")
-		return
-	}
-	if id.ForceCommand != "" {
-		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", ReasonForceCommand, "the certificate has a force-command")
-		nc.Reject(gossh.Prohibited, "bastion: your certificate is restricted to one command (force-command), so it cannot jump")
 		return
 	}
 	var req directTCPIP
@@ -82,6 +75,13 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		}
 		return
 	}
+	// A force-command certificate may run that command only. In record
+	// mode the minted certificate carries it to the target, which enforces
+	// it; in tunnel mode the gateway cannot see what runs beyond it.
+	if id.ForceCommand != "" && dest.Mode != ModeRecord {
+		refuse(ReasonForceCommand, "your certificate is restricted to one command (force-command), so it can jump only to record-mode targets", gossh.Prohibited)
+		return
+	}
 	if err := g.hardenedCheck(openCtx, dest); err != nil {
 		ae := err.(*accessError)
 		refuse(ae.reason, ae.msg, gossh.Prohibited)
@@ -90,6 +90,10 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 	upstream, err := g.deps.Dial(openCtx, "tcp", dest.Addr.String())
 	if err != nil {
 		refuse(ReasonDialFailed, fmt.Sprintf("cannot connect to %s (%s): %v", target, dest.Addr, dialReason(err)), gossh.ConnectionFailed)
+		return
+	}
+	if dest.Mode == ModeRecord {
+		g.recordSession(ctx, cs, id, nc, req, dest, upstream)
 		return
 	}
 

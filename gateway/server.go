@@ -41,6 +41,12 @@ type Deps struct {
 	Resolver Resolver
 	// Dial connects to jump targets; default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Recordings stores record-mode session recordings; nil records
+	// none (sessions are still proxied and their commands audited).
+	Recordings Recordings
+	// SFTP, when set, returns an inspector for each sftp subsystem
+	// channel of a record-mode session (see SFTPInspector).
+	SFTP func(session string, ch uint32) SFTPInspector
 }
 
 // Gateway is the SSH jump host.
@@ -64,6 +70,8 @@ type Gateway struct {
 	targets *scan.Checker
 	// loginLimiter rate-limits logins per source address.
 	loginLimiter *rateLimiter
+	// record holds record mode's host certificate cache and known_hosts.
+	rec *recorder
 
 	mu sync.Mutex
 	// live holds every authenticated connection, idle or not, so that a
@@ -133,6 +141,9 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 	}
 	g.commands = g.builtinCommands()
 	g.targets = newTargetChecker(cfg, deps)
+	if g.rec, err = newRecorder(cfg.Record, deps.Authority, cfg.Now); err != nil {
+		return nil, err
+	}
 	deps.Authority.State().OnChange(g.stateChanged)
 	if g.hostKeys, err = loadHostKeys(context.Background(), cfg, deps.Authority); err != nil {
 		return nil, err

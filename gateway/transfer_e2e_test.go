@@ -34,7 +34,12 @@ const bigTransfer = 64 << 20
 // Every transfer uses its own certificate key id, so its session.start and
 // session.end are the only ones with that id.
 func TestTransferToolsThroughGateway(t *testing.T) {
-	tg := startGateway(t)
+	testTransferTools(t, startGateway(t))
+}
+
+// testTransferTools is TestTransferToolsThroughGateway's body, run in
+// tunnel mode there and in record mode by TestRecordModeTransferTools.
+func testTransferTools(t *testing.T, tg *testGateway) {
 	remote := func(name string) string { return filepath.Join(tg.target.UserDir, name) }
 	local := t.TempDir()
 	big := filepath.Join(local, "big.bin")

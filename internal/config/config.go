@@ -59,6 +59,8 @@ type File struct {
 	OIDC *OIDC `yaml:"oidc"`
 	// Cert configures certificates issued at login.
 	Cert Cert `yaml:"cert"`
+	// Recording configures record-mode sessions.
+	Recording Recording `yaml:"recording"`
 }
 
 // OIDC is the company identity provider.
@@ -94,6 +96,24 @@ type Access struct {
 	Groups     []string `yaml:"groups"`
 	Hosts      []string `yaml:"hosts"`
 	Ports      []int    `yaml:"ports"`
+	// Mode is record or tunnel; empty means record for rules that reach
+	// port 22 only, tunnel otherwise.
+	Mode string `yaml:"mode"`
+	// Logins are extra inner login names for record mode.
+	Logins []string `yaml:"logins"`
+}
+
+// Recording configures record-mode sessions.
+type Recording struct {
+	// KnownHosts is a known_hosts file of target host keys trusted
+	// besides host certificates from bastion's host CA.
+	KnownHosts string `yaml:"known_hosts"`
+	// Input records what users type (off by default).
+	Input bool `yaml:"input"`
+	// OnFailure is close (default) or continue.
+	OnFailure string `yaml:"on_failure"`
+	// HostCertCache is how long a minted host certificate is reused.
+	HostCertCache Duration `yaml:"host_cert_cache"`
 }
 
 // Limits mirror gateway.Limits; nil means the default.
@@ -347,7 +367,7 @@ func (f *File) Gateway() gateway.Config {
 	setDur(&l.ReportInterval, f.Limits.ReportInterval)
 	var rules []gateway.AccessRule
 	for _, a := range f.Access {
-		rules = append(rules, gateway.AccessRule{Principals: a.Principals, Groups: a.Groups, Hosts: a.Hosts, Ports: a.Ports})
+		rules = append(rules, gateway.AccessRule{Principals: a.Principals, Groups: a.Groups, Hosts: a.Hosts, Ports: a.Ports, Mode: a.Mode, Logins: a.Logins})
 	}
 	return gateway.Config{
 		Listen:        f.Listen,
@@ -363,5 +383,11 @@ func (f *File) Gateway() gateway.Config {
 		HardenedTargetTTL:      time.Duration(f.HardenedTargetTTL),
 		DialTimeout:            time.Duration(f.DialTimeout),
 		ShutdownGrace:          time.Duration(f.ShutdownGrace),
+		Record: gateway.RecordConfig{
+			KnownHostsFile: f.Recording.KnownHosts,
+			Input:          f.Recording.Input,
+			OnFailure:      f.Recording.OnFailure,
+			HostCertCache:  time.Duration(f.Recording.HostCertCache),
+		},
 	}
 }

@@ -1,0 +1,422 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/testbed"
+)
+
+// memRecordings is an in-memory Recordings for tests (the real store is
+// audit's, on the recstore branch).
+type memRecordings struct {
+	mu       sync.Mutex
+	sessions map[string]*memRecording
+	// failAfter, when > 0, makes every recording's writes fail after
+	// that many entries.
+	failAfter int
+}
+
+type memEntry struct {
+	ch   uint32
+	kind string
+	at   time.Duration
+	data string
+}
+
+type memRecording struct {
+	m       *memRecordings
+	entries []memEntry
+	closed  bool
+}
+
+func newMemRecordings() *memRecordings { return &memRecordings{sessions: map[string]*memRecording{}} }
+
+func (m *memRecordings) StartRecording(_ context.Context, session string) (Recording, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := &memRecording{m: m}
+	m.sessions[session] = r
+	return r, nil
+}
+
+func (r *memRecording) Write(ch uint32, kind string, at time.Duration, data []byte) error {
+	r.m.mu.Lock()
+	defer r.m.mu.Unlock()
+	if r.closed {
+		return errors.New("recording closed")
+	}
+	if r.m.failAfter > 0 && len(r.entries) >= r.m.failAfter {
+		return errors.New("disk full")
+	}
+	r.entries = append(r.entries, memEntry{ch, kind, at, string(data)})
+	return nil
+}
+
+func (r *memRecording) Close(context.Context) (string, int64, error) {
+	r.m.mu.Lock()
+	defer r.m.mu.Unlock()
+	r.closed = true
+	h := sha256.New()
+	var n int64
+	for _, e := range r.entries {
+		fmt.Fprintf(h, "%d %s %d %q\n", e.ch, e.kind, e.at, e.data)
+		n += int64(len(e.data))
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// entries returns the recording of session, joined per kind.
+func (m *memRecordings) text(session, kind string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.sessions[session]
+	if r == nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, e := range r.entries {
+		if e.kind == kind {
+			b.WriteString(e.data)
+			b.WriteString("\x00")
+		}
+	}
+	return b.String()
+}
+
+// recordBed is a gateway in record mode: its target sshd presents a host
+// certificate from bastion's host CA for 127.0.0.1; plain is a second
+// sshd with only a plain host key, also reachable in record mode.
+type recordBed struct {
+	*testGateway
+	plain *testbed.SSHD
+	recs  *memRecordings
+}
+
+// startRecordGateway starts a gateway whose rule for the target is in
+// record mode, with recordings kept in memory.
+func startRecordGateway(t *testing.T, extraSSHD string, opts ...gatewayOption) *recordBed {
+	t.Helper()
+	recs := newMemRecordings()
+	tg := startGateway(t, append([]gatewayOption{func(_ *Config, d *Deps) { d.Recordings = recs }}, opts...)...)
+	tg.onlyCA = true
+	plain := tg.target
+	rt := testbed.NewSSHD(t, testbed.SSHDConfig{
+		TrustedUserCAKeys: ca.ExportLines(ca.UserCA, tg.auth.TrustedKeys(ca.UserCA), ""),
+		Extra:             extraSSHD,
+	})
+	cert, err := tg.auth.Sign(t.Context(), ca.Request{Kind: ca.HostCA, Key: rt.HostKeyPub, Principals: []string{"127.0.0.1"}, Requester: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.Config.HostCertificate = gossh.MarshalAuthorizedKey(cert)
+	rt.Start()
+	tg.target = rt
+	// Before any connection: the rules now name the two record targets.
+	tg.gw.access, err = compileAccess([]AccessRule{
+		{Principals: []string{tg.user}, Hosts: []string{"127.0.0.1"}, Ports: []int{rt.Port, plain.Port}, Mode: ModeRecord, Logins: []string{"extra-login"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &recordBed{testGateway: tg, plain: plain, recs: recs}
+}
+
+// lastSession is the session id of the newest session.end with keyID.
+func (rb *recordBed) sessionOf(t *testing.T, keyID string) audit.Event {
+	t.Helper()
+	return rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": keyID})
+}
+
+func TestRecordModeExec(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	c := rb.client(ca.Request{KeyID: "rec-exec"})
+	ctx := t.Context()
+
+	res := c.Run(ctx, "ssh", rb.jumpArgs(rb.user, "echo", "hello-from-$(id -un);", "echo", "to-stderr", ">&2")...)
+	if res.ExitCode != 0 || strings.TrimSpace(res.Stdout) != "hello-from-"+rb.user || strings.TrimSpace(res.Stderr) != "to-stderr" {
+		t.Fatalf("ssh -J in record mode: %s\naudit:\n%s", res, rb.dump())
+	}
+	end := rb.sessionOf(t, "rec-exec")
+	if end.Fields["mode"] != ModeRecord || end.Fields["login"] != rb.user || end.Fields["reason"] != "closed" {
+		t.Errorf("session.end: %v; want mode record, login %s, reason closed", end.Fields, rb.user)
+	}
+	if len(end.Fields["recording_sha256"]) != 64 {
+		t.Errorf("session.end has no recording digest: %v", end.Fields)
+	}
+	if out := rb.recs.text(end.Session, "o"); !strings.Contains(out, "hello-from-"+rb.user) {
+		t.Errorf("recorded stdout %q lacks the command's output", out)
+	}
+	if e := rb.recs.text(end.Session, "e"); !strings.Contains(e, "to-stderr") {
+		t.Errorf("recorded stderr %q lacks the command's stderr", e)
+	}
+	if x := rb.recs.text(end.Session, "x"); !strings.Contains(x, "exec echo hello-from") {
+		t.Errorf("recording's exec marker %q", x)
+	}
+	if i := rb.recs.text(end.Session, "i"); i != "" {
+		t.Errorf("input was recorded although recording.input is off: %q", i)
+	}
+	exec := rb.waitEvent(t, eventSessionExec, map[string]string{"key_id": "rec-exec"})
+	if exec.Session != end.Session || !strings.HasPrefix(exec.Fields["command"], "echo hello-from-$(id -un)") || exec.Fields["kind"] != "exec" {
+		t.Errorf("session.exec: %v", exec.Fields)
+	}
+	rb.waitEvent(t, audit.TypeAuthOK, map[string]string{"key_id": "rec-exec", "hop": "inner", "login": rb.user})
+	// The per-session certificate went through the CA's pipeline.
+	issued := rb.waitEvent(t, audit.TypeCertIssued, map[string]string{"purpose": "session", "key_id": "bastion-session:" + rb.user + ":" + end.Session})
+	if issued.Fields["principals"] != rb.user || issued.Fields["source_address"] != "127.0.0.1" {
+		t.Errorf("session certificate: %v; want principal %s and source-address 127.0.0.1", issued.Fields, rb.user)
+	}
+	after, _ := time.Parse(time.RFC3339, issued.Fields["valid_after"])
+	before, _ := time.Parse(time.RFC3339, issued.Fields["valid_before"])
+	if d := before.Sub(after); d <= 0 || d > 3*time.Minute {
+		t.Errorf("session certificate valid for %s; want about a minute", d)
+	}
+	rb.waitEvent(t, audit.TypeCertIssued, map[string]string{"purpose": "record-host", "principals": "127.0.0.1"})
+
+	t.Run("exit status", func(t *testing.T) {
+		if r := c.Run(ctx, "ssh", rb.jumpArgs(rb.user, "exit", "42")...); r.ExitCode != 42 {
+			t.Errorf("exit status through record mode: %s; want 42", r)
+		}
+		rb.waitEvent(t, eventSessionExit, map[string]string{"key_id": "rec-exec", "exit_status": "42", "command": "exit 42"})
+	})
+	t.Run("exit signal", func(t *testing.T) {
+		r := c.Run(ctx, "ssh", rb.jumpArgs(rb.user, "kill", "-KILL", "$$")...)
+		if r.ExitCode != 255 {
+			t.Errorf("a command killed by SIGKILL: %s; want ssh's 255", r)
+		}
+		rb.waitEvent(t, eventSessionExit, map[string]string{"key_id": "rec-exec", "exit_signal": "KILL"})
+	})
+	t.Run("stdin", func(t *testing.T) {
+		r := c.RunInput(ctx, strings.NewReader("line one\nline two\n"), "ssh", rb.jumpArgs(rb.user, "wc", "-l")...)
+		if r.ExitCode != 0 || strings.TrimSpace(r.Stdout) != "2" {
+			t.Errorf("stdin through record mode: %s", r)
+		}
+	})
+	t.Run("setup is cheap on the second session", func(t *testing.T) {
+		before := len(rb.events(audit.TypeCertIssued))
+		if r := c.Run(ctx, "ssh", rb.jumpArgs(rb.user, "true")...); r.ExitCode != 0 {
+			t.Fatal(r)
+		}
+		issued := 0
+		for _, ev := range rb.events(audit.TypeCertIssued)[before:] {
+			if ev.Fields["purpose"] == "record-host" {
+				issued++
+			}
+		}
+		if issued != 0 {
+			t.Errorf("a second session to the same target minted %d new host certificates; want the cached one", issued)
+		}
+	})
+}
+
+func TestRecordModePTY(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	c := rb.client(ca.Request{KeyID: "rec-pty"})
+	script := "stty cols 91 rows 33; echo pty-$((6*7)); exit 3\n"
+	r := c.RunInput(t.Context(), strings.NewReader(script), "ssh", append([]string{"-tt"}, rb.jumpArgs(rb.user)...)...)
+	if r.ExitCode != 3 || !strings.Contains(r.Stdout, "pty-42") {
+		t.Fatalf("ssh -tt with a scripted shell: %s", r)
+	}
+	end := rb.sessionOf(t, "rec-pty")
+	if out := rb.recs.text(end.Session, "o"); !strings.Contains(out, "pty-42") {
+		t.Errorf("recorded pty output %q lacks pty-42", out)
+	}
+	if rs := rb.recs.text(end.Session, "r"); !regexpMatch(`^\d+x\d+\x00`, rs) {
+		t.Errorf("recording has no terminal size: %q", rs)
+	}
+	if x := rb.recs.text(end.Session, "x"); !strings.Contains(x, "shell") {
+		t.Errorf("recording has no shell marker: %q", x)
+	}
+	rb.waitEvent(t, eventSessionExec, map[string]string{"key_id": "rec-pty", "kind": "shell"})
+	rb.waitEvent(t, eventSessionExit, map[string]string{"key_id": "rec-pty", "exit_status": "3"})
+}
+
+func TestRecordModeTransferTools(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	testTransferTools(t, rb.testGateway)
+	// Transfers are audited by kind and not stored byte for byte.
+	for _, kind := range []string{"sftp", "rsync", "git"} {
+		rb.waitEvent(t, eventSessionExec, map[string]string{"kind": kind})
+	}
+	for id, r := range rb.recs.sessions {
+		var n int
+		for _, e := range r.entries {
+			n += len(e.data)
+		}
+		if n > 1<<20 {
+			t.Errorf("session %s recorded %d bytes; file transfers should not be stored byte for byte", id, n)
+		}
+	}
+}
+
+func TestRecordModeRefusals(t *testing.T) {
+	rb := startRecordGateway(t, "AcceptEnv LD_* BASTION_*\n")
+	ctx := t.Context()
+
+	t.Run("target host key unknown", func(t *testing.T) {
+		c := rb.client(ca.Request{KeyID: "rec-unknown-host"})
+		// LogLevel INFO (ssh's default) shows the channel's refusal.
+		r := c.Run(ctx, "ssh", "-o", "LogLevel=INFO", "-J", rb.user+"@"+rb.addr, "-p", strconv.Itoa(rb.plain.Port), rb.user+"@127.0.0.1", "echo", "reached")
+		if r.ExitCode != 255 || strings.Contains(r.Stdout, "reached") || !strings.Contains(r.Stderr, "host key") {
+			t.Errorf("a target with an unknown host key: %s; want a refusal naming the host key", r)
+		}
+		rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-unknown-host", "reason": ReasonTargetHostKeyUnknown})
+		// The gateway never authenticated to it.
+		if strings.Contains(rb.plain.Log(), "Accepted publickey") {
+			t.Errorf("the gateway authenticated to a target whose host key it does not know:\n%s", rb.plain.Log())
+		}
+	})
+	t.Run("root", func(t *testing.T) {
+		c := rb.client(ca.Request{KeyID: "rec-root"})
+		r := c.Run(ctx, "ssh", "-J", rb.user+"@"+rb.addr, "-p", strconv.Itoa(rb.target.Port), "root@127.0.0.1", "true")
+		if r.ExitCode != 255 {
+			t.Errorf("root as the inner login: %s", r)
+		}
+		rb.waitEvent(t, audit.TypeAuthFailed, map[string]string{"key_id": "rec-root", "hop": "inner", "reason": ReasonForbiddenUser})
+	})
+	t.Run("login not allowed", func(t *testing.T) {
+		c := rb.client(ca.Request{KeyID: "rec-login"})
+		r := c.Run(ctx, "ssh", "-J", rb.user+"@"+rb.addr, "-p", strconv.Itoa(rb.target.Port), "daemon@127.0.0.1", "true")
+		if r.ExitCode != 255 {
+			t.Errorf("an inner login outside the certificate: %s", r)
+		}
+		rb.waitEvent(t, audit.TypeAuthFailed, map[string]string{"key_id": "rec-login", "hop": "inner", "reason": ReasonLoginNotAllowed, "login": "daemon"})
+	})
+	t.Run("identity mismatch", func(t *testing.T) {
+		alice := rb.client(ca.Request{KeyID: "rec-alice"})
+		bob := rb.client(ca.Request{KeyID: "rec-bob"})
+		outer, err := rb.dialGateway(rb.user, gossh.PublicKeys(certSigner(t, alice, rb.certOf(alice))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer outer.Close()
+		tunnel, err := outer.Dial("tcp", rb.target.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tunnel.Close()
+		_, _, _, err = gossh.NewClientConn(tunnel, rb.target.Addr, &gossh.ClientConfig{
+			User: rb.user, Auth: []gossh.AuthMethod{gossh.PublicKeys(certSigner(t, bob, rb.certOf(bob)))},
+			HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second,
+		})
+		if err == nil {
+			t.Fatal("the inner hop accepted another user's certificate")
+		}
+		ev := rb.waitEvent(t, audit.TypeAuthFailed, map[string]string{"key_id": "rec-alice", "hop": "inner", "reason": ReasonIdentityMismatch})
+		if ev.Fields["offered_key_id"] != "rec-bob" {
+			t.Errorf("the refusal does not name the certificate offered: %v", ev.Fields)
+		}
+	})
+	t.Run("agent forwarding", func(t *testing.T) {
+		c := rb.client(ca.Request{KeyID: "rec-agent"})
+		sock := testbed.StartSSHAgent(t)
+		c.Env = []string{"SSH_AUTH_SOCK=" + sock}
+		r := c.Run(ctx, "ssh", append([]string{"-A", "-o", "IdentityAgent=" + sock}, rb.jumpArgs(rb.user, "echo", "agent=${SSH_AUTH_SOCK:-none}")...)...)
+		if r.ExitCode != 0 || strings.TrimSpace(r.Stdout) != "agent=none" {
+			t.Errorf("ssh -A in record mode: %s; want the session to run without an agent", r)
+		}
+		rb.waitEvent(t, audit.TypeRequestDenied, map[string]string{"key_id": "rec-agent", "request": "auth-agent-req@openssh.com"})
+	})
+	t.Run("LD_PRELOAD", func(t *testing.T) {
+		c := rb.client(ca.Request{KeyID: "rec-env"})
+		r := c.Run(ctx, "ssh", append([]string{"-o", "SetEnv=LD_PRELOAD=/nonexistent/evil.so BASTION_OK=yes"},
+			rb.jumpArgs(rb.user, "echo", "preload=${LD_PRELOAD:-unset}", "ok=${BASTION_OK:-unset}")...)...)
+		if r.ExitCode != 0 || strings.TrimSpace(r.Stdout) != "preload=unset ok=yes" {
+			t.Errorf("SetEnv LD_PRELOAD through record mode: %s; want LD_PRELOAD dropped and other variables kept", r)
+		}
+		rb.waitEvent(t, audit.TypeRequestDenied, map[string]string{"key_id": "rec-env", "request": "env LD_PRELOAD", "reason": ReasonEnvForbidden})
+	})
+	t.Run("tunnel rules unchanged", func(t *testing.T) {
+		// A tunnel-mode rule relays bytes: the client then needs the
+		// target's own host key.
+		var err error
+		rb.gw.access, err = compileAccess([]AccessRule{{Principals: []string{rb.user}, Hosts: []string{"127.0.0.1"}, Ports: []int{rb.plain.Port}, Mode: ModeTunnel}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := rb.client(ca.Request{KeyID: "rec-tunnel"})
+		c.TrustHostKey(rb.plain.Addr, rb.plain.HostKeyPub)
+		r := c.Run(ctx, "ssh", "-J", rb.user+"@"+rb.addr, "-p", strconv.Itoa(rb.plain.Port), rb.user+"@127.0.0.1", "echo", "tunnelled")
+		if r.ExitCode != 0 || strings.TrimSpace(r.Stdout) != "tunnelled" {
+			t.Errorf("tunnel mode: %s", r)
+		}
+		start := rb.waitEvent(t, audit.TypeSessionStart, map[string]string{"key_id": "rec-tunnel"})
+		if start.Fields["mode"] == ModeRecord {
+			t.Errorf("a tunnel rule's session was recorded: %v", start.Fields)
+		}
+	})
+}
+
+// TestRecordModeForwarding: ssh -W and -L open direct-tcpip inside the
+// recorded session, to a service only the target reaches.
+func TestRecordModeForwarding(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	echo := startEchoServer(t)
+	c := rb.client(ca.Request{KeyID: "rec-fwd"})
+	r := c.RunInput(t.Context(), strings.NewReader("ping through the target\n"), "ssh", append([]string{"-W", echo}, rb.jumpArgs(rb.user)...)...)
+	if r.ExitCode != 0 || r.Stdout != "ping through the target\n" {
+		t.Errorf("ssh -W through a recorded session: %s", r)
+	}
+	rb.waitEvent(t, eventPortForward, map[string]string{"key_id": "rec-fwd", "kind": "local", "forward": echo})
+
+	t.Run("refused without permit-port-forwarding", func(t *testing.T) {
+		c := rb.client(ca.Request{KeyID: "rec-nofwd", Options: []string{"no-port-forwarding"}})
+		r := c.RunInput(t.Context(), strings.NewReader("x\n"), "ssh", append([]string{"-W", echo}, rb.jumpArgs(rb.user)...)...)
+		if r.ExitCode == 0 || r.Stdout != "" {
+			t.Errorf("ssh -W with a no-port-forwarding certificate: %s", r)
+		}
+	})
+}
+
+// startEchoServer serves one line echo on loopback and returns its address.
+func startEchoServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(20 * time.Second))
+				buf := make([]byte, 4096)
+				var got bytes.Buffer
+				for !bytes.Contains(got.Bytes(), []byte("\n")) {
+					n, err := conn.Read(buf)
+					got.Write(buf[:n])
+					if err != nil {
+						break
+					}
+				}
+				io.Copy(conn, &got)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func regexpMatch(re, s string) bool {
+	return regexp.MustCompile(re).MatchString(s)
+}

@@ -1,0 +1,36 @@
+package gateway
+
+import (
+	"context"
+	"time"
+)
+
+// Recordings stores what happens inside recorded sessions; *audit.Store implements it (recstore branch).
+type Recordings interface {
+	StartRecording(ctx context.Context, session string) (Recording, error)
+}
+
+// Recording is one record-mode session's recording.
+type Recording interface {
+	// Write appends one timed entry of channel ch: kind "o" output, "e" stderr, "i" input, "r" resize ("COLSxROWS"), "x" exec/subsystem marker.
+	Write(ch uint32, kind string, at time.Duration, data []byte) error
+	// Close flushes, and returns the SHA-256 (hex) over everything written and the bytes stored.
+	Close(ctx context.Context) (sha256 string, stored int64, err error)
+}
+
+// SFTPInspector is fed both byte streams of a `subsystem sftp` channel,
+// in order, so that file-transfer metadata (paths opened, read, written,
+// removed) can be audited.
+//
+// HOOK, NOT DONE: the parser is internal/sftpinspect on the recstore
+// branch. Until cmd/bastion sets Deps.SFTP to it, record mode relays and
+// records SFTP channels (the "x" marker names the subsystem) but nothing
+// parses the SFTP packets.
+type SFTPInspector interface {
+	// ClientToServer receives the bytes the client sent, in order.
+	ClientToServer(p []byte)
+	// ServerToClient receives the bytes the target sent, in order.
+	ServerToClient(p []byte)
+	// Close ends the channel's inspection.
+	Close() error
+}
