@@ -175,9 +175,10 @@ func sourceString(p netip.Prefix) string {
 // login limiter. It runs while the gateway serves and stops (after a last
 // report) at Shutdown.
 type janitor struct {
-	once sync.Once
-	stop chan struct{}
-	done chan struct{}
+	once     sync.Once
+	stopOnce sync.Once
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 // startJanitor starts the housekeeping goroutine once.
@@ -202,15 +203,18 @@ func (g *Gateway) startJanitor() {
 
 // stopJanitor stops the housekeeping goroutine and waits for its last
 // report; without a started janitor it just reports.
+// It is safe to call more than once (Shutdown may be).
 func (g *Gateway) stopJanitor() {
-	started := true
-	g.janitor.once.Do(func() { started = false })
-	if !started {
-		g.housekeep()
-		return
-	}
-	close(g.janitor.stop)
-	<-g.janitor.done
+	g.janitor.stopOnce.Do(func() {
+		started := true
+		g.janitor.once.Do(func() { started = false })
+		if !started {
+			g.housekeep()
+			return
+		}
+		close(g.janitor.stop)
+		<-g.janitor.done
+	})
 }
 
 // housekeep writes the drop report and sweeps the bounded tables.

@@ -282,7 +282,7 @@ func (a *app) writeCert(cert *ssh.Certificate, keyPath, out string) error {
 	}
 	fmt.Fprintf(a.stderr, "signed %s certificate %s\n  key id:     %q\n  serial:     %d\n  principals: %s\n  valid:      %s to %s\n  CA:         %s\n",
 		kind, dest, cert.KeyId, cert.Serial, strings.Join(cert.ValidPrincipals, ","),
-		time.Unix(int64(cert.ValidAfter), 0).Format(time.RFC3339), time.Unix(int64(cert.ValidBefore), 0).Format(time.RFC3339),
+		ca.FormatCertTime(cert.ValidAfter), ca.FormatCertTime(cert.ValidBefore),
 		ca.Fingerprint(cert.SignatureKey))
 	return nil
 }

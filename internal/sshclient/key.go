@@ -167,14 +167,18 @@ func ValidAt(cert *ssh.Certificate, now time.Time) bool {
 	return uint64(unix) >= cert.ValidAfter && (cert.ValidBefore == ssh.CertTimeInfinity || uint64(unix) < cert.ValidBefore)
 }
 
+// maxCertUnix is 9999-12-31T23:59:59Z: certificate times past it (2^64-1
+// is "forever") are shown as it, so they format and compare sanely.
+const maxCertUnix = 253402300799
+
 // ValidFrom returns the start of cert's validity.
 func ValidFrom(cert *ssh.Certificate) time.Time {
-	return time.Unix(int64(min(cert.ValidAfter, 1<<62)), 0) // #nosec G115 -- clamped
+	return time.Unix(int64(min(cert.ValidAfter, maxCertUnix)), 0) // #nosec G115 -- clamped
 }
 
 // Expiry returns the end of cert's validity.
 func Expiry(cert *ssh.Certificate) time.Time {
-	return time.Unix(int64(min(cert.ValidBefore, 1<<62)), 0) // #nosec G115 -- clamped (CertTimeInfinity is far future)
+	return time.Unix(int64(min(cert.ValidBefore, maxCertUnix)), 0) // #nosec G115 -- clamped (CertTimeInfinity is "forever")
 }
 
 func truncate(s string, n int) string {
