@@ -14,6 +14,8 @@ import (
 	"github.com/oklog/ulid/v2"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 // Options configure Open. The zero value opens read-write with a one-second
@@ -210,12 +212,8 @@ func writeOwner(path string, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	// Write then rename, so a reader never sees half a file.
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	// A reader never sees half a file.
+	return atomicfile.WriteFile(path, b, 0o600)
 }
 
 // describeOwner says who holds the lock, from the owner file a writer left.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 func newCACommand(a *app) *cobra.Command {
@@ -244,7 +245,7 @@ func (a *app) writeCert(cert *ssh.Certificate, keyPath, out string) error {
 		if _, err := a.stdout.Write(line); err != nil {
 			return err
 		}
-	} else if err := os.WriteFile(out, line, 0o644); err != nil {
+	} else if err := atomicfile.WriteFile(out, line, 0o644); err != nil {
 		return fmt.Errorf("write certificate: %w", err)
 	}
 	kind := "user"
@@ -371,7 +372,7 @@ func newCAKRLCommand(a *app) *cobra.Command {
 				_, err = a.stdout.Write(data)
 				return err
 			}
-			if err := os.WriteFile(out, data, 0o644); err != nil {
+			if err := atomicfile.WriteFile(out, data, 0o644); err != nil {
 				return fmt.Errorf("write KRL: %w", err)
 			}
 			fmt.Fprintf(a.stderr, "wrote %s (%d revocations)\n", out, len(revs.List()))
