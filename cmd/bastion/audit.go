@@ -183,18 +183,42 @@ func (p *progress) done() {
 }
 
 func newAuditVerifyCommand(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:     "verify",
-		Short:   "Check the audit log's hash chain; exit 1 at the first edited, deleted or reordered event",
-		Example: `  bastion audit verify --data-dir /var/lib/bastion`,
-		Args:    cobra.NoArgs,
+	var anchorFile string
+	cmd := &cobra.Command{
+		Use:   "verify [--anchor FILE]",
+		Short: "Check the audit log's hash chain; exit 1 at the first edited, deleted or reordered event",
+		Long: `Check the audit log's hash chain: every event's hash, its link to the one
+before, the order of ids, the event count, and (after retention) that an
+audit.pruned event vouches for the checkpoint the chain starts from.
+
+On success it prints an anchor line naming the newest event. Keep it
+somewhere this machine cannot write (a ticket, another host, a chat
+message): a later ` + "`verify --anchor FILE`" + ` then proves the log was
+neither cut back nor rewritten up to that event, which the chain alone
+cannot show.`,
+		Example: `  bastion audit verify --data-dir /var/lib/bastion
+  bastion audit verify --data-dir /var/lib/bastion | tail -1 | ssh backup 'cat >> anchors/bastion1'
+  bastion audit verify --data-dir /var/lib/bastion --anchor ./last-anchor`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var anchor *audit.Anchor
+			if anchorFile != "" {
+				b, err := os.ReadFile(anchorFile)
+				if err != nil {
+					return fmt.Errorf("--anchor: %w", err)
+				}
+				an, err := audit.ParseAnchor(string(b))
+				if err != nil {
+					return fmt.Errorf("--anchor %s: %w", anchorFile, err)
+				}
+				anchor = &an
+			}
 			store, err := a.openAuditReadOnly()
 			if err != nil {
 				return err
 			}
 			defer store.Close()
-			v, err := store.VerifyChain(cmd.Context())
+			v, err := store.VerifyAnchored(cmd.Context(), anchor)
 			var ce *audit.ChainError
 			if errors.As(err, &ce) {
 				return &exitError{code: 1, err: fmt.Errorf("audit log is NOT intact (%d events checked before the break): %w", v.Checked, err)}
@@ -205,10 +229,21 @@ func newAuditVerifyCommand(a *app) *cobra.Command {
 			if v.From.Pruned > 0 {
 				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact from the retention checkpoint (%d older events pruned; the oldest held event chains to %s, the hash of pruned event %s)\n",
 					v.Checked, v.From.Pruned, v.From.Hash, v.From.ID)
-				return nil
+			} else {
+				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact\n", v.Checked)
 			}
-			fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact\n", v.Checked)
+			switch {
+			case anchor != nil && v.AnchorPruned:
+				fmt.Fprintf(a.stdout, "anchor: event %d (%s) has been pruned by retention; the log is at least that long, its hash could not be compared\n", anchor.Seq, anchor.ID)
+			case anchor != nil:
+				fmt.Fprintf(a.stdout, "anchor: event %d (%s) is in the chain with the anchored hash\n", anchor.Seq, anchor.ID)
+			}
+			if v.Head.ID != "" {
+				fmt.Fprintln(a.stdout, v.Head.String())
+			}
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&anchorFile, "anchor", "", "a file holding an anchor line printed by an earlier verify; the log must still contain that event")
+	return cmd
 }
