@@ -189,4 +189,3 @@ func hex64(c byte) string {
 	}
 	return string(b)
 }
-
