@@ -26,6 +26,13 @@ var (
 	// ErrCorrupt means the store's own metadata is missing or inconsistent,
 	// so appending could not continue the chain safely.
 	ErrCorrupt = errors.New("audit: database is corrupt")
+	// ErrDamaged means the file itself is damaged (empty, cut short, or
+	// with pages bbolt cannot read), so it must not be used; the error
+	// names the file and the fix (a backup, or `bastion audit salvage`).
+	ErrDamaged = errors.New("audit: database file is damaged")
+	// ErrMissing means the log does not exist although Options.MustExist
+	// said it must (the data directory has a CA, so it had a log).
+	ErrMissing = errors.New("audit: database file is missing")
 )
 
 // errFormat means the file was written in a layout this build does not know.

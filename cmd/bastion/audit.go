@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -21,7 +22,7 @@ func newAuditCommand(a *app) *cobra.Command {
 		Use:   "audit",
 		Short: "Read the audit log: export, tail and verify",
 	}
-	cmd.AddCommand(newAuditExportCommand(a), newAuditTailCommand(a), newAuditVerifyCommand(a))
+	cmd.AddCommand(newAuditExportCommand(a), newAuditTailCommand(a), newAuditVerifyCommand(a), newAuditSalvageCommand(a))
 	return cmd
 }
 
@@ -245,5 +246,46 @@ cannot show.`,
 		},
 	}
 	cmd.Flags().StringVar(&anchorFile, "anchor", "", "a file holding an anchor line printed by an earlier verify; the log must still contain that event")
+	return cmd
+}
+
+func newAuditSalvageCommand(a *app) *cobra.Command {
+	var out, from string
+	cmd := &cobra.Command{
+		Use:   "salvage --out NEW.db [--from FILE]",
+		Short: "Copy every readable, verifiable event of a damaged audit log into a new file",
+		Long: `Read a damaged audit log page by page (without trusting its structure),
+keep every event that decodes and whose own hash is right, and write them,
+unchanged and in order, to a new log file, followed by an audit.salvaged
+event. It reports how many events it recovered, how many records it could
+not read, and where the chain has gaps; ` + "`audit verify`" + ` on the new file
+stops at the first gap, so a loss is never hidden. Put the new file in
+place of audit.db (keep the damaged one) once you have read the report.`,
+		Example: `  bastion audit salvage --data-dir /var/lib/bastion --out /var/lib/bastion/audit.salvaged.db
+  mv /var/lib/bastion/audit.db /var/lib/bastion/audit.db.damaged && mv /var/lib/bastion/audit.salvaged.db /var/lib/bastion/audit.db`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return errors.New("--out is required: the new file to write (it must not exist)")
+			}
+			if from == "" {
+				from = a.layout().AuditDB()
+			}
+			rep, err := audit.Salvage(cmd.Context(), from, out, time.Now)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "salvaged %d events (%s .. %s) from %s into %s\n", rep.Recovered, rep.First, rep.Last, from, out)
+			fmt.Fprintf(a.stdout, "unreadable records: %d\n", rep.Unreadable)
+			if rep.BreakCount == 0 {
+				fmt.Fprintln(a.stdout, "chain: complete, no gaps")
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "chain: %d gaps (events lost before each of): %s\n", rep.BreakCount, strings.Join(rep.Breaks, ", "))
+			return &exitError{code: 1, err: fmt.Errorf("the salvaged log has %d gaps; events were lost (see above)", rep.BreakCount)}
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "the new log file to write (must not exist)")
+	cmd.Flags().StringVar(&from, "from", "", "the damaged log (default: audit.db in --data-dir)")
 	return cmd
 }

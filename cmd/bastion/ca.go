@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -37,7 +38,7 @@ func newCACommand(a *app) *cobra.Command {
 // openAudit opens the audit log for writing, failing fast (not hanging)
 // when a running gateway holds it.
 func (a *app) openAudit() (*audit.Store, error) {
-	return audit.Open(a.layout().AuditDB(), audit.Options{Timeout: time.Second})
+	return openAuditLog(context.Background(), a.layout(), audit.Options{Timeout: time.Second}, a.newAuditLog, a.operator(), a.stderr)
 }
 
 // openAuditReadOnly opens the audit log to read.

@@ -148,7 +148,7 @@ func startDev(ctx context.Context, o devOptions) (env *devEnv, err error) {
 	if logw == nil {
 		logw = io.Discard
 	}
-	rt, err := startRuntime(ctx, f, newLogger(logw, config.Log{Level: "warn"}))
+	rt, err := startRuntime(ctx, f, newLogger(logw, config.Log{Level: "warn"}), false, logw)
 	if err != nil {
 		if strings.Contains(err.Error(), "address already in use") {
 			return nil, fmt.Errorf("%w; pass --listen 127.0.0.1:0 (or another port)", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -48,7 +49,7 @@ over SSH instead (ssh -p 2222 admin@bastion lock alice).`,
 				defer pacer.Stop()
 				logger.Info("garbage collector paced by bastion; set GOGC or GOMEMLIMIT to pace it yourself", "gc_percent", pacer.Percent())
 			}
-			rt, err := startRuntime(cmd.Context(), f, logger)
+			rt, err := startRuntime(cmd.Context(), f, logger, a.newAuditLog, a.stderr)
 			if err != nil {
 				return err
 			}
@@ -89,7 +90,7 @@ type gatewayRuntime struct {
 
 // startRuntime opens the data dir, builds the gateway and starts serving
 // SSH (and metrics, when configured).
-func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*gatewayRuntime, error) {
+func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newLog bool, stderr io.Writer) (*gatewayRuntime, error) {
 	layout := ca.Layout{DataDir: f.DataDir}
 	if !layout.Exists() {
 		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), f.DataDir)
@@ -102,7 +103,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 	if err != nil {
 		return nil, err
 	}
-	store, err := audit.Open(layout.AuditDB(), audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention)})
+	store, err := openAuditLog(ctx, layout, audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention)}, newLog, "gateway", stderr)
 	if err != nil {
 		return nil, err
 	}
