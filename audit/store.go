@@ -163,7 +163,10 @@ func Open(path string, opts Options) (*Store, error) {
 		err = db.Update(func(tx *bbolt.Tx) error {
 			created, err := initBuckets(tx)
 			s.created = created
-			return err
+			if err != nil {
+				return err
+			}
+			return rebuildSessions(tx)
 		})
 	}
 	if err != nil {

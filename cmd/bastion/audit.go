@@ -239,6 +239,9 @@ cannot show.`,
 			case anchor != nil:
 				fmt.Fprintf(a.stdout, "anchor: event %d (%s) is in the chain with the anchored hash\n", anchor.Seq, anchor.ID)
 			}
+			if open, err := store.OpenSessions(); err == nil && len(open) > 0 {
+				fmt.Fprintf(a.stdout, "sessions without session.end: %d (live in a running gateway, or cut by a crash: the next `bastion serve` closes them with reason %s)\n", len(open), audit.ReasonGatewayCrashed)
+			}
 			if v.Head.ID != "" {
 				fmt.Fprintln(a.stdout, v.Head.String())
 			}

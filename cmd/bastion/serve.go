@@ -107,6 +107,15 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	if err != nil {
 		return nil, err
 	}
+	// No session is live before the gateway serves: any the log shows
+	// open were cut by a crash (kill -9, power loss). Close them in the
+	// log so exports tell the truth; if that cannot be written now, the
+	// next start tries again.
+	if n, err := store.CloseInterrupted(ctx); err != nil {
+		logger.Error("cannot close the sessions a crash cut short; the next start will try again", "closed", n, "err", err)
+	} else if n > 0 {
+		logger.Warn("closed sessions cut short by a crash or kill", "sessions", n, "reason", audit.ReasonGatewayCrashed)
+	}
 	var alerts *alertRuntime
 	fail := func(err error) (*gatewayRuntime, error) {
 		alerts.stop()
