@@ -86,9 +86,11 @@ func (cs *connState) touch(g *Gateway, conn *gossh.ServerConn) (*Identity, error
 		f["remote"], f["conn"], f["method"] = cs.remote.String(), cs.id, "publickey"
 		f["valid_until"] = id.ValidUntil.Format(time.RFC3339)
 		g.metrics.authAttempts.WithLabelValues("ok", "").Inc()
-		if err := g.record(context.Background(), audit.Event{Type: audit.TypeAuthOK, Actor: id.User, Session: cs.id, Fields: f}); err != nil {
-			cs.identityErr = fmt.Errorf("gateway: audit unavailable: %w", err)
-			cs.kill(ReasonAuditUnavailable)
+		if err := g.recordOrRefuse(context.Background(), audit.Event{Type: audit.TypeAuthOK, Actor: id.User, Session: cs.id, Fields: f}); err != nil {
+			// Channels are refused with this one line; the connection
+			// ends shortly after, once the refusal has reached the client.
+			cs.identityErr = errAuditUnavailable
+			time.AfterFunc(2*time.Second, func() { cs.kill(ReasonAuditUnavailable) })
 			return
 		}
 		g.mu.Lock()

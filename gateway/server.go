@@ -39,6 +39,9 @@ type Deps struct {
 	Resolver Resolver
 	// Dial connects to jump targets; default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Alerter, when set, is told at once (without the disk) when the
+	// audit log stops taking writes or descriptors run out.
+	Alerter Alerter
 }
 
 // Gateway is the SSH jump host.
@@ -59,6 +62,9 @@ type Gateway struct {
 	targets *scan.Checker
 	// loginLimiter rate-limits logins per source address.
 	loginLimiter *rateLimiter
+	// spool tracks the audit log's health and keeps records of past
+	// events while it is down (auditspool.go).
+	spool *spool
 
 	mu       sync.Mutex
 	live     map[*connState]struct{}
@@ -116,6 +122,7 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		}
 		g.loginLimiter = newRateLimiter(cfg.Login.PerMinute, cfg.Now)
 	}
+	g.spool = newSpool(deps.Audit, cfg.Logger, deps.Alerter, cfg.Now, deps.Registry)
 	g.commands = g.builtinCommands()
 	g.targets = newTargetChecker(cfg, deps)
 	deps.Locks.mu.Lock()
@@ -196,6 +203,14 @@ func (g *Gateway) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 		AuthLogCallback: func(meta gossh.ConnMetadata, method string, err error) {
 			g.authLog(cs, meta, method, err)
 		},
+		// Sent before authentication: while the audit log is down a
+		// login would be refused anyway, and this line says why.
+		BannerCallback: func(gossh.ConnMetadata) string {
+			if g.spool.down() {
+				return "bastion: " + MsgAuditUnavailable + "\n"
+			}
+			return ""
+		},
 	}
 }
 
@@ -261,16 +276,34 @@ func (g *Gateway) authLog(cs *connState, meta gossh.ConnMetadata, method string,
 	}
 }
 
-// record appends ev, timing it; a failure is logged and returned.
+// record appends ev, the record of something that already happened (a
+// session's end, a refusal, a failed login), timing it. If the log cannot
+// take it, it waits in memory and is written when the log can (see
+// auditspool.go); the error is still logged and returned.
 func (g *Gateway) record(ctx context.Context, ev audit.Event) error {
+	err := g.recordOrRefuse(ctx, ev)
+	if err != nil && storeFault(ctx, err) {
+		g.spool.keep(ev)
+	}
+	return err
+}
+
+// recordOrRefuse appends ev, the record of an action about to be taken (a
+// login accepted, a session started). On failure nothing is kept: the
+// caller must refuse the action, telling the user MsgAuditUnavailable.
+func (g *Gateway) recordOrRefuse(ctx context.Context, ev audit.Event) error {
 	start := time.Now()
-	_, err := g.deps.Audit.Append(ctx, ev)
+	err := g.spool.write(ctx, ev)
 	g.metrics.auditLatency.Observe(time.Since(start).Seconds())
 	if err != nil {
 		g.log.Error("audit write failed", "type", ev.Type, "err", err)
 	}
 	return err
 }
+
+// AuditAvailable reports whether the audit log takes writes; while it does
+// not, the gateway refuses every action that has an audit record.
+func (g *Gateway) AuditAvailable() bool { return !g.spool.down() }
 
 // connCallback runs before the handshake: banned sources and connections
 // over the unauthenticated cap are closed at once, and a deadline bounds
@@ -348,6 +381,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	}
 	g.sessions.Wait()
 	g.record(context.Background(), audit.Event{Type: audit.TypeGatewayStop, Actor: "gateway"})
+	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 5*time.Second)
+	g.spool.close(flushCtx)
+	cancelFlush()
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return nil
 	}

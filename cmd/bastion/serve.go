@@ -143,14 +143,18 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 			return fail(err)
 		}
 	}
-	gw, err := gateway.New(gc, gateway.Deps{Authority: auth, Revocations: revs, Locks: locks, Audit: store, Registry: reg})
-	if err != nil {
-		return fail(err)
-	}
+	// Alerts start first: the gateway raises some itself (the audit log
+	// failing, descriptors running out), straight to the webhooks.
+	deps := gateway.Deps{Authority: auth, Revocations: revs, Locks: locks, Audit: store, Registry: reg}
 	if f.Alerts != nil {
 		if alerts, err = startAlerts(f, store, reg, logger); err != nil {
 			return fail(err)
 		}
+		deps.Alerter = alerts.engine
+	}
+	gw, err := gateway.New(gc, deps)
+	if err != nil {
+		return fail(err)
 	}
 	ln, err := net.Listen("tcp", gc.Listen)
 	if err != nil {
@@ -165,7 +169,15 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if !gw.AuditAvailable() {
+				// Load balancers and probes take the gateway out: it
+				// refuses every login until the log takes writes.
+				http.Error(w, "audit log unavailable: logins, jumps and commands are refused (see bastion_audit_available)", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
+		})
 		rt.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		rt.metricsAddr = mln.Addr().String()
 		go rt.metricsSrv.Serve(mln)
