@@ -65,6 +65,8 @@ type Gateway struct {
 	// spool tracks the audit log's health and keeps records of past
 	// events while it is down (auditspool.go).
 	spool *spool
+	// fds reports running out of file descriptors (fdlimit.go).
+	fds *fdWatch
 
 	mu       sync.Mutex
 	live     map[*connState]struct{}
@@ -123,6 +125,13 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		g.loginLimiter = newRateLimiter(cfg.Login.PerMinute, cfg.Now)
 	}
 	g.spool = newSpool(deps.Audit, cfg.Logger, deps.Alerter, cfg.Now, deps.Registry)
+	g.fds = newFDWatch(g, deps.Registry)
+	dial := g.deps.Dial
+	g.deps.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		g.fds.check("dial", err)
+		return c, err
+	}
 	g.commands = g.builtinCommands()
 	g.targets = newTargetChecker(cfg, deps)
 	deps.Locks.mu.Lock()
@@ -344,7 +353,7 @@ func (g *Gateway) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
 // Serve accepts connections on ln until Shutdown.
 func (g *Gateway) Serve(ln net.Listener) error {
 	g.record(context.Background(), audit.Event{Type: audit.TypeGatewayStart, Actor: "gateway", Fields: map[string]string{"listen": ln.Addr().String()}})
-	err := g.srv.Serve(ln)
+	err := g.srv.Serve(fdListener{Listener: ln, w: g.fds})
 	if errors.Is(err, gliderssh.ErrServerClosed) {
 		return nil
 	}

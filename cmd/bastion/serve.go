@@ -107,6 +107,11 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	if err != nil {
 		return nil, err
 	}
+	// Two descriptors per session (client and target): say when the limit
+	// caps the gateway well below its design load of 10,000 sessions.
+	if lim := gateway.OpenFileLimit(); lim > 0 && lim < minOpenFiles {
+		logger.Warn("the open-file limit caps concurrent sessions at about half of it; raise it (LimitNOFILE in the systemd unit, the container runtime's nofile)", "open_file_limit", lim, "recommended", minOpenFiles)
+	}
 	// No session is live before the gateway serves: any the log shows
 	// open were cut by a crash (kill -9, power loss). Close them in the
 	// log so exports tell the truth; if that cannot be written now, the
@@ -169,6 +174,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 			if !gw.AuditAvailable() {
 				// Load balancers and probes take the gateway out: it
@@ -185,6 +191,10 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	go func() { rt.served <- gw.Serve(ln) }()
 	return rt, nil
 }
+
+// minOpenFiles is the open-file limit below which serve warns: two
+// descriptors for each of 10,000 sessions, and some to spare.
+const minOpenFiles = 20480
 
 // loginConfig connects to the IdP (OIDC discovery) and builds the login
 // service's configuration.
