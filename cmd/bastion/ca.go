@@ -44,7 +44,7 @@ func (a *app) openAudit() (*audit.Store, error) {
 // openAuditReadOnly opens the audit log to read.
 func (a *app) openAuditReadOnly() (*audit.Store, error) {
 	if _, err := os.Stat(a.layout().AuditDB()); err != nil {
-		return nil, fmt.Errorf("no audit log at %s: %w (is --data-dir right?)", a.layout().AuditDB(), err)
+		return nil, fmt.Errorf("no audit log at %s: it does not exist (%w); is --data-dir right? If this CA's log was lost, restore audit.db from a backup", a.layout().AuditDB(), err)
 	}
 	return audit.Open(a.layout().AuditDB(), audit.Options{Timeout: time.Second, ReadOnly: true})
 }
