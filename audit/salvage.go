@@ -95,7 +95,7 @@ func Salvage(ctx context.Context, src, dst string, now func() time.Time) (Salvag
 		events, meta := tx.Bucket([]byte(bucketEvents)), tx.Bucket([]byte(bucketMeta))
 		for _, id := range ids {
 			rec := found[id]
-			ev, _ := DecodeEvent(rec) // scanLeaf kept only decodable records
+			ev, _ := DecodeEvent(rec)     // scanLeaf kept only decodable records
 			if ev.PrevHash != prev.Hash { // for the first event: events before it were lost
 				rep.BreakCount++
 				if len(rep.Breaks) < maxBreaks {

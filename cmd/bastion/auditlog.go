@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"time"
 
@@ -21,8 +22,14 @@ import (
 func openAuditLog(ctx context.Context, layout ca.Layout, opts audit.Options, newLog bool, actor string, stderr io.Writer) (*audit.Store, error) {
 	path := layout.AuditDB()
 	opts.MustExist = layout.Exists() && !newLog
-	store, err := audit.Open(path, opts)
 	var moved string
+	if fi, err := os.Stat(path); newLog && err == nil && fi.Size() == 0 {
+		// Keep even an empty file in sight: it says the log was wiped.
+		if moved, err = audit.MoveAside(path, time.Now()); err != nil {
+			return nil, err
+		}
+	}
+	store, err := audit.Open(path, opts)
 	if newLog && errors.Is(err, audit.ErrDamaged) {
 		if moved, err = audit.MoveAside(path, time.Now()); err != nil {
 			return nil, err

@@ -24,9 +24,9 @@ type app struct {
 	// newAuditLog (--new-audit-log) allows starting a new audit log where
 	// the data directory's CA says one should exist.
 	newAuditLog bool
-	stdin   io.Reader
-	stdout  io.Writer
-	stderr  io.Writer
+	stdin       io.Reader
+	stdout      io.Writer
+	stderr      io.Writer
 }
 
 // layout is the data directory's file layout.
