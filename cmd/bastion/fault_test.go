@@ -710,3 +710,58 @@ func TestFaultDamagedAuditDB(t *testing.T) {
 		})
 	}
 }
+
+// TestFaultOutOfFileDescriptors: `bastion serve` under an open-file limit
+// of 64, flooded with connections. Running out of descriptors is logged,
+// counted in bastion_fd_exhausted_total and alerted, not silent.
+func TestFaultOutOfFileDescriptors(t *testing.T) {
+	e := newFaultEnv(t, filepath.Join(t.TempDir(), "data"))
+	buf := &bytes.Buffer{}
+	s := &server{buf: buf, stderr: &syncWriter{w: buf}, exited: make(chan struct{})}
+	// ulimit -n sets the soft and the hard limit, so the Go runtime cannot
+	// raise it again.
+	s.cmd = exec.Command("sh", "-c", `ulimit -n 64 && exec "$0" serve --config "$1"`, e.bin, e.cfg)
+	s.cmd.Stderr = s.stderr
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.cmd.Wait(); close(s.exited) }()
+	t.Cleanup(func() { _ = s.cmd.Process.Kill(); <-s.exited })
+	waitFor(t, 30*time.Second, "serve to listen", func() bool {
+		c, err := net.Dial("tcp", e.sshAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	var conns []net.Conn
+	for range 100 {
+		c, err := net.DialTimeout("tcp", e.sshAddr, time.Second)
+		if err != nil {
+			break
+		}
+		conns = append(conns, c)
+	}
+	waitFor(t, 10*time.Second, "the out-of-descriptors log line", func() bool {
+		return strings.Contains(s.log(), "out of file descriptors")
+	})
+	for _, c := range conns {
+		c.Close()
+	}
+	waitFor(t, 15*time.Second, "bastion_fd_exhausted_total{op=\"accept\"} > 0", func() bool {
+		return e.metric(`bastion_fd_exhausted_total{op="accept"}`) > 0
+	})
+	waitFor(t, 15*time.Second, "the fd_exhausted alert", func() bool {
+		bodies, _ := e.hook.got()
+		for _, b := range bodies {
+			if bytes.Contains(b, []byte(gateway.AlertFDExhausted)) {
+				return true
+			}
+		}
+		return false
+	})
+	if n := strings.Count(s.log(), "out of file descriptors"); n > 3 {
+		t.Errorf("the out-of-descriptors line was logged %d times in a few seconds; it must be rate-limited", n)
+	}
+	s.stop(t, syscall.SIGTERM)
+}
