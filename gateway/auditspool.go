@@ -80,6 +80,7 @@ type spool struct {
 	kick      chan struct{}
 	stop      chan struct{}
 	done      chan struct{}
+	stopOnce  sync.Once
 }
 
 func newSpool(store Auditor, log *slog.Logger, alerter Alerter, now func() time.Time, reg prometheus.Registerer) *spool {
@@ -267,7 +268,7 @@ func (s *spool) closeEpisode(ctx context.Context) {
 // close stops retrying and makes a last attempt, bounded by ctx, to write
 // what is queued; it returns how many records were lost.
 func (s *spool) close(ctx context.Context) int {
-	close(s.stop)
+	s.stopOnce.Do(func() { close(s.stop) })
 	<-s.done
 	s.flush(ctx)
 	s.mu.Lock()
