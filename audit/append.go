@@ -236,6 +236,9 @@ func appendTx(tx *bbolt.Tx, ev Event, now func() time.Time) (Event, error) {
 	if err := meta.Put([]byte(metaCount), count[:]); err != nil {
 		return Event{}, err
 	}
+	if err := trackSession(tx, ev); err != nil {
+		return Event{}, err
+	}
 	return ev, nil
 }
 

@@ -12,8 +12,8 @@
 //
 // Other packages keep state that must change together with its audit record
 // (revocations, user locks) in their own buckets of the same file, through
-// [Store.AppendWith] and [Store.View]. The bucket names "events" and "meta"
-// belong to this package.
+// [Store.AppendWith] and [Store.View]. The bucket names "events", "meta"
+// and "sessions" belong to this package.
 //
 // Committed events are also offered live to subscribers ([Store.Subscribe],
 // which drops rather than wait, and [Store.Follow], which never misses

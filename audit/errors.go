@@ -26,6 +26,13 @@ var (
 	// ErrCorrupt means the store's own metadata is missing or inconsistent,
 	// so appending could not continue the chain safely.
 	ErrCorrupt = errors.New("audit: database is corrupt")
+	// ErrDamaged means the file itself is damaged (empty, cut short, or
+	// with pages bbolt cannot read), so it must not be used; the error
+	// names the file and the fix (a backup, or `bastion audit salvage`).
+	ErrDamaged = errors.New("audit: database file is damaged")
+	// ErrMissing means the log does not exist although Options.MustExist
+	// said it must (the data directory has a CA, so it had a log).
+	ErrMissing = errors.New("audit: database file is missing")
 )
 
 // errFormat means the file was written in a layout this build does not know.
@@ -52,6 +59,16 @@ const (
 	// ReasonTruncated: the log ends before the last event the store's
 	// metadata recorded, so events were deleted from the end.
 	ReasonTruncated = "truncated"
+	// ReasonCheckpoint: the chain starts from a retention checkpoint that
+	// no audit.pruned event in the log names, so the oldest events were
+	// deleted and the checkpoint written by hand.
+	ReasonCheckpoint = "checkpoint_unvouched"
+	// ReasonCount: the number of events held differs from the count the
+	// store recorded.
+	ReasonCount = "count_mismatch"
+	// ReasonAnchor: the event an anchor names is missing, or has another
+	// hash or position: the log was rewritten.
+	ReasonAnchor = "anchor_mismatch"
 )
 
 // ChainError reports the first broken link found by [Store.Verify].
@@ -83,6 +100,12 @@ func (e *ChainError) Error() string {
 		return fmt.Sprintf("%s: event time %s is after the time in its id (%s): the time was changed or the id forged", at, e.Got, e.Expected)
 	case ReasonTruncated:
 		return fmt.Sprintf("%s: the log ends at %s but the store recorded %s as its last event: events were deleted from the end", at, e.Got, e.Expected)
+	case ReasonCheckpoint:
+		return fmt.Sprintf("%s: the log starts after a retention checkpoint (%s) that no audit.pruned event vouches for: the oldest events were deleted and the checkpoint written by hand", at, e.Expected)
+	case ReasonCount:
+		return fmt.Sprintf("%s: the log holds %s events but the store recorded %s: events were deleted or added by hand", at, e.Got, e.Expected)
+	case ReasonAnchor:
+		return fmt.Sprintf("%s: the anchor names %s, the log has %s: the log was rewritten since the anchor was published", at, e.Expected, e.Got)
 	case ReasonUndecodable:
 		return fmt.Sprintf("%s: the record cannot be read (%s): it was edited or damaged", at, e.Got)
 	}

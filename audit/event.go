@@ -62,6 +62,12 @@ const (
 	// TypeAuditPruned records a retention run: how many events it deleted
 	// and the checkpoint the chain now starts from.
 	TypeAuditPruned = "audit.pruned"
+	// TypeAuditNewLog is the first event of a log started with
+	// --new-audit-log where a previous log existed or should have.
+	TypeAuditNewLog = "audit.new_log"
+	// TypeAuditSalvaged is appended by `bastion audit salvage` to the log
+	// it writes: where the events came from and what was lost.
+	TypeAuditSalvaged = "audit.salvaged"
 	// TypeAlertSent and TypeAlertFailed record each alert's delivery to a
 	// webhook, or its giving up (a dead letter).
 	TypeAlertSent   = "alert.sent"

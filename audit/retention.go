@@ -21,6 +21,13 @@ import (
 // deleted, and Verify starts there. Each run also appends an audit.pruned
 // event naming the checkpoint, so the log itself says what was cut.
 //
+// The checkpoint lives in the meta bucket, which nothing authenticates, so
+// Verify believes it only when the newest audit.pruned event in the chain
+// names exactly that checkpoint (id, hash and count pruned). That event is
+// appended in the same transaction as the deletions it describes, so a
+// crash between the two cannot leave a checkpoint nothing vouches for, and
+// deleting old events and writing a checkpoint by hand fails Verify.
+//
 // Space: bbolt never shrinks its file, but the pages that deleted records
 // occupied go on its freelist and later commits reuse them, so under
 // steady load with retention on the file stops growing once it holds
@@ -77,8 +84,9 @@ type PruneResult struct {
 //     rather than destroy the evidence of tampering.
 //
 // An id's time is never before its event's time, so no event dated at or
-// after cutoff is deleted. When it deleted anything, Prune appends an
-// audit.pruned event with the count and the new checkpoint.
+// after cutoff is deleted. Each transaction that deletes anything appends,
+// in that transaction, an audit.pruned event with its count and the new
+// checkpoint.
 func (s *Store) Prune(ctx context.Context, cutoff time.Time) (PruneResult, error) {
 	var res PruneResult
 	if s.readOnly {
@@ -95,7 +103,7 @@ func (s *Store) Prune(ctx context.Context, cutoff time.Time) (PruneResult, error
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("audit: prune: %w", err)
 		}
-		n, cp, err := s.pruneBatch(limit[:])
+		n, cp, err := s.pruneBatch(limit[:], cutoff)
 		if n > 0 {
 			res.Transactions++
 			res.Deleted += n
@@ -114,19 +122,14 @@ func (s *Store) Prune(ctx context.Context, cutoff time.Time) (PruneResult, error
 		res.Checkpoint = cp
 		return res, err
 	}
-	_, err := s.Append(ctx, Event{Type: TypeAuditPruned, Actor: "retention", Fields: map[string]string{
-		"events":       fmt.Sprint(res.Deleted),
-		"before":       cutoff.UTC().Format(time.RFC3339),
-		"through_id":   res.Checkpoint.ID,
-		"through_hash": res.Checkpoint.Hash,
-		"pruned_total": fmt.Sprint(res.Checkpoint.Pruned),
-	}})
-	return res, err
+	return res, nil
 }
 
 // pruneBatch deletes up to pruneBatch events with keys before limit in one
-// transaction and returns how many it deleted and the new checkpoint.
-func (s *Store) pruneBatch(limit []byte) (int, Checkpoint, error) {
+// transaction, appends the audit.pruned event that vouches for the new
+// checkpoint in the same transaction, and returns how many it deleted and
+// the new checkpoint.
+func (s *Store) pruneBatch(limit []byte, cutoff time.Time) (int, Checkpoint, error) {
 	// The reader registry stays locked until the commit, so no scan can
 	// start between computing the bound and deleting up to it.
 	s.readers.mu.Lock()
@@ -191,6 +194,11 @@ func (s *Store) pruneBatch(limit []byte) (int, Checkpoint, error) {
 			}
 		}
 		n = len(keys)
+		e, err := appendTx(tx, prunedEvent(n, cutoff, cp), s.now)
+		if err != nil {
+			return err
+		}
+		tx.OnCommit(func() { s.feed.publish(e) })
 		return nil
 	})
 	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
@@ -204,6 +212,23 @@ func (s *Store) pruneBatch(limit []byte) (int, Checkpoint, error) {
 		return 0, cp, fmt.Errorf("audit: prune: %w", err)
 	}
 	return n, cp, nil
+}
+
+// prunedEvent is the audit.pruned event of one prune transaction.
+func prunedEvent(n int, cutoff time.Time, cp Checkpoint) Event {
+	return Event{Type: TypeAuditPruned, Actor: "retention", Fields: map[string]string{
+		"events":       fmt.Sprint(n),
+		"before":       cutoff.UTC().Format(time.RFC3339),
+		"through_id":   cp.ID,
+		"through_hash": cp.Hash,
+		"pruned_total": fmt.Sprint(cp.Pruned),
+	}}
+}
+
+// vouches reports whether the audit.pruned event ev names exactly cp.
+func vouches(ev Event, cp Checkpoint) bool {
+	return ev.Type == TypeAuditPruned && ev.Fields["through_id"] == cp.ID &&
+		ev.Fields["through_hash"] == cp.Hash && ev.Fields["pruned_total"] == fmt.Sprint(cp.Pruned)
 }
 
 // Checkpoint returns the current retention checkpoint.

@@ -14,6 +14,8 @@ import (
 	"github.com/oklog/ulid/v2"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 // Options configure Open. The zero value opens read-write with a one-second
@@ -39,6 +41,11 @@ type Options struct {
 	// PruneEvery is how often retention runs (default 1h); it also runs
 	// once at Open.
 	PruneEvery time.Duration
+	// MustExist refuses to start a new log: a missing file is ErrMissing
+	// and an empty one ErrDamaged. Set it whenever a log should exist
+	// (the data directory has a CA), so that wiping the log is an error
+	// and not a silently fresh chain.
+	MustExist bool
 }
 
 const (
@@ -87,6 +94,9 @@ type Store struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// created is set when Open initialized a new, empty log.
+	created bool
 }
 
 // Open opens or creates the audit log at path. A writer records who holds
@@ -115,12 +125,24 @@ func Open(path string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("audit: open %s read-only: %w (check the path; a read-only open does not create the log)", path, err)
 		}
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
-		Timeout:         timeout,
-		ReadOnly:        opts.ReadOnly,
-		FreelistType:    bbolt.FreelistMapType,
-		InitialMmapSize: initialMmapSize,
+	exists, err := preflight(path, opts.MustExist || opts.ReadOnly)
+	if err != nil {
+		return nil, err
+	}
+	var db *bbolt.DB
+	err = safeRead(func() error {
+		var err error
+		db, err = bbolt.Open(path, 0o600, &bbolt.Options{
+			Timeout:         timeout,
+			ReadOnly:        opts.ReadOnly,
+			FreelistType:    bbolt.FreelistMapType,
+			InitialMmapSize: initialMmapSize,
+		})
+		return err
 	})
+	if errors.Is(err, ErrDamaged) {
+		return nil, &damagedError{path: path, what: err.Error()}
+	}
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, &inUseError{path: path, holder: describeOwner(s.ownerPath), timeout: timeout}
 	}
@@ -128,11 +150,24 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("audit: open %s: %w", path, err)
 	}
 	s.db = db
+	if exists {
+		if err := checkPages(db, path); err != nil {
+			_ = db.Close()
+			return nil, err
+		}
+	}
 
 	if opts.ReadOnly {
 		err = db.View(func(tx *bbolt.Tx) error { return checkVersion(tx.Bucket([]byte(bucketMeta))) })
 	} else {
-		err = db.Update(initBuckets)
+		err = db.Update(func(tx *bbolt.Tx) error {
+			created, err := initBuckets(tx)
+			s.created = created
+			if err != nil {
+				return err
+			}
+			return rebuildSessions(tx)
+		})
 	}
 	if err != nil {
 		_ = db.Close()
@@ -164,24 +199,24 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// initBuckets creates the buckets of a new log and checks those of an
-// existing one.
-func initBuckets(tx *bbolt.Tx) error {
+// initBuckets creates the buckets of a new log (reporting created) and
+// checks those of an existing one.
+func initBuckets(tx *bbolt.Tx) (created bool, err error) {
 	events, err := tx.CreateBucketIfNotExists([]byte(bucketEvents))
 	if err != nil {
-		return err
+		return false, err
 	}
 	meta := tx.Bucket([]byte(bucketMeta))
 	if meta == nil {
 		if k, _ := events.Cursor().First(); k != nil {
-			return fmt.Errorf("%w: the events bucket has records but the meta bucket is missing; run `bastion audit verify` and restore from a backup", ErrCorrupt)
+			return false, fmt.Errorf("%w: the events bucket has records but the meta bucket is missing; run `bastion audit verify` and restore from a backup", ErrCorrupt)
 		}
 		if meta, err = tx.CreateBucket([]byte(bucketMeta)); err != nil {
-			return err
+			return false, err
 		}
-		return meta.Put([]byte(metaVersion), []byte{formatVersion})
+		return true, meta.Put([]byte(metaVersion), []byte{formatVersion})
 	}
-	return checkVersion(meta)
+	return false, checkVersion(meta)
 }
 
 func checkVersion(meta *bbolt.Bucket) error {
@@ -210,12 +245,8 @@ func writeOwner(path string, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	// Write then rename, so a reader never sees half a file.
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	// A reader never sees half a file.
+	return atomicfile.WriteFile(path, b, 0o600)
 }
 
 // describeOwner says who holds the lock, from the owner file a writer left.
@@ -261,6 +292,10 @@ func (s *Store) Close() error {
 	})
 	return s.closeErr
 }
+
+// Created reports whether Open started a new, empty log (there was no file,
+// or an empty one, and Options.MustExist was off).
+func (s *Store) Created() bool { return s.created }
 
 // Path is the file the store was opened from.
 func (s *Store) Path() string { return s.path }

@@ -12,10 +12,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 // KeyType names the algorithm of a CA key.
@@ -80,51 +81,22 @@ func writeKeyPair(path string, priv crypto.Signer, comment string, passphrase []
 	return writeNewFile(path+".pub", []byte(line), 0o644)
 }
 
-// writeNewFile creates path with mode, failing if it exists, and syncs it.
+// writeNewFile creates path with mode, failing if it exists; the file
+// appears whole or not at all (see internal/atomicfile).
 func writeNewFile(path string, data []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		if errors.Is(err, os.ErrExist) {
+	if err := atomicfile.WriteNew(path, data, mode); err != nil {
+		if errors.Is(err, atomicfile.ErrExist) {
 			return fmt.Errorf("ca: %s already exists; refusing to overwrite a CA key (move it away first if you really mean to replace it)", path)
 		}
-		return fmt.Errorf("ca: create %s: %w", path, err)
+		return fmt.Errorf("ca: %w", err)
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("ca: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("ca: sync %s: %w", path, err)
-	}
-	return f.Close()
+	return nil
 }
 
-// replaceFile atomically replaces path with data (write to a temporary file
-// in the same directory, fsync, rename).
+// replaceFile atomically replaces path with data.
 func replaceFile(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("ca: replace %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("ca: replace %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("ca: replace %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("ca: replace %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("ca: replace %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("ca: replace %s: %w", path, err)
+	if err := atomicfile.WriteFile(path, data, mode); err != nil {
+		return fmt.Errorf("ca: replace: %w", err)
 	}
 	return nil
 }

@@ -205,9 +205,15 @@ func TestKubernetesManifests(t *testing.T) {
 		if !slices.Equal(c.Args, []string{"serve", "--config", "/etc/bastion/bastion.yaml"}) {
 			t.Errorf("args %v", c.Args)
 		}
-		for name, probe := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
-			if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != "/healthz" || containerPort(c, probe.HTTPGet.Port) != 9222 {
-				t.Errorf("%s probe %+v, want httpGet /healthz on 9222", name, probe)
+		// Readiness follows /healthz, which fails while the audit log
+		// cannot be written; liveness must not, or a full disk would
+		// restart the gateway and cut every live session.
+		for name, pp := range map[string]struct {
+			probe *corev1.Probe
+			path  string
+		}{"liveness": {c.LivenessProbe, "/livez"}, "startup": {c.StartupProbe, "/livez"}, "readiness": {c.ReadinessProbe, "/healthz"}} {
+			if pp.probe == nil || pp.probe.HTTPGet == nil || pp.probe.HTTPGet.Path != pp.path || containerPort(c, pp.probe.HTTPGet.Port) != 9222 {
+				t.Errorf("%s probe %+v, want httpGet %s on 9222", name, pp.probe, pp.path)
 			}
 		}
 		if containerPort(c, intstr.FromString("ssh")) != 2222 {

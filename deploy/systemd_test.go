@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -188,6 +189,12 @@ func TestSystemdServiceHardening(t *testing.T) {
 	}
 	if len(d["StateDirectory"]) == 0 || !slices.Contains(strings.Fields(d["StateDirectory"][0]), "bastion") {
 		t.Errorf("StateDirectory=%v, want bastion", d["StateDirectory"])
+	}
+	// Two descriptors per session: 10,000 sessions need over 20,000.
+	if len(d["LimitNOFILE"]) == 0 {
+		t.Error("bastion.service sets no LimitNOFILE; the default 1024 soft limit caps the gateway at about 500 sessions")
+	} else if n, err := strconv.Atoi(d["LimitNOFILE"][0]); err != nil || n < 20480 {
+		t.Errorf("LimitNOFILE=%s, want at least 20480 (two descriptors for each of 10,000 sessions)", d["LimitNOFILE"][0])
 	}
 	// bastion has no config reload; a unit that claimed one would lie.
 	if len(d["ExecReload"]) > 0 {

@@ -3,13 +3,13 @@ package gateway
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 // Admin commands that change the CA's revocation list. While the gateway
@@ -137,12 +137,8 @@ func (g *Gateway) writeKRL() error {
 	if err != nil {
 		return err
 	}
-	tmp := g.cfg.KRLFile + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return fmt.Errorf("gateway: write krl_file: %w", err)
-	}
-	if err := os.Rename(tmp, g.cfg.KRLFile); err != nil {
-		return fmt.Errorf("gateway: write krl_file: %w", err)
+	if err := atomicfile.WriteFile(g.cfg.KRLFile, data, 0o644); err != nil {
+		return fmt.Errorf("gateway: krl_file: %w", err)
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 // loadHostKeys loads the gateway's ed25519 host key (creating it, 0600,
@@ -37,7 +38,7 @@ func loadHostKeys(ctx context.Context, cfg Config, auth *ca.Authority) ([]gossh.
 		if err != nil {
 			return nil, fmt.Errorf("gateway: sign the gateway's host certificate: %w", err)
 		}
-		if err := os.WriteFile(certPath, gossh.MarshalAuthorizedKey(cert), 0o644); err != nil {
+		if err := atomicfile.WriteFile(certPath, gossh.MarshalAuthorizedKey(cert), 0o644); err != nil {
 			return nil, fmt.Errorf("gateway: write host certificate: %w", err)
 		}
 	}
@@ -62,7 +63,7 @@ func loadOrCreateHostKey(path string) (gossh.Signer, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, fmt.Errorf("gateway: create host key dir: %w", err)
 		}
-		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		if err := atomicfile.WriteNew(path, pem.EncodeToMemory(block), 0o600); err != nil {
 			return nil, fmt.Errorf("gateway: write host key: %w", err)
 		}
 		return gossh.NewSignerFromKey(priv)

@@ -103,10 +103,10 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 	f["target"], f["addr"], f["remote"], f["conn"] = target, dest.Addr.String(), cs.remote.String(), cs.id
 	f["origin"] = net.JoinHostPort(req.OriginAddr, strconv.Itoa(int(req.OriginPort)))
 	// Fail closed: no byte flows unless the start of the session is on disk.
-	if err := g.record(ctx, audit.Event{Type: audit.TypeSessionStart, Actor: id.User, Session: sessionID, Fields: f}); err != nil {
+	if err := g.recordOrRefuse(ctx, audit.Event{Type: audit.TypeSessionStart, Actor: id.User, Session: sessionID, Fields: f}); err != nil {
 		upstream.Close()
 		g.metrics.jumps.WithLabelValues("refused", ReasonAuditUnavailable).Inc()
-		nc.Reject(gossh.ResourceShortage, "bastion: audit log unavailable; refusing to open an unrecorded session")
+		nc.Reject(gossh.ResourceShortage, "bastion: "+MsgAuditUnavailable)
 		return
 	}
 	ch, reqs, err := nc.Accept()

@@ -150,7 +150,7 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 	if !g.loginLimiter.allow(cs.remote) {
 		return fail(ReasonLoginRateLimited, fmt.Errorf("too many logins from %s; wait a minute", cs.remote))
 	}
-	if err := g.record(ctx, audit.Event{Type: audit.TypeLoginStarted, Actor: LoginUser, Session: cs.id, Fields: fields(nil)}); err != nil {
+	if err := g.recordOrRefuse(ctx, audit.Event{Type: audit.TypeLoginStarted, Actor: LoginUser, Session: cs.id, Fields: fields(nil)}); err != nil {
 		return fail(ReasonAuditUnavailable, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, l.timeout())

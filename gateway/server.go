@@ -47,6 +47,9 @@ type Deps struct {
 	// SFTP, when set, returns an inspector for each sftp subsystem
 	// channel of a record-mode session (see SFTPInspector).
 	SFTP func(session string, ch uint32) SFTPInspector
+	// Alerter, when set, is told at once (without the disk) when the
+	// audit log stops taking writes or descriptors run out.
+	Alerter Alerter
 }
 
 // Gateway is the SSH jump host.
@@ -72,6 +75,11 @@ type Gateway struct {
 	loginLimiter *rateLimiter
 	// record holds record mode's host certificate cache and known_hosts.
 	rec *recorder
+	// spool tracks the audit log's health and keeps records of past
+	// events while it is down (auditspool.go).
+	spool *spool
+	// fds reports running out of file descriptors (fdlimit.go).
+	fds *fdWatch
 
 	mu sync.Mutex
 	// live holds every authenticated connection, idle or not, so that a
@@ -138,6 +146,14 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 			return nil, errors.New("gateway: login: an identity provider is required")
 		}
 		g.loginLimiter = newRateLimiter(cfg.Login.PerMinute, cfg.Now)
+	}
+	g.spool = newSpool(deps.Audit, cfg.Logger, deps.Alerter, cfg.Now, deps.Registry)
+	g.fds = newFDWatch(g, deps.Registry)
+	dial := g.deps.Dial
+	g.deps.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		g.fds.check("dial", err)
+		return c, err
 	}
 	g.commands = g.builtinCommands()
 	g.targets = newTargetChecker(cfg, deps)
@@ -226,6 +242,14 @@ func (g *Gateway) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 		// very key: the connection's identity is settled here, once.
 		VerifiedPublicKeyCallback: func(meta gossh.ConnMetadata, _ gossh.PublicKey, perms *gossh.Permissions, _ string) (*gossh.Permissions, error) {
 			return g.verified(cs, meta, perms)
+		},
+		// Sent before authentication: while the audit log is down a
+		// login would be refused anyway, and this line says why.
+		BannerCallback: func(gossh.ConnMetadata) string {
+			if g.spool.down() {
+				return "bastion: " + MsgAuditUnavailable + "\n"
+			}
+			return ""
 		},
 	}
 }
@@ -322,8 +346,9 @@ func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.
 		f["attempts_failed"] = strconv.Itoa(len(attempts))
 		f["attempts_reasons"] = attemptReasons(attempts)
 	}
-	if err := g.record(context.Background(), audit.Event{Type: audit.TypeAuthOK, Actor: id.User, Session: cs.id, Fields: f}); err != nil {
-		return nil, &gossh.BannerError{Err: err, Message: "bastion: audit log unavailable, try again later\r\n"}
+	// Fail closed: nobody gets in unless the record of it is durable.
+	if err := g.recordOrRefuse(context.Background(), audit.Event{Type: audit.TypeAuthOK, Actor: id.User, Session: cs.id, Fields: f}); err != nil {
+		return nil, &gossh.BannerError{Err: err, Message: "bastion: " + MsgAuditUnavailable + "\r\n"}
 	}
 	g.metrics.authAttempts.WithLabelValues("ok", "").Inc()
 	cs.setIdentity(g, id)
@@ -402,16 +427,34 @@ func attemptReasons(attempts []map[string]string) string {
 	return strings.Join(parts, ",")
 }
 
-// record appends ev, timing it; a failure is logged and returned.
+// record appends ev, the record of something that already happened (a
+// session's end, a refusal, a failed login), timing it. If the log cannot
+// take it, it waits in memory and is written when the log can (see
+// auditspool.go); the error is still logged and returned.
 func (g *Gateway) record(ctx context.Context, ev audit.Event) error {
+	err := g.recordOrRefuse(ctx, ev)
+	if err != nil && storeFault(ctx, err) {
+		g.spool.keep(ev)
+	}
+	return err
+}
+
+// recordOrRefuse appends ev, the record of an action about to be taken (a
+// login accepted, a session started). On failure nothing is kept: the
+// caller must refuse the action, telling the user MsgAuditUnavailable.
+func (g *Gateway) recordOrRefuse(ctx context.Context, ev audit.Event) error {
 	start := time.Now()
-	_, err := g.deps.Audit.Append(ctx, boundEvent(ev))
+	err := g.spool.write(ctx, boundEvent(ev))
 	g.metrics.auditLatency.Observe(time.Since(start).Seconds())
 	if err != nil {
 		g.log.Error("audit write failed", "type", ev.Type, "err", err)
 	}
 	return err
 }
+
+// AuditAvailable reports whether the audit log takes writes; while it does
+// not, the gateway refuses every action that has an audit record.
+func (g *Gateway) AuditAvailable() bool { return !g.spool.down() }
 
 // connCallback runs before the handshake: banned sources and connections
 // over the unauthenticated cap are closed at once, and a deadline bounds
@@ -455,7 +498,7 @@ func (g *Gateway) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
 func (g *Gateway) Serve(ln net.Listener) error {
 	g.record(context.Background(), audit.Event{Type: audit.TypeGatewayStart, Actor: "gateway", Fields: map[string]string{"listen": ln.Addr().String()}})
 	g.startJanitor()
-	err := g.srv.Serve(ln)
+	err := g.srv.Serve(fdListener{Listener: ln, w: g.fds})
 	if errors.Is(err, gliderssh.ErrServerClosed) {
 		return nil
 	}
@@ -493,6 +536,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.sessions.Wait()
 	g.stopJanitor()
 	g.record(context.Background(), audit.Event{Type: audit.TypeGatewayStop, Actor: "gateway"})
+	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 5*time.Second)
+	g.spool.close(flushCtx)
+	cancelFlush()
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return nil
 	}

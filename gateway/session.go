@@ -137,7 +137,14 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 	}
 	cmd, ok := g.commands[name]
 	status := 127
+	refused := false
 	switch {
+	case g.spool.down():
+		refused = true
+		// Its record could not be made durable: refuse, and keep the
+		// record of the refusal for when the log takes writes again.
+		sio.errorf("bastion: %s\n", MsgAuditUnavailable)
+		status = 1
 	case !ok:
 		sio.errorf("bastion: the gateway runs no shell and has no command %q.\nTo reach a host: ssh -J %s@<gateway> %s@HOST\nCommands here: %s\n", name, id.User, id.User, g.commandList(id))
 	case cmd.admin && !g.isAdmin(id):
@@ -150,6 +157,9 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 	}
 	f := id.auditFields()
 	f["command"], f["exit_status"], f["remote"], f["conn"] = line, fmt.Sprint(status), cs.remote.String(), cs.id
+	if refused {
+		f["refused"] = ReasonAuditUnavailable
+	}
 	g.record(context.Background(), audit.Event{Type: audit.TypeCommand, Actor: id.User, Session: cs.id, Fields: f})
 	return status
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -21,7 +22,7 @@ func newAuditCommand(a *app) *cobra.Command {
 		Use:   "audit",
 		Short: "Read the audit log: export, tail and verify",
 	}
-	cmd.AddCommand(newAuditExportCommand(a), newAuditTailCommand(a), newAuditVerifyCommand(a))
+	cmd.AddCommand(newAuditExportCommand(a), newAuditTailCommand(a), newAuditVerifyCommand(a), newAuditSalvageCommand(a))
 	return cmd
 }
 
@@ -183,18 +184,42 @@ func (p *progress) done() {
 }
 
 func newAuditVerifyCommand(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:     "verify",
-		Short:   "Check the audit log's hash chain; exit 1 at the first edited, deleted or reordered event",
-		Example: `  bastion audit verify --data-dir /var/lib/bastion`,
-		Args:    cobra.NoArgs,
+	var anchorFile string
+	cmd := &cobra.Command{
+		Use:   "verify [--anchor FILE]",
+		Short: "Check the audit log's hash chain; exit 1 at the first edited, deleted or reordered event",
+		Long: `Check the audit log's hash chain: every event's hash, its link to the one
+before, the order of ids, the event count, and (after retention) that an
+audit.pruned event vouches for the checkpoint the chain starts from.
+
+On success it prints an anchor line naming the newest event. Keep it
+somewhere this machine cannot write (a ticket, another host, a chat
+message): a later ` + "`verify --anchor FILE`" + ` then proves the log was
+neither cut back nor rewritten up to that event, which the chain alone
+cannot show.`,
+		Example: `  bastion audit verify --data-dir /var/lib/bastion
+  bastion audit verify --data-dir /var/lib/bastion | tail -1 | ssh backup 'cat >> anchors/bastion1'
+  bastion audit verify --data-dir /var/lib/bastion --anchor ./last-anchor`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var anchor *audit.Anchor
+			if anchorFile != "" {
+				b, err := os.ReadFile(anchorFile)
+				if err != nil {
+					return fmt.Errorf("--anchor: %w", err)
+				}
+				an, err := audit.ParseAnchor(string(b))
+				if err != nil {
+					return fmt.Errorf("--anchor %s: %w", anchorFile, err)
+				}
+				anchor = &an
+			}
 			store, err := a.openAuditReadOnly()
 			if err != nil {
 				return err
 			}
 			defer store.Close()
-			v, err := store.VerifyChain(cmd.Context())
+			v, err := store.VerifyAnchored(cmd.Context(), anchor)
 			var ce *audit.ChainError
 			if errors.As(err, &ce) {
 				return &exitError{code: 1, err: fmt.Errorf("audit log is NOT intact (%d events checked before the break): %w", v.Checked, err)}
@@ -205,10 +230,65 @@ func newAuditVerifyCommand(a *app) *cobra.Command {
 			if v.From.Pruned > 0 {
 				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact from the retention checkpoint (%d older events pruned; the oldest held event chains to %s, the hash of pruned event %s)\n",
 					v.Checked, v.From.Pruned, v.From.Hash, v.From.ID)
-				return nil
+			} else {
+				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact\n", v.Checked)
 			}
-			fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact\n", v.Checked)
+			switch {
+			case anchor != nil && v.AnchorPruned:
+				fmt.Fprintf(a.stdout, "anchor: event %d (%s) has been pruned by retention; the log is at least that long, its hash could not be compared\n", anchor.Seq, anchor.ID)
+			case anchor != nil:
+				fmt.Fprintf(a.stdout, "anchor: event %d (%s) is in the chain with the anchored hash\n", anchor.Seq, anchor.ID)
+			}
+			if open, err := store.OpenSessions(); err == nil && len(open) > 0 {
+				fmt.Fprintf(a.stdout, "sessions without session.end: %d (live in a running gateway, or cut by a crash: the next `bastion serve` closes them with reason %s)\n", len(open), audit.ReasonGatewayCrashed)
+			}
+			if v.Head.ID != "" {
+				fmt.Fprintln(a.stdout, v.Head.String())
+			}
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&anchorFile, "anchor", "", "a file holding an anchor line printed by an earlier verify; the log must still contain that event")
+	return cmd
+}
+
+func newAuditSalvageCommand(a *app) *cobra.Command {
+	var out, from string
+	cmd := &cobra.Command{
+		Use:   "salvage --out NEW.db [--from FILE]",
+		Short: "Copy every readable, verifiable event of a damaged audit log into a new file",
+		Long: `Read a damaged audit log page by page (without trusting its structure),
+keep every event that decodes and whose own hash is right, and write them,
+unchanged and in order, to a new log file, followed by an audit.salvaged
+event. It reports how many events it recovered, how many records it could
+not read, and where the chain has gaps; ` + "`audit verify`" + ` on the new file
+stops at the first gap, so a loss is never hidden. Put the new file in
+place of audit.db (keep the damaged one) once you have read the report.`,
+		Example: `  bastion audit salvage --data-dir /var/lib/bastion --out /var/lib/bastion/audit.salvaged.db
+  mv /var/lib/bastion/audit.db /var/lib/bastion/audit.db.damaged && mv /var/lib/bastion/audit.salvaged.db /var/lib/bastion/audit.db`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return errors.New("--out is required: the new file to write (it must not exist)")
+			}
+			if from == "" {
+				from = a.layout().AuditDB()
+			}
+			rep, err := audit.Salvage(cmd.Context(), from, out, time.Now)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "salvaged %d events (%s .. %s) from %s into %s\n", rep.Recovered, rep.First, rep.Last, from, out)
+			fmt.Fprintf(a.stdout, "unreadable records: %d\n", rep.Unreadable)
+			if rep.BreakCount == 0 {
+				fmt.Fprintln(a.stdout, "chain: complete, no gaps")
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "chain: %d gaps (events lost before each of): %s\n", rep.BreakCount, strings.Join(rep.Breaks, ", "))
+			return &exitError{code: 1, err: fmt.Errorf("the salvaged log has %d gaps; events were lost (see above)", rep.BreakCount)}
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "the new log file to write (must not exist)")
+	cmd.Flags().StringVar(&from, "from", "", "the damaged log (default: audit.db in --data-dir)")
+	return cmd
 }

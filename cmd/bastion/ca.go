@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/internal/config"
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 func newCACommand(a *app) *cobra.Command {
@@ -38,13 +40,13 @@ func newCACommand(a *app) *cobra.Command {
 // openAudit opens the audit log for writing, failing fast (not hanging)
 // when a running gateway holds it.
 func (a *app) openAudit() (*audit.Store, error) {
-	return audit.Open(a.layout().AuditDB(), audit.Options{Timeout: time.Second})
+	return openAuditLog(context.Background(), a.layout(), audit.Options{Timeout: time.Second}, a.newAuditLog, a.operator(), a.stderr)
 }
 
 // openAuditReadOnly opens the audit log to read.
 func (a *app) openAuditReadOnly() (*audit.Store, error) {
 	if _, err := os.Stat(a.layout().AuditDB()); err != nil {
-		return nil, fmt.Errorf("no audit log at %s: %w (is --data-dir right?)", a.layout().AuditDB(), err)
+		return nil, fmt.Errorf("no audit log at %s: it does not exist (%w); is --data-dir right? If this CA's log was lost, restore audit.db from a backup", a.layout().AuditDB(), err)
 	}
 	return audit.Open(a.layout().AuditDB(), audit.Options{Timeout: time.Second, ReadOnly: true})
 }
@@ -269,7 +271,7 @@ func (a *app) writeCert(cert *ssh.Certificate, keyPath, out string) error {
 		if _, err := a.stdout.Write(line); err != nil {
 			return err
 		}
-	} else if err := os.WriteFile(out, line, 0o644); err != nil {
+	} else if err := atomicfile.WriteFile(out, line, 0o644); err != nil {
 		return fmt.Errorf("write certificate: %w", err)
 	}
 	kind := "user"
@@ -428,7 +430,7 @@ func newCAKRLCommand(a *app) *cobra.Command {
 				_, err = a.stdout.Write(data)
 				return err
 			}
-			if err := os.WriteFile(out, data, 0o644); err != nil {
+			if err := atomicfile.WriteFile(out, data, 0o644); err != nil {
 				return fmt.Errorf("write KRL: %w", err)
 			}
 			fmt.Fprintf(a.stderr, "wrote %s (%d revocations)\n", out, len(revs.List()))

@@ -21,6 +21,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 	"github.com/bastion-ssh/bastion/internal/config"
 	"github.com/bastion-ssh/bastion/internal/devidp"
 	"github.com/bastion-ssh/bastion/internal/devtarget"
@@ -147,7 +148,7 @@ func startDev(ctx context.Context, o devOptions) (env *devEnv, err error) {
 	if logw == nil {
 		logw = io.Discard
 	}
-	rt, err := startRuntime(ctx, f, newLogger(logw, config.Log{Level: "warn"}))
+	rt, err := startRuntime(ctx, f, newLogger(logw, config.Log{Level: "warn"}), false, logw)
 	if err != nil {
 		if strings.Contains(err.Error(), "address already in use") {
 			return nil, fmt.Errorf("%w; pass --listen 127.0.0.1:0 (or another port)", err)
@@ -219,17 +220,17 @@ func (e *devEnv) startSSHD(userCAs []gossh.PublicKey) error {
 		return err
 	}
 	hostKey := filepath.Join(dir, "ssh_host_ed25519_key")
-	if err := os.WriteFile(hostKey, pem.EncodeToMemory(block), 0o600); err != nil {
+	if err := atomicfile.WriteFile(hostKey, pem.EncodeToMemory(block), 0o600); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "user_ca.pub"), []byte(ca.ExportLines(ca.UserCA, userCAs, "")), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "user_ca.pub"), []byte(ca.ExportLines(ca.UserCA, userCAs, "")), 0o644); err != nil {
 		return err
 	}
 	principals := []string{me.Username}
 	for _, u := range e.Users {
 		principals = append(principals, u.Username)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "principals"), []byte(strings.Join(principals, "\n")+"\n"), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "principals"), []byte(strings.Join(principals, "\n")+"\n"), 0o644); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -255,7 +256,7 @@ AuthorizedPrincipalsFile %s
 Subsystem sftp %s
 `, port, hostKey, filepath.Join(dir, "sshd.pid"), filepath.Join(dir, "user_ca.pub"), filepath.Join(dir, "principals"), sftp)
 	cfgPath := filepath.Join(dir, "sshd_config")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+	if err := atomicfile.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
 	}
 	sshd, err := exec.LookPath("sshd")

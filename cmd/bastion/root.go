@@ -24,9 +24,12 @@ type app struct {
 	// configPath is `ca --config`: the bastion.yaml whose signing policy
 	// the ca commands apply.
 	configPath string
-	stdin      io.Reader
-	stdout     io.Writer
-	stderr     io.Writer
+	// newAuditLog (--new-audit-log) allows starting a new audit log where
+	// the data directory's CA says one should exist.
+	newAuditLog bool
+	stdin       io.Reader
+	stdout      io.Writer
+	stderr      io.Writer
 }
 
 // layout is the data directory's file layout.
@@ -87,6 +90,7 @@ root logins are refused by construction; every attempt is audited.`,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&a.dataDir, "data-dir", defaultDataDir(), "bastion's data directory (CA keys in ca/, audit log in audit.db); env BASTION_DATA_DIR")
+	root.PersistentFlags().BoolVar(&a.newAuditLog, "new-audit-log", false, "start a new audit log although this data directory's CA had one (it is missing, empty or damaged and no backup can be restored); the new log records that it was started this way")
 	root.AddCommand(
 		newVersionCommand(a),
 		newCACommand(a),

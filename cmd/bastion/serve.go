@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -48,7 +49,7 @@ over SSH instead (ssh -p 2222 admin@bastion lock alice).`,
 				defer pacer.Stop()
 				logger.Info("garbage collector paced by bastion; set GOGC or GOMEMLIMIT to pace it yourself", "gc_percent", pacer.Percent())
 			}
-			rt, err := startRuntime(cmd.Context(), f, logger)
+			rt, err := startRuntime(cmd.Context(), f, logger, a.newAuditLog, a.stderr)
 			if err != nil {
 				return err
 			}
@@ -89,7 +90,7 @@ type gatewayRuntime struct {
 
 // startRuntime opens the data dir, builds the gateway and starts serving
 // SSH (and metrics, when configured).
-func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*gatewayRuntime, error) {
+func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newLog bool, stderr io.Writer) (*gatewayRuntime, error) {
 	layout := ca.Layout{DataDir: f.DataDir}
 	if !layout.Exists() {
 		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), f.DataDir)
@@ -107,9 +108,23 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 	if err := ca.SavePolicy(layout, policy); err != nil {
 		return nil, err
 	}
-	store, err := audit.Open(layout.AuditDB(), audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention)})
+	store, err := openAuditLog(ctx, layout, audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention)}, newLog, "gateway", stderr)
 	if err != nil {
 		return nil, err
+	}
+	// Two descriptors per session (client and target): say when the limit
+	// caps the gateway well below its design load of 10,000 sessions.
+	if lim := gateway.OpenFileLimit(); lim > 0 && lim < minOpenFiles {
+		logger.Warn("the open-file limit caps concurrent sessions at about half of it; raise it (LimitNOFILE in the systemd unit, the container runtime's nofile)", "open_file_limit", lim, "recommended", minOpenFiles)
+	}
+	// No session is live before the gateway serves: any the log shows
+	// open were cut by a crash (kill -9, power loss). Close them in the
+	// log so exports tell the truth; if that cannot be written now, the
+	// next start tries again.
+	if n, err := store.CloseInterrupted(ctx); err != nil {
+		logger.Error("cannot close the sessions a crash cut short; the next start will try again", "closed", n, "err", err)
+	} else if n > 0 {
+		logger.Warn("closed sessions cut short by a crash or kill", "sessions", n, "reason", audit.ReasonGatewayCrashed)
 	}
 	var alerts *alertRuntime
 	fail := func(err error) (*gatewayRuntime, error) {
@@ -130,14 +145,18 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 			return fail(err)
 		}
 	}
-	gw, err := gateway.New(gc, gateway.Deps{Authority: auth, Audit: store, Registry: reg})
-	if err != nil {
-		return fail(err)
-	}
+	// Alerts start first: the gateway raises some itself (the audit log
+	// failing, descriptors running out), straight to the webhooks.
+	deps := gateway.Deps{Authority: auth, Audit: store, Registry: reg}
 	if f.Alerts != nil {
 		if alerts, err = startAlerts(f, store, reg, logger); err != nil {
 			return fail(err)
 		}
+		deps.Alerter = alerts.engine
+	}
+	gw, err := gateway.New(gc, deps)
+	if err != nil {
+		return fail(err)
 	}
 	ln, err := net.Listen("tcp", gc.Listen)
 	if err != nil {
@@ -152,7 +171,16 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if !gw.AuditAvailable() {
+				// Load balancers and probes take the gateway out: it
+				// refuses every login until the log takes writes.
+				http.Error(w, "audit log unavailable: logins, jumps and commands are refused (see bastion_audit_available)", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
+		})
 		rt.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		rt.metricsAddr = mln.Addr().String()
 		go rt.metricsSrv.Serve(mln)
@@ -160,6 +188,10 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 	go func() { rt.served <- gw.Serve(ln) }()
 	return rt, nil
 }
+
+// minOpenFiles is the open-file limit below which serve warns: two
+// descriptors for each of 10,000 sessions, and some to spare.
+const minOpenFiles = 20480
 
 // loginConfig connects to the IdP (OIDC discovery) and builds the login
 // service's configuration.

@@ -115,6 +115,17 @@ func (e *Engine) Observe(ev audit.Event) {
 	}
 }
 
+// Raise sends an alert that no audit event stands behind straight to the
+// webhooks: the audit log itself failing (a full disk), or the process
+// running out of file descriptors. Delivery needs no disk. The caller
+// limits how often it raises; Raise is safe to call from any goroutine.
+func (e *Engine) Raise(rule, key, text string) {
+	a := Alert{ID: newAlertID(), Rule: rule, Key: key, Text: text, Source: e.cfg.Source, Time: e.cfg.Now().UTC(), Count: 1}
+	e.metrics.raised.WithLabelValues(rule).Inc()
+	e.log.Warn("alert raised", "rule", rule, "key", key, "text", text)
+	e.enqueue(a)
+}
+
 // enqueue hands a to every webhook's queue without waiting; a full queue
 // makes it a dead letter for that webhook.
 func (e *Engine) enqueue(a Alert) {

@@ -223,15 +223,15 @@ func (h *HostCheck) Pin(addr string) (ssh.PublicKey, error) {
 	}
 	line := fmt.Sprintf("@cert-authority * %s bastion host CA, pinned by bastion login from %s on %s\n",
 		strings.TrimSpace(string(ssh.MarshalAuthorizedKey(ca))), addr, h.cfg.Now().UTC().Format(time.DateOnly))
-	f, err := os.OpenFile(h.cfg.KnownHosts, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
+	// Rewritten whole (atomically), so a crash never leaves a cut line.
+	old, err := os.ReadFile(h.cfg.KnownHosts)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("sshclient: pin the host CA: %w", err)
 	}
-	_, err = f.WriteString(line)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	if len(old) > 0 && old[len(old)-1] != '\n' {
+		old = append(old, '\n')
 	}
-	if err != nil {
+	if err := writeFileAtomic(h.cfg.KnownHosts, append(old, line...), 0o600); err != nil {
 		return nil, fmt.Errorf("sshclient: pin the host CA in %s: %w", h.cfg.KnownHosts, err)
 	}
 	return ca, nil

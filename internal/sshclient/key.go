@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 // Key is the user's ed25519 key pair.
@@ -50,18 +52,10 @@ func LoadOrCreateKey(path, comment string) (key *Key, created bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	// O_EXCL: two logins at once must not each write half a key.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600) // #nosec G304 -- the user's own key path
-	if err != nil {
-		return nil, false, fmt.Errorf("sshclient: create %s: %w", path, err)
-	}
-	_, werr := f.Write(pem.EncodeToMemory(block))
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		_ = os.Remove(path)
-		return nil, false, fmt.Errorf("sshclient: write %s: %w", path, werr)
+	// Create-only: two logins at once must not each write half a key, and
+	// a crash leaves the whole key or none.
+	if err := atomicfile.WriteNew(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		return nil, false, fmt.Errorf("sshclient: create key: %w", err)
 	}
 	pub := bytes.TrimSpace(ssh.MarshalAuthorizedKey(signer.PublicKey()))
 	if comment != "" {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 // Paths locates the files bastion keeps for a user.
@@ -101,27 +103,11 @@ func SaveState(path string, s State) error {
 }
 
 // writeFileAtomic replaces path with data, so that a reader (ssh, another
-// bastion) sees the old file or the new one, never a part.
+// bastion) sees the old file or the new one, never a part, even after a
+// crash.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("sshclient: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() { _ = os.Remove(tmp) }() // fails harmlessly once renamed
-	if err := f.Chmod(mode); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("sshclient: write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("sshclient: write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("sshclient: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("sshclient: write %s: %w", path, err)
+	if err := atomicfile.WriteFile(path, data, mode); err != nil {
+		return fmt.Errorf("sshclient: %w", err)
 	}
 	return nil
 }

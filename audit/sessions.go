@@ -1,0 +1,162 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// Sessions cut by a crash (kill -9, power loss) never get their
+// session.end, so the log would show them open forever. The store keeps,
+// in the "sessions" bucket and in the same transaction as the events, the
+// sessions whose session.start has no session.end yet; a gateway starting
+// up closes each with a session.end of reason "gateway_crashed"
+// ([Store.CloseInterrupted]), so exports and `audit verify` tell the
+// truth.
+
+const bucketSessions = "sessions" // session id -> openSession JSON
+
+// ReasonGatewayCrashed is the session.end reason of a session that a crash
+// cut short, written when the gateway next starts.
+const ReasonGatewayCrashed = "gateway_crashed"
+
+// OpenSession is a session whose start is in the log and whose end is not.
+type OpenSession struct {
+	// Session is the session id; StartID the id of its session.start.
+	Session string `json:"-"`
+	StartID string `json:"start_id"`
+	// Actor and Fields are the session.start event's.
+	Actor  string            `json:"actor,omitempty"`
+	Fields map[string]string `json:"fields,omitempty"`
+	// Start is when it started.
+	Start time.Time `json:"start"`
+}
+
+// trackSession keeps the sessions bucket in step with ev, inside the
+// transaction that appends it.
+func trackSession(tx *bbolt.Tx, ev Event) error {
+	if ev.Session == "" || (ev.Type != TypeSessionStart && ev.Type != TypeSessionEnd) {
+		return nil
+	}
+	b, err := tx.CreateBucketIfNotExists([]byte(bucketSessions))
+	if err != nil {
+		return err
+	}
+	if ev.Type == TypeSessionEnd {
+		return b.Delete([]byte(ev.Session))
+	}
+	v, err := json.Marshal(OpenSession{StartID: ev.ID, Actor: ev.Actor, Fields: ev.Fields, Start: ev.Time})
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(ev.Session), v)
+}
+
+// OpenSessions lists the sessions with a session.start and no
+// session.end: live ones while a gateway runs, and those cut by a crash
+// until the next start closes them.
+func (s *Store) OpenSessions() ([]OpenSession, error) {
+	var out []OpenSession
+	err := safeRead(func() error {
+		return s.db.View(func(tx *bbolt.Tx) error {
+			b := tx.Bucket([]byte(bucketSessions))
+			if b == nil {
+				return nil
+			}
+			return b.ForEach(func(k, v []byte) error {
+				var o OpenSession
+				if err := json.Unmarshal(v, &o); err != nil {
+					return fmt.Errorf("%w: sessions bucket entry %q: %v", ErrCorrupt, k, err)
+				}
+				o.Session = string(k)
+				out = append(out, o)
+				return nil
+			})
+		})
+	})
+	return out, err
+}
+
+// CloseInterrupted appends a session.end with reason "gateway_crashed" for
+// every session the log shows open. Call it when the gateway starts,
+// before it accepts connections: no session is live then, so each open one
+// was cut by a crash. The end carries the start's actor and fields (user,
+// target, ...), "start_id", "duration_ms" up to the last event the log
+// holds (the latest the session can be shown alive) and "bytes_up" /
+// "bytes_down" of "unknown": the relay's counts died with the process.
+func (s *Store) CloseInterrupted(ctx context.Context) (int, error) {
+	open, err := s.OpenSessions()
+	if err != nil {
+		return 0, err
+	}
+	if len(open) == 0 {
+		return 0, nil
+	}
+	var lastSeen time.Time
+	if h, err := s.Head(); err == nil && h.ID != "" {
+		if id, err := parseKey(h.ID); err == nil {
+			lastSeen = time.UnixMilli(int64(bytesTime(id))).UTC()
+		}
+	}
+	n := 0
+	for _, o := range open {
+		f := make(map[string]string, len(o.Fields)+6)
+		for k, v := range o.Fields {
+			f[k] = v
+		}
+		f["reason"], f["start_id"] = ReasonGatewayCrashed, o.StartID
+		f["bytes_up"], f["bytes_down"] = "unknown", "unknown"
+		if !lastSeen.IsZero() && lastSeen.After(o.Start) {
+			f["duration_ms"] = strconv.FormatInt(lastSeen.Sub(o.Start).Milliseconds(), 10)
+		}
+		if _, err := s.Append(ctx, Event{Type: TypeSessionEnd, Actor: o.Actor, Session: o.Session, Fields: f}); err != nil {
+			return n, fmt.Errorf("audit: close the sessions a crash cut (%d of %d closed): %w", n, len(open), err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// bytesTime is the millisecond time of a 16-byte ULID key.
+func bytesTime(k []byte) uint64 {
+	var t uint64
+	for _, b := range k[:6] {
+		t = t<<8 | uint64(b)
+	}
+	return t
+}
+
+// rebuildSessions fills the sessions bucket from the whole log, once, for
+// a log written before the bucket existed.
+func rebuildSessions(tx *bbolt.Tx) error {
+	if tx.Bucket([]byte(bucketSessions)) != nil {
+		return nil
+	}
+	if _, err := tx.CreateBucket([]byte(bucketSessions)); err != nil {
+		return err
+	}
+	events := tx.Bucket([]byte(bucketEvents))
+	if events == nil {
+		return nil
+	}
+	c := events.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		// Cheap filter before decoding: only session events matter.
+		if !bytes.Contains(v, []byte(`"type":"session.`)) {
+			continue
+		}
+		ev, err := DecodeEvent(v)
+		if err != nil {
+			continue // Verify reports it; this index is best effort
+		}
+		if err := trackSession(tx, ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
