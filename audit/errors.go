@@ -83,6 +83,8 @@ func (e *ChainError) Error() string {
 		return fmt.Sprintf("%s: event time %s is after the time in its id (%s): the time was changed or the id forged", at, e.Got, e.Expected)
 	case ReasonTruncated:
 		return fmt.Sprintf("%s: the log ends at %s but the store recorded %s as its last event: events were deleted from the end", at, e.Got, e.Expected)
+	case ReasonRecordingMismatch:
+		return fmt.Sprintf("%s: the session's stored recording hashes to %s, not to the recording_sha256 %s its session.end records: a recording chunk was edited, removed, added or reordered", at, e.Got, e.Expected)
 	case ReasonUndecodable:
 		return fmt.Sprintf("%s: the record cannot be read (%s): it was edited or damaged", at, e.Got)
 	}

@@ -154,6 +154,7 @@ func (s *Store) pruneBatch(limit []byte) (int, Checkpoint, error) {
 		}
 		prev := Event{ID: cp.ID, Hash: cp.Hash}
 		var keys [][]byte
+		var ended []string // sessions whose recordings go with their session.end
 		c := events.Cursor()
 		for k, v := c.First(); k != nil && len(keys) < pruneBatch && bytes.Compare(k, limit) < 0; k, v = c.Next() {
 			if m.hasLast && bytes.Equal(k, m.lastID[:]) {
@@ -165,6 +166,9 @@ func (s *Store) pruneBatch(limit []byte) (int, Checkpoint, error) {
 			}
 			keys = append(keys, bytes.Clone(k))
 			prev = ev
+			if ev.Type == TypeSessionEnd && ev.Session != "" {
+				ended = append(ended, ev.Session)
+			}
 		}
 		if len(keys) == 0 {
 			return nil
@@ -173,6 +177,9 @@ func (s *Store) pruneBatch(limit []byte) (int, Checkpoint, error) {
 			if err := events.Delete(k); err != nil {
 				return err
 			}
+		}
+		if _, err := deleteRecordingsTx(tx, ended); err != nil {
+			return err
 		}
 		cp.Pruned += uint64(len(keys))
 		cp.ID, cp.Hash = prev.ID, prev.Hash

@@ -39,6 +39,12 @@ type Options struct {
 	// PruneEvery is how often retention runs (default 1h); it also runs
 	// once at Open.
 	PruneEvery time.Duration
+	// RecordingMaxBytes bounds the entry bytes one session recording
+	// stores (default DefaultRecordingMaxBytes; see Recording.Write).
+	RecordingMaxBytes int64
+	// RecordingFlushEvery is how long a recording's entries may wait in
+	// memory before their chunk is committed (default 1s).
+	RecordingFlushEvery time.Duration
 }
 
 const (
@@ -80,6 +86,7 @@ type Store struct {
 	log       *slog.Logger
 	feed      feed
 	readers   readers
+	recs      recorder // session recordings (recording.go)
 
 	// Retention's background loop, when on: closed to stop it, closed by
 	// it when it has stopped.
@@ -110,6 +117,10 @@ func Open(path string, opts Options) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	if opts.RecordingMaxBytes < 0 {
+		return nil, fmt.Errorf("audit: open %s: recording max bytes %d must not be negative", path, opts.RecordingMaxBytes)
+	}
+	s.recs.init(opts)
 	if opts.ReadOnly {
 		if _, err := os.Stat(path); err != nil {
 			return nil, fmt.Errorf("audit: open %s read-only: %w (check the path; a read-only open does not create the log)", path, err)
@@ -244,6 +255,7 @@ func (s *Store) Close() error {
 			<-s.retentionDone
 		}
 		if s.commits != nil {
+			s.flushRecordings()
 			s.commits.stop()
 		}
 		s.feed.close()

@@ -32,6 +32,9 @@ type Verification struct {
 	// From is the retention checkpoint the walk started from (zero: the
 	// log's first event, nothing pruned).
 	From Checkpoint
+	// Recordings is how many session recordings were checked against the
+	// digest in their session.end event.
+	Recordings int
 }
 
 // VerifyChain is Verify, also reporting the checkpoint it started from.
@@ -41,6 +44,7 @@ func (s *Store) VerifyChain(ctx context.Context) (Verification, error) {
 		prev Event
 		last []byte
 		meta chainMeta
+		ends []recordedEnd // session.end events naming a recording digest
 	)
 	// The meta bucket and checkpoint are read in the transaction of the
 	// scan's first page: appends that land after it only add records past
@@ -64,6 +68,7 @@ func (s *Store) VerifyChain(ctx context.Context) (Verification, error) {
 			return err
 		}
 		prev, last = ev, k
+		ends = noteRecordedEnd(ends, res.Checked, ev)
 		res.Checked++
 		return nil
 	})
@@ -80,7 +85,8 @@ func (s *Store) VerifyChain(ctx context.Context) (Verification, error) {
 		}
 		return res, &ChainError{Index: res.Checked, ID: meta.lastID.String(), Reason: ReasonTruncated, Expected: meta.lastID.String(), Got: got}
 	}
-	return res, nil
+	res.Recordings, err = s.verifyRecordings(ctx, ends)
+	return res, err
 }
 
 // errStopScan ends a scan early without error.
