@@ -68,10 +68,16 @@ func (r remoteFlags) resolve() (remoteFlags, error) {
 // its output to stdout and its messages to stderr. Its exit status
 // becomes ours. An interrupted tail is a normal end.
 func (a *app) runRemoteAudit(ctx context.Context, rf remoteFlags, sub string, q auditquery.Query) error {
-	rf, err := rf.resolve()
-	if err != nil {
-		return err
+	err := a.runRemoteAuditArgs(ctx, rf, sub, q.Args())
+	if err != nil && sub == "tail" && ctx.Err() != nil {
+		return nil // an interrupted tail is a normal end
 	}
+	return err
+}
+
+// remoteAudit runs `audit SUB ARGS...` on the gateway with rf's resolved
+// identity.
+func (a *app) remoteAudit(ctx context.Context, rf remoteFlags, sub string, args []string) error {
 	addr, err := sshclient.NormalizeAddr(rf.gateway)
 	if err != nil {
 		return fmt.Errorf("--gateway: %w", err)
@@ -86,14 +92,10 @@ func (a *app) runRemoteAudit(ctx context.Context, rf remoteFlags, sub string, q 
 		user = cert.ValidPrincipals[0]
 	}
 	command := "audit " + sub
-	for _, arg := range q.Args() {
+	for _, arg := range args {
 		command += " " + quoteArg(arg)
 	}
-	err = a.gatewayExec(ctx, addr, user, signer, rf.knownHosts, command)
-	if err != nil && sub == "tail" && ctx.Err() != nil {
-		return nil // an interrupted tail is a normal end
-	}
-	return err
+	return a.gatewayExec(ctx, addr, user, signer, rf.knownHosts, command)
 }
 
 // gatewayExec runs command on the gateway at addr as user, checking the
