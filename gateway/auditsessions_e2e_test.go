@@ -63,7 +63,6 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-
 // TestAuditorSessionsPlayWatch: through the running gateway an auditor
 // lists sessions, replays one as asciicast and text, and watches a live
 // one until it ends; a user outside the auditor groups is refused.
