@@ -30,6 +30,8 @@ fuzz:
 	go test -run x -fuzz FuzzReadServerHello -fuzztime 15s ./internal/scan/
 	go test -run x -fuzz FuzzParse -fuzztime 15s ./internal/config/
 	go test -run x -fuzz FuzzParse -fuzztime 15s ./internal/auditquery/
+	go test -run x -fuzz FuzzInspect -fuzztime 30s ./internal/sftpinspect/
+	go test -run x -fuzz FuzzDecodeChunk -fuzztime 15s ./audit/
 
 bench:
 	go test -run x -bench . -benchtime 2s ./ca/ ./audit/ ./gateway/
