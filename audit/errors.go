@@ -106,6 +106,8 @@ func (e *ChainError) Error() string {
 		return fmt.Sprintf("%s: the log holds %s events but the store recorded %s: events were deleted or added by hand", at, e.Got, e.Expected)
 	case ReasonAnchor:
 		return fmt.Sprintf("%s: the anchor names %s, the log has %s: the log was rewritten since the anchor was published", at, e.Expected, e.Got)
+	case ReasonRecordingMismatch:
+		return fmt.Sprintf("%s: the session's stored recording hashes to %s, not to the recording_sha256 %s its session.end records: a recording chunk was edited, removed, added or reordered", at, e.Got, e.Expected)
 	case ReasonUndecodable:
 		return fmt.Sprintf("%s: the record cannot be read (%s): it was edited or damaged", at, e.Got)
 	}

@@ -157,6 +157,7 @@ func (s *Store) pruneBatch(limit []byte, cutoff time.Time) (int, Checkpoint, err
 		}
 		prev := Event{ID: cp.ID, Hash: cp.Hash}
 		var keys [][]byte
+		var ended []string // sessions whose recordings go with their session.end
 		c := events.Cursor()
 		for k, v := c.First(); k != nil && len(keys) < pruneBatch && bytes.Compare(k, limit) < 0; k, v = c.Next() {
 			if m.hasLast && bytes.Equal(k, m.lastID[:]) {
@@ -168,6 +169,9 @@ func (s *Store) pruneBatch(limit []byte, cutoff time.Time) (int, Checkpoint, err
 			}
 			keys = append(keys, bytes.Clone(k))
 			prev = ev
+			if ev.Type == TypeSessionEnd && ev.Session != "" {
+				ended = append(ended, ev.Session)
+			}
 		}
 		if len(keys) == 0 {
 			return nil
@@ -176,6 +180,9 @@ func (s *Store) pruneBatch(limit []byte, cutoff time.Time) (int, Checkpoint, err
 			if err := events.Delete(k); err != nil {
 				return err
 			}
+		}
+		if _, err := deleteRecordingsTx(tx, ended); err != nil {
+			return err
 		}
 		cp.Pruned += uint64(len(keys))
 		cp.ID, cp.Hash = prev.ID, prev.Hash

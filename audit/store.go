@@ -46,6 +46,12 @@ type Options struct {
 	// (the data directory has a CA), so that wiping the log is an error
 	// and not a silently fresh chain.
 	MustExist bool
+	// RecordingMaxBytes bounds the entry bytes one session recording
+	// stores (default DefaultRecordingMaxBytes; see Recording.Write).
+	RecordingMaxBytes int64
+	// RecordingFlushEvery is how long a recording's entries may wait in
+	// memory before their chunk is committed (default 1s).
+	RecordingFlushEvery time.Duration
 }
 
 const (
@@ -87,6 +93,7 @@ type Store struct {
 	log       *slog.Logger
 	feed      feed
 	readers   readers
+	recs      recorder // session recordings (recording.go)
 
 	// Retention's background loop, when on: closed to stop it, closed by
 	// it when it has stopped.
@@ -120,6 +127,10 @@ func Open(path string, opts Options) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	if opts.RecordingMaxBytes < 0 {
+		return nil, fmt.Errorf("audit: open %s: recording max bytes %d must not be negative", path, opts.RecordingMaxBytes)
+	}
+	s.recs.init(opts)
 	if opts.ReadOnly {
 		if _, err := os.Stat(path); err != nil {
 			return nil, fmt.Errorf("audit: open %s read-only: %w (check the path; a read-only open does not create the log)", path, err)
@@ -275,6 +286,7 @@ func (s *Store) Close() error {
 			<-s.retentionDone
 		}
 		if s.commits != nil {
+			s.flushRecordings()
 			s.commits.stop()
 		}
 		s.feed.close()

@@ -44,6 +44,9 @@ type Verification struct {
 	// event retention has since pruned: the log is at least as long as the
 	// anchor says, but the anchored hash could not be compared.
 	AnchorPruned bool
+	// Recordings is how many session recordings were checked against the
+	// digest in their session.end event.
+	Recordings int
 }
 
 // VerifyChain is Verify, also reporting the checkpoint it started from.
@@ -64,6 +67,7 @@ func (s *Store) VerifyAnchored(ctx context.Context, anchor *Anchor) (Verificatio
 		meta      chainMeta
 		vouched   bool // the newest audit.pruned seen names the checkpoint
 		anchorHit bool
+		ends      []recordedEnd // session.end events naming a recording digest
 	)
 	// The meta bucket and checkpoint are read in the transaction of the
 	// scan's first page: appends that land after it only add records past
@@ -98,6 +102,7 @@ func (s *Store) VerifyAnchored(ctx context.Context, anchor *Anchor) (Verificatio
 			}
 		}
 		prev, last = ev, k
+		ends = noteRecordedEnd(ends, res.Checked, ev)
 		res.Checked++
 		return nil
 	})
@@ -134,6 +139,9 @@ func (s *Store) VerifyAnchored(ctx context.Context, anchor *Anchor) (Verificatio
 			return res, &ChainError{Index: res.Checked, ID: anchor.ID, Reason: ReasonAnchor,
 				Expected: fmt.Sprintf("event %d with hash %s", anchor.Seq, anchor.Hash), Got: "no such event"}
 		}
+	}
+	if res.Recordings, err = s.verifyRecordings(ctx, ends); err != nil {
+		return res, err
 	}
 	return res, nil
 }

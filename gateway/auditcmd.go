@@ -17,6 +17,9 @@ import (
 //
 //	ssh auditor@bastion audit export [--since ..] [--until ..] [--type ..] [--actor ..] [--session ..] [--format jsonl|csv]
 //	ssh auditor@bastion audit tail   [same flags]
+//	ssh auditor@bastion audit sessions [--since ..] [--until ..] [--user ..] [--target ..] [--active] [--json]
+//	ssh auditor@bastion audit play SESSION [--speed N] [--idle-limit D] [--format terminal|asciicast|text]
+//	ssh auditor@bastion audit watch SESSION   (follow a live session read-only)
 //
 // They parse their flags with internal/auditquery, as `bastion audit
 // export` does, and write with the same encoder, so an export over SSH is
@@ -37,8 +40,18 @@ type logReader interface {
 	Follow(ctx context.Context, f audit.Filter, fn func(audit.Event) error) error
 }
 
+// sessionReader is what the session commands (sessions, play, watch)
+// read recordings through; *audit.Store is one.
+type sessionReader interface {
+	Sessions(ctx context.Context, f audit.SessionFilter) ([]audit.SessionSummary, error)
+	Play(ctx context.Context, w io.Writer, session string, opts audit.PlayOptions) error
+}
+
 const auditUsage = `usage: audit export [flags]   write the matching events and exit
        audit tail [flags]     write the matching events, then follow new ones until you disconnect
+       audit sessions [--since T] [--until T] [--user U] [--target HOST] [--active] [--json]
+       audit play SESSION [--speed N] [--idle-limit D] [--format terminal|asciicast|text] [--channel N]
+       audit watch SESSION [--format terminal|text]   follow a live session read-only
 flags: --since T  --until T  --type NAME[,NAME]  --actor WHO  --session ID  --format jsonl|csv
        T is RFC 3339 (2026-11-27T15:00:00Z), a date, or a duration ago (24h)
 `
@@ -75,6 +88,10 @@ func (g *Gateway) cmdAudit(ctx context.Context, s *sessionIO, _ *Identity, args 
 		return 0
 	}
 	sub, args := args[0], args[1:]
+	switch sub {
+	case "sessions", "play", "watch":
+		return g.cmdAuditSessions(ctx, s, sub, args)
+	}
 	if sub != "export" && sub != "tail" {
 		s.errorf("bastion: audit has no subcommand %q\n%s", sub, auditUsage)
 		return 2
@@ -136,4 +153,64 @@ func tailTo(ctx context.Context, store logReader, s *sessionIO, q auditquery.Que
 		return nil // the client disconnected: the normal end of a tail
 	}
 	return err
+}
+
+// cmdAuditSessions runs `audit sessions`, `audit play` and `audit watch`,
+// parsing with internal/auditquery as the CLI does offline, so the output
+// is the offline command's.
+func (g *Gateway) cmdAuditSessions(ctx context.Context, s *sessionIO, sub string, args []string) int {
+	store, ok := g.deps.Audit.(sessionReader)
+	if !ok {
+		s.errorf("bastion: this gateway's sessions cannot be read through it\n")
+		return 1
+	}
+	var err error
+	switch sub {
+	case "sessions":
+		var q auditquery.SessionsQuery
+		q, err = auditquery.ParseSessions("audit sessions", args, g.now(), s.stderr)
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		if err != nil {
+			s.errorf("bastion: %v\n", err)
+			return 2
+		}
+		var list []audit.SessionSummary
+		if list, err = store.Sessions(ctx, q.Filter); err == nil {
+			err = audit.WriteSessions(s.stdout, list, q.JSON)
+		}
+	default: // play, watch
+		var q auditquery.PlayQuery
+		q, err = auditquery.ParsePlay("audit "+sub, args, s.stderr)
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		if err != nil {
+			s.errorf("bastion: %v\n", err)
+			return 2
+		}
+		opts := q.Options
+		opts.Stderr = s.stderr
+		if sub == "watch" {
+			opts.Follow = true
+			if opts.Format == audit.PlayAsciicast {
+				s.errorf("bastion: audit watch writes terminal or text; use audit play for asciicast\n")
+				return 2
+			}
+		}
+		err = store.Play(ctx, s.stdout, q.Session, opts)
+		if errors.Is(err, audit.ErrNoRecording) {
+			s.errorf("bastion: session %s has no recording (see audit sessions: only record-mode sessions are recorded)\n", q.Session)
+			return 1
+		}
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return 1 // the client went away; nobody reads a message
+		}
+		s.errorf("bastion: audit %s: %v\n", sub, err)
+		return 1
+	}
+	return 0
 }

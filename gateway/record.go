@@ -320,7 +320,7 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 	f["target"], f["addr"], f["remote"], f["conn"], f["mode"] = target, dest.Addr.String(), cs.remote.String(), cs.id, ModeRecord
 	f["origin"] = net.JoinHostPort(req.OriginAddr, strconv.Itoa(int(req.OriginPort)))
 	// Fail closed: nothing happens unless the start of the session is on disk.
-	if err := g.record(ctx, audit.Event{Type: audit.TypeSessionStart, Actor: id.User, Session: s.id2, Fields: f}); err != nil {
+	if err := g.recordOrRefuse(ctx, audit.Event{Type: audit.TypeSessionStart, Actor: id.User, Session: s.id2, Fields: f}); err != nil {
 		upstream.Close()
 		g.metrics.jumps.WithLabelValues("refused", ReasonAuditUnavailable).Inc()
 		nc.Reject(gossh.ResourceShortage, "bastion: audit log unavailable; refusing to open an unrecorded session")

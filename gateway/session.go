@@ -192,7 +192,7 @@ func (g *Gateway) builtinCommands() map[string]command {
 		"locks":  {summary: "list locked users", admin: true, run: g.cmdLocks},
 		"revoke": {summary: "revoke (--serial N | --key-id ID | --user NAME | --key KEY) [--reason TEXT]: revoke certificates and end their sessions", admin: true, run: g.cmdRevoke},
 		"krl":    {summary: "write the revocation list as an OpenSSH KRL to stdout", admin: true, run: g.cmdKRL},
-		"audit":  {summary: "audit export|tail [filters]: read the audit log (auditor groups)", auditor: true, run: g.cmdAudit},
+		"audit":  {summary: "audit export|tail|sessions|play|watch: read the audit log and session recordings (auditor groups)", auditor: true, run: g.cmdAudit},
 	}
 }
 

@@ -20,9 +20,10 @@ import (
 func newAuditCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
-		Short: "Read the audit log: export, tail and verify",
+		Short: "Read the audit log: export, tail, verify, and list, play and watch sessions",
 	}
-	cmd.AddCommand(newAuditExportCommand(a), newAuditTailCommand(a), newAuditVerifyCommand(a), newAuditSalvageCommand(a))
+	cmd.AddCommand(newAuditExportCommand(a), newAuditTailCommand(a), newAuditVerifyCommand(a), newAuditSalvageCommand(a),
+		newAuditSessionsCommand(a), newAuditPlayCommand(a), newAuditWatchCommand(a))
 	return cmd
 }
 
@@ -228,10 +229,10 @@ cannot show.`,
 				return err
 			}
 			if v.From.Pruned > 0 {
-				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact from the retention checkpoint (%d older events pruned; the oldest held event chains to %s, the hash of pruned event %s)\n",
-					v.Checked, v.From.Pruned, v.From.Hash, v.From.ID)
+				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact from the retention checkpoint (%d older events pruned; the oldest held event chains to %s, the hash of pruned event %s)%s\n",
+					v.Checked, v.From.Pruned, v.From.Hash, v.From.ID, recordingsChecked(v))
 			} else {
-				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact\n", v.Checked)
+				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact%s\n", v.Checked, recordingsChecked(v))
 			}
 			switch {
 			case anchor != nil && v.AnchorPruned:
@@ -291,4 +292,12 @@ place of audit.db (keep the damaged one) once you have read the report.`,
 	cmd.Flags().StringVar(&out, "out", "", "the new log file to write (must not exist)")
 	cmd.Flags().StringVar(&from, "from", "", "the damaged log (default: audit.db in --data-dir)")
 	return cmd
+}
+
+// recordingsChecked says how many session recordings verify checked.
+func recordingsChecked(v audit.Verification) string {
+	if v.Recordings == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d session recordings match the digests in their session.end events", v.Recordings)
 }

@@ -32,7 +32,13 @@ func (r *remoteFlags) register(cmd *cobra.Command, required bool) {
 	}
 	fl.StringVar(&r.gateway, "gateway", "", help)
 	fl.StringVar(&r.identity, "identity", "", "private key whose certificate (FILE-cert.pub beside it) identifies you; default ~/.ssh/bastion/id_ed25519 from `bastion login` when it has a certificate, else ~/.ssh/id_ed25519; a passphrase-protected key is used through ssh-agent")
-	fl.StringVar(&r.user, "user", "", "login name on the gateway (default: the certificate's first principal)")
+	// `audit sessions --user` filters by user; there the login name is
+	// --gateway-user.
+	userFlag := "user"
+	if fl.Lookup("user") != nil {
+		userFlag = "gateway-user"
+	}
+	fl.StringVar(&r.user, userFlag, "", "login name on the gateway (default: the certificate's first principal)")
 	fl.StringVar(&r.knownHosts, "known-hosts", "", "known_hosts file with the gateway's @cert-authority line; default ~/.ssh/bastion/known_hosts from `bastion login` when it exists, else ~/.ssh/known_hosts")
 	if required {
 		_ = cmd.MarkFlagRequired("gateway")
@@ -68,10 +74,16 @@ func (r remoteFlags) resolve() (remoteFlags, error) {
 // its output to stdout and its messages to stderr. Its exit status
 // becomes ours. An interrupted tail is a normal end.
 func (a *app) runRemoteAudit(ctx context.Context, rf remoteFlags, sub string, q auditquery.Query) error {
-	rf, err := rf.resolve()
-	if err != nil {
-		return err
+	err := a.runRemoteAuditArgs(ctx, rf, sub, q.Args())
+	if err != nil && sub == "tail" && ctx.Err() != nil {
+		return nil // an interrupted tail is a normal end
 	}
+	return err
+}
+
+// remoteAudit runs `audit SUB ARGS...` on the gateway with rf's resolved
+// identity.
+func (a *app) remoteAudit(ctx context.Context, rf remoteFlags, sub string, args []string) error {
 	addr, err := sshclient.NormalizeAddr(rf.gateway)
 	if err != nil {
 		return fmt.Errorf("--gateway: %w", err)
@@ -86,14 +98,10 @@ func (a *app) runRemoteAudit(ctx context.Context, rf remoteFlags, sub string, q 
 		user = cert.ValidPrincipals[0]
 	}
 	command := "audit " + sub
-	for _, arg := range q.Args() {
+	for _, arg := range args {
 		command += " " + quoteArg(arg)
 	}
-	err = a.gatewayExec(ctx, addr, user, signer, rf.knownHosts, command)
-	if err != nil && sub == "tail" && ctx.Err() != nil {
-		return nil // an interrupted tail is a normal end
-	}
-	return err
+	return a.gatewayExec(ctx, addr, user, signer, rf.knownHosts, command)
 }
 
 // gatewayExec runs command on the gateway at addr as user, checking the

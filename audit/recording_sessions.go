@@ -1,0 +1,252 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// typeSessionExec is the event the record-mode proxy writes for each exec
+// or subsystem request of a session (field command, and subsystem for
+// subsystems).
+const typeSessionExec = "session.exec"
+
+// Bounds on what a summary keeps of client-supplied strings.
+const (
+	maxSummaryCommands = 20
+	maxSummaryString   = 200
+)
+
+// SessionFilter selects sessions for Sessions. Zero fields select
+// everything.
+type SessionFilter struct {
+	// Since and Until bound the session's start: Since <= start < Until.
+	Since, Until time.Time
+	// User matches the session's user (its actor) exactly.
+	User string
+	// Target matches the target exactly, or its host part ("web1" matches
+	// "web1:22").
+	Target string
+	// Active selects only sessions that have no session.end yet.
+	Active bool
+}
+
+// SessionSummary is one session, from its session.start, session.exec and
+// session.end events and its recording.
+type SessionSummary struct {
+	Session  string    `json:"session"`
+	User     string    `json:"user"`
+	Login    string    `json:"login,omitempty"`
+	Target   string    `json:"target,omitempty"`
+	Remote   string    `json:"remote,omitempty"`
+	Start    time.Time `json:"start"`
+	End      time.Time `json:"end,omitzero"`
+	Duration Millis    `json:"duration_ms"`
+	// Kind is shell, exec, sftp, scp or forward: the session.* events'
+	// kind field when the gateway wrote one, else inferred from the
+	// commands and whether there is a terminal recording.
+	Kind      string   `json:"kind"`
+	Commands  []string `json:"commands,omitempty"`
+	BytesUp   int64    `json:"bytes_up"`
+	BytesDown int64    `json:"bytes_down"`
+	// Recorded is the compressed size of the stored recording (0: none).
+	Recorded int64 `json:"recorded_bytes"`
+	// Recording is set when a recording of the session is stored.
+	Recording bool `json:"recording"`
+	// Active is set while the session has no session.end.
+	Active bool   `json:"active"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Millis is a duration that encodes as whole milliseconds.
+type Millis time.Duration
+
+// MarshalJSON writes the milliseconds.
+func (m Millis) MarshalJSON() ([]byte, error) {
+	return []byte(strconv.FormatInt(time.Duration(m).Milliseconds(), 10)), nil
+}
+
+// Sessions lists the sessions that match f, in order of their start. The
+// durations of active sessions run to now.
+func (s *Store) Sessions(ctx context.Context, f SessionFilter) ([]SessionSummary, error) {
+	byID := map[string]*SessionSummary{}
+	var order []*SessionSummary
+	err := s.Iterate(ctx, Filter{Since: f.Since, Types: []string{"session.*"}}, func(ev Event) error {
+		if ev.Session == "" {
+			return nil
+		}
+		sum := byID[ev.Session]
+		if ev.Type == TypeSessionStart {
+			if sum != nil || (!f.Until.IsZero() && !ev.Time.Before(f.Until)) {
+				return nil
+			}
+			sum = &SessionSummary{
+				Session: ev.Session, User: ev.Actor, Start: ev.Time, Active: true,
+				Login: bound(ev.Fields["login"]), Target: bound(ev.Fields["target"]),
+				Remote: bound(ev.Fields["remote"]), Kind: ev.Fields["kind"],
+			}
+			byID[ev.Session] = sum
+			order = append(order, sum)
+			return nil
+		}
+		if sum == nil {
+			return nil // started before Since
+		}
+		if k := ev.Fields["kind"]; k != "" {
+			sum.Kind = k
+		}
+		switch ev.Type {
+		case typeSessionExec:
+			c := ev.Fields["command"]
+			if sub := ev.Fields["subsystem"]; sub != "" {
+				c = "subsystem " + sub
+			}
+			if len(sum.Commands) < maxSummaryCommands {
+				sum.Commands = append(sum.Commands, bound(c))
+			}
+		case TypeSessionEnd:
+			sum.Active = false
+			sum.End = ev.Time
+			if ms, err := strconv.ParseInt(ev.Fields["duration_ms"], 10, 64); err == nil {
+				sum.Duration = Millis(time.Duration(ms) * time.Millisecond)
+			} else {
+				sum.Duration = Millis(ev.Time.Sub(sum.Start))
+			}
+			sum.BytesUp, _ = strconv.ParseInt(ev.Fields["bytes_up"], 10, 64)
+			sum.BytesDown, _ = strconv.ParseInt(ev.Fields["bytes_down"], 10, 64)
+			sum.Reason = bound(ev.Fields["reason"])
+			if n, err := strconv.ParseInt(ev.Fields[FieldRecordingBytes], 10, 64); err == nil {
+				sum.Recorded = n
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	recs := map[string]RecordingInfo{}
+	if err := s.Recordings(func(ri RecordingInfo) error {
+		if _, ok := byID[ri.Session]; ok {
+			recs[ri.Session] = ri
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	now := s.now()
+	var out []SessionSummary
+	for _, sum := range order {
+		if f.User != "" && sum.User != f.User {
+			continue
+		}
+		if f.Target != "" && sum.Target != f.Target && hostOf(sum.Target) != f.Target {
+			continue
+		}
+		if f.Active && !sum.Active {
+			continue
+		}
+		if ri, ok := recs[sum.Session]; ok {
+			sum.Recording = true
+			if sum.Recorded == 0 {
+				sum.Recorded = ri.Stored
+			}
+		}
+		if sum.Active {
+			sum.Duration = Millis(now.Sub(sum.Start))
+		}
+		sum.Kind = inferKind(sum)
+		out = append(out, *sum)
+	}
+	return out, nil
+}
+
+// inferKind names a session's kind when no event said it.
+func inferKind(sum *SessionSummary) string {
+	switch sum.Kind {
+	case "shell", "exec", "sftp", "scp", "forward":
+		return sum.Kind
+	case "":
+	default:
+		return bound(sum.Kind)
+	}
+	for _, c := range sum.Commands {
+		switch {
+		case c == "subsystem sftp" || strings.HasSuffix(c, "sftp-server") || strings.Contains(c, "sftp-server "):
+			return "sftp"
+		case c == "scp" || strings.HasPrefix(c, "scp "):
+			return "scp"
+		}
+	}
+	switch {
+	case len(sum.Commands) > 0:
+		return "exec"
+	case sum.Recording:
+		return "shell"
+	}
+	return "forward"
+}
+
+func hostOf(target string) string {
+	if i := strings.LastIndexByte(target, ':'); i > 0 && !strings.Contains(target[i+1:], "]") {
+		return strings.Trim(target[:i], "[]")
+	}
+	return target
+}
+
+// bound cuts a client-supplied string for display and makes it one line.
+func bound(s string) string {
+	if len(s) > maxSummaryString {
+		s = strings.ToValidUTF8(s[:maxSummaryString], "") + "..."
+	}
+	return printable([]byte(s))
+}
+
+// WriteSessions writes sessions as a table, or as JSON Lines when asJSON.
+func WriteSessions(w io.Writer, sessions []SessionSummary, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		for _, s := range sessions {
+			if err := enc.Encode(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SESSION\tUSER\tLOGIN\tTARGET\tSTART\tDURATION\tKIND\tBYTES UP/DOWN\tRECORDED")
+	for _, s := range sessions {
+		dur := time.Duration(s.Duration).Round(time.Second).String()
+		if s.Active {
+			dur = "active " + dur
+		}
+		rec := "-"
+		if s.Recording {
+			rec = humanBytes(s.Recorded)
+		}
+		login := s.Login
+		if login == "" {
+			login = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\n", s.Session, bound(s.User), login, s.Target,
+			s.Start.UTC().Format(time.RFC3339), dur, s.Kind, humanBytes(s.BytesUp), humanBytes(s.BytesDown), rec)
+	}
+	return tw.Flush()
+}
+
+// humanBytes writes n in B, KiB, MiB or GiB.
+func humanBytes(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%dB", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
+}
