@@ -102,10 +102,9 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 	g.metrics.jumps.WithLabelValues("ok", "").Inc()
 	g.metrics.channels.WithLabelValues("direct-tcpip").Inc()
 	defer g.metrics.channels.WithLabelValues("direct-tcpip").Dec()
-	go gossh.DiscardRequests(reqs)
 	cs.log.Info("jump started", "session", sessionID, "target", target, "addr", dest.Addr.String())
 
-	up, down, why := relay(ctx, ch, upstream)
+	up, down, why := relay(ctx, ch, reqs, upstream)
 	g.metrics.bytesRelayed.WithLabelValues("up").Add(float64(up))
 	g.metrics.bytesRelayed.WithLabelValues("down").Add(float64(down))
 	if r := cs.reason(); r != "" {
@@ -153,20 +152,44 @@ var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize
 
 // relay copies both ways with half-close: when one side finishes sending,
 // the other is told (CloseWrite) and the copy the other way goes on. A
-// failed copy, or the end of the SSH connection (ctx), tears both down. It
-// returns the bytes sent up (client to target) and down, and why it ended.
+// failed copy, the client closing its channel, or the end of the SSH
+// connection (ctx) tears both down. It returns the bytes sent up (client
+// to target) and down, and why it ended.
 //
-// It costs one goroutine besides the caller's: the caller copies up, a
-// goroutine copies down, and the end of ctx is watched by a callback
-// rather than by a goroutine, since every goroutine's stack is paid for
-// by every idle session.
-func relay(ctx context.Context, ch gossh.Channel, target net.Conn) (up, down int64, why string) {
+// An EOF from the client only half-closes; a CLOSE from the client ends
+// the relay. x/crypto reads both as io.EOF on the channel, so the close is
+// seen where it differs: it also closes the channel's request stream
+// (reqs), which relay drains in the goroutine that would otherwise only
+// discard requests. Without that, a client whose channel was closed (an
+// `ssh -W` killed under a ControlMaster) left the target socket open until
+// the target next wrote, or forever.
+//
+// It costs one goroutine besides the caller's and the request drainer: the
+// caller copies up, a goroutine copies down, and the end of ctx is watched
+// by a callback rather than by a goroutine, since every goroutine's stack
+// is paid for by every idle session.
+func relay(ctx context.Context, ch gossh.Channel, reqs <-chan *gossh.Request, target net.Conn) (up, down int64, why string) {
 	var upN, downN atomic.Int64
 	var upErr, downErr error
+	// downEnded is set once the target has finished sending; clientClosed
+	// once the client closed its channel before that.
+	var downEnded, clientClosed atomic.Bool
 	downDone := make(chan struct{})
+	go func() {
+		for req := range reqs {
+			if req.WantReply {
+				req.Reply(false, nil)
+			}
+		}
+		if !downEnded.Load() {
+			clientClosed.Store(true)
+		}
+		target.Close()
+	}()
 	go func() {
 		defer close(downDone)
 		_, downErr = copyCounted(ch, target, &downN)
+		downEnded.Store(true)
 		if downErr == nil {
 			ch.CloseWrite()
 		} else {
@@ -192,6 +215,8 @@ func relay(ctx context.Context, ch gossh.Channel, target net.Conn) (up, down int
 	switch {
 	case connectionEnded:
 		why = "connection_closed"
+	case clientClosed.Load():
+		why = "client_closed"
 	case upErr != nil:
 		why = "client_error"
 	case downErr != nil:
