@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,7 +49,7 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		nc.Reject(gossh.ConnectionFailed, "bastion: malformed direct-tcpip request")
 		return
 	}
-	target := net.JoinHostPort(req.Host, strconv.Itoa(int(req.Port)))
+	target := net.JoinHostPort(auditHost(req.Host), strconv.Itoa(int(req.Port)))
 	refuse := func(reason, msg string, rejection gossh.RejectionReason) {
 		g.metrics.jumps.WithLabelValues("refused", reason).Inc()
 		f := id.auditFields()
@@ -68,21 +70,24 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		}
 		return
 	}
-	if err := g.hardenedCheck(openCtx, dest); err != nil {
-		ae := err.(*accessError)
-		refuse(ae.reason, ae.msg, gossh.Prohibited)
-		return
-	}
-	upstream, err := g.deps.Dial(openCtx, "tcp", dest.Addr.String())
+	upstream, addr, failed, err := g.dialTarget(openCtx, dest)
 	if err != nil {
-		refuse(ReasonDialFailed, fmt.Sprintf("cannot connect to %s (%s): %v", target, dest.Addr, dialReason(err)), gossh.ConnectionFailed)
+		var ae *accessError
+		if errors.As(err, &ae) {
+			refuse(ae.reason, ae.msg, gossh.Prohibited)
+		} else {
+			refuse(ReasonDialFailed, fmt.Sprintf("cannot connect to %s: %s", target, failed), gossh.ConnectionFailed)
+		}
 		return
 	}
 
 	sessionID := newID()
 	start := g.now()
 	f := id.auditFields()
-	f["target"], f["addr"], f["remote"], f["conn"] = target, dest.Addr.String(), cs.remote.String(), cs.id
+	f["target"], f["addr"], f["remote"], f["conn"] = target, addr.String(), cs.remote.String(), cs.id
+	if failed != "" {
+		f["failed_addrs"] = failed
+	}
 	f["origin"] = net.JoinHostPort(req.OriginAddr, strconv.Itoa(int(req.OriginPort)))
 	// Fail closed: no byte flows unless the start of the session is on disk.
 	if err := g.record(ctx, audit.Event{Type: audit.TypeSessionStart, Actor: id.User, Session: sessionID, Fields: f}); err != nil {
@@ -102,7 +107,7 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 	g.metrics.jumps.WithLabelValues("ok", "").Inc()
 	g.metrics.channels.WithLabelValues("direct-tcpip").Inc()
 	defer g.metrics.channels.WithLabelValues("direct-tcpip").Dec()
-	cs.log.Info("jump started", "session", sessionID, "target", target, "addr", dest.Addr.String())
+	cs.log.Info("jump started", "session", sessionID, "target", target, "addr", addr.String())
 
 	up, down, why := relay(ctx, ch, reqs, upstream)
 	g.metrics.bytesRelayed.WithLabelValues("up").Add(float64(up))
@@ -111,6 +116,70 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		why = r
 	}
 	g.endSession(id, cs, sessionID, target, start, up, down, why)
+}
+
+// dialTarget tries each of dest's addresses in order, as OpenSSH's ssh
+// does, until one connects: the first that refuses or cannot be reached
+// does not end the jump while another address may work. ctx's deadline is
+// shared: each attempt gets the time left divided among the addresses left
+// (at least dialAttemptFloor), as Go's dialer does, so one blackholed
+// address cannot eat the whole timeout. It returns the connection, the
+// address used, and the failed ones with why ("[::1]:22 connection
+// refused, ..."), bounded for the audit log. An error is an *accessError
+// when every address was refused by require_hardened_targets.
+func (g *Gateway) dialTarget(ctx context.Context, dest Destination) (net.Conn, netip.AddrPort, string, error) {
+	var failed []string
+	var hardenedErr error
+	hardenedRefusals := 0
+	for i, addr := range dest.Addrs {
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok && i < len(dest.Addrs)-1 {
+			share := time.Until(dl) / time.Duration(len(dest.Addrs)-i)
+			actx, cancel = context.WithTimeout(ctx, max(share, dialAttemptFloor))
+		}
+		if err := g.hardenedCheck(actx, dest.Host, addr); err != nil {
+			cancel()
+			failed = append(failed, addr.String()+" "+err.(*accessError).reason)
+			if hardenedErr == nil {
+				hardenedErr = err
+			}
+			hardenedRefusals++
+			continue
+		}
+		c, err := g.deps.Dial(actx, "tcp", addr.String())
+		cancel()
+		if err == nil {
+			return c, addr, strings.Join(failed, ", "), nil
+		}
+		failed = append(failed, addr.String()+" "+dialReason(err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	summary := strings.Join(failed, ", ")
+	if hardenedRefusals == len(failed) {
+		return nil, netip.AddrPort{}, summary, hardenedErr
+	}
+	return nil, netip.AddrPort{}, summary, errors.New(summary)
+}
+
+// dialAttemptFloor is the least time one address of several gets.
+const dialAttemptFloor = 2 * time.Second
+
+// maxAuditHost bounds the client-supplied host name in audit records and
+// logs; no valid host name is longer.
+const maxAuditHost = 255
+
+// auditHost is h as it may appear in an audit record: at most
+// maxAuditHost bytes, control characters quoted.
+func auditHost(h string) string {
+	if len(h) > maxAuditHost {
+		h = h[:maxAuditHost] + "..."
+	}
+	if strings.ContainsFunc(h, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		h = strconv.Quote(h)
+	}
+	return h
 }
 
 // endSession writes session.end.
