@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 // PolicyFile is DATA_DIR/ca/policy.json: the signing policy the gateway
@@ -21,28 +23,8 @@ func SavePolicy(l Layout, p Policy) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(l.Dir(), ".policy-*.json")
-	if err != nil {
+	if err := atomicfile.WriteFile(l.PolicyFile(), append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("ca: save signing policy: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("ca: save signing policy: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("ca: save signing policy: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("ca: save signing policy: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), l.PolicyFile()); err != nil {
-		return fmt.Errorf("ca: save signing policy: %w", err)
-	}
-	if d, err := os.Open(l.Dir()); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -14,35 +14,6 @@ type Resolver interface {
 	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
-// guardedRanges hold addresses that no name pattern or broad prefix may
-// reach: a rule must name them with an address or a prefix inside them.
-// They are the gateway itself (loopback), link-local networks where cloud
-// metadata services live (169.254.169.254, fd00:ec2::254 and friends), and
-// addresses that are not a single host.
-var guardedRanges = []netip.Prefix{
-	netip.MustParsePrefix("127.0.0.0/8"),
-	netip.MustParsePrefix("::1/128"),
-	netip.MustParsePrefix("169.254.0.0/16"),
-	netip.MustParsePrefix("fe80::/10"),
-	netip.MustParsePrefix("fd00:ec2::/32"),
-	netip.MustParsePrefix("100.100.100.200/32"), // Alibaba Cloud metadata
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("::/128"),
-	netip.MustParsePrefix("224.0.0.0/4"),
-	netip.MustParsePrefix("ff00::/8"),
-	netip.MustParsePrefix("255.255.255.255/32"),
-}
-
-// guardedRange returns the guarded range holding a, if any.
-func guardedRange(a netip.Addr) (netip.Prefix, bool) {
-	for _, p := range guardedRanges {
-		if p.Contains(a) {
-			return p, true
-		}
-	}
-	return netip.Prefix{}, false
-}
-
 // Access decision reason codes (audit "reason" of a refused jump).
 const (
 	ReasonNoRule           = "no_access_rule"
@@ -110,19 +81,19 @@ func (r compiledRule) appliesTo(id *Identity) bool {
 }
 
 // allows reports whether the rule lets name (as requested) resolved to
-// addr through.
+// addr through. A guarded address (see guardOf) must be named by a prefix
+// that holds it and is no wider than its narrowest guarded range.
 func (r compiledRule) allows(name string, addr netip.Addr) bool {
+	addr = addr.Unmap()
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	_, nameIsAddr := netip.ParseAddr(name)
 	byName, byAddr, namedGuarded := false, false, false
-	guard, isGuarded := guardedRange(addr)
+	guard, isGuarded := guardOf(addr)
 	for _, h := range r.hosts {
 		if h.prefix.IsValid() {
 			if h.prefix.Contains(addr) {
 				byAddr = true
-				// A guarded address must be named by an address or a
-				// prefix no wider than its guarded range.
-				if isGuarded && h.prefix.Bits() >= guard.Bits() {
+				if isGuarded && h.prefix.Bits() >= guard.minBits {
 					namedGuarded = true
 				}
 			}
@@ -141,19 +112,28 @@ func (r compiledRule) allows(name string, addr netip.Addr) bool {
 	return byName || byAddr
 }
 
-// Destination is a decided jump: the name asked for and the one address
-// the gateway will dial (no second lookup, so no DNS rebinding race).
+// maxDialAddrs bounds how many of a name's addresses one jump tries.
+const maxDialAddrs = 16
+
+// Destination is a decided jump: the name asked for and the addresses the
+// gateway may dial, in the resolver's order, each allowed by a rule (no
+// second lookup, so no DNS rebinding race).
 type Destination struct {
-	Host string
-	Port int
+	Host  string
+	Port  int
+	Addrs []netip.AddrPort
+	// Addr is the address finally dialled (set by the jump).
 	Addr netip.AddrPort
-	// Mode and Logins come from the rule that allowed the jump.
+	// Mode and Logins come from the rule that allowed the first address;
+	// further addresses are kept only if a rule of the same mode allows
+	// them.
 	Mode   string
 	Logins []string
 }
 
-// decide resolves host once and returns the destination the first
-// applicable rule allows, or an *accessError.
+// decide resolves host once and returns every resolved address that an
+// applicable rule allows for port, in the resolver's order, or an
+// *accessError when there is none.
 func (p *accessPolicy) decide(ctx context.Context, res Resolver, id *Identity, host string, port int) (Destination, error) {
 	var applicable []compiledRule
 	for _, r := range p.rules {
@@ -169,7 +149,7 @@ func (p *accessPolicy) decide(ctx context.Context, res Resolver, id *Identity, h
 		if a.Zone() != "" {
 			return Destination{}, &accessError{ReasonHostNotAllowed, fmt.Sprintf("%s: addresses with a zone are not allowed", host)}
 		}
-		addrs = []netip.Addr{a.Unmap()}
+		addrs = []netip.Addr{a}
 	} else {
 		if !validHostname(host) {
 			return Destination{}, &accessError{ReasonHostNotAllowed, fmt.Sprintf("%q is not a valid host name", host)}
@@ -180,28 +160,43 @@ func (p *accessPolicy) decide(ctx context.Context, res Resolver, id *Identity, h
 			return Destination{}, &accessError{ReasonResolveFailed, fmt.Sprintf("cannot resolve %s: %v", host, err)}
 		}
 	}
-	hostOK := false
-	guarded := false
-	for _, r := range applicable {
-		for _, a := range addrs {
-			a = a.Unmap()
+	dest := Destination{Host: host, Port: port}
+	hostOK, guarded := false, false
+	for _, a := range addrs {
+		a = a.Unmap().WithZone("")
+		ap := netip.AddrPortFrom(a, uint16(port))
+		if slices.Contains(dest.Addrs, ap) {
+			continue
+		}
+		for _, r := range applicable {
 			if !r.allows(host, a) {
-				if _, g := guardedRange(a); g {
+				if _, g := guardOf(a); g {
 					guarded = true
 				}
 				continue
 			}
 			hostOK = true
 			if slices.Contains(r.ports, port) {
-				return Destination{Host: host, Port: port, Addr: netip.AddrPortFrom(a, uint16(port)), Mode: r.mode, Logins: r.logins}, nil
+				if len(dest.Addrs) == 0 {
+					dest.Mode, dest.Logins = r.mode, r.logins
+				} else if r.mode != dest.Mode {
+					continue
+				}
+				dest.Addrs = append(dest.Addrs, ap)
+				break
 			}
+		}
+		if len(dest.Addrs) == maxDialAddrs {
+			break
 		}
 	}
 	switch {
+	case len(dest.Addrs) > 0:
+		return dest, nil
 	case hostOK:
 		return Destination{}, &accessError{ReasonPortNotAllowed, fmt.Sprintf("port %d on %s is not allowed for %s", port, host, id.User)}
 	case guarded:
-		return Destination{}, &accessError{ReasonGuardedAddress, fmt.Sprintf("%s resolves to a loopback, link-local or metadata address, which needs a rule naming that address", host)}
+		return Destination{}, &accessError{ReasonGuardedAddress, fmt.Sprintf("%s resolves to a loopback, link-local, unique-local or cloud metadata address (or an IPv6 form of one), which needs a rule naming that address", host)}
 	}
 	return Destination{}, &accessError{ReasonHostNotAllowed, fmt.Sprintf("%s is not allowed for %s", host, id.User)}
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -22,13 +23,13 @@ var softAuthFindings = []string{scan.CodePasswordAuth, scan.CodeKbdInteractiveAu
 // hardenedCheck probes a target (cached per address) and returns an
 // *accessError when it must not be reached. It fails closed: a target
 // that cannot be probed is not reached.
-func (g *Gateway) hardenedCheck(ctx context.Context, dest Destination) error {
+func (g *Gateway) hardenedCheck(ctx context.Context, host string, addr netip.AddrPort) error {
 	if g.targets == nil {
 		return nil
 	}
-	res, err := g.targets.Check(ctx, dest.Addr.String())
+	res, err := g.targets.Check(ctx, addr.String())
 	if err != nil {
-		return &accessError{ReasonTargetNotHardened, fmt.Sprintf("cannot verify that %s refuses passwords: %v", dest.Addr, err)}
+		return &accessError{ReasonTargetNotHardened, fmt.Sprintf("cannot verify that %s refuses passwords: %v", addr, err)}
 	}
 	var soft []string
 	for _, f := range res.Findings {
@@ -37,10 +38,10 @@ func (g *Gateway) hardenedCheck(ctx context.Context, dest Destination) error {
 		}
 	}
 	if len(soft) > 0 {
-		return &accessError{ReasonTargetNotHardened, fmt.Sprintf("%s offers %s; bastion only routes to hosts that accept keys alone (see deploy/target)", dest.Host, strings.Join(res.AuthMethods, ", "))}
+		return &accessError{ReasonTargetNotHardened, fmt.Sprintf("%s offers %s; bastion only routes to hosts that accept keys alone (see deploy/target)", host, strings.Join(res.AuthMethods, ", "))}
 	}
 	if res.Err != "" {
-		return &accessError{ReasonTargetNotHardened, fmt.Sprintf("cannot verify that %s refuses passwords: %s", dest.Addr, res.Err)}
+		return &accessError{ReasonTargetNotHardened, fmt.Sprintf("cannot verify that %s refuses passwords: %s", addr, res.Err)}
 	}
 	return nil
 }

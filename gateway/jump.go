@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,7 +56,7 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		nc.Reject(gossh.ConnectionFailed, "bastion: malformed direct-tcpip request")
 		return
 	}
-	target := net.JoinHostPort(req.Host, strconv.Itoa(int(req.Port)))
+	target := net.JoinHostPort(auditHost(req.Host), strconv.Itoa(int(req.Port)))
 	refuse := func(reason, msg string, rejection gossh.RejectionReason) {
 		g.metrics.jumps.WithLabelValues("refused", reason).Inc()
 		f := id.auditFields()
@@ -82,16 +84,17 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		refuse(ReasonForceCommand, "your certificate is restricted to one command (force-command), so it can jump only to record-mode targets", gossh.Prohibited)
 		return
 	}
-	if err := g.hardenedCheck(openCtx, dest); err != nil {
-		ae := err.(*accessError)
-		refuse(ae.reason, ae.msg, gossh.Prohibited)
-		return
-	}
-	upstream, err := g.deps.Dial(openCtx, "tcp", dest.Addr.String())
+	upstream, addr, failed, err := g.dialTarget(openCtx, dest)
 	if err != nil {
-		refuse(ReasonDialFailed, fmt.Sprintf("cannot connect to %s (%s): %v", target, dest.Addr, dialReason(err)), gossh.ConnectionFailed)
+		var ae *accessError
+		if errors.As(err, &ae) {
+			refuse(ae.reason, ae.msg, gossh.Prohibited)
+		} else {
+			refuse(ReasonDialFailed, fmt.Sprintf("cannot connect to %s: %s", target, failed), gossh.ConnectionFailed)
+		}
 		return
 	}
+	dest.Addr = addr
 	if dest.Mode == ModeRecord {
 		g.recordSession(ctx, cs, id, nc, req, dest, upstream)
 		return
@@ -100,7 +103,10 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 	sessionID := newID()
 	start := g.now()
 	f := id.auditFields()
-	f["target"], f["addr"], f["remote"], f["conn"] = target, dest.Addr.String(), cs.remote.String(), cs.id
+	f["target"], f["addr"], f["remote"], f["conn"] = target, addr.String(), cs.remote.String(), cs.id
+	if failed != "" {
+		f["failed_addrs"] = failed
+	}
 	f["origin"] = net.JoinHostPort(req.OriginAddr, strconv.Itoa(int(req.OriginPort)))
 	// Fail closed: no byte flows unless the start of the session is on disk.
 	if err := g.recordOrRefuse(ctx, audit.Event{Type: audit.TypeSessionStart, Actor: id.User, Session: sessionID, Fields: f}); err != nil {
@@ -120,16 +126,79 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 	g.metrics.jumps.WithLabelValues("ok", "").Inc()
 	g.metrics.channels.WithLabelValues("direct-tcpip").Inc()
 	defer g.metrics.channels.WithLabelValues("direct-tcpip").Dec()
-	go gossh.DiscardRequests(reqs)
-	cs.log.Info("jump started", "session", sessionID, "target", target, "addr", dest.Addr.String())
+	cs.log.Info("jump started", "session", sessionID, "target", target, "addr", addr.String())
 
-	up, down, why := relay(ctx, ch, upstream)
+	up, down, why := relay(ctx, ch, reqs, upstream)
 	g.metrics.bytesRelayed.WithLabelValues("up").Add(float64(up))
 	g.metrics.bytesRelayed.WithLabelValues("down").Add(float64(down))
 	if r := cs.reason(); r != "" {
 		why = r
 	}
 	g.endSession(id, cs, sessionID, target, start, up, down, why)
+}
+
+// dialTarget tries each of dest's addresses in order, as OpenSSH's ssh
+// does, until one connects: the first that refuses or cannot be reached
+// does not end the jump while another address may work. ctx's deadline is
+// shared: each attempt gets the time left divided among the addresses left
+// (at least dialAttemptFloor), as Go's dialer does, so one blackholed
+// address cannot eat the whole timeout. It returns the connection, the
+// address used, and the failed ones with why ("[::1]:22 connection
+// refused, ..."), bounded for the audit log. An error is an *accessError
+// when every address was refused by require_hardened_targets.
+func (g *Gateway) dialTarget(ctx context.Context, dest Destination) (net.Conn, netip.AddrPort, string, error) {
+	var failed []string
+	var hardenedErr error
+	hardenedRefusals := 0
+	for i, addr := range dest.Addrs {
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok && i < len(dest.Addrs)-1 {
+			share := time.Until(dl) / time.Duration(len(dest.Addrs)-i)
+			actx, cancel = context.WithTimeout(ctx, max(share, dialAttemptFloor))
+		}
+		if err := g.hardenedCheck(actx, dest.Host, addr); err != nil {
+			cancel()
+			failed = append(failed, addr.String()+" "+err.(*accessError).reason)
+			if hardenedErr == nil {
+				hardenedErr = err
+			}
+			hardenedRefusals++
+			continue
+		}
+		c, err := g.deps.Dial(actx, "tcp", addr.String())
+		cancel()
+		if err == nil {
+			return c, addr, strings.Join(failed, ", "), nil
+		}
+		failed = append(failed, addr.String()+" "+dialReason(err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	summary := strings.Join(failed, ", ")
+	if hardenedRefusals == len(failed) {
+		return nil, netip.AddrPort{}, summary, hardenedErr
+	}
+	return nil, netip.AddrPort{}, summary, errors.New(summary)
+}
+
+// dialAttemptFloor is the least time one address of several gets.
+const dialAttemptFloor = 2 * time.Second
+
+// maxAuditHost bounds the client-supplied host name in audit records and
+// logs; no valid host name is longer.
+const maxAuditHost = 255
+
+// auditHost is h as it may appear in an audit record: at most
+// maxAuditHost bytes, control characters quoted.
+func auditHost(h string) string {
+	if len(h) > maxAuditHost {
+		h = h[:maxAuditHost] + "..."
+	}
+	if strings.ContainsFunc(h, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		h = strconv.Quote(h)
+	}
+	return h
 }
 
 // endSession writes session.end.
@@ -171,20 +240,44 @@ var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize
 
 // relay copies both ways with half-close: when one side finishes sending,
 // the other is told (CloseWrite) and the copy the other way goes on. A
-// failed copy, or the end of the SSH connection (ctx), tears both down. It
-// returns the bytes sent up (client to target) and down, and why it ended.
+// failed copy, the client closing its channel, or the end of the SSH
+// connection (ctx) tears both down. It returns the bytes sent up (client
+// to target) and down, and why it ended.
 //
-// It costs one goroutine besides the caller's: the caller copies up, a
-// goroutine copies down, and the end of ctx is watched by a callback
-// rather than by a goroutine, since every goroutine's stack is paid for
-// by every idle session.
-func relay(ctx context.Context, ch gossh.Channel, target net.Conn) (up, down int64, why string) {
+// An EOF from the client only half-closes; a CLOSE from the client ends
+// the relay. x/crypto reads both as io.EOF on the channel, so the close is
+// seen where it differs: it also closes the channel's request stream
+// (reqs), which relay drains in the goroutine that would otherwise only
+// discard requests. Without that, a client whose channel was closed (an
+// `ssh -W` killed under a ControlMaster) left the target socket open until
+// the target next wrote, or forever.
+//
+// It costs one goroutine besides the caller's and the request drainer: the
+// caller copies up, a goroutine copies down, and the end of ctx is watched
+// by a callback rather than by a goroutine, since every goroutine's stack
+// is paid for by every idle session.
+func relay(ctx context.Context, ch gossh.Channel, reqs <-chan *gossh.Request, target net.Conn) (up, down int64, why string) {
 	var upN, downN atomic.Int64
 	var upErr, downErr error
+	// downEnded is set once the target has finished sending; clientClosed
+	// once the client closed its channel before that.
+	var downEnded, clientClosed atomic.Bool
 	downDone := make(chan struct{})
+	go func() {
+		for req := range reqs {
+			if req.WantReply {
+				req.Reply(false, nil)
+			}
+		}
+		if !downEnded.Load() {
+			clientClosed.Store(true)
+		}
+		target.Close()
+	}()
 	go func() {
 		defer close(downDone)
 		_, downErr = copyCounted(ch, target, &downN)
+		downEnded.Store(true)
 		if downErr == nil {
 			ch.CloseWrite()
 		} else {
@@ -210,6 +303,8 @@ func relay(ctx context.Context, ch gossh.Channel, target net.Conn) (up, down int
 	switch {
 	case connectionEnded:
 		why = "connection_closed"
+	case clientClosed.Load():
+		why = "client_closed"
 	case upErr != nil:
 		why = "client_error"
 	case downErr != nil:

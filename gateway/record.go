@@ -607,4 +607,3 @@ func (s *recordedSession) mintSessionCert(ctx context.Context, sconn *gossh.Serv
 	}
 	return cert, cs, nil
 }
-

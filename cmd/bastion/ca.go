@@ -14,8 +14,8 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
-	"github.com/bastion-ssh/bastion/internal/config"
 	"github.com/bastion-ssh/bastion/internal/atomicfile"
+	"github.com/bastion-ssh/bastion/internal/config"
 )
 
 func newCACommand(a *app) *cobra.Command {

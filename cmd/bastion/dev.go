@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/deploy"
 	"github.com/bastion-ssh/bastion/internal/atomicfile"
 	"github.com/bastion-ssh/bastion/internal/config"
 	"github.com/bastion-ssh/bastion/internal/devidp"
@@ -89,45 +91,68 @@ type devEnv struct {
 	closers    []func() error
 }
 
-// Close stops everything startDev started, last first.
+// Close stops everything startDev started, last first. It is safe on a nil
+// or half-built devEnv: startDev calls it on whatever it built before a
+// failure.
 func (e *devEnv) Close() error {
+	if e == nil {
+		return nil
+	}
 	var errs []error
 	for i := len(e.closers) - 1; i >= 0; i-- {
-		errs = append(errs, e.closers[i]())
+		if e.closers[i] != nil {
+			errs = append(errs, e.closers[i]())
+		}
 	}
+	e.closers = nil
 	return errors.Join(errs...)
 }
 
+// demoAccount is the account the demo host runs commands as when bastion
+// runs as root: root must not be handed out by a demo, and sshd refuses
+// root logins (PermitRootLogin no).
+const demoAccount = "bastion-demo"
+
 // startDev brings up the whole product on loopback.
-func startDev(ctx context.Context, o devOptions) (env *devEnv, err error) {
-	env = &devEnv{DataDir: o.DataDir}
-	defer func() {
-		if err != nil {
-			env.Close()
-		}
-	}()
+func startDev(ctx context.Context, o devOptions) (*devEnv, error) {
+	env := &devEnv{DataDir: o.DataDir}
+	if err := env.start(ctx, o); err != nil {
+		env.Close()
+		return nil, err
+	}
+	return env, nil
+}
+
+func (e *devEnv) start(ctx context.Context, o devOptions) error {
+	if o.Target != "auto" && o.Target != "" && o.Target != "sshd" && o.Target != "builtin" {
+		return fmt.Errorf("--target %q: use auto, sshd or builtin", o.Target)
+	}
 	layout := ca.Layout{DataDir: o.DataDir}
 	if !layout.Exists() {
 		if _, _, err := ca.Init(layout, ca.InitOptions{}); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	userCAs, err := layout.TrustedKeys(ca.UserCA)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	env.Users = devidp.DemoUsers()
-	env.IdP, err = devidp.Start(ctx, devidp.Config{Listen: o.IdPListen, Users: env.Users, PollInterval: o.PollInterval})
+	e.Users = devidp.DemoUsers()
+	e.IdP, err = devidp.Start(ctx, devidp.Config{Listen: o.IdPListen, Users: e.Users, PollInterval: o.PollInterval})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	env.closers = append(env.closers, env.IdP.Close)
+	e.closers = append(e.closers, e.IdP.Close)
 
-	if err := env.startTarget(o, userCAs); err != nil {
-		return nil, err
+	// The demo host's port goes into the gateway's rules, and its host
+	// certificate comes from the gateway's CA, so the port is taken first
+	// and the host starts after the gateway.
+	targetLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
 	}
-	_, portStr, _ := net.SplitHostPort(env.TargetAddr)
-	port, _ := strconv.Atoi(portStr)
+	e.closers = append(e.closers, func() error { targetLn.Close(); return nil })
+	port := targetLn.Addr().(*net.TCPAddr).Port
 	f := &config.File{
 		Listen:      o.Listen,
 		DataDir:     o.DataDir,
@@ -138,11 +163,11 @@ func startDev(ctx context.Context, o devOptions) (env *devEnv, err error) {
 		Access: []config.Access{
 			{Groups: []string{"eng", "dba"}, Hosts: []string{"127.0.0.1", "localhost"}, Ports: []int{port}},
 		},
-		OIDC: &config.OIDC{Issuer: env.IdP.Issuer(), ClientID: env.IdP.ClientID()},
+		OIDC: &config.OIDC{Issuer: e.IdP.Issuer(), ClientID: e.IdP.ClientID()},
 		Cert: config.Cert{Groups: map[string]config.CertGroup{"dba": {MaxValidity: config.Duration(time.Hour)}}},
 	}
 	if err := f.Validate(); err != nil {
-		return nil, err
+		return err
 	}
 	logw := o.Log
 	if logw == nil {
@@ -151,35 +176,49 @@ func startDev(ctx context.Context, o devOptions) (env *devEnv, err error) {
 	rt, err := startRuntime(ctx, f, newLogger(logw, config.Log{Level: "warn"}), false, logw)
 	if err != nil {
 		if strings.Contains(err.Error(), "address already in use") {
-			return nil, fmt.Errorf("%w; pass --listen 127.0.0.1:0 (or another port)", err)
+			return fmt.Errorf("%w; is another bastion dev running? pass --listen 127.0.0.1:0 (or another port)", err)
 		}
-		return nil, err
+		return err
 	}
-	env.closers = append(env.closers, rt.stop)
-	env.Gateway = rt.sshAddr
-	return env, nil
+	e.closers = append(e.closers, rt.stop)
+	e.Gateway = rt.sshAddr
+	return e.startTarget(ctx, o, rt.auth, userCAs, targetLn)
 }
 
-// startTarget starts the demo host: sshd running as the current user when
-// possible, else the built-in one.
-func (e *devEnv) startTarget(o devOptions, userCAs []gossh.PublicKey) error {
+// startTarget starts the demo host on ln: sshd when asked, or (auto) when
+// one is installed and bastion does not run as root; else the built-in one.
+func (e *devEnv) startTarget(ctx context.Context, o devOptions, auth *ca.Authority, userCAs []gossh.PublicKey, ln net.Listener) error {
 	useSSHD := o.Target == "sshd"
 	if o.Target == "auto" || o.Target == "" {
 		_, err := exec.LookPath("sshd")
 		_, errSbin := os.Stat("/usr/sbin/sshd")
 		useSSHD = (err == nil || errSbin == nil) && os.Geteuid() != 0
 	}
-	if o.Target != "auto" && o.Target != "" && o.Target != "sshd" && o.Target != "builtin" {
-		return fmt.Errorf("--target %q: use auto, sshd or builtin", o.Target)
-	}
-	if useSSHD {
-		return e.startSSHD(userCAs)
+	var acct *user.User
+	if os.Geteuid() == 0 {
+		var err error
+		if acct, err = ensureDemoAccount(); err != nil {
+			return err
+		}
 	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return err
 	}
 	hostKey, err := gossh.NewSignerFromKey(priv)
+	if err != nil {
+		return err
+	}
+	cert, err := auth.Sign(ctx, ca.Request{Kind: ca.HostCA, Key: hostKey.PublicKey(), KeyID: "bastion-dev-target", Principals: []string{"127.0.0.1", "localhost"}, Requester: "bastion dev", Via: "dev"})
+	if err != nil {
+		return fmt.Errorf("sign the demo host's certificate: %w", err)
+	}
+	if useSSHD {
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		return e.startSSHD(priv, cert, userCAs, port, acct)
+	}
+	certSigner, err := gossh.NewCertSigner(cert, hostKey)
 	if err != nil {
 		return err
 	}
@@ -191,29 +230,60 @@ func (e *devEnv) startTarget(o devOptions, userCAs []gossh.PublicKey) error {
 		}
 		return false
 	}
-	t, err := devtarget.Start("127.0.0.1:0", trusted, hostKey)
+	t, err := devtarget.Start(devtarget.Config{Listener: ln, IsUserCA: trusted, HostSigners: []gossh.Signer{certSigner, hostKey}, Account: acct})
 	if err != nil {
 		return err
 	}
 	e.closers = append(e.closers, t.Close)
-	e.TargetAddr, e.TargetUser, e.TargetKind = t.Addr(), "", "built-in demo host"
+	runsAs := "you"
+	if acct != nil {
+		runsAs = acct.Username
+	}
+	e.TargetAddr, e.TargetUser, e.TargetKind = t.Addr(), "", "built-in demo host; commands run as "+runsAs
 	return nil
 }
 
-// startSSHD runs OpenSSH's sshd as the current (non-root) user, trusting
-// the user CA and letting the demo users' principals log in as that user.
-func (e *devEnv) startSSHD(userCAs []gossh.PublicKey) error {
-	me, err := user.Current()
+// ensureDemoAccount returns demoAccount, creating it when missing (a
+// system account with /bin/sh and a home, password field "*": unusable for
+// passwords, but not "locked", which sshd with UsePAM no would refuse).
+func ensureDemoAccount() (*user.User, error) {
+	if u, err := user.Lookup(demoAccount); err == nil {
+		return u, nil
+	}
+	out, err := exec.Command("useradd", "--system", "--create-home", "--shell", "/bin/sh", "--password", "*", demoAccount).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "already exists") {
+		return nil, fmt.Errorf("running as root, the demo host runs commands as the account %s, and creating it failed: %v: %s; create it (useradd --system --create-home --shell /bin/sh %s) or run bastion dev as a normal user", demoAccount, err, strings.TrimSpace(string(out)), demoAccount)
+	}
+	return user.Lookup(demoAccount)
+}
+
+// startSSHD runs OpenSSH's sshd on port, trusting the user CA and letting
+// the demo users' principals log in as the current user, or as acct when
+// bastion runs as root (sshd refuses root). It offers the algorithms of
+// deploy/target's snippet and a host certificate, so `bastion scan`
+// passes it.
+func (e *devEnv) startSSHD(priv ed25519.PrivateKey, cert *gossh.Certificate, userCAs []gossh.PublicKey, port int, acct *user.User) error {
+	login := acct
+	if login == nil {
+		me, err := user.Current()
+		if err != nil {
+			return err
+		}
+		login = me
+	}
+	// The login account must read the principals file (sshd opens it as
+	// that account), so the files live in a directory of their own that
+	// it can traverse; the host key stays 0600.
+	dir, err := os.MkdirTemp("", "bastion-dev-target-")
 	if err != nil {
 		return err
 	}
-	dir := filepath.Join(e.DataDir, "dev-target")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	e.closers = append(e.closers, func() error { return os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
 		return err
 	}
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return err
+	if os.Geteuid() == 0 {
+		os.MkdirAll("/run/sshd", 0o755) // privilege separation
 	}
 	block, err := gossh.MarshalPrivateKey(priv, "bastion-dev-target")
 	if err != nil {
@@ -223,26 +293,31 @@ func (e *devEnv) startSSHD(userCAs []gossh.PublicKey) error {
 	if err := atomicfile.WriteFile(hostKey, pem.EncodeToMemory(block), 0o600); err != nil {
 		return err
 	}
+	if err := atomicfile.WriteFile(hostKey+"-cert.pub", gossh.MarshalAuthorizedKey(cert), 0o644); err != nil {
+		return err
+	}
 	if err := atomicfile.WriteFile(filepath.Join(dir, "user_ca.pub"), []byte(ca.ExportLines(ca.UserCA, userCAs, "")), 0o644); err != nil {
 		return err
 	}
-	principals := []string{me.Username}
+	principals := []string{login.Username}
 	for _, u := range e.Users {
 		principals = append(principals, u.Username)
 	}
 	if err := atomicfile.WriteFile(filepath.Join(dir, "principals"), []byte(strings.Join(principals, "\n")+"\n"), 0o644); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
+	var algos strings.Builder
+	for _, line := range strings.Split(deploy.TargetSSHDConfig(), "\n") {
+		kw, _, ok := deploy.Directive(line)
+		if ok && slices.Contains([]string{"KexAlgorithms", "Ciphers", "MACs", "HostKeyAlgorithms"}, kw) {
+			algos.WriteString(strings.TrimSpace(line) + "\n")
+		}
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	sftp := "internal-sftp"
 	cfg := fmt.Sprintf(`ListenAddress 127.0.0.1
 Port %d
 HostKey %s
+HostCertificate %s-cert.pub
 PidFile %s
 UsePAM no
 StrictModes no
@@ -254,7 +329,7 @@ AuthorizedKeysFile none
 TrustedUserCAKeys %s
 AuthorizedPrincipalsFile %s
 Subsystem sftp %s
-`, port, hostKey, filepath.Join(dir, "sshd.pid"), filepath.Join(dir, "user_ca.pub"), filepath.Join(dir, "principals"), sftp)
+%s`, port, hostKey, hostKey, filepath.Join(dir, "sshd.pid"), filepath.Join(dir, "user_ca.pub"), filepath.Join(dir, "principals"), sftp, algos.String())
 	cfgPath := filepath.Join(dir, "sshd_config")
 	if err := atomicfile.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
@@ -290,7 +365,11 @@ Subsystem sftp %s
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	e.TargetAddr, e.TargetUser, e.TargetKind = addr, me.Username, "local sshd running as "+me.Username
+	kind := "local sshd running as " + login.Username
+	if acct != nil {
+		kind = "local sshd; log in as " + acct.Username
+	}
+	e.TargetAddr, e.TargetUser, e.TargetKind = addr, login.Username, kind
 	return nil
 }
 

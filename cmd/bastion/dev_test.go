@@ -5,12 +5,15 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/internal/devtarget"
 
 	"github.com/bastion-ssh/bastion/internal/testbed"
 )
@@ -19,6 +22,14 @@ var devCodeRE = regexp.MustCompile(`enter the code (\S+)`)
 
 // TestDevEndToEnd is the README's first run: bastion dev, log in with
 // nothing but OpenSSH, approve as alice, jump to the demo host.
+func TestMain(m *testing.M) {
+	// The demo host re-runs this binary as its account to serve SFTP.
+	if devtarget.ServeSFTPChild() {
+		return
+	}
+	os.Exit(m.Run())
+}
+
 func TestDevEndToEnd(t *testing.T) {
 	testbed.RequireOpenSSH(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -35,9 +46,32 @@ func TestDevEndToEnd(t *testing.T) {
 		}
 	}
 	_, gwPort, _ := net.SplitHostPort(env.Gateway)
-	c := testbed.NewClient(t)
+	c := devLogin(t, ctx, env)
 
-	// 1. Log in over the SSH port with the device flow.
+	// 2. Jump to the demo host, as the instructions say.
+	host, port, _ := net.SplitHostPort(env.TargetAddr)
+	user := env.TargetUser
+	if user == "" {
+		user = "alice"
+	}
+	res := c.Run(ctx, "ssh", "-J", "alice@"+env.Gateway, "-p", port, user+"@"+host, "echo", "through-the-gateway")
+	if res.ExitCode != 0 || !strings.Contains(res.Stdout, "through-the-gateway") {
+		t.Fatalf("jump to the demo host (%s): %s", env.TargetKind, res)
+	}
+	// The gateway knows who alice is.
+	res = c.Run(ctx, "ssh", "-p", gwPort, "alice@127.0.0.1", "info")
+	if res.ExitCode != 0 || !strings.Contains(res.Stdout, "you are alice") || !strings.Contains(res.Stdout, "groups:      eng") {
+		t.Fatalf("info on the gateway: %s", res)
+	}
+}
+
+// devLogin logs a fresh OpenSSH client in as alice over the gateway's SSH
+// port with the device flow, approving it at the dev IdP.
+func devLogin(t *testing.T, ctx context.Context, env *devEnv) *testbed.Client {
+	t.Helper()
+	_, gwPort, _ := net.SplitHostPort(env.Gateway)
+	c := testbed.NewClient(t)
+	// Log in over the SSH port with the device flow.
 	cmd := c.Command(ctx, "ssh", "-p", gwPort, "login@127.0.0.1")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -75,19 +109,5 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	c.SetCertificate([]byte(out.String()))
 
-	// 2. Jump to the demo host, as the instructions say.
-	host, port, _ := net.SplitHostPort(env.TargetAddr)
-	user := env.TargetUser
-	if user == "" {
-		user = "alice"
-	}
-	res := c.Run(ctx, "ssh", "-J", "alice@"+env.Gateway, "-p", port, user+"@"+host, "echo", "through-the-gateway")
-	if res.ExitCode != 0 || !strings.Contains(res.Stdout, "through-the-gateway") {
-		t.Fatalf("jump to the demo host (%s): %s", env.TargetKind, res)
-	}
-	// The gateway knows who alice is.
-	res = c.Run(ctx, "ssh", "-p", gwPort, "alice@127.0.0.1", "info")
-	if res.ExitCode != 0 || !strings.Contains(res.Stdout, "you are alice") || !strings.Contains(res.Stdout, "groups:      eng") {
-		t.Fatalf("info on the gateway: %s", res)
-	}
+	return c
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/bastion-ssh/bastion/internal/devtarget"
 )
 
 // Set at build time with -ldflags "-X main.version=... -X main.commit=...".
@@ -17,6 +19,11 @@ var (
 )
 
 func main() {
+	// The demo host of `bastion dev` re-runs this binary as a non-root
+	// account to serve SFTP.
+	if devtarget.ServeSFTPChild() {
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCommand(buildInfo{Version: version, Commit: commit}, os.Stdin, os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()

@@ -80,6 +80,7 @@ func newLogger(w interface{ Write([]byte) (int, error) }, lc config.Log) *slog.L
 // gatewayRuntime is a running gateway with everything it owns.
 type gatewayRuntime struct {
 	gw          *gateway.Gateway
+	auth        *ca.Authority
 	store       *audit.Store
 	metricsSrv  *http.Server
 	alerts      *alertRuntime // nil without an alerts: section
@@ -162,7 +163,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	if err != nil {
 		return fail(fmt.Errorf("listen on %s: %w (is another process using the port?)", gc.Listen, err))
 	}
-	rt := &gatewayRuntime{gw: gw, store: store, alerts: alerts, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
+	rt := &gatewayRuntime{gw: gw, auth: auth, store: store, alerts: alerts, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
 	if f.MetricsListen != "" {
 		mln, err := net.Listen("tcp", f.MetricsListen)
 		if err != nil {
