@@ -38,6 +38,9 @@ type connState struct {
 	slotOnce    sync.Once
 	closeOnce   sync.Once
 	closeReason atomic.Pointer[string]
+	// auditRefused is set when the connection's auth.ok could not be
+	// made durable: every channel and request is refused.
+	auditRefused atomic.Bool
 	// guard holds the connection's channel count and pending refusal
 	// records (connguard.go).
 	guard *connGuard
@@ -124,6 +127,9 @@ func (cs *connState) releaseSlot(g *Gateway) {
 // authentication, and re-runs the checks that can change since: the CA's
 // trust, expiry, revocation and locks. A connection that fails them ends.
 func (cs *connState) touch(g *Gateway, conn *gossh.ServerConn) (*Identity, error) {
+	if cs.auditRefused.Load() {
+		return nil, errAuditUnavailable
+	}
 	id := cs.identity
 	if id == nil {
 		cs.kill("no_identity")

@@ -346,14 +346,23 @@ func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.
 		f["attempts_failed"] = strconv.Itoa(len(attempts))
 		f["attempts_reasons"] = attemptReasons(attempts)
 	}
-	// Fail closed: nobody gets in unless the record of it is durable.
-	if err := g.recordOrRefuse(context.Background(), audit.Event{Type: audit.TypeAuthOK, Actor: id.User, Session: cs.id, Fields: f}); err != nil {
-		return nil, &gossh.BannerError{Err: err, Message: "bastion: " + MsgAuditUnavailable + "\r\n"}
-	}
 	g.metrics.authAttempts.WithLabelValues("ok", "").Inc()
 	cs.setIdentity(g, id)
+	// Fail closed: if the record of the login cannot be made durable, the
+	// connection may do nothing. It stays up just long enough for its
+	// first channel or command to be refused with the one-line reason
+	// (an auth failure would only say "Permission denied"); the record
+	// itself waits in memory with the other records of past events.
+	if err := g.record(context.Background(), audit.Event{Type: audit.TypeAuthOK, Actor: id.User, Session: cs.id, Fields: f}); err != nil {
+		cs.auditRefused.Store(true)
+		time.AfterFunc(auditRefuseGrace, func() { cs.kill(ReasonAuditUnavailable) })
+	}
 	return perms, nil
 }
+
+// auditRefuseGrace is how long a connection whose login could not be
+// recorded stays open to be told why.
+const auditRefuseGrace = 2 * time.Second
 
 // handshakeFailed runs when a connection ends before authenticating,
 // whatever layer refused it: its failed attempts, and a signature x/crypto

@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/deploy"
 	"github.com/bastion-ssh/bastion/internal/atomicfile"
@@ -129,7 +130,7 @@ func (e *devEnv) start(ctx context.Context, o devOptions) error {
 	}
 	layout := ca.Layout{DataDir: o.DataDir}
 	if !layout.Exists() {
-		if _, _, err := ca.Init(layout, ca.InitOptions{}); err != nil {
+		if err := initDevCA(ctx, layout); err != nil {
 			return err
 		}
 	}
@@ -403,4 +404,25 @@ Try it:
 Press Ctrl-C to stop.
 `, e.DataDir, gwPort, gwHost, e.IdP.Issuer(), users.String(), e.TargetAddr, e.TargetKind,
 		e.Gateway, gwPort, gwHost, e.Gateway, port, targetUser, host, gwPort, gwHost)
+}
+
+// initDevCA creates a CA and its audit log together, as `bastion ca init`
+// does: from then on the data dir has a CA, so serve insists on the log.
+func initDevCA(ctx context.Context, layout ca.Layout) error {
+	if err := os.MkdirAll(layout.DataDir, 0o700); err != nil {
+		return err
+	}
+	store, err := audit.Open(layout.AuditDB(), audit.Options{Timeout: time.Second})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	user, host, err := ca.Init(layout, ca.InitOptions{})
+	if err != nil {
+		return err
+	}
+	_, err = store.Append(ctx, audit.Event{Type: audit.TypeCAInit, Actor: "bastion dev", Fields: map[string]string{
+		"user_ca_fp": ca.Fingerprint(user), "host_ca_fp": ca.Fingerprint(host), "key_type": string(ca.KeyEd25519),
+	}})
+	return err
 }

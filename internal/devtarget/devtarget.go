@@ -32,6 +32,8 @@ import (
 	gliderssh "github.com/gliderlabs/ssh"
 	"github.com/pkg/sftp"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 )
 
 // SFTPChildEnv, when set in a process's environment, asks the bastion
@@ -216,20 +218,11 @@ func copyExecutable(exe string) (string, string, error) {
 		if err := os.Chmod(dir, 0o755); err != nil {
 			return err
 		}
-		in, err := os.Open(exe)
+		data, err := os.ReadFile(exe)
 		if err != nil {
 			return err
 		}
-		defer in.Close()
-		out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(out, in); err != nil {
-			out.Close()
-			return err
-		}
-		return out.Close()
+		return atomicfile.WriteNew(dst, data, 0o755)
 	}()
 	if err != nil {
 		os.RemoveAll(dir)
