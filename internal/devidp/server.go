@@ -6,11 +6,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"crypto/subtle"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -105,15 +105,15 @@ type Server struct {
 	secret     string
 	authMethod oidc.AuthMethod
 	silentDeny bool
-	now      func() time.Time
-	store    *storage
-	op       *op.Provider
-	pages    *pages
-	srv      *http.Server
-	ln       net.Listener
-	stop     func() bool
-	close    sync.Once
-	closeErr error
+	now        func() time.Time
+	store      *storage
+	op         *op.Provider
+	pages      *pages
+	srv        *http.Server
+	ln         net.Listener
+	stop       func() bool
+	close      sync.Once
+	closeErr   error
 }
 
 // Start validates cfg, listens and serves until Close or until ctx is done.
