@@ -289,6 +289,15 @@ func (s *Server) clientAuth(next http.Handler) http.Handler {
 			})
 			return
 		}
+		if r.PostForm.Get("grant_type") == string(oidc.GrantTypeDeviceCode) && s.authMethod == oidc.AuthMethodBasic {
+			// op's device token endpoint takes a Basic-authenticated
+			// request to come from a web application; this client is a
+			// native one. The secret is checked above; pass it on as
+			// the client_id that op expects from a native client.
+			r.Header.Del("Authorization")
+			r.PostForm.Set("client_id", id)
+			r.Form.Set("client_id", id)
+		}
 		next.ServeHTTP(w, r)
 	})
 }
