@@ -3,12 +3,10 @@ package gateway
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"html"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
-	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -320,5 +318,3 @@ func TestIdPDownAtStart(t *testing.T) {
 	}
 }
 
-var _ = httptest.NewServer
-var _ = fmt.Sprint

@@ -150,7 +150,10 @@ func TestLoginTokenRefusals(t *testing.T) {
 			return sign(claims("eng", func(c map[string]any) { c["aud"] = []string{lg.idp.ClientID(), "another-client"}; delete(c, "azp") }))
 		}, oidc.ReasonBadAudience},
 		{"several audiences, azp another client", func() string {
-			return sign(claims("eng", func(c map[string]any) { c["aud"] = []string{lg.idp.ClientID(), "another-client"}; c["azp"] = "another-client" }))
+			return sign(claims("eng", func(c map[string]any) {
+				c["aud"] = []string{lg.idp.ClientID(), "another-client"}
+				c["azp"] = "another-client"
+			}))
 		}, oidc.ReasonBadAudience},
 	}
 	for _, tc := range tests {

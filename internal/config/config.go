@@ -71,8 +71,8 @@ type OIDC struct {
 	GroupsClaim      string   `yaml:"groups_claim"`
 	// GroupMap maps IdP group values (Entra ID object ids, Keycloak
 	// paths) to bastion group names; unlisted values are dropped.
-	GroupMap map[string]string `yaml:"group_map"`
-	AllowedDomains   []string `yaml:"allowed_domains"`
+	GroupMap       map[string]string `yaml:"group_map"`
+	AllowedDomains []string          `yaml:"allowed_domains"`
 	// LoginsPerMinute limits logins per source address (default 10).
 	LoginsPerMinute int `yaml:"logins_per_minute"`
 	// OutageAlertAfter is how long the IdP may be unreachable before the

@@ -61,7 +61,7 @@ func TestMap(t *testing.T) {
 		{name: "leading dash", m: Mapping{UsernameClaim: ClaimPreferredUsername}, edit: func(c map[string]any) { c["preferred_username"] = "-oProxyCommand" }, reason: ReasonBadPrincipal},
 		{name: "too long", m: Mapping{UsernameClaim: ClaimSubject}, edit: func(c map[string]any) { c["sub"] = strings.Repeat("a", 33) }, reason: ReasonBadPrincipal},
 		{name: "nested groups claim (Keycloak realm roles)", m: Mapping{GroupsClaim: "realm_access.roles"},
-			edit: func(c map[string]any) { c["realm_access"] = map[string]any{"roles": []any{"ops", "offline_access"}} },
+			edit:     func(c map[string]any) { c["realm_access"] = map[string]any{"roles": []any{"ops", "offline_access"}} },
 			username: "alice", groups: []string{"ops", "offline_access"}, principals: []string{"alice"}},
 		{name: "nested client roles", m: Mapping{GroupsClaim: "resource_access.bastion.roles"},
 			edit: func(c map[string]any) {
@@ -69,13 +69,15 @@ func TestMap(t *testing.T) {
 			},
 			username: "alice", groups: []string{"dba"}, principals: []string{"alice"}},
 		{name: "namespaced claim with dots is a name first", m: Mapping{GroupsClaim: "https://example.com/groups"},
-			edit: func(c map[string]any) { c["https://example.com/groups"] = []any{"eng"} },
+			edit:     func(c map[string]any) { c["https://example.com/groups"] = []any{"eng"} },
 			username: "alice", groups: []string{"eng"}, principals: []string{"alice"}},
 		{name: "path through a non-object", m: Mapping{GroupsClaim: "groups.x"}, username: "alice", principals: []string{"alice"}},
 		{name: "group map: Entra object ids and Keycloak paths, unmapped dropped",
 			m: Mapping{GroupMap: map[string]string{"5f3c-guid": "eng", "/eng/backend": "backend", "/eng/frontend": "eng"},
 				GroupPrincipals: map[string][]string{"backend": {"deploy"}}},
-			edit: func(c map[string]any) { c["groups"] = []any{"/eng/backend", "5f3c-guid", "/eng/frontend", "other-guid"} },
+			edit: func(c map[string]any) {
+				c["groups"] = []any{"/eng/backend", "5f3c-guid", "/eng/frontend", "other-guid"}
+			},
 			username: "alice", groups: []string{"backend", "eng"}, principals: []string{"alice", "deploy"}},
 		{name: "group map keys are IdP values: a mapped-to name sent by the IdP is dropped",
 			m:    Mapping{GroupMap: map[string]string{"guid-admins": "admins"}},
