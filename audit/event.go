@@ -75,4 +75,9 @@ const (
 	// TypeSourceSeen records the first successful login of a user from a
 	// network (a /24 or /64), which the new_source alert rule remembers.
 	TypeSourceSeen = "alert.source_seen"
+	// TypeIdPDown records that the identity provider has not answered for
+	// the gateway's outage threshold (logins fail meanwhile); TypeIdPUp
+	// that it answers again.
+	TypeIdPDown = "idp.down"
+	TypeIdPUp   = "idp.up"
 )

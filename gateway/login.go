@@ -9,6 +9,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	gossh "golang.org/x/crypto/ssh"
 
@@ -29,7 +30,10 @@ type IdentityProvider interface {
 	SupportsDevice() bool
 	StartDevice(ctx context.Context) (*oidc.DeviceAuth, error)
 	WaitDevice(ctx context.Context, da *oidc.DeviceAuth) (*oidc.Identity, error)
+	StartCode(redirectURI string) (*oidc.CodeLogin, error)
+	Finish(ctx context.Context, cl *oidc.CodeLogin, code, state string) (*oidc.Identity, error)
 	VerifyIDToken(ctx context.Context, raw, nonce string) (*oidc.Identity, error)
+	Status() oidc.Status
 }
 
 // LoginConfig turns on the login service.
@@ -106,30 +110,67 @@ func (l *LoginConfig) validity(groups []string) time.Duration {
 	return v
 }
 
+// Login session commands (ssh login@gateway COMMAND).
+const (
+	// loginCmdDevice runs the device flow (also the default, no command).
+	loginCmdDevice = "login"
+	// loginCmdCode runs the browser login the gateway drives: the client
+	// sends its loopback redirect URI, gets the authorization URL, and
+	// hands back the code the browser brought (see runCodeLogin).
+	loginCmdCode = "login-code"
+	// loginCmdToken takes an ID token the client fetched itself, bound to
+	// a nonce the gateway issues first (public clients only).
+	loginCmdToken = "login-token"
+	// loginCmdConfig tells `bastion login` what it needs to choose.
+	loginCmdConfig = "login-config"
+)
+
+// LoginServiceInfo is the answer of `ssh login@gateway login-config`.
+type LoginServiceInfo struct {
+	Issuer   string `json:"issuer"`
+	ClientID string `json:"client_id"`
+	// Device is true when the IdP offers the device flow.
+	Device bool `json:"device"`
+	// Code is true when the gateway runs the browser login (login-code).
+	Code bool `json:"code"`
+	// WindowSeconds is how long one login may take before the gateway
+	// ends it.
+	WindowSeconds int64 `json:"window_seconds"`
+	// IdPUp is false while the IdP does not answer; IdPError says why.
+	IdPUp    bool   `json:"idp_up"`
+	IdPError string `json:"idp_error,omitempty"`
+}
+
 // runLogin is the session of a `login` connection: the device flow (exec
-// "" or "login"), the PKCE hand-over (exec "login-token", token and nonce
-// on stdin), or "login-config" (what `bastion login` needs to choose).
+// "" or "login"), the browser login the gateway drives ("login-code"), a
+// handed-over ID token bound to the gateway's nonce ("login-token"), or
+// "login-config" (what `bastion login` needs to choose).
 func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio *sessionIO, line string) int {
 	l := g.cfg.Login
 	args := strings.Fields(line)
-	cmd := "login"
+	cmd := loginCmdDevice
 	if len(args) > 0 {
 		cmd = args[0]
 	}
+	var flow string
 	switch cmd {
-	case "login-config":
-		out, _ := json.Marshal(map[string]any{"issuer": l.Provider.Issuer(), "client_id": l.ClientID, "device": l.Provider.SupportsDevice()})
+	case loginCmdConfig:
+		st := l.Provider.Status()
+		info := LoginServiceInfo{Issuer: l.Provider.Issuer(), ClientID: l.ClientID, Device: l.Provider.SupportsDevice(), Code: true,
+			WindowSeconds: int64(l.timeout().Seconds()), IdPUp: st.Up, IdPError: st.LastError}
+		out, _ := json.Marshal(info)
 		sio.printf("%s\n", out)
 		return 0
-	case "login", "login-token":
-	default:
-		sio.errorf("bastion: the login user can only log in (`ssh login@<gateway>`); %q is not available\n", cmd)
-		g.auditRefusal(cs, audit.TypeRequestDenied, "exec "+cmd, ReasonLoginOnly, "the login user runs only the login service")
-		return 126
-	}
-	flow := "device"
-	if cmd == "login-token" {
+	case loginCmdDevice:
+		flow = "device"
+	case loginCmdCode:
 		flow = "pkce"
+	case loginCmdToken:
+		flow = "token"
+	default:
+		sio.errorf("bastion: the login user can only log in (`ssh login@<gateway>`); %q is not available\n", sanitized(cmd, 64))
+		g.auditRefusal(cs, audit.TypeRequestDenied, "exec "+sanitized(cmd, 64), ReasonLoginOnly, "the login user runs only the login service")
+		return 126
 	}
 	base := map[string]string{"remote": cs.remote.String(), "key_fp": id.KeyFP, "flow": flow, "conn": cs.id}
 	fields := func(extra map[string]string) map[string]string {
@@ -143,7 +184,14 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 		return f
 	}
 	fail := func(reason string, err error) int {
-		g.record(context.Background(), audit.Event{Type: audit.TypeLoginFailed, Actor: LoginUser, Session: cs.id, Fields: fields(map[string]string{"reason": reason, "detail": err.Error()})})
+		extra := map[string]string{"reason": reason, "detail": sanitized(err.Error(), 512)}
+		// Who was refused: the verified claims that led to the refusal.
+		if e, ok := errors.AsType[*oidc.Error](err); ok {
+			for k, v := range e.Claims {
+				extra[k] = v
+			}
+		}
+		g.record(context.Background(), audit.Event{Type: audit.TypeLoginFailed, Actor: LoginUser, Session: cs.id, Fields: fields(extra)})
 		sio.errorf("bastion: login failed (%s): %v\n", reason, err)
 		return 1
 	}
@@ -153,15 +201,27 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 	if err := g.recordOrRefuse(ctx, audit.Event{Type: audit.TypeLoginStarted, Actor: LoginUser, Session: cs.id, Fields: fields(nil)}); err != nil {
 		return fail(ReasonAuditUnavailable, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.timeout())
+	// The login ends before the connection's login identity expires (the
+	// gateway closes the connection then), so that the client hears why.
+	deadline := g.now().Add(l.timeout())
+	if end := id.ValidUntil.Add(-time.Second); end.Before(deadline) {
+		deadline = end
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 
 	var ident *oidc.Identity
 	var err error
-	if flow == "pkce" {
-		ident, err = g.readIDToken(ctx, l, sio.stdin)
-	} else {
+	switch flow {
+	case "pkce":
+		ident, err = g.codeLogin(ctx, l, sio)
+	case "token":
+		ident, err = g.tokenLogin(ctx, l, sio)
+	default:
 		ident, err = g.deviceFlow(ctx, l, sio)
+	}
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		err = &oidc.Error{Reason: oidc.ReasonLoginExpired, Err: fmt.Errorf("the login window (%s) expired before the login finished: run bastion login again", l.timeout())}
 	}
 	if err != nil {
 		return fail(oidc.ReasonOf(err), err)
@@ -193,7 +253,8 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 				err = fmt.Errorf("%s; ask an administrator", re.Reason)
 			}
 		}
-		return fail(reason, err)
+		return fail(reason, &oidc.Error{Reason: reason, Err: err, Claims: map[string]string{
+			"subject": sanitized(ident.Subject, 256), "email": sanitized(ident.Email, 256), "username": ident.Username}})
 	}
 	f := ca.CertFields(cert)
 	f["subject"], f["email"], f["issuer"] = ident.Subject, ident.Email, ident.Issuer
@@ -209,6 +270,10 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 
 // deviceFlow runs RFC 8628 against the IdP, prompting on stderr.
 func (g *Gateway) deviceFlow(ctx context.Context, l *LoginConfig, sio *sessionIO) (*oidc.Identity, error) {
+	if st := l.Provider.Status(); !st.Discovered {
+		// Say "the IdP is down" rather than "it has no device flow".
+		return nil, idpDownError(l, st)
+	}
 	if !l.Provider.SupportsDevice() {
 		return nil, &oidc.Error{Reason: oidc.ReasonDeviceUnsupported, Err: errors.New("the identity provider has no device flow: use `bastion login`, which logs in through your browser")}
 	}
@@ -224,13 +289,185 @@ func (g *Gateway) deviceFlow(ctx context.Context, l *LoginConfig, sio *sessionIO
 	return l.Provider.WaitDevice(ctx, da)
 }
 
-// readIDToken reads "ID_TOKEN\nNONCE\n" from the client and verifies it.
-func (g *Gateway) readIDToken(ctx context.Context, l *LoginConfig, stdin io.Reader) (*oidc.Identity, error) {
-	r := bufio.NewReader(io.LimitReader(stdin, 64*1024))
-	raw, err := r.ReadString('\n')
-	if err != nil && raw == "" {
-		return nil, &oidc.Error{Reason: oidc.ReasonMalformedToken, Err: errors.New("no ID token on stdin")}
+func idpDownError(l *LoginConfig, st oidc.Status) error {
+	return &oidc.Error{Reason: oidc.ReasonIDPError, Err: fmt.Errorf("the identity provider %s has not answered since %s (%s): logins work again once it does; certificates already issued keep working",
+		l.Provider.Issuer(), st.Since.UTC().Format(time.RFC3339), st.LastError)}
+}
+
+// CodeLoginStart is the client's first message of a login-code session.
+type CodeLoginStart struct {
+	// RedirectURI is the client's loopback callback (RFC 8252 section 7.3).
+	RedirectURI string `json:"redirect_uri"`
+}
+
+// CodeLoginURL is the gateway's answer: what to open in the browser, the
+// state the callback must carry, and when the gateway gives up.
+type CodeLoginURL struct {
+	AuthURL string    `json:"auth_url"`
+	State   string    `json:"state"`
+	Expires time.Time `json:"expires"`
+}
+
+// CodeLoginResult is the client's second message: what the browser
+// brought to the callback, a code or the IdP's error.
+type CodeLoginResult struct {
+	Code             string `json:"code,omitempty"`
+	State            string `json:"state,omitempty"`
+	Error            string `json:"error,omitempty"`
+	ErrorDescription string `json:"error_description,omitempty"`
+}
+
+// codeLogin is the browser login the gateway drives (login-code): one
+// JSON line in (CodeLoginStart), one out (CodeLoginURL), one in
+// (CodeLoginResult); then the certificate or the refusal. The gateway
+// chooses state, nonce and PKCE verifier and redeems the code itself, so
+// the code is good for this session only, and a confidential client's
+// secret stays here. While it waits, an IdP that stops answering ends
+// the login with idp_error.
+func (g *Gateway) codeLogin(ctx context.Context, l *LoginConfig, sio *sessionIO) (*oidc.Identity, error) {
+	lines := readLines(ctx, sio.stdin, 8*1024)
+	var start CodeLoginStart
+	if err := nextJSON(ctx, lines, &start); err != nil {
+		return nil, err
 	}
-	nonce, _ := r.ReadString('\n')
-	return l.Provider.VerifyIDToken(ctx, strings.TrimSpace(raw), strings.TrimSpace(nonce))
+	cl, err := l.Provider.StartCode(start.RedirectURI)
+	if err != nil {
+		return nil, err
+	}
+	deadline, _ := ctx.Deadline()
+	out, _ := json.Marshal(CodeLoginURL{AuthURL: cl.AuthURL, State: cl.State, Expires: deadline.UTC()})
+	sio.printf("%s\n", out)
+
+	began := g.now()
+	idpDown := make(chan oidc.Status, 1)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+				if st := l.Provider.Status(); !st.Up && st.Since.After(began) {
+					idpDown <- st
+					return
+				}
+			}
+		}
+	}()
+	var res CodeLoginResult
+	errc := make(chan error, 1)
+	go func() { errc <- nextJSON(wctx, lines, &res) }()
+	select {
+	case st := <-idpDown:
+		return nil, &oidc.Error{Reason: oidc.ReasonIDPError, Err: fmt.Errorf("the identity provider %s stopped answering during the login (%s): try again once it is back", l.Provider.Issuer(), st.LastError)}
+	case err := <-errc:
+		if err != nil {
+			return nil, err
+		}
+	}
+	if res.Error != "" {
+		reason := oidc.ReasonIDPError
+		if res.Error == "access_denied" {
+			reason = oidc.ReasonAccessDenied
+		}
+		return nil, &oidc.Error{Reason: reason, Err: fmt.Errorf("the IdP refused the login: %s: %q", sanitized(res.Error, 64), sanitized(res.ErrorDescription, 200))}
+	}
+	return l.Provider.Finish(ctx, cl, res.Code, res.State)
+}
+
+// tokenLogin takes an ID token the client fetched itself: the gateway
+// first sends {"nonce": ...}, and the token must carry that nonce; it is
+// good once. A token from another login, another connection or another
+// key never carries this session's nonce.
+func (g *Gateway) tokenLogin(ctx context.Context, l *LoginConfig, sio *sessionIO) (*oidc.Identity, error) {
+	nonce := oidc.Nonce()
+	out, _ := json.Marshal(map[string]string{"nonce": nonce})
+	sio.printf("%s\n", out)
+	lines := readLines(ctx, sio.stdin, 64*1024)
+	select {
+	case <-ctx.Done():
+		return nil, &oidc.Error{Reason: oidc.ReasonCanceled, Err: ctx.Err()}
+	case ln, ok := <-lines:
+		raw := strings.TrimSpace(ln.text)
+		if !ok || ln.err != nil && raw == "" {
+			return nil, &oidc.Error{Reason: oidc.ReasonMalformedToken, Err: errors.New("no ID token on stdin")}
+		}
+		return l.Provider.VerifyIDToken(ctx, raw, nonce)
+	}
+}
+
+type line struct {
+	text string
+	err  error
+}
+
+// readLines reads newline-terminated lines of at most max bytes from r
+// until ctx is done or r ends; the channel closes after the last.
+func readLines(ctx context.Context, r io.Reader, max int) <-chan line {
+	ch := make(chan line)
+	go func() {
+		defer close(ch)
+		br := bufio.NewReaderSize(r, 4096)
+		for {
+			var buf []byte
+			var err error
+			for {
+				var part []byte
+				part, err = br.ReadSlice('\n')
+				if len(buf)+len(part) > max {
+					err = fmt.Errorf("a line longer than %d bytes", max)
+					break
+				}
+				buf = append(buf, part...)
+				if !errors.Is(err, bufio.ErrBufferFull) {
+					break
+				}
+			}
+			select {
+			case ch <- line{text: string(buf), err: err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// nextJSON decodes the next line into v.
+func nextJSON(ctx context.Context, lines <-chan line, v any) error {
+	select {
+	case <-ctx.Done():
+		return &oidc.Error{Reason: oidc.ReasonCanceled, Err: ctx.Err()}
+	case ln, ok := <-lines:
+		if !ok || (ln.err != nil && strings.TrimSpace(ln.text) == "") {
+			return &oidc.Error{Reason: oidc.ReasonCanceled, Err: errors.New("the client went away before the login finished")}
+		}
+		if err := json.Unmarshal([]byte(ln.text), v); err != nil {
+			return &oidc.Error{Reason: oidc.ReasonMalformedToken, Err: errors.New("the client's login message is not the JSON the login-code protocol expects: update bastion")}
+		}
+		return nil
+	}
+}
+
+// sanitized cuts a client- or IdP-supplied string to n bytes for a
+// message or an audit record, replacing control characters.
+func sanitized(s string, n int) string {
+	if len(s) > n {
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n] + "..."
+	}
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f || r == utf8.RuneError {
+			return '?'
+		}
+		return r
+	}, s)
 }

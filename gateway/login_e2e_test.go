@@ -3,6 +3,7 @@ package gateway
 import (
 	"bufio"
 	"io"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -21,39 +22,91 @@ import (
 // provider (devidp, on zitadel's OpenID-certified op package).
 type loginGateway struct {
 	*testGateway
-	idp *devidp.Server
+	idp    *devidp.Server
+	issuer string
+	user   string
+}
+
+// loginOptions vary startLoginGatewayWith.
+type loginOptions struct {
+	// idp edits the dev IdP's configuration (a confidential client, ...).
+	idp func(*devidp.Config)
+	// oidc edits the gateway's relying party configuration.
+	oidc func(*oidc.Config)
+	// noIdP starts no IdP: the issuer is a loopback port where nothing
+	// listens (yet); startIdP starts it later.
+	noIdP bool
 }
 
 func startLoginGateway(t *testing.T, opts ...gatewayOption) *loginGateway {
+	return startLoginGatewayWith(t, loginOptions{}, opts...)
+}
+
+// idpUsers are the dev IdP's users for the gateway tests.
+func idpUsers(user string) []devidp.User {
+	return []devidp.User{
+		{Subject: "sub-eng", Username: "eng", Email: user + "@example.com", EmailVerified: true, Groups: []string{"eng"}, Password: "pw"},
+		{Subject: "sub-root", Username: "rooty", Email: "root@example.com", EmailVerified: true, Password: "pw"},
+		{Subject: "sub-unverified", Username: "unv", Email: "unv@example.com", EmailVerified: false, Password: "pw"},
+		{Subject: "sub-dba", Username: "dba", Email: "dbauser@example.com", EmailVerified: true, Groups: []string{"dba"}, Password: "pw"},
+		{Subject: "sub-outsider", Username: "outsider", Email: "mallory@elsewhere.test", EmailVerified: true, Password: "pw"},
+	}
+}
+
+// startIdP starts the dev IdP at issuer (an address chosen earlier).
+func (lg *loginGateway) startIdP(t *testing.T, lo loginOptions, issuer string) {
 	t.Helper()
-	user := testbed.LoginUser(t)
-	idp, err := devidp.Start(t.Context(), devidp.Config{
-		PollInterval: time.Second,
-		Users: []devidp.User{
-			{Subject: "sub-eng", Username: "eng", Email: user + "@example.com", EmailVerified: true, Groups: []string{"eng"}, Password: "pw"},
-			{Subject: "sub-root", Username: "rooty", Email: "root@example.com", EmailVerified: true, Password: "pw"},
-			{Subject: "sub-unverified", Username: "unv", Email: "unv@example.com", EmailVerified: false, Password: "pw"},
-			{Subject: "sub-dba", Username: "dba", Email: "dbauser@example.com", EmailVerified: true, Groups: []string{"dba"}, Password: "pw"},
-		},
-	})
+	cfg := devidp.Config{PollInterval: time.Second, Users: idpUsers(lg.user), Issuer: issuer}
+	if lo.idp != nil {
+		lo.idp(&cfg)
+	}
+	idp, err := devidp.Start(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { idp.Close() })
-	lg := &loginGateway{idp: idp}
-	withLogin := func(c *Config, d *Deps) {
-		prov, err := oidc.New(t.Context(), oidc.Config{
-			Issuer: idp.Issuer(), ClientID: idp.ClientID(), UsernameClaim: "email",
-			GroupPrincipals: map[string][]string{"dba": {"postgres-admin"}},
-			Forbidden:       d.Authority.Policy().Forbidden, ValidPrincipal: ca.ValidateUserPrincipal,
-		})
+	lg.idp = idp
+}
+
+func startLoginGatewayWith(t *testing.T, lo loginOptions, opts ...gatewayOption) *loginGateway {
+	t.Helper()
+	user := testbed.LoginUser(t)
+	lg := &loginGateway{}
+	issuer := ""
+	clientID, secret := "bastion", ""
+	if lo.noIdP {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.Login = &LoginConfig{Provider: prov, ClientID: idp.ClientID(), DefaultValidity: 8 * time.Hour, MaxValidity: 24 * time.Hour,
+		issuer = "http://" + ln.Addr().String()
+		ln.Close()
+		lg.issuer = issuer
+	} else {
+		lg.user = user
+		lg.startIdP(t, lo, "")
+		issuer, clientID, secret = lg.idp.Issuer(), lg.idp.ClientID(), lg.idp.ClientSecret()
+		lg.issuer = issuer
+	}
+	withLogin := func(c *Config, d *Deps) {
+		oc := oidc.Config{
+			Issuer: issuer, ClientID: clientID, ClientSecret: secret, UsernameClaim: "email",
+			GroupPrincipals: map[string][]string{"dba": {"postgres-admin"}},
+			Forbidden:       d.Authority.Policy().Forbidden, ValidPrincipal: ca.ValidateUserPrincipal,
+			RetryMin: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond, HealthInterval: 200 * time.Millisecond,
+		}
+		if lo.oidc != nil {
+			lo.oidc(&oc)
+		}
+		prov, err := oidc.Start(t.Context(), oc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Login = &LoginConfig{Provider: prov, ClientID: clientID, DefaultValidity: 8 * time.Hour, MaxValidity: 24 * time.Hour,
 			GroupMaxValidity: map[string]time.Duration{"dba": time.Hour}, PerMinute: 100}
 	}
 	lg.testGateway = startGateway(t, append([]gatewayOption{withLogin}, opts...)...)
+	lg.user = lg.testGateway.user
 	return lg
 }
 

@@ -1,12 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"io"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,7 +27,6 @@ import (
 
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/gateway"
-	"github.com/bastion-ssh/bastion/internal/oidc"
 	"github.com/bastion-ssh/bastion/internal/sshclient"
 )
 
@@ -34,6 +39,7 @@ type loginFlags struct {
 	hosts     []string
 	pkce      bool
 	noBrowser bool
+	timeout   time.Duration
 }
 
 func newLoginCommand(a *app) *cobra.Command {
@@ -74,6 +80,7 @@ machine instead. BASTION_NO_BROWSER=1 is --no-browser.`,
 	fl.StringSliceVar(&f.hosts, "hosts", nil, "ssh host patterns reached through the gateway, for ~/.ssh/bastion/config (default the last ones used, else *.internal)")
 	fl.BoolVar(&f.pkce, "pkce", false, "log in with a browser redirect to this machine (authorization code + PKCE) even if the IdP has a device flow")
 	fl.BoolVar(&f.noBrowser, "no-browser", false, "do not open a browser, only print the URL; env BASTION_NO_BROWSER=1")
+	fl.DurationVar(&f.timeout, "timeout", 0, "give up on the login after this long (default: the gateway's login window, usually 10m)")
 	return cmd
 }
 
@@ -89,12 +96,8 @@ func resolveGateway(flag string, st sshclient.State, fallback string) (string, e
 	return "", nil
 }
 
-// loginServiceConfig is the answer of the gateway's `login-config`.
-type loginServiceConfig struct {
-	Issuer   string `json:"issuer"`
-	ClientID string `json:"client_id"`
-	Device   bool   `json:"device"`
-}
+// defaultLoginWindow is the login window of a gateway that does not say.
+const defaultLoginWindow = 10 * time.Minute
 
 func runLogin(ctx context.Context, a *app, f loginFlags, hostsGiven bool) error {
 	paths, err := sshclient.DefaultPaths()
@@ -129,6 +132,12 @@ func runLogin(ctx context.Context, a *app, f loginFlags, hostsGiven bool) error 
 	if created {
 		fmt.Fprintf(a.stderr, "Created your bastion key %s (it never leaves this machine).\n", paths.Key())
 	}
+	start := time.Now()
+	if f.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, start.Add(f.timeout))
+		defer cancel()
+	}
 	hc, err := sshclient.NewHostCheck(sshclient.HostCheckConfig{KnownHosts: paths.KnownHosts(), FirstUse: true})
 	if err != nil {
 		return err
@@ -150,10 +159,25 @@ func runLogin(ctx context.Context, a *app, f loginFlags, hostsGiven bool) error 
 	if err != nil {
 		return err
 	}
-	var svc loginServiceConfig
+	var svc gateway.LoginServiceInfo
 	if code != 0 || json.Unmarshal(cfgOut.Bytes(), &svc) != nil {
 		return fmt.Errorf("login: the gateway at %s has no usable login service (login-config exited %d: %s): is its oidc: section configured?",
 			addr, code, strings.TrimSpace(cfgErr.String()))
+	}
+	// Every wait ends: by --timeout, else by the gateway's login window.
+	window := time.Duration(svc.WindowSeconds) * time.Second
+	if window <= 0 {
+		window = defaultLoginWindow
+	}
+	limit := f.timeout
+	if limit <= 0 {
+		limit = window
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, start.Add(limit))
+		defer cancel()
+	}
+	if !svc.IdPUp && svc.IdPError != "" {
+		fmt.Fprintf(a.stderr, "Note: the gateway cannot reach its identity provider %s right now (%s).\n", svc.Issuer, svc.IdPError)
 	}
 
 	open := browserOpener(a.stderr, f.noBrowser)
@@ -161,9 +185,15 @@ func runLogin(ctx context.Context, a *app, f loginFlags, hostsGiven bool) error 
 	if svc.Device && !f.pkce {
 		certText, err = deviceLogin(ctx, a, conn, open)
 	} else {
-		certText, err = pkceLogin(ctx, a, conn, svc, open)
+		if !svc.Code {
+			return fmt.Errorf("login: the gateway at %s does not run the browser login (login-code): update the gateway, or log in with its device flow (`ssh %s@%s`)", addr, gateway.LoginUser, addr)
+		}
+		certText, err = codeLogin(ctx, a, conn, open, limit)
 	}
 	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("login: the login window (%s) expired before the login finished: run bastion login again", limit)
+		}
 		return err
 	}
 	cert, err := sshclient.ParseUserCertificate(certText, key.PublicKey())
@@ -193,35 +223,178 @@ func deviceLogin(ctx context.Context, a *app, conn *sshclient.Conn, open func(st
 	return out.Bytes(), nil
 }
 
-// pkceLogin logs in at the IdP with a browser redirect to a loopback
-// listener here (authorization code + PKCE), then hands the ID token to
-// the gateway, which verifies it as it would its own and signs.
-func pkceLogin(ctx context.Context, a *app, conn *sshclient.Conn, svc loginServiceConfig, open func(string)) ([]byte, error) {
-	if svc.Issuer == "" || svc.ClientID == "" {
-		return nil, errors.New("login: the gateway did not say which identity provider to use (login-config has no issuer or client_id)")
-	}
-	prov, err := oidc.New(ctx, oidc.Config{Issuer: svc.Issuer, ClientID: svc.ClientID})
+// codeLogin is the browser login the gateway drives (`login-code`): this
+// machine listens on a loopback port for the browser's return, the
+// gateway builds the authorization URL (its state, nonce and PKCE
+// challenge), the browser logs in at the IdP and comes back here with a
+// code, which goes to the gateway on the same session; the gateway
+// redeems it (with its client secret, when it has one) and signs. The
+// browser's tab shows the gateway's verdict, not just that a code came.
+func codeLogin(ctx context.Context, a *app, conn *sshclient.Conn, open func(string), limit time.Duration) ([]byte, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, fmt.Errorf("login: the identity provider %s that the gateway names: %w", svc.Issuer, err)
+		return nil, fmt.Errorf("login: cannot listen on 127.0.0.1 for the browser's return: %w", err)
 	}
-	raw, nonce, err := prov.LoginPKCE(ctx, func(u string) error {
-		fmt.Fprintf(a.stderr, "To log in, open this URL in a browser on this machine:\n  %s\n", u)
-		open(u)
-		fmt.Fprintln(a.stderr, "Waiting for the login to finish in the browser...")
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	defer ln.Close()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	verdictText := &lastLine{w: a.stderr}
+	type execResult struct {
+		code int
+		err  error
 	}
-	var out bytes.Buffer
-	code, err := conn.Exec(ctx, "login-token", strings.NewReader(raw+"\n"+nonce+"\n"), &out, a.stderr)
-	if err != nil {
-		return nil, err
+	done := make(chan execResult, 1)
+	go func() {
+		code, err := conn.Exec(ctx, "login-code", inR, outW, verdictText)
+		_ = outW.Close()
+		_ = inR.Close()
+		done <- execResult{code, err}
+	}()
+	defer inW.Close()
+	gatewayEnded := func() error {
+		_ = inW.Close()
+		r := <-done
+		if r.err != nil {
+			return r.err
+		}
+		return fmt.Errorf("login: the gateway ended the login (exit status %d; its reason is above)", r.code)
 	}
-	if code != 0 {
-		return nil, fmt.Errorf("login: the gateway did not sign a certificate (exit status %d; its reason is above)", code)
+	start, _ := json.Marshal(gateway.CodeLoginStart{RedirectURI: "http://" + ln.Addr().String() + "/callback"})
+	if _, err := inW.Write(append(start, '\n')); err != nil {
+		return nil, gatewayEnded()
 	}
-	return out.Bytes(), nil
+	out := bufio.NewReader(io.LimitReader(outR, 64*1024))
+	first, err := out.ReadBytes('\n')
+	var au gateway.CodeLoginURL
+	if err != nil || json.Unmarshal(first, &au) != nil {
+		return nil, gatewayEnded()
+	}
+	if u, err := url.Parse(au.AuthURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") {
+		_ = gatewayEnded()
+		return nil, fmt.Errorf("login: the gateway sent an authorization URL that is not http(s): %q", au.AuthURL)
+	}
+
+	type callback struct {
+		query url.Values
+		reply chan string // the page's message; closed without one on failure
+	}
+	callbacks := make(chan callback)
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		q := r.URL.Query()
+		if r.URL.Path != "/callback" || subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(au.State)) != 1 {
+			// Not this login's return (a stale tab, a forgery): ignore it.
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprint(w, loginPage("This is not the return of the login bastion is waiting for. Return to the terminal."))
+			return
+		}
+		cb := callback{query: q, reply: make(chan string, 1)}
+		select {
+		case callbacks <- cb:
+		case <-r.Context().Done():
+			return
+		case <-ctx.Done():
+			w.WriteHeader(http.StatusGone)
+			fmt.Fprint(w, loginPage("This login has ended. Run bastion login again."))
+			return
+		}
+		select {
+		case msg := <-cb.reply:
+			if !strings.HasPrefix(msg, "Login complete") {
+				w.WriteHeader(http.StatusForbidden)
+			}
+			fmt.Fprint(w, loginPage(msg))
+		case <-ctx.Done():
+			w.WriteHeader(http.StatusGatewayTimeout)
+			fmt.Fprint(w, loginPage("The gateway did not answer in time. Return to the terminal."))
+		}
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if srv.Shutdown(sctx) != nil {
+			_ = srv.Close()
+		}
+	}()
+
+	fmt.Fprintf(a.stderr, "To log in, open this URL in a browser on this machine:\n  %s\n", au.AuthURL)
+	open(au.AuthURL)
+	fmt.Fprintf(a.stderr, "Waiting for the login to finish in the browser (up to %s)...\n", limit.Round(time.Second))
+
+	var cb callback
+	select {
+	case <-ctx.Done():
+		_ = gatewayEnded()
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("login: the login window (%s) expired while waiting for the browser: run bastion login again (if the browser stopped at an error page of the identity provider, such as an unknown client or a redirect URI it does not allow, see docs/idp/ for the fix)", limit)
+		}
+		return nil, fmt.Errorf("login: canceled while waiting for the browser: %w", ctx.Err())
+	case r := <-done:
+		// The gateway ended the login first (the IdP stopped answering,
+		// its window ran out): its reason is above.
+		if r.err != nil {
+			return nil, r.err
+		}
+		return nil, fmt.Errorf("login: the gateway ended the login (exit status %d; its reason is above)", r.code)
+	case cb = <-callbacks:
+	}
+	res := gateway.CodeLoginResult{Code: cb.query.Get("code"), State: cb.query.Get("state"),
+		Error: cb.query.Get("error"), ErrorDescription: cb.query.Get("error_description")}
+	msg, _ := json.Marshal(res)
+	if _, err := inW.Write(append(msg, '\n')); err != nil {
+		cb.reply <- "Login failed: the gateway went away. Return to the terminal."
+		return nil, gatewayEnded()
+	}
+	cert, _ := io.ReadAll(out)
+	r := <-done
+	switch {
+	case r.err != nil:
+		cb.reply <- "Login failed: the connection to the gateway broke. Return to the terminal."
+		return nil, r.err
+	case r.code != 0:
+		cb.reply <- "Login failed. " + verdictText.String() + " Return to the terminal."
+		return nil, fmt.Errorf("login: the gateway did not sign a certificate (exit status %d; its reason is above)", r.code)
+	}
+	cb.reply <- "Login complete. You can close this tab and return to the terminal."
+	return cert, nil
+}
+
+// lastLine passes writes through to w and keeps the last non-empty line,
+// bounded, for the browser's page.
+type lastLine struct {
+	w io.Writer
+
+	mu   sync.Mutex
+	buf  []byte
+	last string
+}
+
+func (l *lastLine) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, b := range p {
+		if b == '\n' {
+			if s := strings.TrimSpace(string(l.buf)); s != "" {
+				l.last = s
+			}
+			l.buf = l.buf[:0]
+		} else if len(l.buf) < 512 {
+			l.buf = append(l.buf, b)
+		}
+	}
+	return l.w.Write(p)
+}
+
+func (l *lastLine) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.TrimPrefix(l.last, "bastion: ")
+}
+
+func loginPage(msg string) string {
+	return "<!doctype html><meta charset=utf-8><title>bastion login</title><p>" + html.EscapeString(msg) + "</p>\n"
 }
 
 // finishLogin pins the host CA, saves the certificate, the state and the

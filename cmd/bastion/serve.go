@@ -142,7 +142,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	gc := f.Gateway()
 	gc.Logger = logger
 	if f.OIDC != nil {
-		if gc.Login, err = loginConfig(ctx, f, policy); err != nil {
+		if gc.Login, err = loginConfig(ctx, f, policy, store, reg); err != nil {
 			return fail(err)
 		}
 	}
@@ -180,7 +180,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 				http.Error(w, "audit log unavailable: logins, jumps and commands are refused (see bastion_audit_available)", http.StatusServiceUnavailable)
 				return
 			}
-			fmt.Fprintln(w, "ok")
+			healthz(w, gc.Login)
 		})
 		rt.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		rt.metricsAddr = mln.Addr().String()
@@ -194,9 +194,28 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 // descriptors for each of 10,000 sessions, and some to spare.
 const minOpenFiles = 20480
 
-// loginConfig connects to the IdP (OIDC discovery) and builds the login
-// service's configuration.
-func loginConfig(ctx context.Context, f *config.File, policy ca.Policy) (*gateway.LoginConfig, error) {
+// healthz answers 200 "ok" while the gateway serves (jumps work without
+// the IdP, so an IdP outage must not get the gateway restarted), with the
+// IdP's state on a second line for people and probes that look.
+func healthz(w http.ResponseWriter, login *gateway.LoginConfig) {
+	fmt.Fprintln(w, "ok")
+	if login == nil {
+		return
+	}
+	st := login.Provider.Status()
+	if st.Up {
+		fmt.Fprintf(w, "idp: up since %s (%s)\n", st.Since.UTC().Format(time.RFC3339), login.Provider.Issuer())
+		return
+	}
+	fmt.Fprintf(w, "idp: down since %s (%s): %s; logins fail until it answers\n", st.Since.UTC().Format(time.RFC3339), login.Provider.Issuer(), st.LastError)
+}
+
+// loginConfig builds the login service's configuration. The IdP is
+// reached in the background (oidc.Start): the gateway starts and serves
+// jumps while it is down, logins answer idp_error meanwhile, an outage
+// longer than two minutes is recorded as idp.down (which the idp_down
+// alert rule reports), and bastion_idp_up shows the state.
+func loginConfig(ctx context.Context, f *config.File, policy ca.Policy, store *audit.Store, reg prometheus.Registerer) (*gateway.LoginConfig, error) {
 	o := f.OIDC
 	secret, err := readSecretFile(o.ClientSecretFile)
 	if err != nil {
@@ -210,14 +229,31 @@ func loginConfig(ctx context.Context, f *config.File, policy ca.Policy) (*gatewa
 			groupMax[g] = time.Duration(cg.MaxValidity)
 		}
 	}
-	prov, err := oidc.New(ctx, oidc.Config{
+	prov, err := oidc.Start(ctx, oidc.Config{
 		Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: secret, Scopes: o.Scopes,
-		UsernameClaim: o.UsernameClaim, GroupsClaim: o.GroupsClaim, AllowedDomains: o.AllowedDomains,
+		UsernameClaim: o.UsernameClaim, GroupsClaim: o.GroupsClaim, GroupMap: o.GroupMap, AllowedDomains: o.AllowedDomains,
 		GroupPrincipals: groupPrincipals, Forbidden: policy.Forbidden, ValidPrincipal: ca.ValidateUserPrincipal,
+		OutageAfter: time.Duration(o.OutageAlertAfter),
+		OnOutage: func(out oidc.Outage) {
+			ev := audit.Event{Type: audit.TypeIdPUp, Actor: "gateway", Fields: map[string]string{"issuer": out.Issuer, "since": out.Start.UTC().Format(time.RFC3339)}}
+			if out.Down {
+				ev.Type = audit.TypeIdPDown
+				ev.Fields["error"] = out.LastError
+			}
+			_, _ = store.Append(context.Background(), ev)
+		},
 	})
 	if err != nil {
 		return nil, err
 	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "bastion_idp_up", Help: "1 when the identity provider answered the gateway's last check (discovery, key set), else 0.",
+	}, func() float64 {
+		if prov.Status().Up {
+			return 1
+		}
+		return 0
+	}))
 	return &gateway.LoginConfig{
 		Provider: prov, ClientID: o.ClientID,
 		DefaultValidity: time.Duration(f.Cert.DefaultValidity), MaxValidity: time.Duration(f.Cert.MaxValidity),

@@ -18,6 +18,7 @@ const (
 	RuleBan             = "ban"
 	RuleCAChange        = "ca_change"
 	RuleLoginRefused    = "login_refused"
+	RuleIdPDown         = "idp_down"
 )
 
 // Threshold configures a rule that fires when Count events for one key
@@ -50,6 +51,9 @@ type Rules struct {
 	// LoginRefused: refusals of one user (auth.failed naming the user,
 	// login.failed naming the identity).
 	LoginRefused Threshold
+	// IdPDown: the identity provider stayed unreachable for the gateway's
+	// outage threshold (idp.down): nobody can log in.
+	IdPDown bool
 }
 
 // DefaultRules are the rules on, with the thresholds.
@@ -62,6 +66,7 @@ func DefaultRules() Rules {
 		Ban:             true,
 		CAChange:        true,
 		LoginRefused:    Threshold{Count: 5, Window: 10 * time.Minute},
+		IdPDown:         true,
 	}
 }
 

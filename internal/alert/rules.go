@@ -95,6 +95,11 @@ func (e *evaluator) evaluate(ev audit.Event) []candidate {
 				raise(RuleLoginRefused, who, n, "logins of %s were refused %d times within %s (latest from %s: %s)", who, n, e.rules.LoginRefused.Window, remote, reason)
 			}
 		}
+	case audit.TypeIdPDown:
+		if e.rules.IdPDown {
+			raise(RuleIdPDown, f["issuer"]+" "+f["since"], 1, "the identity provider %s has not answered since %s (%s): nobody can log in until it does; existing certificates keep working",
+				f["issuer"], f["since"], firstOf(f["error"], "no error recorded"))
+		}
 	case audit.TypeAuthOK:
 		user, remote := ev.Actor, f["remote"]
 		// A connection that went on to authenticate was a client trying

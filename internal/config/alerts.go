@@ -48,6 +48,7 @@ type AlertRules struct {
 	Ban             *bool          `yaml:"ban"`
 	CAChange        *bool          `yaml:"ca_change"`
 	LoginRefused    *ThresholdRule `yaml:"login_refused"`
+	IdPDown         *bool          `yaml:"idp_down"`
 }
 
 // UnmarshalYAML decodes the rules: mapping, naming the key in every error
@@ -59,7 +60,7 @@ func (r *AlertRules) UnmarshalYAML(n *yaml.Node) error {
 	thresholds := map[string]**ThresholdRule{"auth_failures": &r.AuthFailures, "login_refused": &r.LoginRefused}
 	switches := map[string]**bool{
 		"forbidden_user": &r.ForbiddenUser, "password_attempt": &r.PasswordAttempt, "new_source": &r.NewSource,
-		"ban": &r.Ban, "ca_change": &r.CAChange,
+		"ban": &r.Ban, "ca_change": &r.CAChange, "idp_down": &r.IdPDown,
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
@@ -196,6 +197,7 @@ func (f *File) AlertRules() alert.Rules {
 	flag(&r.NewSource, c.NewSource)
 	flag(&r.Ban, c.Ban)
 	flag(&r.CAChange, c.CAChange)
+	flag(&r.IdPDown, c.IdPDown)
 	return r
 }
 

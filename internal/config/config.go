@@ -71,9 +71,15 @@ type OIDC struct {
 	Scopes           []string `yaml:"scopes"`
 	UsernameClaim    string   `yaml:"username_claim"`
 	GroupsClaim      string   `yaml:"groups_claim"`
-	AllowedDomains   []string `yaml:"allowed_domains"`
+	// GroupMap maps IdP group values (Entra ID object ids, Keycloak
+	// paths) to bastion group names; unlisted values are dropped.
+	GroupMap       map[string]string `yaml:"group_map"`
+	AllowedDomains []string          `yaml:"allowed_domains"`
 	// LoginsPerMinute limits logins per source address (default 10).
 	LoginsPerMinute int `yaml:"logins_per_minute"`
+	// OutageAlertAfter is how long the IdP may be unreachable before the
+	// gateway records idp.down (default 2m).
+	OutageAlertAfter Duration `yaml:"outage_alert_after"`
 }
 
 // Cert configures login certificates.

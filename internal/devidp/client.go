@@ -14,10 +14,14 @@ const ScopeGroups = "groups"
 // idTokenLifetime is how long ID tokens from this provider are valid.
 const idTokenLifetime = time.Hour
 
-// client is the one registered client: public and native, as bastion's
-// CLI and gateway are (RFC 8252). Loopback redirect URIs match on any
-// port, which op implements for native clients.
-type client struct{ id string }
+// client is the one registered client: native (RFC 8252), public unless
+// Config.ClientSecret makes it confidential. Loopback redirect URIs match
+// on any port, which op implements for native clients.
+type client struct {
+	id         string
+	secret     string
+	authMethod oidc.AuthMethod
+}
 
 func (c *client) GetID() string { return c.id }
 func (c *client) RedirectURIs() []string {
@@ -25,7 +29,7 @@ func (c *client) RedirectURIs() []string {
 }
 func (c *client) PostLogoutRedirectURIs() []string    { return nil }
 func (c *client) ApplicationType() op.ApplicationType { return op.ApplicationTypeNative }
-func (c *client) AuthMethod() oidc.AuthMethod         { return oidc.AuthMethodNone }
+func (c *client) AuthMethod() oidc.AuthMethod         { return c.authMethod }
 func (c *client) ResponseTypes() []oidc.ResponseType {
 	return []oidc.ResponseType{oidc.ResponseTypeCode}
 }

@@ -378,3 +378,85 @@ func TestDemoUsers(t *testing.T) {
 		t.Fatal("demo passwords are not fresh and long")
 	}
 }
+
+// TestLoginPageCSPAllowsLoopbackCallback: the login page's form-action
+// lets the browser follow the login's redirect back to the client's
+// loopback callback on its own port (a browser enforces form-action on
+// every redirect after the POST), and nothing else.
+func TestLoginPageCSPAllowsLoopbackCallback(t *testing.T) {
+	s, _ := start(t, Config{})
+	oc := oauthConfig(t, s, "http://127.0.0.1:49153/callback")
+	resp, err := http.Get(oc.AuthCodeURL("st", oauth2.S256ChallengeOption(oauth2.GenerateVerifier())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	csp := resp.Header.Get("Content-Security-Policy")
+	var formAction string
+	for _, d := range strings.Split(csp, ";") {
+		if f := strings.Fields(d); len(f) > 0 && f[0] == "form-action" {
+			formAction = strings.Join(f[1:], " ")
+		}
+	}
+	if formAction != "'self' http://127.0.0.1:49153" {
+		t.Fatalf("form-action = %q (CSP %q), want 'self' and the callback's origin", formAction, csp)
+	}
+	if !strings.Contains(csp, "frame-ancestors 'none'") {
+		t.Errorf("CSP lost frame-ancestors: %q", csp)
+	}
+	// The device page redirects nowhere: its forms stay on the provider.
+	resp, err = http.Get(s.Issuer() + devicePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "form-action 'self';") {
+		t.Errorf("device page CSP = %q", csp)
+	}
+}
+
+// TestConfidentialClient: with a secret, the device authorization and
+// token endpoints refuse a client that does not authenticate with the
+// registered method, and discovery advertises only that method.
+func TestConfidentialClient(t *testing.T) {
+	for _, method := range []string{"client_secret_basic", "client_secret_post"} {
+		t.Run(method, func(t *testing.T) {
+			s, _ := start(t, Config{ClientSecret: "s3cret", ClientAuthMethod: method})
+			var d struct {
+				Methods []string `json:"token_endpoint_auth_methods_supported"`
+			}
+			getJSON(t, s.Issuer()+"/.well-known/openid-configuration", &d)
+			if !slices.Equal(d.Methods, []string{method}) {
+				t.Fatalf("discovery advertises %q, want [%s]", d.Methods, method)
+			}
+			oc := oauthConfig(t, s, "")
+			if _, err := oc.DeviceAuth(t.Context()); err == nil || !strings.Contains(err.Error(), "invalid_client") {
+				t.Fatalf("device authorization without the secret: %v", err)
+			}
+			oc.ClientSecret = "s3cret"
+			var opts []oauth2.AuthCodeOption
+			if method == "client_secret_post" {
+				opts = append(opts, oauth2.SetAuthURLParam("client_secret", "s3cret"))
+			} else {
+				// x/oauth2 sends no client authentication to the device
+				// endpoint: set the header the way bastion's provider does.
+				opts = nil
+				req, _ := http.NewRequest(http.MethodPost, oc.Endpoint.DeviceAuthURL, strings.NewReader(url.Values{"client_id": {"bastion"}, "scope": {"openid"}}.Encode()))
+				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				req.SetBasicAuth("bastion", "s3cret")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Fatalf("device authorization with Basic auth: %s", resp.Status)
+				}
+				return
+			}
+			if _, err := oc.DeviceAuth(t.Context(), opts...); err != nil {
+				t.Fatalf("device authorization with the secret in the body: %v", err)
+			}
+		})
+	}
+}

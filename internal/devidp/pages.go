@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"net/url"
+	"strings"
 
 	"github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
@@ -37,6 +39,12 @@ button{margin:.8em .5em 0 0;padding:.4em 1.2em}.error{color:#b00020}</style></he
 type pageData struct {
 	Message, Action, UserCode, AuthRequestID, Username string
 	Error, Form, Device                                bool
+	// formTarget is an origin the form's submission may end at besides
+	// this provider: the client's redirect URI, which the login's POST
+	// redirects to. CSP form-action governs every redirect after a form
+	// submission, so without it a browser blocks the return to the
+	// loopback callback (another port is another origin).
+	formTarget string
 }
 
 func newPages() (*pages, error) {
@@ -53,7 +61,11 @@ func (p *pages) render(w http.ResponseWriter, status int, d pageData) {
 	h.Set("Cache-Control", "no-store")
 	// The approval page grants access: never framed (clickjacking), and
 	// forms post only back here.
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+	formAction := "'self'"
+	if d.formTarget != "" {
+		formAction += " " + d.formTarget
+	}
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action "+formAction+"; frame-ancestors 'none'")
 	h.Set("X-Frame-Options", "DENY")
 	w.WriteHeader(status)
 	_ = p.t.Execute(w, d)
@@ -96,10 +108,12 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	switch r.Method {
 	case http.MethodGet:
 		d.AuthRequestID = r.URL.Query().Get("authRequestID")
-		if _, err := s.store.AuthRequestByID(r.Context(), d.AuthRequestID); err != nil {
+		req, err := s.store.AuthRequestByID(r.Context(), d.AuthRequestID)
+		if err != nil {
 			s.pages.render(w, http.StatusNotFound, pageData{Message: err.Error(), Error: true})
 			return
 		}
+		d.formTarget = origin(req.GetRedirectURI())
 		s.pages.render(w, http.StatusOK, d)
 	case http.MethodPost:
 		r.Body = http.MaxBytesReader(w, r.Body, 1<<16)
@@ -112,6 +126,11 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 			req, err := s.store.AuthRequestByID(r.Context(), d.AuthRequestID)
 			if err != nil {
 				s.pages.render(w, http.StatusNotFound, pageData{Message: err.Error(), Error: true})
+				return
+			}
+			if s.silentDeny {
+				// Some IdPs end a denial here; the client never hears of it.
+				s.pages.render(w, http.StatusOK, pageData{Message: "You denied the login. You can close this page."})
 				return
 			}
 			// op redirects to the client with error=access_denied.
@@ -128,6 +147,17 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", "GET, POST")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 	}
+}
+
+// origin returns the CSP source for a redirect URI's origin
+// (scheme://host:port), or "" when it has none. op has already checked
+// the URI against the client's registered ones.
+func origin(redirectURI string) string {
+	u, err := url.Parse(redirectURI)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || strings.ContainsAny(u.Host, " ;,'\"") {
+		return ""
+	}
+	return u.Scheme + "://" + u.Host
 }
 
 func statusOf(err error) int {

@@ -6,11 +6,13 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -58,8 +60,21 @@ type Config struct {
 	// Listen is the loopback address to serve on. Default: the issuer's
 	// host:port, or 127.0.0.1:0 when Issuer is empty.
 	Listen string
-	// ClientID is the public client's id; default "bastion".
+	// ClientID is the client's id; default "bastion".
 	ClientID string
+	// ClientSecret, when set, makes the client confidential, as most
+	// company IdPs register a gateway: the device authorization and token
+	// endpoints then answer 401 invalid_client to a request without it.
+	ClientSecret string
+	// ClientAuthMethod is how a confidential client must authenticate:
+	// "client_secret_basic" (default) or "client_secret_post". The
+	// discovery document advertises only this method, and the endpoints
+	// refuse the other, as strict IdPs do.
+	ClientAuthMethod string
+	// SilentDeny makes the login page's Deny button end at a page of its
+	// own instead of redirecting access_denied back to the client, as some
+	// IdPs do: the client never hears of the denial.
+	SilentDeny bool
 	// Users who can log in; DemoUsers() for bastion dev.
 	Users []User
 	// Now is the clock for device code expiry and minted tokens; default
@@ -85,23 +100,37 @@ const (
 
 // Server is a running development IdP.
 type Server struct {
-	issuer   string
-	clientID string
-	now      func() time.Time
-	store    *storage
-	op       *op.Provider
-	pages    *pages
-	srv      *http.Server
-	ln       net.Listener
-	stop     func() bool
-	close    sync.Once
-	closeErr error
+	issuer     string
+	clientID   string
+	secret     string
+	authMethod oidc.AuthMethod
+	silentDeny bool
+	now        func() time.Time
+	store      *storage
+	op         *op.Provider
+	pages      *pages
+	srv        *http.Server
+	ln         net.Listener
+	stop       func() bool
+	close      sync.Once
+	closeErr   error
 }
 
 // Start validates cfg, listens and serves until Close or until ctx is done.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.ClientID == "" {
 		cfg.ClientID = "bastion"
+	}
+	authMethod := oidc.AuthMethodNone
+	if cfg.ClientSecret != "" {
+		switch cfg.ClientAuthMethod {
+		case "", string(oidc.AuthMethodBasic):
+			authMethod = oidc.AuthMethodBasic
+		case string(oidc.AuthMethodPost):
+			authMethod = oidc.AuthMethodPost
+		default:
+			return nil, fmt.Errorf("devidp: Config.ClientAuthMethod %q: use client_secret_basic or client_secret_post", cfg.ClientAuthMethod)
+		}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -141,13 +170,14 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		issuer = "http://" + ln.Addr().String()
 	}
 
-	s := &Server{issuer: issuer, clientID: cfg.ClientID, now: cfg.Now, ln: ln}
-	s.store = newStorage(cfg.Now, &client{id: cfg.ClientID}, key, slices.Clone(cfg.Users), cfg.DeviceLifetime)
+	s := &Server{issuer: issuer, clientID: cfg.ClientID, secret: cfg.ClientSecret, authMethod: authMethod, silentDeny: cfg.SilentDeny, now: cfg.Now, ln: ln}
+	s.store = newStorage(cfg.Now, &client{id: cfg.ClientID, secret: cfg.ClientSecret, authMethod: authMethod}, key, slices.Clone(cfg.Users), cfg.DeviceLifetime)
 	var cryptoKey [32]byte
 	_, _ = rand.Read(cryptoKey[:])
 	s.op, err = op.NewProvider(&op.Config{
 		CryptoKey:       cryptoKey,
 		CodeMethodS256:  true,
+		AuthMethodPost:  authMethod == oidc.AuthMethodPost,
 		SupportedScopes: []string{oidc.ScopeOpenID, oidc.ScopeProfile, oidc.ScopeEmail, ScopeGroups},
 		SupportedClaims: append(slices.Clone(op.DefaultSupportedClaims), "groups"),
 		DeviceAuthorization: op.DeviceAuthorizationConfig{
@@ -170,6 +200,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	mux.HandleFunc(loginPath, s.handleLogin)
 	mux.HandleFunc(devicePath, s.handleDevice)
 	mux.Handle(s.op.TokenEndpoint().Relative(), http.HandlerFunc(s.handleToken))
+	mux.Handle(s.op.DeviceAuthorizationEndpoint().Relative(), s.clientAuth(s.op))
+	mux.HandleFunc(oidc.DiscoveryEndpoint, s.handleDiscovery)
 	mux.Handle("/", s.op)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.srv.Serve(ln) }()
@@ -180,7 +212,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 // Issuer returns the issuer URL, for oidc.Config.Issuer.
 func (s *Server) Issuer() string { return s.issuer }
 
-// ClientID returns the public client's id, for oidc.Config.ClientID.
+// ClientSecret returns the client's secret ("" for a public client).
+func (s *Server) ClientSecret() string { return s.secret }
+
+// ClientID returns the client's id, for oidc.Config.ClientID.
 func (s *Server) ClientID() string { return s.clientID }
 
 // Close stops serving at once. It is safe to call more than once.
@@ -213,10 +248,87 @@ func (s *Server) DenyDevice(userCode string) error {
 	return err
 }
 
+// clientAuth refuses a request to an endpoint that takes client
+// authentication unless a confidential client authenticates with its
+// registered method (RFC 6749 section 2.3): 401 invalid_client, as IdPs
+// answer. op itself would let a confidential client use the device
+// endpoint with its client_id alone.
+func (s *Server) clientAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.secret == "" || r.Method != http.MethodPost {
+			next.ServeHTTP(w, r)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, 1<<16)
+		if err := r.ParseForm(); err != nil {
+			http.Error(w, "bad form", http.StatusBadRequest)
+			return
+		}
+		var id, secret string
+		var ok bool
+		switch s.authMethod {
+		case oidc.AuthMethodBasic:
+			if id, secret, ok = r.BasicAuth(); ok {
+				id, _ = url.QueryUnescape(id)
+				secret, _ = url.QueryUnescape(secret)
+			}
+			ok = ok && r.PostForm.Get("client_secret") == ""
+		case oidc.AuthMethodPost:
+			id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
+			_, _, basic := r.BasicAuth()
+			ok = secret != "" && !basic
+		}
+		if !ok || id != s.clientID || subtle.ConstantTimeCompare([]byte(secret), []byte(s.secret)) != 1 {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Cache-Control", "no-store")
+			w.Header().Set("WWW-Authenticate", `Basic realm="devidp"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			_ = json.NewEncoder(w).Encode(map[string]string{
+				"error":             "invalid_client",
+				"error_description": "client authentication failed: this client must use " + string(s.authMethod),
+			})
+			return
+		}
+		if r.PostForm.Get("grant_type") == string(oidc.GrantTypeDeviceCode) && s.authMethod == oidc.AuthMethodBasic {
+			// op's device token endpoint takes a Basic-authenticated
+			// request to come from a web application; this client is a
+			// native one. The secret is checked above; pass it on as
+			// the client_id that op expects from a native client.
+			r.Header.Del("Authorization")
+			r.PostForm.Set("client_id", id)
+			r.Form.Set("client_id", id)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// handleDiscovery serves op's discovery document, advertising only the
+// client authentication method the client is registered with (op always
+// lists client_secret_basic).
+func (s *Server) handleDiscovery(w http.ResponseWriter, r *http.Request) {
+	rec := httptest.NewRecorder()
+	s.op.ServeHTTP(rec, r)
+	var doc map[string]any
+	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &doc) != nil {
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+		return
+	}
+	if s.secret != "" {
+		doc["token_endpoint_auth_methods_supported"] = []string{string(s.authMethod)}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(doc)
+}
+
 // handleToken answers invalid_grant (RFC 6749 section 5.2) for a device code
 // that was already exchanged, before op, which would say access_denied and
 // make a replay look like a user's refusal. Everything else goes to op.
 func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
+	s.clientAuth(http.HandlerFunc(s.handleTokenAuthenticated)).ServeHTTP(w, r)
+}
+
+func (s *Server) handleTokenAuthenticated(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, 1<<16)
 		if err := r.ParseForm(); err == nil &&

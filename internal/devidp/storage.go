@@ -387,9 +387,12 @@ func (s *storage) GetClientByClientID(_ context.Context, id string) (op.Client, 
 	return s.client, nil
 }
 
-// AuthorizeClientIDSecret always fails: the only client is public.
-func (s *storage) AuthorizeClientIDSecret(context.Context, string, string) error {
-	return errors.New("devidp: the client is public and has no secret")
+// AuthorizeClientIDSecret checks a confidential client's secret.
+func (s *storage) AuthorizeClientIDSecret(_ context.Context, id, secret string) error {
+	if s.client.secret == "" || id != s.client.id || subtle.ConstantTimeCompare([]byte(secret), []byte(s.client.secret)) != 1 {
+		return errors.New("devidp: client authentication failed")
+	}
+	return nil
 }
 
 // SetUserinfoFromScopes is deprecated in op; SetUserinfoFromRequest does the work.

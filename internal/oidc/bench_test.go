@@ -78,13 +78,31 @@ func BenchmarkVerifyIDToken(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := p.VerifyIDToken(b.Context(), raw, ""); err != nil {
+	ep, err := p.endpoints()
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The one-time-use record would refuse the token after its first
+	// use; measure the checks and the mapping, which are the cost.
+	once := func() error {
+		tok, err := p.verify(b.Context(), ep, raw, "")
+		if err != nil {
+			return err
+		}
+		var claims map[string]any
+		if err := tok.Claims(&claims); err != nil {
+			return err
+		}
+		_, _, _, err = p.mapping.Map(claims)
+		return err
+	}
+	if err := once(); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := p.VerifyIDToken(b.Context(), raw, ""); err != nil {
+			if err := once(); err != nil {
 				b.Error(err)
 				return
 			}

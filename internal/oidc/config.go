@@ -54,8 +54,13 @@ type Config struct {
 	// UsernameClaim is "email" (its local part becomes the username),
 	// "preferred_username" or "sub"; default "email".
 	UsernameClaim string
-	// GroupsClaim names the claim holding the user's groups; default "groups".
+	// GroupsClaim names the claim holding the user's groups, or a dotted
+	// path into nested objects (realm_access.roles); default "groups".
 	GroupsClaim string
+	// GroupMap, when set, maps IdP group values (Entra ID object ids,
+	// Keycloak paths such as /eng/backend) to bastion group names; values
+	// it does not list are dropped.
+	GroupMap map[string]string
 	// AllowedDomains, when set, restricts logins to verified emails in
 	// these domains (exact match, case-insensitive).
 	AllowedDomains []string
@@ -74,6 +79,20 @@ type Config struct {
 	HTTPClient *http.Client
 	// Now is the clock for expiry checks; default time.Now.
 	Now func() time.Time
+
+	// RetryMin and RetryMax bound the backoff between attempts to reach an
+	// IdP that is down (discovery, key fetch); default 1s and 1m.
+	RetryMin, RetryMax time.Duration
+	// HealthInterval is how often a reachable IdP is checked again;
+	// default 1m.
+	HealthInterval time.Duration
+	// OutageAfter is how long the IdP must stay unreachable before
+	// OnOutage is told; default 2m.
+	OutageAfter time.Duration
+	// OnOutage, when set, is called (from the background checker of a
+	// Provider made by Start) once when an outage has lasted OutageAfter,
+	// and once when the IdP answers again after that.
+	OnOutage func(Outage)
 }
 
 // withDefaults returns c with every zero field that has a default filled in.
@@ -95,6 +114,18 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.RetryMin <= 0 {
+		c.RetryMin = time.Second
+	}
+	if c.RetryMax < c.RetryMin {
+		c.RetryMax = max(time.Minute, c.RetryMin)
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = time.Minute
+	}
+	if c.OutageAfter <= 0 {
+		c.OutageAfter = 2 * time.Minute
 	}
 	return c
 }
@@ -128,6 +159,11 @@ func (c Config) Validate() error {
 				a, strings.Join(asymmetricAlgs(), ", "))
 		}
 	}
+	for from, to := range c.GroupMap {
+		if from == "" || !validGroup(to) {
+			return fail(ReasonConfig, "oidc.group_map %q: %q is not a group name a certificate can carry: use printable ASCII without spaces or commas", from, to)
+		}
+	}
 	m := c.mapping()
 	for g, ps := range c.GroupPrincipals {
 		for _, p := range ps {
@@ -147,6 +183,7 @@ func (c Config) mapping() Mapping {
 	return Mapping{
 		UsernameClaim:   c.UsernameClaim,
 		GroupsClaim:     c.GroupsClaim,
+		GroupMap:        c.GroupMap,
 		AllowedDomains:  c.AllowedDomains,
 		GroupPrincipals: c.GroupPrincipals,
 		Forbidden:       c.Forbidden,

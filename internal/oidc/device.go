@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +29,7 @@ type DeviceAuth struct {
 	Expiry time.Time
 
 	resp     *oauth2.DeviceAuthResponse
+	ep       *endpoints
 	redeemed atomic.Bool
 }
 
@@ -38,10 +41,25 @@ func (d *DeviceAuth) String() string {
 
 // StartDevice asks the IdP for a device code and a user code.
 func (p *Provider) StartDevice(ctx context.Context) (*DeviceAuth, error) {
-	if !p.SupportsDevice() {
+	ep, err := p.endpoints()
+	if err != nil {
+		return nil, err
+	}
+	if ep.oauth.Endpoint.DeviceAuthURL == "" {
 		return nil, fail(ReasonDeviceUnsupported, "%s has no device authorization endpoint: log in with `bastion login`, which uses the browser (PKCE)", p.cfg.Issuer)
 	}
-	resp, err := p.oauth.DeviceAuth(gooidc.ClientContext(ctx, p.cfg.HTTPClient))
+	// golang.org/x/oauth2 sends only client_id to the device authorization
+	// endpoint; a confidential client must authenticate there too (RFC
+	// 8628 section 3.1), the same way as at the token endpoint.
+	client, opts := p.cfg.HTTPClient, []oauth2.AuthCodeOption(nil)
+	if p.cfg.ClientSecret != "" {
+		if ep.authStyle == oauth2.AuthStyleInHeader {
+			client = basicAuthClient(client, ep.oauth.Endpoint.DeviceAuthURL, p.cfg.ClientID, p.cfg.ClientSecret)
+		} else {
+			opts = append(opts, oauth2.SetAuthURLParam("client_secret", p.cfg.ClientSecret))
+		}
+	}
+	resp, err := ep.oauth.DeviceAuth(gooidc.ClientContext(ctx, client), opts...)
 	if err != nil {
 		return nil, tokenEndpointError(ctx, "device authorization", ReasonDeviceCodeInvalid, err)
 	}
@@ -56,6 +74,7 @@ func (p *Provider) StartDevice(ctx context.Context) (*DeviceAuth, error) {
 		Interval:                interval,
 		Expiry:                  resp.Expiry,
 		resp:                    resp,
+		ep:                      ep,
 	}, nil
 }
 
@@ -72,7 +91,7 @@ func (p *Provider) WaitDevice(ctx context.Context, da *DeviceAuth) (*Identity, e
 	if da.redeemed.Load() {
 		return nil, fail(ReasonDeviceCodeInvalid, "this device code was already used: start a new login")
 	}
-	tok, err := p.oauth.DeviceAccessToken(gooidc.ClientContext(ctx, p.cfg.HTTPClient), da.resp)
+	tok, err := da.ep.oauth.DeviceAccessToken(gooidc.ClientContext(ctx, p.cfg.HTTPClient), da.resp)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			// oauth2 bounds the polling by the device code's expiry.
@@ -88,8 +107,31 @@ func (p *Provider) WaitDevice(ctx context.Context, da *DeviceAuth) (*Identity, e
 	if !ok || raw == "" {
 		return nil, fail(ReasonIDPError, "the IdP returned no id_token: check that oidc.scopes includes openid and that the client may use it")
 	}
-	return p.VerifyIDToken(ctx, raw, "")
+	return p.verifyAndMap(ctx, raw, "")
 }
+
+// basicAuthClient returns a client that adds HTTP Basic client
+// authentication (RFC 6749 section 2.3.1: both parts form-encoded first)
+// to requests for endpoint, and to nothing else.
+func basicAuthClient(base *http.Client, endpoint, id, secret string) *http.Client {
+	c := *base
+	next := c.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	c.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.URL.String() == endpoint {
+			r = r.Clone(r.Context())
+			r.SetBasicAuth(url.QueryEscape(id), url.QueryEscape(secret))
+		}
+		return next.RoundTrip(r)
+	})
+	return &c
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // tokenEndpointError maps an error from golang.org/x/oauth2 to a reason;
 // invalid_grant (a code already used, revoked or for another client) maps
@@ -108,6 +150,8 @@ func tokenEndpointError(ctx context.Context, what, invalidGrant string, err erro
 			return fail(ReasonDeviceCodeExpired, "the device code expired before the login was approved (expired_token): start a new login")
 		case "invalid_grant":
 			return fail(invalidGrant, "the IdP refused the code (invalid_grant: %q): it was already used, revoked or issued to another client; start a new login", desc)
+		case "invalid_client", "unauthorized_client":
+			return fail(ReasonIDPError, "the IdP does not accept bastion's client credentials at the %s endpoint (%s: %q): check oidc.client_id and oidc.client_secret_file against the client registered at the IdP", what, re.ErrorCode, desc)
 		case "":
 			status := "no response"
 			if re.Response != nil {

@@ -50,6 +50,19 @@ const (
 	ReasonIDPError = "idp_error"
 	// ReasonConfig: the configuration is invalid.
 	ReasonConfig = "config_invalid"
+	// ReasonTokenReplayed: the ID token (or one with the same signed
+	// content) was already used for a login.
+	ReasonTokenReplayed = "token_replayed"
+	// ReasonGroupsOverage: the IdP left the groups out of the token (an
+	// overage marker) or sent more than a certificate can carry.
+	ReasonGroupsOverage = "groups_overage"
+	// ReasonBadRedirect: the login's redirect URI is not a loopback URI (RFC 8252 section 7.3).
+	ReasonBadRedirect = "bad_redirect"
+	// ReasonCodeInvalid: the authorization code was missing, already used,
+	// or refused by the IdP (invalid_grant).
+	ReasonCodeInvalid = "code_invalid"
+	// ReasonLoginExpired: the login did not finish within its window.
+	ReasonLoginExpired = "login_expired"
 )
 
 // Error is the error type of this package: a reason code for the audit
@@ -58,6 +71,11 @@ const (
 type Error struct {
 	Reason string
 	Err    error
+	// Claims are verified claims of a refused identity (subject, email,
+	// email_verified, username, groups), each bounded, for the audit
+	// record: who was refused. Nil when the token itself was refused (its
+	// claims are then not worth recording). Never a token.
+	Claims map[string]string
 }
 
 // Error returns the message for people, prefixed "oidc: ".

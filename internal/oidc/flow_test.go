@@ -7,7 +7,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"fmt"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -195,7 +199,7 @@ func TestDeviceCodeUsedTwice(t *testing.T) {
 
 	// A replay straight at the IdP's token endpoint, as a thief holding the
 	// device code would do it: the IdP says invalid_grant.
-	_, err = p.oauth.DeviceAccessToken(ctx, da.resp)
+	_, err = da.ep.oauth.DeviceAccessToken(ctx, da.resp)
 	if err == nil {
 		t.Fatal("the IdP issued tokens for a used device code")
 	}
@@ -206,77 +210,171 @@ func TestDeviceCodeUsedTwice(t *testing.T) {
 	}
 }
 
-// TestPKCELogin is `bastion login` against an IdP: the browser (an
-// http.Client) follows the authorization URL to the login page, submits
-// it, and is redirected to the CLI's loopback listener.
-func TestPKCELogin(t *testing.T) {
-	idp, users := startIDP(t, devidp.Config{})
-	p := newProvider(t, idp, nil)
-	b := newBrowser(t)
-	var authURL string
-	openURL := func(u string) error {
-		authURL = u
-		status, body := b.submit(u, map[string]string{"username": "alice", "password": password(t, users, "alice"), "action": "approve"})
-		if status != http.StatusOK || !strings.Contains(body, "Login complete") {
-			t.Errorf("login: status %d: %s", status, body)
+// loopback is the CLI's redirect listener: it hands the query of the
+// first request to the test.
+func loopback(t *testing.T) (string, <-chan url.Values) {
+	t.Helper()
+	got := make(chan url.Values, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case got <- r.URL.Query():
+		default:
 		}
-		return nil
+		fmt.Fprint(w, "Login complete")
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/callback", got
+}
+
+// TestCodeLogin: the gateway's authorization code login. The browser (an
+// http.Client) follows the authorization URL the provider built, logs in
+// and is redirected to the loopback listener; the provider redeems the
+// code with its own verifier and checks its own nonce. For a public and
+// for confidential clients with either authentication method.
+func TestCodeLogin(t *testing.T) {
+	for _, tc := range []struct{ name, secret, method string }{
+		{"public", "", ""},
+		{"client_secret_basic", "s3cret", "client_secret_basic"},
+		{"client_secret_post", "s3cret", "client_secret_post"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			idp, users := startIDP(t, devidp.Config{ClientSecret: tc.secret, ClientAuthMethod: tc.method})
+			p := newProvider(t, idp, func(c *Config) { c.ClientSecret = tc.secret })
+			redirect, got := loopback(t)
+			cl, err := p.StartCode(redirect)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, param := range []string{"code_challenge_method=S256", "code_challenge=", "nonce=", "state=" + cl.State, "redirect_uri=" + url.QueryEscape(redirect)} {
+				if !strings.Contains(cl.AuthURL, param) {
+					t.Errorf("authorization URL lacks %s: %s", param, cl.AuthURL)
+				}
+			}
+			status, body := newBrowser(t).submit(cl.AuthURL, map[string]string{"username": "alice", "password": password(t, users, "alice"), "action": "approve"})
+			if status != http.StatusOK || !strings.Contains(body, "Login complete") {
+				t.Fatalf("browser: status %d: %s", status, body)
+			}
+			q := <-got
+			// Another login's state is refused before the IdP is asked.
+			other, _ := p.StartCode(redirect)
+			_, err = p.Finish(waitCtx(t), other, q.Get("code"), q.Get("state"))
+			wantReason(t, err, ReasonBadState)
+			id, err := p.Finish(waitCtx(t), cl, q.Get("code"), q.Get("state"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id.Username != "alice" || !slices.Equal(id.Groups, []string{"eng"}) {
+				t.Fatalf("identity = %+v", id)
+			}
+			_, err = p.Finish(waitCtx(t), cl, q.Get("code"), q.Get("state"))
+			wantReason(t, err, ReasonCodeInvalid)
+			// The code, replayed into another login with that login's
+			// state: the IdP refuses it (used, and the verifier differs).
+			_, err = p.Finish(waitCtx(t), other, q.Get("code"), other.State)
+			wantReason(t, err, ReasonCodeInvalid)
+		})
 	}
-	raw, nonce, err := p.LoginPKCE(waitCtx(t), openURL)
+}
+
+// TestCodeLoginWrongSecret: a confidential client whose secret is wrong
+// (or missing) is told so, naming the settings to check.
+func TestCodeLoginWrongSecret(t *testing.T) {
+	idp, _ := startIDP(t, devidp.Config{ClientSecret: "s3cret"})
+	for _, secret := range []string{"", "wrong"} {
+		p := newProvider(t, idp, func(c *Config) { c.ClientSecret = secret })
+		_, err := p.StartDevice(waitCtx(t))
+		wantReason(t, err, ReasonIDPError)
+		if !strings.Contains(err.Error(), "oidc.client_secret_file") {
+			t.Errorf("secret %q: error does not name the setting: %v", secret, err)
+		}
+	}
+}
+
+// TestStartCodeRedirect: only loopback http redirect URIs (any port).
+func TestStartCodeRedirect(t *testing.T) {
+	idp, _ := startIDP(t, devidp.Config{})
+	p := newProvider(t, idp, nil)
+	for _, ok := range []string{"http://127.0.0.1:5555/callback", "http://[::1]:1/cb", "http://localhost:80/"} {
+		if _, err := p.StartCode(ok); err != nil {
+			t.Errorf("%s refused: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"https://evil.example/callback", "http://evil.example:80/", "http://127.0.0.1/callback",
+		"http://127.0.0.1.evil.example:80/", "http://user@127.0.0.1:80/", "http://127.0.0.1:80/#x", "javascript:alert(1)",
+		"http://127.0.0.1:80/?a=b", "http://10.0.0.1:80/", "http://127.0.0.1:80/" + strings.Repeat("a", 600)} {
+		_, err := p.StartCode(bad)
+		wantReason(t, err, ReasonBadRedirect)
+	}
+}
+
+// TestStartWithIdPDown: a provider made with Start while the IdP is down
+// refuses logins with idp_error saying so, reports the outage once it has
+// lasted OutageAfter, and works once the IdP answers, reporting the end.
+func TestStartWithIdPDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, param := range []string{"code_challenge_method=S256", "code_challenge=", "nonce=", "state=", "redirect_uri=http%3A%2F%2F127.0.0.1%3A"} {
-		if !strings.Contains(authURL, param) {
-			t.Errorf("authorization URL lacks %s: %s", param, authURL)
-		}
-	}
-	id, err := p.VerifyIDToken(waitCtx(t), raw, nonce)
+	addr := ln.Addr().String()
+	ln.Close()
+	outages := make(chan Outage, 4)
+	p, err := Start(t.Context(), Config{
+		Issuer: "http://" + addr, ClientID: "bastion",
+		RetryMin: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond, HealthInterval: 200 * time.Millisecond,
+		OutageAfter: 300 * time.Millisecond, OnOutage: func(o Outage) { outages <- o },
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id.Username != "alice" || !slices.Equal(id.Groups, []string{"eng"}) {
-		t.Fatalf("identity = %+v", id)
+	if st := p.Status(); st.Up || st.Discovered || st.LastError == "" {
+		t.Fatalf("status with the IdP down: %+v", st)
 	}
-	_, err = p.VerifyIDToken(waitCtx(t), raw, "another-login")
-	wantReason(t, err, ReasonBadNonce)
-}
-
-func TestPKCELoginDenied(t *testing.T) {
-	idp, _ := startIDP(t, devidp.Config{})
-	p := newProvider(t, idp, nil)
-	b := newBrowser(t)
-	_, _, err := p.LoginPKCE(waitCtx(t), func(u string) error {
-		b.submit(u, map[string]string{"action": "deny"})
-		return nil
-	})
-	wantReason(t, err, ReasonAccessDenied)
-}
-
-// TestPKCEForgedRedirect: a redirect to the loopback listener that does
-// not carry this login's state is refused.
-func TestPKCEForgedRedirect(t *testing.T) {
-	idp, _ := startIDP(t, devidp.Config{})
-	p := newProvider(t, idp, nil)
-	_, _, err := p.LoginPKCE(waitCtx(t), func(u string) error {
-		i := strings.Index(u, "redirect_uri=")
-		redirect := u[i+len("redirect_uri="):]
-		redirect, _, _ = strings.Cut(redirect, "&")
-		redirect = strings.NewReplacer("%3A", ":", "%2F", "/").Replace(redirect)
-		resp, err := http.Get(redirect + "?code=stolen&state=forged")
-		if err != nil {
-			return err
+	_, err = p.StartDevice(t.Context())
+	wantReason(t, err, ReasonIDPError)
+	if !strings.Contains(err.Error(), "has not answered since") {
+		t.Errorf("error does not say the IdP is down: %v", err)
+	}
+	_, err = p.StartCode("http://127.0.0.1:5555/callback")
+	wantReason(t, err, ReasonIDPError)
+	select {
+	case o := <-outages:
+		if !o.Down || o.LastError == "" {
+			t.Fatalf("first outage report: %+v", o)
 		}
-		resp.Body.Close()
-		return nil
-	})
-	wantReason(t, err, ReasonBadState)
-}
-
-func TestPKCECanceled(t *testing.T) {
-	idp, _ := startIDP(t, devidp.Config{})
-	p := newProvider(t, idp, nil)
-	ctx, cancel := contextWithCancel(t)
-	_, _, err := p.LoginPKCE(ctx, func(string) error { cancel(); return nil })
-	wantReason(t, err, ReasonCanceled)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no outage report")
+	}
+	idp, users := startIDP(t, devidp.Config{Issuer: "http://" + addr})
+	select {
+	case o := <-outages:
+		if o.Down {
+			t.Fatalf("second report: %+v", o)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no report of the IdP's return")
+	}
+	if st := p.Status(); !st.Up || !st.Discovered {
+		t.Fatalf("status with the IdP up: %+v", st)
+	}
+	da, err := p.StartDevice(waitCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := idp.ApproveDevice(da.UserCode, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	id, err := p.WaitDevice(waitCtx(t), da)
+	if err != nil || id.Username != "alice" {
+		t.Fatalf("login after the IdP came back: %+v, %v", id, err)
+	}
+	_ = users
+	// Down again: the health check notices.
+	idp.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Status().Up {
+		if time.Now().After(deadline) {
+			t.Fatal("the provider did not notice the IdP going down")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -17,7 +17,14 @@ type Mapping struct {
 	// verified email), "preferred_username" (lower-cased) or "sub" (as is).
 	UsernameClaim string
 	// GroupsClaim names the claim holding the groups; default "groups".
+	// A name that is not a top-level claim is read as a dotted path into
+	// nested objects, so "realm_access.roles" reads Keycloak's realm roles
+	// and "https://example.com/groups" (a namespaced claim) still works.
 	GroupsClaim string
+	// GroupMap, when non-empty, maps the IdP's group values to bastion
+	// group names; values it does not list are dropped, so opaque ids
+	// (Entra ID) and paths (Keycloak) never reach policy unmapped.
+	GroupMap map[string]string
 	// AllowedDomains, when set, requires a verified email in one of these
 	// domains whatever UsernameClaim says.
 	AllowedDomains []string
@@ -37,7 +44,9 @@ type Mapping struct {
 // (the username first, then each group's extra principals).
 //
 // The error is an [*Error] with reason missing_claim, email_unverified,
-// domain_not_allowed, forbidden_principal or bad_principal. Map never
+// domain_not_allowed, forbidden_principal, bad_principal or groups_overage
+// (the IdP left the groups out because there are too many: a login
+// without them would silently lose access, so it is refused). Map never
 // returns a principal that is forbidden or that ValidPrincipal rejects.
 func (m Mapping) Map(claims map[string]any) (username string, groups []string, principals []string, err error) {
 	usernameClaim := cmp.Or(m.UsernameClaim, ClaimEmail)
@@ -73,7 +82,9 @@ func (m Mapping) Map(claims map[string]any) (username string, groups []string, p
 		return "", nil, nil, &Error{Reason: err.Reason, Err: fmt.Errorf("username from claim %s: %w", usernameClaim, err.Err)}
 	}
 
-	groups = groupList(claims[groupsClaim])
+	if groups, err = m.groups(claims, groupsClaim); err != nil {
+		return "", nil, nil, err
+	}
 	principals = []string{username}
 	for _, g := range groups {
 		for _, p := range m.GroupPrincipals[g] {
@@ -86,6 +97,72 @@ func (m Mapping) Map(claims map[string]any) (username string, groups []string, p
 		}
 	}
 	return username, groups, principals, nil
+}
+
+// maxGroups is the most groups one login may carry: the certificate's
+// groups extension and every policy check scale with it.
+const maxGroups = 256
+
+// groups reads, maps and checks the groups claim.
+func (m Mapping) groups(claims map[string]any, claim string) ([]string, error) {
+	if overage(claims, claim) {
+		return nil, fail(ReasonGroupsOverage,
+			"the IdP left the groups out of the token (%s is an overage marker: the user is in too many groups): have the IdP send only the groups assigned to bastion's application (Entra ID: Token configuration, \"Groups assigned to the application\"), or use app roles with oidc.groups_claim: roles", claim)
+	}
+	v, _ := lookupClaim(claims, claim)
+	raw := groupList(v)
+	if len(m.GroupMap) > 0 {
+		var mapped []string
+		for _, g := range raw {
+			if to, ok := m.GroupMap[g]; ok && validGroup(to) && !slices.Contains(mapped, to) {
+				mapped = append(mapped, to)
+			}
+		}
+		raw = mapped
+	}
+	if len(raw) > maxGroups {
+		return nil, fail(ReasonGroupsOverage, "the token carries %d groups, more than the %d a certificate may: list the groups that matter in oidc.group_map, or have the IdP send only the application's groups", len(raw), maxGroups)
+	}
+	return raw, nil
+}
+
+// overage reports the markers IdPs send instead of a groups list that is
+// too long: Entra ID's hasgroups (implicit flow) and the distributed-claims
+// _claim_names entry for the groups claim (OIDC Core 5.6.2).
+func overage(claims map[string]any, claim string) bool {
+	if truthy(claims["hasgroups"]) {
+		return true
+	}
+	names, ok := claims["_claim_names"].(map[string]any)
+	if !ok {
+		return false
+	}
+	top, _, _ := strings.Cut(claim, ".")
+	for _, n := range []string{claim, top, "groups"} {
+		if _, ok := names[n]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// lookupClaim finds a claim by its name, or else by a dotted path
+// through nested JSON objects.
+func lookupClaim(claims map[string]any, path string) (any, bool) {
+	if v, ok := claims[path]; ok {
+		return v, true
+	}
+	var cur any = claims
+	for _, part := range strings.Split(path, ".") {
+		obj, ok := cur.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if cur, ok = obj[part]; !ok {
+			return nil, false
+		}
+	}
+	return cur, true
 }
 
 // verifiedEmail splits the email claim at its last '@' (so that

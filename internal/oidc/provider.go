@@ -1,32 +1,53 @@
 package oidc
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
 )
 
 // Provider is the relying party for one IdP: it holds the discovered
-// endpoints, the IdP's key set (fetched and cached by go-oidc) and the
-// claim mapping. It is safe for concurrent use.
+// endpoints, the IdP's key set (fetched and cached by go-oidc), the claim
+// mapping and the record of ID tokens already used. It is safe for
+// concurrent use.
 type Provider struct {
-	cfg      Config
-	mapping  Mapping
+	cfg     Config
+	mapping Mapping
+	used    *usedTokens
+
+	// ep is nil until discovery has succeeded.
+	ep atomic.Pointer[endpoints]
+
+	mu     sync.Mutex
+	status Status
+}
+
+// endpoints is what discovery yields.
+type endpoints struct {
 	oauth    oauth2.Config
+	jwksURI  string
 	verifier *gooidc.IDTokenVerifier
 	// sigOnly checks only the signature and algorithm. It runs after a
 	// failed full verification to tell a bad signature from a bad claim,
 	// so that the claims of an unauthenticated token never decide the
 	// reason.
 	sigOnly *gooidc.IDTokenVerifier
+	// authStyle is how the client authenticates (RFC 6749 section 2.3).
+	authStyle oauth2.AuthStyle
 }
 
 // Identity is who the IdP says logged in, after verification and mapping.
@@ -47,21 +68,41 @@ type Identity struct {
 	Expiry time.Time
 }
 
-// New discovers the IdP at cfg.Issuer and returns a Provider. An IdP
-// without a device authorization endpoint is accepted (only the PKCE login
-// works then; see SupportsDevice).
+// New discovers the IdP at cfg.Issuer and returns a Provider, or fails if
+// the IdP cannot be reached now. An IdP without a device authorization
+// endpoint is accepted (only the browser login works then; see
+// SupportsDevice). A gateway uses Start instead, which does not need the
+// IdP to be up.
 func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	p := newProviderOf(cfg)
+	ep, err := p.discover(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.ep.Store(ep)
+	p.status = Status{Up: true, Since: p.cfg.Now(), Checked: p.cfg.Now()}
+	return p, nil
+}
+
+func newProviderOf(cfg Config) *Provider {
 	cfg = cfg.withDefaults()
+	return &Provider{cfg: cfg, mapping: cfg.mapping(), used: newUsedTokens(cfg.Now)}
+}
+
+// discover reads the discovery document and builds the endpoints.
+func (p *Provider) discover(ctx context.Context) (*endpoints, error) {
+	cfg := p.cfg
 	ctx = gooidc.ClientContext(ctx, cfg.HTTPClient)
 	disc, err := gooidc.NewProvider(ctx, cfg.Issuer)
 	if err != nil {
-		return nil, fail(ReasonIDPError, "discovery at %s/.well-known/openid-configuration failed: %v; check oidc.issuer and that the IdP is reachable", cfg.Issuer, err)
+		return nil, fail(ReasonIDPError, "discovery at %s/.well-known/openid-configuration failed: %s; check oidc.issuer and that the IdP is reachable", cfg.Issuer, sanitize(err))
 	}
 	var meta struct {
-		JWKSURI string `json:"jwks_uri"`
+		JWKSURI     string   `json:"jwks_uri"`
+		AuthMethods []string `json:"token_endpoint_auth_methods_supported"`
 	}
 	if err := disc.Claims(&meta); err != nil || meta.JWKSURI == "" {
 		return nil, fail(ReasonIDPError, "the discovery document of %s has no jwks_uri: the IdP cannot be used to verify id tokens", cfg.Issuer)
@@ -69,15 +110,14 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	// The key set outlives this call: keep ctx's values (the HTTP client)
 	// but not its cancellation.
 	keys := gooidc.NewRemoteKeySet(context.WithoutCancel(ctx), meta.JWKSURI)
-	p := &Provider{
-		cfg:     cfg,
-		mapping: cfg.mapping(),
+	ep := &endpoints{
 		oauth: oauth2.Config{
 			ClientID:     cfg.ClientID,
 			ClientSecret: cfg.ClientSecret,
 			Endpoint:     disc.Endpoint(),
 			Scopes:       cfg.Scopes,
 		},
+		jwksURI: meta.JWKSURI,
 		verifier: gooidc.NewVerifier(cfg.Issuer, keys, &gooidc.Config{
 			ClientID:             cfg.ClientID,
 			SupportedSigningAlgs: cfg.AllowedAlgs,
@@ -90,30 +130,75 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 			SkipIssuerCheck:      true,
 		}),
 	}
-	if cfg.ClientSecret == "" {
-		// A public client authenticates with client_id in the body; a
-		// Basic header with an empty password would read as a confidential
-		// client to some IdPs.
-		p.oauth.Endpoint.AuthStyle = oauth2.AuthStyleInParams
+	ep.authStyle = authStyle(cfg.ClientSecret, meta.AuthMethods)
+	ep.oauth.Endpoint.AuthStyle = ep.authStyle
+	return ep, nil
+}
+
+// authStyle picks the client authentication of RFC 6749 section 2.3 that
+// the discovery document advertises: client_secret_basic when listed (or
+// when the list is absent, the default of OpenID Connect Discovery),
+// else client_secret_post. A public client sends client_id in the body:
+// a Basic header with an empty password would read as a confidential
+// client to some IdPs.
+func authStyle(secret string, supported []string) oauth2.AuthStyle {
+	switch {
+	case secret == "":
+		return oauth2.AuthStyleInParams
+	case len(supported) == 0 || slices.Contains(supported, "client_secret_basic"):
+		return oauth2.AuthStyleInHeader
+	case slices.Contains(supported, "client_secret_post"):
+		return oauth2.AuthStyleInParams
 	}
-	return p, nil
+	return oauth2.AuthStyleInHeader
+}
+
+// endpoints returns the discovered endpoints, or an idp_error saying the
+// IdP has not been reached yet.
+func (p *Provider) endpoints() (*endpoints, error) {
+	if ep := p.ep.Load(); ep != nil {
+		return ep, nil
+	}
+	st := p.Status()
+	return nil, fail(ReasonIDPError, "the identity provider %s has not answered since %s (%s): logins work again once it does; certificates already issued keep working",
+		p.cfg.Issuer, st.Since.UTC().Format(time.RFC3339), st.LastError)
 }
 
 // SupportsDevice reports whether the IdP advertises a device authorization
 // endpoint (RFC 8628). Without one, users log in with `bastion login`,
 // which runs the PKCE flow.
-func (p *Provider) SupportsDevice() bool { return p.oauth.Endpoint.DeviceAuthURL != "" }
+func (p *Provider) SupportsDevice() bool {
+	ep := p.ep.Load()
+	return ep != nil && ep.oauth.Endpoint.DeviceAuthURL != ""
+}
 
 // Issuer returns the configured issuer URL.
 func (p *Provider) Issuer() string { return p.cfg.Issuer }
 
-// VerifyIDToken verifies a raw ID token and maps its claims. The checks,
-// each with its own reason code: algorithm allow-list, signature against
-// the IdP's JWKS, issuer, audience (and azp when there are several
-// audiences), expiry and nbf with the configured clock, the nonce when
-// nonce is not empty, then the claim mapping.
+// VerifyIDToken verifies a raw ID token that a client hands over, bound to
+// the nonce the caller issued for this login, and maps its claims. The
+// checks, each with its own reason code: algorithm allow-list, signature
+// against the IdP's JWKS, issuer, audience and azp (OpenID Connect Core
+// 3.1.3.7), expiry and nbf with the configured clock, the nonce (required:
+// an empty nonce is refused), one-time use (a token, or another encoding
+// of the same signed content, is accepted once until it expires), then the
+// claim mapping.
 func (p *Provider) VerifyIDToken(ctx context.Context, raw, nonce string) (*Identity, error) {
-	tok, err := p.verify(ctx, raw, nonce)
+	if nonce == "" {
+		return nil, fail(ReasonBadNonce, "no nonce to bind the id token to: the gateway issues one per login")
+	}
+	return p.verifyAndMap(ctx, raw, nonce)
+}
+
+// verifyAndMap runs every check of VerifyIDToken; an empty nonce skips
+// only the nonce check (for tokens the gateway fetched itself from the
+// token endpoint).
+func (p *Provider) verifyAndMap(ctx context.Context, raw, nonce string) (*Identity, error) {
+	ep, err := p.endpoints()
+	if err != nil {
+		return nil, err
+	}
+	tok, err := p.verify(ctx, ep, raw, nonce)
 	if err != nil {
 		return nil, err
 	}
@@ -121,8 +206,15 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw, nonce string) (*Ident
 	if err := tok.Claims(&claims); err != nil {
 		return nil, fail(ReasonMalformedToken, "the id token's claims are not a JSON object")
 	}
+	if !p.used.claim(raw, tok.Expiry) {
+		return nil, &Error{Reason: ReasonTokenReplayed, Claims: claimSummary(claims, p.mapping),
+			Err: errors.New("this id token was already used for a login: each login needs a fresh one; log in again")}
+	}
 	username, groups, principals, err := p.mapping.Map(claims)
 	if err != nil {
+		if e, ok := errors.AsType[*Error](err); ok {
+			e.Claims = claimSummary(claims, p.mapping)
+		}
 		return nil, err
 	}
 	email, _ := claims["email"].(string)
@@ -138,8 +230,51 @@ func (p *Provider) VerifyIDToken(ctx context.Context, raw, nonce string) (*Ident
 	}, nil
 }
 
-// verify runs every token check but not the mapping.
-func (p *Provider) verify(ctx context.Context, raw, nonce string) (*gooidc.IDToken, error) {
+// claimSummary returns the claims that say who a refused identity is,
+// each cut to a bounded length: they come from a verified token, but
+// their content is the IdP user's to choose.
+func claimSummary(claims map[string]any, m Mapping) map[string]string {
+	out := map[string]string{}
+	put := func(k, v string) {
+		if v != "" {
+			out[k] = bound(v, 256)
+		}
+	}
+	str := func(k string) string { s, _ := claims[k].(string); return s }
+	put("subject", str("sub"))
+	put("email", str("email"))
+	if _, ok := claims["email_verified"]; ok {
+		put("email_verified", fmt.Sprint(truthy(claims["email_verified"])))
+	}
+	put("preferred_username", str("preferred_username"))
+	groupsClaim := cmp.Or(m.GroupsClaim, "groups")
+	if v, ok := lookupClaim(claims, groupsClaim); ok {
+		put("claim_groups", strings.Join(groupList(v), ","))
+	}
+	return out
+}
+
+// bound cuts s to n bytes (at a rune boundary) and replaces control
+// characters, so that a claim cannot forge lines in a log or a report.
+func bound(s string, n int) string {
+	if len(s) > n {
+		cut := n
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + "..."
+	}
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// verify runs every token check but neither the one-time-use record nor
+// the mapping.
+func (p *Provider) verify(ctx context.Context, ep *endpoints, raw, nonce string) (*gooidc.IDToken, error) {
 	alg, err := headerAlg(raw)
 	if err != nil {
 		return nil, err
@@ -148,20 +283,26 @@ func (p *Provider) verify(ctx context.Context, raw, nonce string) (*gooidc.IDTok
 		return nil, fail(ReasonAlgNotAllowed, "the id token is signed with %q, which oidc.allowed_algs %q does not allow", alg, p.cfg.AllowedAlgs)
 	}
 	ctx = gooidc.ClientContext(ctx, p.cfg.HTTPClient)
-	tok, err := p.verifier.Verify(ctx, raw)
+	tok, err := ep.verifier.Verify(ctx, raw)
 	if err != nil {
-		return nil, p.classify(ctx, raw, err)
+		return nil, p.classify(ctx, ep, raw, err)
 	}
-	if len(tok.Audience) > 1 {
-		var c struct {
-			AZP string `json:"azp"`
-		}
-		if err := tok.Claims(&c); err == nil && c.AZP != "" && c.AZP != p.cfg.ClientID {
-			return nil, fail(ReasonBadAudience, "the id token was issued to %q (azp), not to oidc.client_id %q", c.AZP, p.cfg.ClientID)
-		}
+	// OpenID Connect Core 3.1.3.7, items 4 and 5: with several audiences
+	// azp must be present, and when present it must be this client.
+	var c struct {
+		AZP *string `json:"azp"`
+	}
+	if err := tok.Claims(&c); err != nil {
+		return nil, fail(ReasonMalformedToken, "the id token's claims are not a JSON object")
+	}
+	switch {
+	case c.AZP != nil && *c.AZP != p.cfg.ClientID:
+		return nil, fail(ReasonBadAudience, "the id token was issued to %q (azp), not to oidc.client_id %q", bound(*c.AZP, 128), p.cfg.ClientID)
+	case c.AZP == nil && len(tok.Audience) > 1:
+		return nil, fail(ReasonBadAudience, "the id token has %d audiences and no azp claim saying which one it was issued to: it is refused (OpenID Connect Core 3.1.3.7)", len(tok.Audience))
 	}
 	if nonce != "" && subtle.ConstantTimeCompare([]byte(tok.Nonce), []byte(nonce)) != 1 {
-		return nil, fail(ReasonBadNonce, "the id token's nonce does not match this login's: it belongs to another login attempt; log in again")
+		return nil, fail(ReasonBadNonce, "the id token's nonce is not the one this login issued: it belongs to another login attempt; log in again")
 	}
 	return tok, nil
 }
@@ -169,19 +310,22 @@ func (p *Provider) verify(ctx context.Context, raw, nonce string) (*gooidc.IDTok
 // classify turns a failed go-oidc verification into a reason. The
 // signature is checked first, as go-oidc does: only a token the IdP really
 // signed has claims worth reporting on.
-func (p *Provider) classify(ctx context.Context, raw string, verr error) *Error {
-	signed, err := p.sigOnly.Verify(ctx, raw)
+func (p *Provider) classify(ctx context.Context, ep *endpoints, raw string, verr error) *Error {
+	signed, err := ep.sigOnly.Verify(ctx, raw)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fail(ReasonCanceled, "verification was canceled while fetching the IdP's keys: %v", ctx.Err())
 		}
+		if strings.Contains(err.Error(), "fetching keys") {
+			return fail(ReasonIDPError, "the IdP's signing keys could not be fetched from %s (%s): try again once the IdP answers", ep.jwksURI, sanitize(err))
+		}
 		return fail(ReasonBadSignature, "the id token's signature does not verify against the IdP's published keys (%s): it was not issued by %s", sanitize(err), p.cfg.Issuer)
 	}
 	if signed.Issuer != p.cfg.Issuer {
-		return fail(ReasonBadIssuer, "the id token was issued by %q, not by oidc.issuer %q", signed.Issuer, p.cfg.Issuer)
+		return fail(ReasonBadIssuer, "the id token was issued by %q, not by oidc.issuer %q", bound(signed.Issuer, 256), p.cfg.Issuer)
 	}
 	if !slices.Contains(signed.Audience, p.cfg.ClientID) {
-		return fail(ReasonBadAudience, "the id token is for audience %q, not for oidc.client_id %q", signed.Audience, p.cfg.ClientID)
+		return fail(ReasonBadAudience, "the id token is for audience %q, not for oidc.client_id %q", bound(strings.Join(signed.Audience, " "), 256), p.cfg.ClientID)
 	}
 	if te, ok := errors.AsType[*gooidc.TokenExpiredError](verr); ok {
 		return fail(ReasonTokenExpired, "the id token expired at %s (now %s): log in again", te.Expiry.UTC().Format(time.RFC3339), p.cfg.Now().UTC().Format(time.RFC3339))

@@ -6,6 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"math/big"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +35,7 @@ func TestVerifyRefusals(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			c["nonce"] = "n"
 			if edit != nil {
 				edit(c)
 			}
@@ -107,6 +111,12 @@ func TestVerifyRefusals(t *testing.T) {
 		{name: "not a JWS", token: func(*testing.T) string { return "not-a-token" }, reason: ReasonMalformedToken},
 		{name: "wrong audience", token: signed(func(c map[string]any) { c["aud"] = []string{"another-app"}; c["azp"] = "another-app" }), reason: ReasonBadAudience},
 		{name: "several audiences, azp another client", token: signed(func(c map[string]any) { c["aud"] = []string{"bastion", "another-app"}; c["azp"] = "another-app" }), reason: ReasonBadAudience},
+		{name: "several audiences, no azp", token: signed(func(c map[string]any) { c["aud"] = []string{"bastion", "another-app"}; delete(c, "azp") }), reason: ReasonBadAudience},
+		{name: "one audience, azp another client", token: signed(func(c map[string]any) { c["aud"] = []string{"bastion"}; c["azp"] = "another-app" }), reason: ReasonBadAudience},
+		{name: "one audience as a string, azp another client", token: signed(func(c map[string]any) { c["aud"] = "bastion"; c["azp"] = "another-app" }), reason: ReasonBadAudience},
+		{name: "several audiences, azp this client", token: signed(func(c map[string]any) { c["aud"] = []string{"bastion", "another-app"}; c["azp"] = "bastion" }), reason: ""},
+		{name: "one audience, no azp", token: signed(func(c map[string]any) { delete(c, "azp") }), reason: ""},
+		{name: "no nonce issued", token: signed(nil), nonce: "none", reason: ReasonBadNonce},
 		{name: "wrong issuer", token: signed(func(c map[string]any) { c["iss"] = "https://evil.example.com" }), reason: ReasonBadIssuer},
 		{name: "expired", token: signed(func(c map[string]any) { c["exp"] = now.Add(-time.Minute).Unix() }), reason: ReasonTokenExpired},
 		{name: "expired on the gateway's clock", cfg: func(c *Config) { c.Now = func() time.Time { return now.Add(2 * time.Hour) } }, token: signed(nil), reason: ReasonTokenExpired},
@@ -141,7 +151,14 @@ func TestVerifyRefusals(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := newProvider(t, idp, tt.cfg)
 			raw := tt.token(t)
-			id, err := p.VerifyIDToken(t.Context(), raw, tt.nonce)
+			nonce := tt.nonce
+			switch nonce {
+			case "":
+				nonce = "n"
+			case "none":
+				nonce = ""
+			}
+			id, err := p.VerifyIDToken(t.Context(), raw, nonce)
 			if tt.reason == "" {
 				if err != nil {
 					t.Fatalf("refused a good token: %v", err)
@@ -177,15 +194,61 @@ func TestVerifyGroupMappedToRoot(t *testing.T) {
 		c.GroupPrincipals = map[string][]string{"eng": {"toor"}}
 		c.Forbidden = func(s string) bool { return forbidden && s == "toor" }
 	})
+	token := func(nonce string) string {
+		c, _ := idp.Claims("alice")
+		c["nonce"] = nonce
+		raw, err := idp.SignToken(c, nil, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	if _, err := p.VerifyIDToken(t.Context(), token("n1"), "n1"); err != nil {
+		t.Fatal(err)
+	}
+	forbidden = true // the CA policy now forbids toor
+	_, err := p.VerifyIDToken(t.Context(), token("n2"), "n2")
+	wantReason(t, err, ReasonForbiddenPrincipal)
+}
+
+// TestVerifyOneTimeUse: a token is good for one login. The same signed
+// content in another encoding is the same token: the ECDSA twin signature
+// (r, n-s), which verifies just as well, is refused too. A refusal by the
+// mapping carries the verified claims that say who was refused.
+func TestVerifyOneTimeUse(t *testing.T) {
+	idp, _ := startIDP(t, devidp.Config{})
+	p := newProvider(t, idp, func(c *Config) { c.AllowedDomains = []string{"corp.example"} })
+	q := newProvider(t, idp, nil)
 	c, _ := idp.Claims("alice")
+	c["nonce"] = "n"
 	raw, err := idp.SignToken(c, nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.VerifyIDToken(t.Context(), raw, ""); err != nil {
-		t.Fatal(err)
+	_, err = p.VerifyIDToken(t.Context(), raw, "n")
+	wantReason(t, err, ReasonDomainNotAllowed)
+	e, _ := errors.AsType[*Error](err)
+	if e.Claims["subject"] != "demo-alice" || e.Claims["email"] != "alice@example.com" || e.Claims["claim_groups"] != "eng" {
+		t.Errorf("refusal claims = %v, want who was refused", e.Claims)
 	}
-	forbidden = true // the CA policy now forbids toor
-	_, err = p.VerifyIDToken(t.Context(), raw, "")
-	wantReason(t, err, ReasonForbiddenPrincipal)
+	_, err = p.VerifyIDToken(t.Context(), raw, "n")
+	wantReason(t, err, ReasonTokenReplayed)
+
+	if _, err := q.VerifyIDToken(t.Context(), raw, "n"); err != nil {
+		t.Fatalf("first use at another provider: %v", err)
+	}
+	parts := strings.Split(raw, ".")
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil || len(sig) != 64 {
+		t.Fatalf("ES256 signature: %d bytes, %v", len(sig), err)
+	}
+	s := new(big.Int).SetBytes(sig[32:])
+	s.Sub(elliptic.P256().Params().N, s)
+	twin := append(slices.Clone(sig[:32]), s.FillBytes(make([]byte, 32))...)
+	twinRaw := parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(twin)
+	if twinRaw == raw {
+		t.Fatal("the twin is the same token")
+	}
+	_, err = q.VerifyIDToken(t.Context(), twinRaw, "n")
+	wantReason(t, err, ReasonTokenReplayed)
 }

@@ -91,6 +91,11 @@ func (c SSHConfig) Render() (string, error) {
 	fmt.Fprintf(&b, "# Use it from an Include line at the top of ~/.ssh/config.\n\n")
 	fmt.Fprintf(&b, "# The gateway (`ssh -p %s %s` shows who you are and where you may go).\n", port, host)
 	fmt.Fprintf(&b, "Host %s\n", host)
+	// Connected to directly, never through itself: the first value ssh
+	// reads wins, so this stops a host pattern below that also matches
+	// the gateway's name (bastion.internal and *.internal) from making
+	// the jump loop.
+	opt("ProxyJump", "none")
 	common(quotePath(c.KnownHosts))
 	fmt.Fprintf(&b, "\n# Hosts reached through the gateway.\n")
 	fmt.Fprintf(&b, "Host %s\n", strings.Join(c.Hosts, " "))

@@ -393,7 +393,7 @@ func TestSSHConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"\nHost 127.0.0.1\n  User alice\n  IdentityFile \"/h/.ssh/bastion/id_ed25519\"\n  CertificateFile \"/h/.ssh/bastion/id_ed25519-cert.pub\"\n  IdentitiesOnly yes\n  UserKnownHostsFile \"/h/.ssh/bastion/known_hosts\"\n",
+		"\nHost 127.0.0.1\n  ProxyJump none\n  User alice\n  IdentityFile \"/h/.ssh/bastion/id_ed25519\"\n  CertificateFile \"/h/.ssh/bastion/id_ed25519-cert.pub\"\n  IdentitiesOnly yes\n  UserKnownHostsFile \"/h/.ssh/bastion/known_hosts\"\n",
 		"\nHost *.internal 10.0.0.*\n  ProxyJump alice@127.0.0.1:2222\n  User alice\n",
 		"UserKnownHostsFile \"/h/.ssh/bastion/known_hosts\" \"/h/.ssh/known_hosts\"\n",
 	} {
@@ -429,6 +429,41 @@ func TestSSHConfig(t *testing.T) {
 	for _, want := range []string{"proxyjump alice@[127.0.0.1]:2222", "user alice", "certificatefile /h/.ssh/bastion/id_ed25519-cert.pub", "identitiesonly yes"} {
 		if !slices.Contains(lines, want) {
 			t.Errorf("ssh -G web1.internal lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestSSHConfigGatewayMatchesHostPattern: when a --hosts pattern also
+// matches the gateway's own name (bastion.internal under *.internal),
+// OpenSSH connects to the gateway directly and jumps to other hosts
+// through it, instead of jumping through the gateway to reach the gateway
+// (which ssh refuses as a jumphost loop).
+func TestSSHConfigGatewayMatchesHostPattern(t *testing.T) {
+	c := SSHConfig{
+		Gateway: "bastion.internal:2222", User: "alice", Hosts: []string{"*.internal"},
+		IdentityFile: "/h/i", CertificateFile: "/h/c", KnownHosts: "/h/k",
+	}
+	path := filepath.Join(t.TempDir(), "config")
+	if err := WriteConfig(path, c); err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]string{"bastion.internal": "proxyjump none", "web1.internal": "proxyjump alice@bastion.internal:2222"} {
+		out, err := exec.Command("ssh", "-G", "-F", path, host).Output()
+		if err != nil {
+			t.Fatalf("ssh -G %s: %v", host, err)
+		}
+		lines := strings.Split(string(out), "\n")
+		got := "proxyjump (unset)"
+		for _, l := range lines {
+			if strings.HasPrefix(l, "proxyjump ") {
+				got = l
+			}
+		}
+		if want == "proxyjump none" && got != want && got != "proxyjump (unset)" || want != "proxyjump none" && got != want {
+			t.Errorf("ssh -G %s: %s, want %s", host, got, want)
+		}
+		if host == "bastion.internal" && strings.HasPrefix(got, "proxyjump alice@") {
+			t.Errorf("the gateway is reached through itself: %s", got)
 		}
 	}
 }
