@@ -128,29 +128,6 @@ func (b *banList) Fail(addr netip.Addr, n int) (until time.Time, banned bool) {
 	return time.Time{}, false
 }
 
-// Forgive removes n failures of addr's source: those of a connection that
-// went on to authenticate (a client offering several keys before its
-// certificate is not an attacker).
-func (b *banList) Forgive(addr netip.Addr, n int) {
-	if n <= 0 {
-		return
-	}
-	key := sourceKey(addr)
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	f, ok := b.failures.Peek(key)
-	if !ok {
-		return
-	}
-	if n >= len(*f) {
-		b.failures.Remove(key)
-		return
-	}
-	// Changed in place: the entry keeps its recency (its last failure),
-	// which sweep relies on.
-	*f = (*f)[:len(*f)-n]
-}
-
 // Unban lifts the ban of addr's source (an address, or any address or
 // prefix inside a banned IPv6 /64) and forgets its failures. It reports
 // the source and whether it was banned.
