@@ -192,7 +192,11 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 			}
 		}
 		g.record(context.Background(), audit.Event{Type: audit.TypeLoginFailed, Actor: LoginUser, Session: cs.id, Fields: fields(extra)})
-		sio.errorf("bastion: login failed (%s): %v\n", reason, err)
+		msg := err.Error()
+		if e, ok := errors.AsType[*oidc.Error](err); ok && e.Err != nil {
+			msg = e.Err.Error() // without the package prefix
+		}
+		sio.errorf("bastion: login failed (%s): %s\n", reason, msg)
 		return 1
 	}
 	if !g.loginLimiter.allow(cs.remote) {

@@ -317,4 +317,3 @@ func TestIdPDownAtStart(t *testing.T) {
 		t.Errorf("noticing the dead IdP took %s", d)
 	}
 }
-

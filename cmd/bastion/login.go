@@ -191,7 +191,7 @@ func runLogin(ctx context.Context, a *app, f loginFlags, hostsGiven bool) error 
 		certText, err = codeLogin(ctx, a, conn, open, limit)
 	}
 	if err != nil {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) && !strings.Contains(err.Error(), "login window") {
 			return fmt.Errorf("login: the login window (%s) expired before the login finished: run bastion login again", limit)
 		}
 		return err
@@ -257,7 +257,7 @@ func codeLogin(ctx context.Context, a *app, conn *sshclient.Conn, open func(stri
 		if r.err != nil {
 			return r.err
 		}
-		return fmt.Errorf("login: the gateway ended the login (exit status %d; its reason is above)", r.code)
+		return fmt.Errorf("login: the gateway ended the login: %s", verdictText.String())
 	}
 	start, _ := json.Marshal(gateway.CodeLoginStart{RedirectURI: "http://" + ln.Addr().String() + "/callback"})
 	if _, err := inW.Write(append(start, '\n')); err != nil {
@@ -337,7 +337,7 @@ func codeLogin(ctx context.Context, a *app, conn *sshclient.Conn, open func(stri
 		if r.err != nil {
 			return nil, r.err
 		}
-		return nil, fmt.Errorf("login: the gateway ended the login (exit status %d; its reason is above)", r.code)
+		return nil, fmt.Errorf("login: the gateway ended the login: %s", verdictText.String())
 	case cb = <-callbacks:
 	}
 	res := gateway.CodeLoginResult{Code: cb.query.Get("code"), State: cb.query.Get("state"),
@@ -355,7 +355,7 @@ func codeLogin(ctx context.Context, a *app, conn *sshclient.Conn, open func(stri
 		return nil, r.err
 	case r.code != 0:
 		cb.reply <- "Login failed. " + verdictText.String() + " Return to the terminal."
-		return nil, fmt.Errorf("login: the gateway did not sign a certificate (exit status %d; its reason is above)", r.code)
+		return nil, fmt.Errorf("login: the gateway did not sign a certificate: %s", verdictText.String())
 	}
 	cb.reply <- "Login complete. You can close this tab and return to the terminal."
 	return cert, nil

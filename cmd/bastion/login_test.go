@@ -18,6 +18,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,6 +64,10 @@ type loginEnvOptions struct {
 	noDevice bool
 	// addr to listen on; default a free loopback port.
 	addr string
+	// idp edits the dev IdP's configuration.
+	idp func(*devidp.Config)
+	// window is the gateway's login window; default 10m.
+	window time.Duration
 }
 
 // IdP users: "eng" maps to the target's login user, "ops" is an admin.
@@ -81,13 +86,18 @@ func startLoginEnv(t *testing.T, o loginEnvOptions) *loginEnv {
 	testbed.RequireOpenSSH(t)
 	e := &loginEnv{t: t, user: testbed.LoginUser(t), layout: ca.Layout{DataDir: t.TempDir()}, served: make(chan error, 1)}
 	var err error
-	e.idp, err = devidp.Start(t.Context(), devidp.Config{
+	idpCfg := devidp.Config{
 		PollInterval: time.Second,
 		Users: []devidp.User{
 			{Subject: "sub-eng", Username: "eng", Email: e.user + "@example.com", EmailVerified: true, Groups: []string{"eng"}, Password: engPassword},
 			{Subject: "sub-ops", Username: "ops", Email: "ops@example.com", EmailVerified: true, Groups: []string{"admins"}, Password: opsPassword},
+			{Subject: "sub-unv", Username: "unv", Email: "unv@example.com", EmailVerified: false, Password: engPassword},
 		},
-	})
+	}
+	if o.idp != nil {
+		o.idp(&idpCfg)
+	}
+	e.idp, err = devidp.Start(t.Context(), idpCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,9 +120,10 @@ func startLoginEnv(t *testing.T, o loginEnvOptions) *loginEnv {
 	e.target.Config.HostCertificate = gossh.MarshalAuthorizedKey(hostCert)
 	e.target.Start()
 
-	prov, err := oidc.New(t.Context(), oidc.Config{
-		Issuer: e.idp.Issuer(), ClientID: e.idp.ClientID(), UsernameClaim: "email",
+	prov, err := oidc.Start(t.Context(), oidc.Config{
+		Issuer: e.idp.Issuer(), ClientID: e.idp.ClientID(), ClientSecret: e.idp.ClientSecret(), UsernameClaim: "email",
 		Forbidden: e.auth.Policy().Forbidden, ValidPrincipal: ca.ValidateUserPrincipal,
+		RetryMin: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond, HealthInterval: 200 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -138,6 +149,7 @@ func startLoginEnv(t *testing.T, o loginEnvOptions) *loginEnv {
 		ShutdownGrace: 5 * time.Second,
 		Login: &gateway.LoginConfig{
 			Provider: idp, ClientID: e.idp.ClientID(), DefaultValidity: o.validity, MaxValidity: 24 * time.Hour,
+			Timeout: o.window,
 		},
 	}, gateway.Deps{Authority: e.auth, Audit: e.store})
 	if err != nil {
@@ -277,20 +289,34 @@ var authURLRE = regexp.MustCompile(`^\s+(http://\S+code_challenge=\S+)$`)
 // on the IdP's form, and follows the redirect to the CLI's loopback
 // listener.
 func browserLogin(t *testing.T, user, password string) func(string) {
+	return browserDo(t, map[string]string{"username": user, "password": password, "action": "approve"}, func(status int, body string, err error) {
+		if err != nil || status != http.StatusOK || !strings.Contains(body, "Login complete") {
+			t.Errorf("browser login: status %d, err %v: %s", status, err, body)
+		}
+	})
+}
+
+// browserDo submits the IdP's form with fields when the authorization URL
+// is printed, in the background (the CLI's callback answers only after the
+// gateway's verdict), and hands the final page to check.
+func browserDo(t *testing.T, fields map[string]string, check func(status int, body string, err error)) func(string) {
 	jar, err := cookiejar.New(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	client := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
 	return func(line string) {
 		m := authURLRE.FindStringSubmatch(line)
 		if m == nil {
 			return
 		}
-		status, body, err := submitForm(client, m[1], map[string]string{"username": user, "password": password, "action": "approve"})
-		if err != nil || status != http.StatusOK || !strings.Contains(body, "Login complete") {
-			t.Errorf("browser login: status %d, err %v: %s", status, err, body)
-		}
+		// The CLI's stderr must keep being read meanwhile.
+		wg.Go(func() {
+			status, body, err := submitForm(client, m[1], fields)
+			check(status, body, err)
+		})
 	}
 }
 
@@ -450,7 +476,7 @@ func TestLoginDeviceFlowThenJump(t *testing.T) {
 	}
 	config, _ := os.ReadFile(filepath.Join(dir, "config"))
 	for _, want := range []string{
-		"\nHost 127.0.0.1\n  User " + e.user + "\n",
+		"\nHost 127.0.0.1\n  ProxyJump none\n  User " + e.user + "\n",
 		"\nHost *.internal\n  ProxyJump " + e.user + "@" + e.addr + "\n",
 		"  IdentityFile \"" + filepath.Join(dir, "id_ed25519") + "\"\n",
 		"  CertificateFile \"" + filepath.Join(dir, "id_ed25519-cert.pub") + "\"\n",
@@ -683,4 +709,122 @@ func TestLoginRefusals(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	})
+}
+
+// TestLoginPKCEConfidentialClient: `bastion login --pkce` through a
+// gateway whose IdP registers it as a confidential client (the secret
+// never reaches this machine: the gateway redeems the code).
+func TestLoginPKCEConfidentialClient(t *testing.T) {
+	for _, method := range []string{"client_secret_basic", "client_secret_post"} {
+		t.Run(method, func(t *testing.T) {
+			e := startLoginEnv(t, loginEnvOptions{idp: func(c *devidp.Config) { c.ClientSecret = "gw-s3cret"; c.ClientAuthMethod = method }})
+			home := newHome(t)
+			_, stderr, err := runLoginCLI(t, e.addr, browserLogin(t, "eng", engPassword), "--pkce")
+			if err != nil {
+				t.Fatalf("login: %v\n%s", err, stderr)
+			}
+			if strings.Contains(stderr, "gw-s3cret") {
+				t.Error("the secret reached the CLI")
+			}
+			if cert := readCert(t, filepath.Join(home, ".ssh", "bastion", "id_ed25519-cert.pub")); cert.ValidPrincipals[0] != e.user {
+				t.Errorf("principals %v", cert.ValidPrincipals)
+			}
+		})
+	}
+}
+
+// TestLoginPKCERefusedPage: the browser tab shows the gateway's verdict.
+// A login the gateway refuses (here: an unverified email) must not say
+// "complete".
+func TestLoginPKCERefusedPage(t *testing.T) {
+	e := startLoginEnv(t, loginEnvOptions{})
+	newHome(t)
+	pages := make(chan string, 1)
+	_, stderr, err := runLoginCLI(t, e.addr, browserDo(t, map[string]string{"username": "unv", "password": engPassword, "action": "approve"},
+		func(status int, body string, _ error) {
+			pages <- fmt.Sprintf("%d %s", status, body)
+		}), "--pkce")
+	var page string
+	select {
+	case page = <-pages:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the browser got no page")
+	}
+	if err == nil || !strings.Contains(stderr, oidc.ReasonEmailUnverified) {
+		t.Fatalf("refused login: err %v\n%s", err, stderr)
+	}
+	if strings.Contains(page, "complete") || !strings.Contains(page, "Login failed") || !strings.HasPrefix(page, "403 ") {
+		t.Errorf("browser page after a refusal: %s", page)
+	}
+}
+
+// TestLoginWaitsEnd: every wait of `bastion login --pkce` ends, with a
+// message that says why: a denial the IdP never reports back (ends at
+// --timeout), a gateway window shorter than the login (the default
+// deadline is the gateway's window), and an IdP that dies mid-login
+// (the gateway notices and ends the login).
+func TestLoginWaitsEnd(t *testing.T) {
+	deny := func(t *testing.T) func(string) {
+		return browserDo(t, map[string]string{"action": "deny"}, func(int, string, error) {})
+	}
+	t.Run("denial never reported back", func(t *testing.T) {
+		e := startLoginEnv(t, loginEnvOptions{idp: func(c *devidp.Config) { c.SilentDeny = true }})
+		newHome(t)
+		start := time.Now()
+		_, _, err := runLoginCLI(t, e.addr, deny(t), "--pkce", "--timeout", "4s")
+		if err == nil || !strings.Contains(err.Error(), "login window (4s) expired while waiting for the browser") || !strings.Contains(err.Error(), "run bastion login again") {
+			t.Fatalf("err = %v", err)
+		}
+		if d := time.Since(start); d > 15*time.Second {
+			t.Errorf("took %s", d)
+		}
+	})
+	t.Run("gateway window shorter than the login", func(t *testing.T) {
+		e := startLoginEnv(t, loginEnvOptions{window: 4 * time.Second})
+		newHome(t)
+		_, _, err := runLoginCLI(t, e.addr, nil, "--pkce") // a slow user
+		if err == nil || !strings.Contains(err.Error(), "login window (4s) expired") || !strings.Contains(err.Error(), "run bastion login again") {
+			t.Fatalf("err = %v", err)
+		}
+		if strings.Contains(err.Error(), "EOF") {
+			t.Errorf("bare EOF: %v", err)
+		}
+	})
+	t.Run("IdP dies mid-login", func(t *testing.T) {
+		e := startLoginEnv(t, loginEnvOptions{})
+		newHome(t)
+		_, stderr, err := runLoginCLI(t, e.addr, func(line string) {
+			if authURLRE.MatchString(line) {
+				_ = e.idp.Close()
+			}
+		}, "--pkce")
+		if err == nil || !strings.Contains(stderr, "stopped answering during the login") {
+			t.Fatalf("err %v\nstderr %s", err, stderr)
+		}
+	})
+	t.Run("device flow, never approved", func(t *testing.T) {
+		e := startLoginEnv(t, loginEnvOptions{})
+		newHome(t)
+		_, _, err := runLoginCLI(t, e.addr, nil, "--timeout", "3s")
+		if err == nil || !strings.Contains(err.Error(), "login window (3s) expired") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+// TestLoginGatewayMatchesHostPatterns: a --hosts pattern that also
+// matches the gateway's name does not make ssh jump through the gateway
+// to reach the gateway (OpenSSH: "jumphost loop").
+func TestLoginGatewayMatchesHostPatterns(t *testing.T) {
+	e := startLoginEnv(t, loginEnvOptions{})
+	home := newHome(t)
+	gw := "localhost:" + strconv.Itoa(addrPort(t, e.addr))
+	if _, stderr, err := runLoginCLI(t, gw, e.approveDevice(t, "eng"), "--hosts", "localhost,*.internal"); err != nil {
+		t.Fatalf("login: %v\n%s", err, stderr)
+	}
+	userConfig := e.writeUserSSHConfig(t, home)
+	out, code := sshVia(t, home, userConfig, "target.internal", "echo", "ok")
+	if code != 0 || strings.TrimSpace(out) != "ok" {
+		t.Fatalf("ssh target.internal with the gateway matching --hosts: exit %d: %s", code, out)
+	}
 }

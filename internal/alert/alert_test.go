@@ -589,3 +589,18 @@ func value(t *testing.T, m prometheus.Metric) float64 {
 	}
 	return out.GetCounter().GetValue()
 }
+
+// TestIdPDownRule: an idp.down event raises idp_down once per outage.
+func TestIdPDownRule(t *testing.T) {
+	e := newEvaluator(DefaultRules(), nil)
+	ev := audit.Event{Type: audit.TypeIdPDown, Time: epoch, Fields: map[string]string{"issuer": "https://idp.example.com", "since": "2026-11-27T11:58:00Z", "error": "connection refused"}}
+	got := e.evaluate(ev)
+	if len(got) != 1 || got[0].rule != RuleIdPDown || !strings.Contains(got[0].text, "https://idp.example.com") || !strings.Contains(got[0].text, "connection refused") {
+		t.Fatalf("idp.down raised %+v", got)
+	}
+	off := DefaultRules()
+	off.IdPDown = false
+	if got := newEvaluator(off, nil).evaluate(ev); len(got) != 0 {
+		t.Fatalf("idp_down off raised %+v", got)
+	}
+}

@@ -150,7 +150,9 @@ func tokenEndpointError(ctx context.Context, what, invalidGrant string, err erro
 			return fail(ReasonDeviceCodeExpired, "the device code expired before the login was approved (expired_token): start a new login")
 		case "invalid_grant":
 			return fail(invalidGrant, "the IdP refused the code (invalid_grant: %q): it was already used, revoked or issued to another client; start a new login", desc)
-		case "invalid_client", "unauthorized_client":
+		case "unauthorized_client":
+			return fail(ReasonIDPError, "the IdP does not let bastion's client use the %s grant (unauthorized_client: %q): turn the grant on for the client at the IdP (see docs/idp/), or log in with `bastion login --pkce`", what, desc)
+		case "invalid_client":
 			return fail(ReasonIDPError, "the IdP does not accept bastion's client credentials at the %s endpoint (%s: %q): check oidc.client_id and oidc.client_secret_file against the client registered at the IdP", what, re.ErrorCode, desc)
 		case "":
 			status := "no response"
