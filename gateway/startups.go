@@ -175,8 +175,9 @@ func sourceString(p netip.Prefix) string {
 // login limiter. It runs while the gateway serves and stops (after a last
 // report) at Shutdown.
 type janitor struct {
-	once sync.Once
-	stop chan struct{}
+	once     sync.Once
+	stopOnce sync.Once
+	stop     chan struct{}
 	done chan struct{}
 }
 
@@ -203,6 +204,10 @@ func (g *Gateway) startJanitor() {
 // stopJanitor stops the housekeeping goroutine and waits for its last
 // report; without a started janitor it just reports.
 func (g *Gateway) stopJanitor() {
+	g.janitor.stopOnce.Do(g.stopJanitorOnce)
+}
+
+func (g *Gateway) stopJanitorOnce() {
 	started := true
 	g.janitor.once.Do(func() { started = false })
 	if !started {
