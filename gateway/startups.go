@@ -178,7 +178,7 @@ type janitor struct {
 	once     sync.Once
 	stopOnce sync.Once
 	stop     chan struct{}
-	done chan struct{}
+	done     chan struct{}
 }
 
 // startJanitor starts the housekeeping goroutine once.
