@@ -25,6 +25,9 @@ type lockChange struct {
 	remote string
 	// done is printed after a local change.
 	done string
+	// offline, when set, runs instead of local when no gateway holds the
+	// audit log: for state that lives only in a running gateway (bans).
+	offline func() error
 }
 
 func newLockCommand(a *app) *cobra.Command {
@@ -104,6 +107,9 @@ func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error
 			switch {
 			case err == nil:
 				defer store.Close()
+				if ch.offline != nil {
+					return ch.offline()
+				}
 				locks, err := gateway.LoadLocks(store, nil)
 				if err != nil {
 					return err

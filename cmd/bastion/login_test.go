@@ -63,6 +63,8 @@ type loginEnvOptions struct {
 	noDevice bool
 	// addr to listen on; default a free loopback port.
 	addr string
+	// banAfter failures bans a source; default 0, banning off.
+	banAfter int
 }
 
 // IdP users: "eng" maps to the target's login user, "ops" is an admin.
@@ -131,7 +133,7 @@ func startLoginEnv(t *testing.T, o loginEnvOptions) *loginEnv {
 		o.validity = 8 * time.Hour
 	}
 	limits := gateway.DefaultLimits()
-	limits.BanAfterFailures = 0
+	limits.BanAfterFailures = o.banAfter
 	e.gw, err = gateway.New(gateway.Config{
 		Listen:      "127.0.0.1:0",
 		HostKeyPath: filepath.Join(e.layout.DataDir, "gateway", "ssh_host_ed25519_key"),
