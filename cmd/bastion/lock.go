@@ -141,7 +141,7 @@ func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error
 		if held {
 			why = fmt.Sprintf("the audit log %s is held by a running gateway", db)
 		}
-		return fmt.Errorf("%s; to %s through the gateway, pass --gateway HOST:PORT (it uses the certificate from `bastion login`, which must carry an admin group), or run `ssh -p 2222 admin@bastion %s`",
+		return fmt.Errorf("%s; to %s through the gateway, pass --gateway HOST:PORT (it uses the certificate from `bastion login`, which must carry an admin group), or run `ssh -p 2222 YOUR_USER@bastion %s` as a member of an admin group",
 			why, verb, ch.remote)
 	}
 	return a.gatewayAdmin(ctx, addr, ch.remote)
