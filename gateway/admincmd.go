@@ -16,8 +16,8 @@ import (
 // runs it holds the audit database, so `bastion ca revoke` cannot; these
 // are the way to revoke then:
 //
-//	ssh -p 2222 admin@bastion revoke --serial 1234 --reason 'laptop stolen'
-//	ssh -p 2222 admin@bastion krl > revoked.krl
+//	ssh -p 2222 carol@bastion revoke --serial 1234 --reason 'laptop stolen'
+//	ssh -p 2222 carol@bastion krl > revoked.krl
 
 // cmdRevoke revokes by serial, key id or key (an authorized_keys line).
 func (g *Gateway) cmdRevoke(ctx context.Context, s *sessionIO, id *Identity, args []string) int {

@@ -39,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "bastion_bans_total", Help: "Source addresses banned for repeated authentication failures.",
 		}),
 		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "bastion_connections_refused_total", Help: "Connections closed before the handshake, by reason (banned, too_many_unauthenticated, handshake_timeout).",
+			Name: "bastion_connections_refused_total", Help: "Connections closed before the handshake, by reason (banned, too_many_unauthenticated, too_many_unauthenticated_per_source, early_drop, handshake_timeout).",
 		}, []string{"reason"}),
 		auditLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "bastion_audit_write_seconds", Help: "Time to make one audit event durable.",

@@ -205,16 +205,18 @@ func (g *Gateway) startJanitor() {
 // report; without a started janitor it just reports.
 // It is safe to call more than once (Shutdown may be).
 func (g *Gateway) stopJanitor() {
-	g.janitor.stopOnce.Do(func() {
-		started := true
-		g.janitor.once.Do(func() { started = false })
-		if !started {
-			g.housekeep()
-			return
-		}
-		close(g.janitor.stop)
-		<-g.janitor.done
-	})
+	g.janitor.stopOnce.Do(g.stopJanitorOnce)
+}
+
+func (g *Gateway) stopJanitorOnce() {
+	started := true
+	g.janitor.once.Do(func() { started = false })
+	if !started {
+		g.housekeep()
+		return
+	}
+	close(g.janitor.stop)
+	<-g.janitor.done
 }
 
 // housekeep writes the drop report and sweeps the bounded tables.

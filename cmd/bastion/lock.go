@@ -25,6 +25,9 @@ type lockChange struct {
 	remote string
 	// done is printed after a local change.
 	done string
+	// offline, when set, runs instead of local when no gateway holds the
+	// audit log: for state that lives only in a running gateway (bans).
+	offline func() error
 }
 
 func newLockCommand(a *app) *cobra.Command {
@@ -104,6 +107,9 @@ func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error
 			switch {
 			case err == nil:
 				defer store.Close()
+				if ch.offline != nil {
+					return ch.offline()
+				}
 				locks, err := ca.LoadLocks(store, nil)
 				if err != nil {
 					return err
@@ -135,7 +141,7 @@ func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error
 		if held {
 			why = fmt.Sprintf("the audit log %s is held by a running gateway", db)
 		}
-		return fmt.Errorf("%s; to %s through the gateway, pass --gateway HOST:PORT (it uses the certificate from `bastion login`, which must carry an admin group), or run `ssh -p 2222 admin@bastion %s`",
+		return fmt.Errorf("%s; to %s through the gateway, pass --gateway HOST:PORT (it uses the certificate from `bastion login`, which must carry an admin group), or run `ssh -p 2222 YOUR_USER@bastion %s` as a member of an admin group",
 			why, verb, ch.remote)
 	}
 	return a.gatewayAdmin(ctx, addr, ch.remote)

@@ -76,7 +76,7 @@ func TestLockWithoutAuditLogOrGateway(t *testing.T) {
 	if err == nil {
 		t.Fatal("lock succeeded with no audit log and no gateway")
 	}
-	for _, want := range []string{"no audit log at", "--gateway HOST:PORT", "ssh -p 2222 admin@bastion lock 'alice'"} {
+	for _, want := range []string{"no audit log at", "--gateway HOST:PORT", "ssh -p 2222 YOUR_USER@bastion lock 'alice'"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}

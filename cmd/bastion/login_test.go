@@ -68,6 +68,8 @@ type loginEnvOptions struct {
 	idp func(*devidp.Config)
 	// window is the gateway's login window; default 10m.
 	window time.Duration
+	// banAfter failures bans a source; default 0, banning off.
+	banAfter int
 }
 
 // IdP users: "eng" maps to the target's login user, "ops" is an admin.
@@ -136,7 +138,7 @@ func startLoginEnv(t *testing.T, o loginEnvOptions) *loginEnv {
 		o.validity = 8 * time.Hour
 	}
 	limits := gateway.DefaultLimits()
-	limits.BanAfterFailures = 0
+	limits.BanAfterFailures = o.banAfter
 	e.gw, err = gateway.New(gateway.Config{
 		Listen:      "127.0.0.1:0",
 		HostKeyPath: filepath.Join(e.layout.DataDir, "gateway", "ssh_host_ed25519_key"),

@@ -102,6 +102,8 @@ root logins are refused by construction; every attempt is audited.`,
 		newStatusCommand(a),
 		newLockCommand(a),
 		newUnlockCommand(a),
+		newBansCommand(a),
+		newUnbanCommand(a),
 		newAlertsCommand(a),
 	)
 	return root

@@ -32,7 +32,7 @@ func newServeCommand(a *app) *cobra.Command {
 		Long: `Run the certificate-only SSH gateway described by bastion.yaml. It holds
 the audit log open for writing, so while it runs, CLI commands that write
 (ca sign, ca revoke, lock) fail fast; use the gateway's admin commands
-over SSH instead (ssh -p 2222 admin@bastion lock alice).`,
+over SSH instead (ssh -p 2222 carol@bastion lock alice).`,
 		Example: `  bastion ca init --data-dir ./data
   bastion serve --config bastion.yaml`,
 		Args: cobra.NoArgs,

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -602,5 +603,49 @@ func TestIdPDownRule(t *testing.T) {
 	off.IdPDown = false
 	if got := newEvaluator(off, nil).evaluate(ev); len(got) != 0 {
 		t.Fatalf("idp_down off raised %+v", got)
+// TestManySourcesStayBounded: 40,000 sources failing once each go through
+// the rules and the de-duplication in well under a second, and the
+// per-key tables stay bounded; before, past 4096 keys every event scanned
+// them all. IPv6 failures count per /64.
+func TestManySourcesStayBounded(t *testing.T) {
+	cfg := Config{Rules: DefaultRules()}.withDefaults()
+	ev := newEvaluator(cfg.Rules, &sourceSet{users: map[string]map[netip.Prefix]bool{}})
+	d := newDedupe(cfg)
+	start := time.Now()
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 40000 {
+		remote := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}).String()
+		for _, c := range ev.evaluate(audit.Event{Type: audit.TypeAuthFailed, Session: "c" + remote, Time: at, Fields: map[string]string{
+			"remote": remote, "user": "root", "reason": reasonForbiddenUser,
+		}}) {
+			d.allow(c.rule, c.key, at)
+		}
+		at = at.Add(time.Millisecond)
+	}
+	// Not a speed target: a guard against scanning every key per event.
+	took := time.Since(start)
+	t.Logf("40,000 sources through the rules and de-duplication: %s", took)
+	if took > 10*time.Second {
+		t.Errorf("40,000 sources took %s: per-event work is no longer constant", took)
+	}
+	if n := ev.failures.keys.Len(); n > maxKeys {
+		t.Errorf("auth_failures remembers %d sources, bound %d", n, maxKeys)
+	}
+	if n := d.keys.Len(); n > maxKeys {
+		t.Errorf("dedupe remembers %d keys, bound %d", n, maxKeys)
+	}
+	// 20 failures spread over one /64 reach the threshold.
+	var fired bool
+	for i := range cfg.Rules.AuthFailures.Count {
+		a := netip.MustParseAddr("2001:db8:5:6::").As16()
+		a[15] = byte(i + 1)
+		for _, c := range ev.evaluate(audit.Event{Type: audit.TypeAuthFailed, Session: fmt.Sprint("v6-", i), Time: at, Fields: map[string]string{
+			"remote": netip.AddrFrom16(a).String(), "user": "alice", "reason": "expired",
+		}}) {
+			fired = fired || c.rule == RuleAuthFailures
+		}
+	}
+	if !fired {
+		t.Error("failures spread over one IPv6 /64 never reached the auth_failures threshold")
 	}
 }

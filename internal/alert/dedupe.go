@@ -1,6 +1,10 @@
 package alert
 
-import "time"
+import (
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
 
 // dedupe decides which raised alerts go out, so that one attack produces a
 // handful of alerts rather than one per event. Two limits apply:
@@ -19,7 +23,9 @@ type dedupe struct {
 	burst                 int
 	every                 time.Duration
 
-	keys  map[string]*keyState
+	// keys is LRU-bounded (maxKeys); recency is the key's last event, so
+	// the keys quiet longest sit at the oldest end.
+	keys  *simplelru.LRU[string, *keyState]
 	rules map[string]*ruleState
 }
 
@@ -38,9 +44,10 @@ type ruleState struct {
 }
 
 func newDedupe(cfg Config) *dedupe {
+	keys, _ := simplelru.NewLRU[string, *keyState](maxKeys, nil)
 	return &dedupe{
 		cooldown: cfg.Cooldown, maxCooldown: cfg.MaxCooldown, burst: cfg.RuleBurst, every: cfg.RuleEvery,
-		keys: map[string]*keyState{}, rules: map[string]*ruleState{},
+		keys: keys, rules: map[string]*ruleState{},
 	}
 }
 
@@ -57,18 +64,16 @@ func (d *dedupe) allow(rule, key string, now time.Time) (ok bool, suppressed int
 		r.refilled = now
 	}
 	k := rule + "\x00" + key
-	ks := d.keys[k]
+	ks, _ := d.keys.Get(k)
 	if ks != nil && now.Sub(ks.last) >= d.maxCooldown {
 		ks = nil // quiet long enough: start afresh
 	}
 	if ks == nil {
 		ks = &keyState{interval: d.cooldown}
-		d.keys[k] = ks
-		if len(d.keys) > gcAt {
-			d.gc(now)
-		}
+		d.keys.Add(k, ks)
 	}
 	ks.last = now
+	d.gc(now)
 	if now.Before(ks.next) || r.tokens < 1 {
 		r.suppressed++
 		return false, 0
@@ -80,11 +85,14 @@ func (d *dedupe) allow(rule, key string, now time.Time) (ok bool, suppressed int
 	return true, suppressed
 }
 
-// gc drops keys quiet for maxCooldown, which would start afresh anyway.
+// gc drops keys quiet for maxCooldown, which would start afresh anyway;
+// they sit at the oldest end, so this costs what it removes.
 func (d *dedupe) gc(now time.Time) {
-	for k, ks := range d.keys {
-		if now.Sub(ks.last) >= d.maxCooldown {
-			delete(d.keys, k)
+	for {
+		_, ks, ok := d.keys.GetOldest()
+		if !ok || now.Sub(ks.last) < d.maxCooldown {
+			return
 		}
+		d.keys.RemoveOldest()
 	}
 }

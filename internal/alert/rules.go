@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+
 	"github.com/bastion-ssh/bastion/audit"
 )
 
@@ -67,7 +69,7 @@ func (e *evaluator) evaluate(ev audit.Event) []candidate {
 		if e.rules.PasswordAttempt && (reason == reasonPassword || reason == reasonKeyboard) {
 			raise(RulePasswordAttempt, remote, 1, "%s tried %s authentication as %q; it is never offered and was refused", remote, f["method"], user)
 		}
-		if n := e.failures.add(remote, ev.Session, ev.Time); n > 0 {
+		if n := e.failures.add(sourceOf(remote), ev.Session, ev.Time); n > 0 {
 			raise(RuleAuthFailures, remote, n, "%d failed logins from %s within %s (latest as %q: %s)", n, remote, e.rules.AuthFailures.Window, user, reason)
 		}
 		switch reason {
@@ -104,7 +106,7 @@ func (e *evaluator) evaluate(ev audit.Event) []candidate {
 		user, remote := ev.Actor, f["remote"]
 		// A connection that went on to authenticate was a client trying
 		// its keys in turn, not an attacker.
-		e.failures.forgive(remote, ev.Session)
+		e.failures.forgive(sourceOf(remote), ev.Session)
 		e.refused.forgive(user, ev.Session)
 		if e.rules.NewSource && user != loginUser {
 			if network, ok := networkOf(remote); ok {
@@ -167,11 +169,13 @@ func networkOf(remote string) (netip.Prefix, bool) {
 }
 
 // windows counts events per key within a sliding window, for threshold
-// rules. Only the latest Count events of a key are kept, so memory is
-// bounded by the number of keys seen within one window.
+// rules. Only the latest Count events of a key are kept, and at most
+// maxKeys keys (least recently counted first out), so memory is bounded
+// however many sources an attack uses, and each call is O(1): stale keys
+// are dropped from the oldest end as events arrive.
 type windows struct {
 	th   Threshold
-	keys map[string][]stamp
+	keys *simplelru.LRU[string, *[]stamp]
 }
 
 // stamp is one counted event and the connection it came from.
@@ -180,11 +184,12 @@ type stamp struct {
 	conn string
 }
 
-// gcAt is the number of keys at which windows drops stale ones.
-const gcAt = 4096
+// maxKeys bounds the keys (sources, users) a rule remembers.
+const maxKeys = 16384
 
 func newWindows(th Threshold) *windows {
-	return &windows{th: th, keys: map[string][]stamp{}}
+	keys, _ := simplelru.NewLRU[string, *[]stamp](maxKeys, nil)
+	return &windows{th: th, keys: keys}
 }
 
 // add counts an event for key at t and returns how many events key has
@@ -194,8 +199,11 @@ func (w *windows) add(key, conn string, t time.Time) int {
 	if w.th.Count == 0 || key == "" {
 		return 0
 	}
-	s := w.keys[key]
-	keep := s[:0]
+	var s []stamp
+	if p, ok := w.keys.Peek(key); ok {
+		s = *p
+	}
+	keep := make([]stamp, 0, min(len(s)+1, w.th.Count))
 	for _, st := range s {
 		if t.Sub(st.t) < w.th.Window {
 			keep = append(keep, st)
@@ -205,10 +213,8 @@ func (w *windows) add(key, conn string, t time.Time) int {
 	if len(keep) > w.th.Count {
 		keep = keep[len(keep)-w.th.Count:]
 	}
-	w.keys[key] = keep
-	if len(w.keys) > gcAt {
-		w.gc(t)
-	}
+	w.keys.Add(key, &keep)
+	w.sweep(t)
 	if len(keep) >= w.th.Count {
 		return len(keep)
 	}
@@ -217,29 +223,47 @@ func (w *windows) add(key, conn string, t time.Time) int {
 
 // forgive drops the events of one connection that authenticated after all.
 func (w *windows) forgive(key, conn string) {
-	s, ok := w.keys[key]
+	p, ok := w.keys.Peek(key)
 	if !ok || conn == "" {
 		return
 	}
-	keep := s[:0]
-	for _, st := range s {
+	keep := (*p)[:0]
+	for _, st := range *p {
 		if st.conn != conn {
 			keep = append(keep, st)
 		}
 	}
 	if len(keep) == 0 {
-		delete(w.keys, key)
+		w.keys.Remove(key)
 		return
 	}
-	w.keys[key] = keep
+	*p = keep
 }
 
-func (w *windows) gc(now time.Time) {
-	for k, s := range w.keys {
-		if len(s) == 0 || now.Sub(s[len(s)-1].t) >= w.th.Window {
-			delete(w.keys, k)
+// sweep drops keys whose last event left the window; they sit at the
+// oldest end, so this costs what it removes.
+func (w *windows) sweep(now time.Time) {
+	for {
+		_, s, ok := w.keys.GetOldest()
+		if !ok || (len(*s) > 0 && now.Sub((*s)[len(*s)-1].t) < w.th.Window) {
+			return
 		}
+		w.keys.RemoveOldest()
 	}
+}
+
+// sourceOf keys a source address as the gateway's ban list does: an IPv4
+// address alone, an IPv6 address by its /64.
+func sourceOf(remote string) string {
+	a, err := netip.ParseAddr(remote)
+	if err != nil || !a.Unmap().Is6() {
+		return remote
+	}
+	p, err := a.Prefix(64)
+	if err != nil {
+		return remote
+	}
+	return p.String()
 }
 
 // sourceKey is how sourceSet stores a (user, network) pair.

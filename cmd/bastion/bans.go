@@ -1,0 +1,61 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+)
+
+func newBansCommand(a *app) *cobra.Command {
+	var gw string
+	cmd := &cobra.Command{
+		Use:   "bans",
+		Short: "List the sources the running gateway has banned",
+		Long: `bastion bans lists the source addresses (IPv4 addresses, IPv6 /64s) that
+the running gateway has banned for failing authentication too often, and
+when each ban ends. Bans live in the gateway's memory, so this asks the
+gateway over SSH with your bastion certificate (from bastion login; it
+must carry an admin group): --gateway, $BASTION_GATEWAY, or the gateway of
+your last bastion login. A stopped gateway has no bans.`,
+		Example: `  bastion bans
+  bastion bans --gateway bastion.example.com:2222`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.changeLock(cmd, gw, lockChange{
+				remote: "bans",
+				offline: func() error {
+					fmt.Fprintf(a.stderr, "bastion: no gateway is running on %s; bans live in a running gateway's memory, so none are in force\n", a.dataDir)
+					return nil
+				},
+			})
+		},
+	}
+	cmd.Flags().StringVar(&gw, "gateway", "", "ask this running gateway (HOST:PORT) with your bastion certificate")
+	return cmd
+}
+
+func newUnbanCommand(a *app) *cobra.Command {
+	var gw string
+	cmd := &cobra.Command{
+		Use:   "unban ADDRESS",
+		Short: "Lift the running gateway's ban on a source address",
+		Long: `bastion unban lifts the ban on ADDRESS (an IPv4 address, or an IPv6
+address or /64: IPv6 sources are banned by /64) and forgets its recent
+failures; the gateway records source.unbanned. Like bastion bans, it goes
+through the running gateway with your bastion certificate, which must
+carry an admin group.`,
+		Example: `  bastion unban 192.0.2.7
+  bastion unban 2001:db8:1:2::/64 --gateway bastion.example.com:2222`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.changeLock(cmd, gw, lockChange{
+				remote: "unban " + quoteArg(args[0]),
+				offline: func() error {
+					return fmt.Errorf("%s is not banned: no gateway is running on %s, and bans live only in a running gateway's memory", args[0], a.dataDir)
+				},
+			})
+		},
+	}
+	cmd.Flags().StringVar(&gw, "gateway", "", "unban through this running gateway (HOST:PORT) with your bastion certificate")
+	return cmd
+}

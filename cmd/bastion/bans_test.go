@@ -1,0 +1,72 @@
+package main
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/internal/testbed"
+)
+
+// TestBansOffline: with no gateway running there are no bans; the
+// commands say so rather than fail obscurely.
+func TestBansOffline(t *testing.T) {
+	newHome(t)
+	dir := t.TempDir()
+	mustRun(t, dir, "ca", "init")
+	out, errOut := mustRun(t, dir, "bans")
+	if out != "" || !strings.Contains(errOut, "no gateway is running") {
+		t.Errorf("bans offline: stdout %q stderr %q", out, errOut)
+	}
+	if _, _, err := run(t, dir, "unban", "192.0.2.7"); err == nil || !strings.Contains(err.Error(), "not banned") {
+		t.Errorf("unban offline: %v", err)
+	}
+}
+
+// TestBansThroughGateway: an admin lists the running gateway's bans and
+// lifts one with the CLI; the source gets in again and the lift is
+// audited.
+func TestBansThroughGateway(t *testing.T) {
+	e := startLoginEnv(t, loginEnvOptions{banAfter: 3})
+	signer := testbed.NewSigner(t)
+	for range 3 {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.6")}, Timeout: 5 * time.Second}
+		conn, err := d.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, _, _, err := gossh.NewClientConn(conn, e.addr, &gossh.ClientConfig{
+			User: "root", Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)}, HostKeyCallback: gossh.InsecureIgnoreHostKey(),
+		}); err == nil {
+			c.Close()
+			t.Fatal("root logged in")
+		}
+		conn.Close()
+	}
+	e.waitEvent(audit.TypeSourceBanned, map[string]string{"remote": "127.0.0.6"})
+
+	useHome(t, t.TempDir())
+	if _, stderr, err := runLoginCLI(t, e.addr, e.approveDevice(t, "ops")); err != nil {
+		t.Fatalf("ops login: %v\n%s", err, stderr)
+	}
+	out, errOut, err := run(t, e.layout.DataDir, "bans", "--gateway", e.addr)
+	if err != nil || !strings.HasPrefix(out, "127.0.0.6\t") {
+		t.Fatalf("bans: %v\n%s%s", err, out, errOut)
+	}
+	// The audit log is held: unban goes through the gateway of the last login.
+	out, errOut, err = run(t, e.layout.DataDir, "unban", "127.0.0.6")
+	if err != nil || strings.TrimSpace(out) != "unbanned 127.0.0.6" {
+		t.Fatalf("unban: %v\n%s%s", err, out, errOut)
+	}
+	e.waitEvent(audit.TypeSourceUnbanned, map[string]string{"source": "127.0.0.6", "by": "ops"})
+	if out, _, err := run(t, e.layout.DataDir, "bans"); err != nil || out != "" {
+		t.Errorf("bans after unban: %v %q", err, out)
+	}
+	if _, errOut, err := run(t, e.layout.DataDir, "unban", "127.0.0.6"); exitCode(err) != 1 || !strings.Contains(errOut, "not banned") {
+		t.Errorf("unban of an unbanned source: exit %d (%v): %s", exitCode(err), err, errOut)
+	}
+}
