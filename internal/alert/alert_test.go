@@ -603,6 +603,9 @@ func TestIdPDownRule(t *testing.T) {
 	off.IdPDown = false
 	if got := newEvaluator(off, nil).evaluate(ev); len(got) != 0 {
 		t.Fatalf("idp_down off raised %+v", got)
+	}
+}
+
 // TestManySourcesStayBounded: 40,000 sources failing once each go through
 // the rules and the de-duplication in well under a second, and the
 // per-key tables stay bounded; before, past 4096 keys every event scanned
