@@ -426,6 +426,9 @@ func (r *Recording) commitChunk(seq uint64, buf []byte) error {
 		if err != nil {
 			return err
 		}
+		// Chunks only ever append, so full pages stay full: split them
+		// full rather than half empty (bbolt's default for random keys).
+		b.FillPercent = 0.95
 		if err := b.Put(key, z); err != nil {
 			return err
 		}
