@@ -102,7 +102,8 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger) (*ga
 	if err != nil {
 		return nil, err
 	}
-	store, err := audit.Open(layout.AuditDB(), audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention)})
+	store, err := audit.Open(layout.AuditDB(), audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention),
+		RecordingMaxBytes: int64(f.Recording.MaxBytesPerSession)})
 	if err != nil {
 		return nil, err
 	}

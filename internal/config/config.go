@@ -39,6 +39,8 @@ type File struct {
 	AuditorGroups []string `yaml:"auditor_groups"`
 	// Audit configures the audit log (retention).
 	Audit Audit `yaml:"audit"`
+	// Recording bounds session recordings (record mode).
+	Recording Recording `yaml:"recording"`
 	// Alerts, when present, sends alerts on suspicious activity to
 	// webhooks.
 	Alerts *Alerts `yaml:"alerts"`
@@ -228,6 +230,9 @@ func (f *File) Validate() error {
 		return errors.New(strings.TrimPrefix(err.Error(), "gateway: "))
 	}
 	if err := f.validateAudit(); err != nil {
+		return err
+	}
+	if err := f.validateRecording(); err != nil {
 		return err
 	}
 	if err := f.validateAlerts(); err != nil {
