@@ -489,6 +489,40 @@ func TestRetentionPrunesRecordings(t *testing.T) {
 	}
 }
 
+// TestRetentionPrunesOrphanRecordings: a recording with no session.end
+// (the gateway stopped first) is pruned once well past the cutoff; a
+// recent one and an open one are kept.
+func TestRetentionPrunesOrphanRecordings(t *testing.T) {
+	now := testEpoch
+	s, _ := newStore(t, Options{Now: func() time.Time { return now }})
+	ctx := context.Background()
+	if _, err := s.StartRecording(ctx, "crashed"); err != nil { // never closed
+		t.Fatal(err)
+	}
+	s.recs.mu.Lock()
+	delete(s.recs.active, "crashed") // as after a restart
+	s.recs.mu.Unlock()
+	open, err := s.StartRecording(ctx, "long-open")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close(ctx)
+	now = now.Add(10 * 24 * time.Hour)
+	record(t, s, "recent", []written{{0, KindOutput, 0, "x"}})
+	mustAppend(t, s, Event{Type: TypeAuthOK})
+	if _, err := s.Prune(ctx, now.Add(-2*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RecordingInfo("crashed"); !errors.Is(err, ErrNoRecording) {
+		t.Errorf("orphan recording 10 days old with a 2-day cutoff: %v, want pruned", err)
+	}
+	for _, keep := range []string{"recent", "long-open"} {
+		if _, err := s.RecordingInfo(keep); err != nil {
+			t.Errorf("%s: %v, want kept", keep, err)
+		}
+	}
+}
+
 func TestRecordingsListsActive(t *testing.T) {
 	s, _ := newStore(t, Options{})
 	record(t, s, "done", []written{{0, KindOutput, 0, "x"}})
