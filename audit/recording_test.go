@@ -17,6 +17,13 @@ import (
 	"go.etcd.io/bbolt"
 )
 
+// The gateway's record-mode proxy declares the interface it writes through
+// (gateway.Recording); *Recording must keep these signatures.
+var _ interface {
+	Write(ch uint32, kind string, at time.Duration, data []byte) error
+	Close(ctx context.Context) (sha256 string, stored int64, err error)
+} = (*Recording)(nil)
+
 // written is one Write call, as a test made it.
 type written struct {
 	ch   uint32
