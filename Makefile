@@ -32,6 +32,7 @@ fuzz:
 	go test -run x -fuzz FuzzParse -fuzztime 15s ./internal/auditquery/
 	go test -run x -fuzz FuzzInspect -fuzztime 30s ./internal/sftpinspect/
 	go test -run x -fuzz FuzzDecodeChunk -fuzztime 15s ./audit/
+	go test -run x -fuzz FuzzStrip -fuzztime 15s ./audit/
 
 bench:
 	go test -run x -bench . -benchtime 2s ./ca/ ./audit/ ./gateway/

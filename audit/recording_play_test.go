@@ -152,3 +152,21 @@ func TestStripperSplitsAnywhere(t *testing.T) {
 		}
 	}
 }
+
+func FuzzStrip(f *testing.F) {
+	f.Add([]byte("a\x1b[1;31mb\x1b]0;t\x07c\r\nd\re\x1b(Bf\x08\n"), uint8(3))
+	f.Add([]byte("\x1bP1;2|data\x1b\\tail\x1b"), uint8(1))
+	f.Fuzz(func(t *testing.T, b []byte, cut uint8) {
+		var whole stripper
+		want := whole.strip(b)
+		if bytes.IndexByte(want, 0x1b) >= 0 || bytes.IndexByte(want, '\r') >= 0 {
+			t.Fatalf("control bytes survive: %q", want)
+		}
+		var split stripper
+		n := min(int(cut), len(b))
+		got := append(split.strip(b[:n]), split.strip(b[n:])...)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("cut at %d: %q, whole: %q", n, got, want)
+		}
+	})
+}
