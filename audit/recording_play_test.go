@@ -88,6 +88,14 @@ func TestPlayAsciicastAcceptedByAsciinema(t *testing.T) {
 	if string(got) != screen {
 		t.Errorf("asciinema cat printed\n%q\nwant the session's output\n%q", got, screen)
 	}
+	// And asciinema play replays it to the end.
+	playOut := filepath.Join(t.TempDir(), "played")
+	if out, err := exec.Command("script", "-q", "-e", "-c", "asciinema play -s 20 -i 0.05 '"+path+"' > '"+playOut+"'", "/dev/null").CombinedOutput(); err != nil {
+		t.Fatalf("asciinema play: %v: %s", err, out)
+	}
+	if played, _ := os.ReadFile(playOut); !bytes.Contains(played, []byte("after a long pause")) {
+		t.Errorf("asciinema play did not reach the end: %q", played)
+	}
 }
 
 func TestPlayText(t *testing.T) {
