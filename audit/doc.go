@@ -21,6 +21,14 @@
 // oldest events are pruned in the background ([Store.Prune]) and
 // verification starts from the recorded checkpoint.
 //
+// Session recordings ([Store.StartRecording]) are stored beside the events
+// in zstd-compressed chunks, committed through the same group commit about
+// once a second or per 64 KiB; each recording's SHA-256 goes into its
+// session's session.end event, so VerifyChain checks the recordings too.
+// They replay with [Store.Play] (terminal, asciicast v2, text) and are
+// listed with [Store.Sessions]; retention prunes them with their
+// session.end.
+//
 // bbolt holds an exclusive lock on the file while a writer has it open, so a
 // second process gets [ErrInUse], naming the holder, once Options.Timeout
 // passes; a live export goes through the running gateway. Logs leave the

@@ -426,6 +426,9 @@ func (r *Recording) commitChunk(seq uint64, buf []byte) error {
 		if err != nil {
 			return err
 		}
+		// Chunks only ever append, so full pages stay full: split them
+		// full rather than half empty (bbolt's default for random keys).
+		b.FillPercent = 0.95
 		if err := b.Put(key, z); err != nil {
 			return err
 		}
@@ -832,4 +835,68 @@ func deleteRecordingsTx(tx *bbolt.Tx, sessions []string) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// orphanMargin is how much older than the retention cutoff a recording
+// with no session.end (the gateway stopped before writing it) must be
+// before retention deletes it. A recording's session.end is written right
+// after the recording closes, so with this margin a session.end still
+// held never loses its recording.
+const orphanMargin = 24 * time.Hour
+
+// pruneOrphanRecordings deletes recordings that are not open in this
+// store and ended (or, never closed, started) before cutoff minus
+// orphanMargin: those whose session.end was pruned with its recording
+// were deleted with it, so these are the ones no event covers any more.
+func (s *Store) pruneOrphanRecordings(cutoff time.Time) (int, error) {
+	limit := cutoff.Add(-orphanMargin)
+	deleted := 0
+	for {
+		n := 0
+		err := s.commits.update(func(tx *bbolt.Tx) error {
+			n = 0
+			root := tx.Bucket([]byte(bucketRecordings))
+			if root == nil {
+				return nil
+			}
+			var old [][]byte
+			err := root.ForEachBucket(func(k []byte) error {
+				if len(old) >= pruneBatch {
+					return nil
+				}
+				s.recs.mu.Lock()
+				_, open := s.recs.active[string(k)]
+				s.recs.mu.Unlock()
+				if open {
+					return nil
+				}
+				info, err := readRecInfo(string(k), root.Bucket(k))
+				if err != nil {
+					return nil // leave what cannot be read to verify
+				}
+				at := info.End
+				if at.IsZero() {
+					at = info.Start
+				}
+				if at.Before(limit) {
+					old = append(old, bytes.Clone(k))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			for _, k := range old {
+				if err := root.DeleteBucket(k); err != nil {
+					return err
+				}
+			}
+			n = len(old)
+			return nil
+		})
+		deleted += n
+		if err != nil || n < pruneBatch {
+			return deleted, err
+		}
+	}
 }

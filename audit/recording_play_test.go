@@ -88,6 +88,14 @@ func TestPlayAsciicastAcceptedByAsciinema(t *testing.T) {
 	if string(got) != screen {
 		t.Errorf("asciinema cat printed\n%q\nwant the session's output\n%q", got, screen)
 	}
+	// And asciinema play replays it to the end.
+	playOut := filepath.Join(t.TempDir(), "played")
+	if out, err := exec.Command("script", "-q", "-e", "-c", "asciinema play -s 20 -i 0.05 '"+path+"' > '"+playOut+"'", "/dev/null").CombinedOutput(); err != nil {
+		t.Fatalf("asciinema play: %v: %s", err, out)
+	}
+	if played, _ := os.ReadFile(playOut); !bytes.Contains(played, []byte("after a long pause")) {
+		t.Errorf("asciinema play did not reach the end: %q", played)
+	}
 }
 
 func TestPlayText(t *testing.T) {
@@ -151,4 +159,22 @@ func TestStripperSplitsAnywhere(t *testing.T) {
 			t.Errorf("cut at %d: %q, want %q", cut, got, want)
 		}
 	}
+}
+
+func FuzzStrip(f *testing.F) {
+	f.Add([]byte("a\x1b[1;31mb\x1b]0;t\x07c\r\nd\re\x1b(Bf\x08\n"), uint8(3))
+	f.Add([]byte("\x1bP1;2|data\x1b\\tail\x1b"), uint8(1))
+	f.Fuzz(func(t *testing.T, b []byte, cut uint8) {
+		var whole stripper
+		want := whole.strip(b)
+		if bytes.IndexByte(want, 0x1b) >= 0 || bytes.IndexByte(want, '\r') >= 0 {
+			t.Fatalf("control bytes survive: %q", want)
+		}
+		var split stripper
+		n := min(int(cut), len(b))
+		got := append(split.strip(b[:n]), split.strip(b[n:])...)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("cut at %d: %q, whole: %q", n, got, want)
+		}
+	})
 }

@@ -17,6 +17,13 @@ import (
 	"go.etcd.io/bbolt"
 )
 
+// The gateway's record-mode proxy declares the interface it writes through
+// (gateway.Recording); *Recording must keep these signatures.
+var _ interface {
+	Write(ch uint32, kind string, at time.Duration, data []byte) error
+	Close(ctx context.Context) (sha256 string, stored int64, err error)
+} = (*Recording)(nil)
+
 // written is one Write call, as a test made it.
 type written struct {
 	ch   uint32
@@ -486,6 +493,40 @@ func TestRetentionPrunesRecordings(t *testing.T) {
 	}
 	if v, err := s.VerifyChain(context.Background()); err != nil || v.Recordings != 1 {
 		t.Errorf("VerifyChain after pruning = %+v, %v; want 1 recording, intact", v, err)
+	}
+}
+
+// TestRetentionPrunesOrphanRecordings: a recording with no session.end
+// (the gateway stopped first) is pruned once well past the cutoff; a
+// recent one and an open one are kept.
+func TestRetentionPrunesOrphanRecordings(t *testing.T) {
+	now := testEpoch
+	s, _ := newStore(t, Options{Now: func() time.Time { return now }})
+	ctx := context.Background()
+	if _, err := s.StartRecording(ctx, "crashed"); err != nil { // never closed
+		t.Fatal(err)
+	}
+	s.recs.mu.Lock()
+	delete(s.recs.active, "crashed") // as after a restart
+	s.recs.mu.Unlock()
+	open, err := s.StartRecording(ctx, "long-open")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close(ctx)
+	now = now.Add(10 * 24 * time.Hour)
+	record(t, s, "recent", []written{{0, KindOutput, 0, "x"}})
+	mustAppend(t, s, Event{Type: TypeAuthOK})
+	if _, err := s.Prune(ctx, now.Add(-2*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RecordingInfo("crashed"); !errors.Is(err, ErrNoRecording) {
+		t.Errorf("orphan recording 10 days old with a 2-day cutoff: %v, want pruned", err)
+	}
+	for _, keep := range []string{"recent", "long-open"} {
+		if _, err := s.RecordingInfo(keep); err != nil {
+			t.Errorf("%s: %v, want kept", keep, err)
+		}
 	}
 }
 

@@ -117,6 +117,9 @@ func (s *Store) Prune(ctx context.Context, cutoff time.Time) (PruneResult, error
 		}
 		runtime.Gosched() // let queued appends have the writer lock
 	}
+	if _, err := s.pruneOrphanRecordings(cutoff); err != nil {
+		return res, fmt.Errorf("audit: prune recordings: %w", err)
+	}
 	if res.Deleted == 0 {
 		cp, err := s.Checkpoint()
 		res.Checkpoint = cp

@@ -109,7 +109,8 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	if err := ca.SavePolicy(layout, policy); err != nil {
 		return nil, err
 	}
-	store, err := openAuditLog(ctx, layout, audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention)}, newLog, "gateway", stderr)
+	store, err := openAuditLog(ctx, layout, audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention),
+		RecordingMaxBytes: int64(f.Recording.MaxBytesPerSession)}, newLog, "gateway", stderr)
 	if err != nil {
 		return nil, err
 	}

@@ -109,8 +109,12 @@ type Access struct {
 	Logins []string `yaml:"logins"`
 }
 
-// Recording configures record-mode sessions.
+// Recording configures record-mode sessions and how their recordings
+// are stored.
 type Recording struct {
+	// MaxBytesPerSession bounds what one session's recording stores
+	// (default 64MiB); past it a marker says where storage stopped.
+	MaxBytesPerSession ByteSize `yaml:"max_bytes_per_session"`
 	// KnownHosts is a known_hosts file of target host keys trusted
 	// besides host certificates from bastion's host CA.
 	KnownHosts string `yaml:"known_hosts"`
@@ -263,6 +267,9 @@ func (f *File) Validate() error {
 		return errors.New(strings.TrimPrefix(err.Error(), "gateway: "))
 	}
 	if err := f.validateAudit(); err != nil {
+		return err
+	}
+	if err := f.validateRecording(); err != nil {
 		return err
 	}
 	if err := f.validateAlerts(); err != nil {
