@@ -331,11 +331,27 @@ func (h *handler) runPty(s gliderssh.Session, cmd *exec.Cmd, win gliderssh.Windo
 	if err != nil {
 		return err
 	}
-	defer ptmx.Close()
+	// Window changes arrive until the session ends, which is after this
+	// returns; resizing must not race with closing the pty.
+	var mu sync.Mutex
+	closed := false
+	resize := func(w gliderssh.Window) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !closed {
+			pty.Setsize(ptmx, &pty.Winsize{Rows: uint16(w.Height), Cols: uint16(w.Width)})
+		}
+	}
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		closed = true
+		ptmx.Close()
+	}()
 	if c := h.acct.cred; c != nil {
 		os.Chown(tty.Name(), int(c.Uid), -1)
 	}
-	pty.Setsize(ptmx, &pty.Winsize{Rows: uint16(win.Height), Cols: uint16(win.Width)})
+	resize(win)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr.Setctty = true
 	err = cmd.Start()
@@ -345,7 +361,7 @@ func (h *handler) runPty(s gliderssh.Session, cmd *exec.Cmd, win gliderssh.Windo
 	}
 	go func() {
 		for w := range winCh {
-			pty.Setsize(ptmx, &pty.Winsize{Rows: uint16(w.Height), Cols: uint16(w.Width)})
+			resize(w)
 		}
 	}()
 	go io.Copy(ptmx, s)
