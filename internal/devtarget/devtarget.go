@@ -72,4 +72,3 @@ func (t *Target) Close() error {
 	}
 	return err
 }
-
