@@ -39,7 +39,9 @@ func newDevCommand(a *app) *cobra.Command {
 --data-dir is given: a fresh CA, a development OIDC provider with two demo
 users (alice in group eng, bob in group dba), the gateway with the login
 service, and a demo host behind it (a local sshd when one can run as you,
-otherwise a built-in SSH host that trusts the user CA). It prints the
+otherwise a built-in SSH host that trusts the user CA and runs commands,
+ptys, scp, sftp, rsync and git; as root, both run them as the account
+bastion-demo, created on first use). It prints the
 commands to try next. Stop it with Ctrl-C.`,
 		Example: `  bastion dev
   bastion dev --listen 127.0.0.1:2200 --data-dir ./dev-data`,
