@@ -51,6 +51,11 @@ const (
 	// connections the gateway closed before their handshake (banned
 	// source, full or per-source-full unauthenticated pool, early drop).
 	TypeConnectionsDropped = "connections.dropped"
+	// TypeConnectionEnded records the gateway ending an authenticated
+	// connection because its credential stopped passing the certificate
+	// check (revoked, locked, expired, CA no longer trusted), whether or
+	// not it had a session open.
+	TypeConnectionEnded = "connection.ended"
 	TypeChannelDenied      = "channel.refused"
 	TypeRequestDenied      = "request.refused"
 	TypeCommand            = "gateway.command"

@@ -3,7 +3,6 @@ package audit
 import (
 	"bufio"
 	"context"
-	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,8 +22,7 @@ const (
 	// FormatCSV is RFC 4180 CSV with a header row and the columns
 	// id,time,type,actor,session,fields,prev_hash,hash, where fields is a
 	// JSON object. It is meant for people and spreadsheets. Lines end in
-	// "\n", not "\r\n": encoding/csv drops a lone "\r" inside a value when
-	// writing CRLF, and these values come from clients. A cell that a
+	// "\n", not "\r\n", and every cell is quoted. A cell that a
 	// spreadsheet would take for a formula (one starting with =, +, -, @,
 	// a tab or a carriage return, as OWASP's CSV injection advice lists)
 	// is prefixed with a single quote, so a client-chosen user name such
@@ -64,7 +62,7 @@ func NewEncoder(w io.Writer, format Format) Encoder {
 	case err != nil:
 		return errEncoder{err}
 	case format == FormatCSV:
-		return &csvEncoder{w: csv.NewWriter(w)}
+		return &csvEncoder{w: bufio.NewWriter(w)}
 	}
 	return &jsonlEncoder{w: bufio.NewWriter(w)}
 }
@@ -92,10 +90,28 @@ func (e *jsonlEncoder) Flush() error {
 	return nil
 }
 
+// csvEncoder writes RFC 4180 rows with every cell quoted. encoding/csv
+// quotes only cells that hold its own separator, quotes or line breaks, so
+// a cell such as `a;=1+1` would reach a spreadsheet that splits on ';' (as
+// Excel does in many locales) as a formula cell; quoting every cell keeps
+// each cell one cell whatever the separator (OWASP, "CSV Injection").
 type csvEncoder struct {
-	w      *csv.Writer
+	w      *bufio.Writer
 	header bool
 	row    [csvColumns]string
+}
+
+// writeRow writes cells as one quoted CSV line ending in "\n".
+func (e *csvEncoder) writeRow(cells []string) error {
+	for i, c := range cells {
+		if i > 0 {
+			e.w.WriteByte(',')
+		}
+		e.w.WriteByte('"')
+		e.w.WriteString(strings.ReplaceAll(c, `"`, `""`))
+		e.w.WriteByte('"')
+	}
+	return e.w.WriteByte('\n')
 }
 
 func (e *csvEncoder) writeHeader() error {
@@ -103,7 +119,7 @@ func (e *csvEncoder) writeHeader() error {
 		return nil
 	}
 	e.header = true
-	if err := e.w.Write(csvHeader()); err != nil {
+	if err := e.writeRow(csvHeader()); err != nil {
 		return fmt.Errorf("audit: write csv: %w", err)
 	}
 	return nil
@@ -124,7 +140,7 @@ func (e *csvEncoder) Encode(ev Event) error {
 	for i, c := range e.row {
 		e.row[i] = neutralizeCell(c)
 	}
-	if err := e.w.Write(e.row[:]); err != nil {
+	if err := e.writeRow(e.row[:]); err != nil {
 		return fmt.Errorf("audit: write csv: %w", err)
 	}
 	return nil
@@ -136,8 +152,7 @@ func (e *csvEncoder) Flush() error {
 	if err := e.writeHeader(); err != nil {
 		return err
 	}
-	e.w.Flush()
-	if err := e.w.Error(); err != nil {
+	if err := e.w.Flush(); err != nil {
 		return fmt.Errorf("audit: write csv: %w", err)
 	}
 	return nil

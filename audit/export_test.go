@@ -232,3 +232,35 @@ func FuzzNeutralizeCell(f *testing.F) {
 		}
 	})
 }
+
+// TestExportCSVQuotesEveryCell: a spreadsheet that splits rows on ';' or
+// '|' (Excel in many locales) must still see one cell per column, so a
+// client-chosen `a;=1+1;b` never becomes a formula cell: every cell is
+// quoted, whatever it holds.
+func TestExportCSVQuotesEveryCell(t *testing.T) {
+	s, _ := newStore(t, Options{})
+	for _, p := range []string{"a;=1+1;b", "x|=cmd|y", "plain", `q"uote`} {
+		mustAppend(t, s, Event{Type: TypeAuthFailed, Actor: p, Fields: map[string]string{"user": p}})
+	}
+	var buf bytes.Buffer
+	if err := s.Export(context.Background(), &buf, Filter{}, FormatCSV); err != nil {
+		t.Fatal(err)
+	}
+	for i, line := range strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n") {
+		// Split as a ';'-locale spreadsheet would, honouring quotes.
+		r := csv.NewReader(strings.NewReader(line))
+		r.Comma, r.LazyQuotes = ';', true
+		cells, err := r.Read()
+		if err != nil {
+			t.Fatalf("line %d: %v", i, err)
+		}
+		for _, c := range cells {
+			if formulaLike(c) {
+				t.Errorf("line %d read with ';' gives the cell %q: %s", i, c, line)
+			}
+		}
+		if !strings.HasPrefix(line, `"`) || !strings.HasSuffix(line, `"`) {
+			t.Errorf("line %d is not fully quoted: %s", i, line)
+		}
+	}
+}

@@ -132,7 +132,7 @@ func (s *Store) VerifyAnchored(ctx context.Context, anchor *Anchor) (Verificatio
 		switch {
 		case anchor.Seq > res.Head.Seq || anchor.ID > res.Head.ID:
 			return res, &ChainError{Index: res.Checked, ID: anchor.ID, Reason: ReasonTruncated,
-				Expected: fmt.Sprintf("event %d (%s) from the anchor", anchor.Seq, anchor.ID), Got: fmt.Sprintf("the log ends at event %d (%s)", res.Head.Seq, res.Head.ID)}
+				Expected: fmt.Sprintf("event %d (%s) from the anchor", anchor.Seq, anchor.ID), Got: fmt.Sprintf("event %d (%s)", res.Head.Seq, res.Head.ID)}
 		case anchor.Seq <= res.From.Pruned && anchor.ID <= res.From.ID:
 			res.AnchorPruned = true
 		default:

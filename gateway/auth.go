@@ -35,6 +35,9 @@ const (
 	ReasonLoginServiceUnavailable = "login_unavailable"
 	// ReasonNoExpiry: a certificate valid forever (ssh-keygen without -V).
 	ReasonNoExpiry = "no_expiry"
+	// ReasonValidityTooLong: a certificate whose lifetime exceeds what the
+	// CA's policy would sign.
+	ReasonValidityTooLong = "validity_too_long"
 	// ReasonSourceAddressInvalid: a source-address sshd would not parse.
 	ReasonSourceAddressInvalid = "source_address_invalid"
 	// ReasonForwardingNotPermitted: a jump or forward with a certificate
@@ -149,7 +152,13 @@ func (c *checker) checkCert(meta ssh.ConnMetadata, cert *ssh.Certificate) (*Iden
 	}
 	now := c.now()
 	if cert.ValidBefore == ssh.CertTimeInfinity {
-		return nil, certFail(cert, ReasonNoExpiry, "certificate never expires (signed without -V); bastion accepts only certificates that expire: sign one with a validity, e.g. -V +8h")
+		return nil, certFail(cert, ReasonNoExpiry, "certificate never expires (valid_before is forever: ssh-keygen -s without -V, or -V ...:forever); bastion accepts only certificates that expire: sign one with a validity, e.g. -V +8h")
+	}
+	// A certificate valid for centuries is "forever" by another name: the
+	// gateway accepts no longer a lifetime than its CA would sign.
+	policy := c.authority.Policy()
+	if life, max := ca.CertTime(cert.ValidBefore).Sub(ca.CertTime(cert.ValidAfter)), policy.UserMaxValidity+policy.ClockSkew+time.Minute; life > max {
+		return nil, certFail(cert, ReasonValidityTooLong, "certificate is valid for %s; this gateway accepts user certificates of at most %s (ca.user_max_validity %s plus clock skew): sign one with a shorter -V", life.Round(time.Hour), max.Round(time.Minute), policy.UserMaxValidity)
 	}
 	if unix := now.Unix(); unix < 0 || uint64(unix) < cert.ValidAfter {
 		return nil, certFail(cert, ReasonNotYetValid, "certificate is valid from %s", ca.FormatCertTime(cert.ValidAfter))

@@ -142,7 +142,9 @@ func boundAttr(a slog.Attr) slog.Attr {
 // for client-chosen strings put into error details before they reach a
 // record (where boundEvent bounds them again).
 func bounded(s string) string {
-	return boundString(strings.ToValidUTF8(s, "\uFFFD"), maxRecordedString)
+	// Leave room for the cut note, so that boundEvent does not cut again
+	// and lose the real length.
+	return boundString(strings.ToValidUTF8(s, "\uFFFD"), maxRecordedString-32)
 }
 
 // boundedList bounds each element and the number of elements.

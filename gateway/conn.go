@@ -81,15 +81,11 @@ func (cs *connState) takeAttempts() ([]map[string]string, string) {
 	return a, cs.user
 }
 
-// setIdentity makes the connection authenticated as id: it joins the live
-// set that revocations and locks are checked against, and its
-// certificate's expiry is scheduled.
+// setIdentity finishes authenticating the connection as id (verified has
+// already put it in the live set that revocations and locks are checked
+// against): its certificate's expiry is scheduled.
 func (cs *connState) setIdentity(g *Gateway, id *Identity) {
-	cs.identity = id
 	cs.log = cs.log.With("user", id.User)
-	g.mu.Lock()
-	g.live[cs] = struct{}{}
-	g.mu.Unlock()
 	if g.cfg.Limits.DisconnectExpiredCert {
 		cs.expiryTimer = time.AfterFunc(id.ValidUntil.Sub(g.now()), func() { cs.kill(ReasonExpired) })
 	}
@@ -140,7 +136,7 @@ func (cs *connState) touch(g *Gateway, conn *gossh.ServerConn) (*Identity, error
 		return nil, fmt.Errorf("the connection's identity is inconsistent")
 	}
 	if err := g.checker.recheck(id); err != nil {
-		cs.kill(reasonOf(err))
+		g.endBarred(cs, id, err)
 		var ae *authError
 		if errors.As(err, &ae) {
 			return nil, fmt.Errorf("%s", ae.detail)

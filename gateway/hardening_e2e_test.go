@@ -173,6 +173,15 @@ func TestValidForeverCertificateRefused(t *testing.T) {
 	if got := ca.CertTime(cert.ValidBefore); got.Year() != 9999 {
 		t.Errorf("CertTime(2^64-1) = %v, want the year 9999", got)
 	}
+	// "Forever" by another name: valid until the year 9999.
+	long := tg.client(ca.Request{KeyID: "x"})
+	if out, err := exec.Command("ssh-keygen", "-q", "-s", tg.layout.PrivateKey(ca.UserCA), "-I", "centuries", "-n", tg.user, "-V", "-5m:99991231235959", long.KeyPath+".pub").CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	if res := long.Run(t.Context(), "ssh", tg.gatewayArgs(tg.user, "info")...); res.ExitCode == 0 {
+		t.Fatalf("a certificate valid until 9999 logged in: %s", res)
+	}
+	tg.waitEvent(t, "auth.failed", map[string]string{"reason": ReasonValidityTooLong, "key_id": "centuries"})
 }
 
 // TestSourceAddressMeansWhatSshdMeans: for each source-address list the

@@ -332,6 +332,21 @@ func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.
 	if err != nil {
 		return nil, err
 	}
+	// x/crypto may have asked our check about this key well before the
+	// client signed (a query, then a signature seconds later). Join the
+	// live set first, then re-check: a revocation or lock made since is
+	// caught either here or by the sweep that follows it.
+	cs.identity = id
+	g.mu.Lock()
+	g.live[cs] = struct{}{}
+	g.mu.Unlock()
+	if err := g.checker.recheck(id); err != nil {
+		g.mu.Lock()
+		delete(g.live, cs)
+		g.mu.Unlock()
+		cs.lastErr.Store(&err) // authLog records it as this attempt's reason
+		return nil, err
+	}
 	attempts, user := cs.takeAttempts()
 	if id.Login && len(attempts) > 0 {
 		// Reaching the login service proves nothing about who the client
@@ -398,8 +413,9 @@ func (g *Gateway) handshakeFailed(conn net.Conn, err error) {
 }
 
 // accountFailures writes an auth.failed record for each of a
-// connection's failed attempts and counts them towards a ban of the
-// source. It runs once the connection's outcome is known.
+// connection's failed attempts and counts the connection as one failure
+// towards a ban of the source. It runs once the connection's outcome is
+// known.
 func (g *Gateway) accountFailures(cs *connState, user string, attempts []map[string]string) {
 	for i, a := range attempts {
 		fields := map[string]string{"remote": cs.remote.String(), "user": user, "conn": cs.id, "attempt": strconv.Itoa(i + 1)}
@@ -408,7 +424,9 @@ func (g *Gateway) accountFailures(cs *connState, user string, attempts []map[str
 		}
 		g.record(context.Background(), audit.Event{Type: audit.TypeAuthFailed, Actor: user, Session: cs.id, Fields: fields})
 	}
-	if until, banned := g.bans.Fail(cs.remote, len(attempts)); banned {
+	// A ban counts connections, not key offers: a client whose agent
+	// offers six keys before giving up has failed once.
+	if until, banned := g.bans.Fail(cs.remote, 1); banned {
 		g.metrics.bans.Inc()
 		g.record(context.Background(), audit.Event{Type: audit.TypeSourceBanned, Actor: cs.remote.String(), Fields: map[string]string{
 			"remote": cs.remote.String(), "until": until.UTC().Format(time.RFC3339), "after_failures": fmt.Sprint(g.cfg.Limits.BanAfterFailures),
@@ -576,10 +594,29 @@ func (g *Gateway) recheckAll() {
 	for _, cs := range conns {
 		if id := cs.identity; id != nil {
 			if err := g.checker.recheck(id); err != nil {
-				cs.kill(reasonOf(err))
+				g.endBarred(cs, id, err)
 			}
 		}
 	}
+}
+
+// endBarred ends an authenticated connection whose credential no longer
+// passes the certificate check, and records why (once per connection,
+// idle or not: its sessions, if any, also record their end).
+func (g *Gateway) endBarred(cs *connState, id *Identity, err error) {
+	reason := reasonOf(err)
+	if !cs.closeReason.CompareAndSwap(nil, &reason) {
+		return // already ending
+	}
+	f := id.auditFields()
+	detail := err.Error()
+	var ae *authError
+	if errors.As(err, &ae) {
+		detail = ae.detail
+	}
+	f["remote"], f["conn"], f["reason"], f["detail"] = cs.remote.String(), cs.id, reason, detail
+	g.record(context.Background(), audit.Event{Type: audit.TypeConnectionEnded, Actor: id.User, Session: cs.id, Fields: f})
+	cs.conn.Close()
 }
 
 // reasonOf is the stable reason code of a refusal.
@@ -629,7 +666,7 @@ func (g *Gateway) refuseChannel(_ *gliderssh.Server, conn *gossh.ServerConn, nc 
 		return
 	}
 	g.auditRefusal(cs, audit.TypeChannelDenied, nc.ChannelType(), "not_supported", "channel type not supported")
-	nc.Reject(gossh.UnknownChannelType, fmt.Sprintf("bastion: %s channels are not allowed", nc.ChannelType()))
+	nc.Reject(gossh.UnknownChannelType, fmt.Sprintf("bastion: %s channels are not allowed", sanitized(nc.ChannelType(), 64)))
 }
 
 // auditRefusal records a refused request or channel; repeats are
