@@ -334,7 +334,7 @@ func TestOrdinaryClientsAreNotBanned(t *testing.T) {
 // user name mid-connection.
 func TestLoginDoesNotForgiveFailures(t *testing.T) {
 	tg := startLoginGateway(t, func(c *Config, _ *Deps) {
-		c.Limits.BanAfterFailures = 4
+		c.Limits.BanAfterFailures = 2 // failed connections
 		c.Limits.BanWindow = time.Minute
 		c.Limits.BanDuration = time.Hour
 	}).testGateway
@@ -465,5 +465,68 @@ func TestLoginServiceRefusesBarredIdentities(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLockBetweenQueryAndSignature: x/crypto asks the check about a key
+// when the client queries it and caches the answer; a lock made before the
+// client then signs must still refuse the login (and record why), not let
+// an already-barred identity in until its first channel.
+func TestLockBetweenQueryAndSignature(t *testing.T) {
+	tg := startGateway(t, withoutBans)
+	c := tg.client(ca.Request{KeyID: "racer", Principals: []string{tg.user, "racer"}})
+	inner := certSigner(t, c, tg.certOf(c))
+	locking := lockingSigner{Signer: inner, lock: func() error {
+		return tg.locks.Lock(t.Context(), ca.Lock{Target: "racer", Reason: "between query and signature", By: "test"})
+	}}
+	if client, err := tg.dialGateway(tg.user, gossh.PublicKeys(locking)); err == nil {
+		client.Close()
+		t.Fatal("a user locked before signing logged in")
+	}
+	tg.waitEvent(t, "auth.failed", map[string]string{"reason": ReasonLocked, "key_id": "racer"})
+	for _, ev := range tg.events("auth.ok") {
+		if ev.Fields["key_id"] == "racer" {
+			t.Fatalf("auth.ok written for a locked user: %v", ev.Fields)
+		}
+	}
+}
+
+// lockingSigner locks its user when asked to sign, i.e. after the
+// server accepted the key's query and before it verifies the signature.
+type lockingSigner struct {
+	gossh.Signer
+	lock func() error
+}
+
+func (s lockingSigner) Sign(r io.Reader, data []byte) (*gossh.Signature, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	return s.Signer.Sign(r, data)
+}
+
+// TestBansCountConnectionsNotKeyOffers: a client whose agent offers six
+// keys before giving up (an expired certificate among them) has failed
+// once, not six times: a handful of such attempts does not ban its
+// address, while the same number of failed connections as the limit does.
+func TestBansCountConnectionsNotKeyOffers(t *testing.T) {
+	tg := startGateway(t, func(c *Config, _ *Deps) {
+		c.Limits.BanAfterFailures = 5
+		c.Limits.BanWindow = time.Minute
+		c.Limits.BanDuration = time.Hour
+	})
+	six := []string{"publickey", "publickey", "publickey", "publickey", "publickey", "publickey"}
+	for range 4 {
+		botHandshake(tg, "192.0.2.44", "alice", six...)
+	}
+	if _, banned := tg.gw.bans.Banned(netip.MustParseAddr("192.0.2.44")); banned {
+		t.Fatal("4 failed connections of 6 key offers each banned the source (key offers counted)")
+	}
+	botHandshake(tg, "192.0.2.44", "alice", six...)
+	if _, banned := tg.gw.bans.Banned(netip.MustParseAddr("192.0.2.44")); !banned {
+		t.Fatal("5 failed connections did not ban the source")
+	}
+	if n := len(tg.events("auth.failed")); n != 30 {
+		t.Errorf("%d auth.failed records, want one per attempt (30)", n)
 	}
 }
