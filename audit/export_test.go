@@ -113,7 +113,7 @@ func TestExportCSV(t *testing.T) {
 func TestExportEmptyAndErrors(t *testing.T) {
 	s, _ := newStore(t, Options{})
 	var buf bytes.Buffer
-	if err := s.Export(context.Background(), &buf, Filter{}, FormatCSV); err != nil || buf.String() != "id,time,type,actor,session,fields,prev_hash,hash\n" {
+	if err := s.Export(context.Background(), &buf, Filter{}, FormatCSV); err != nil || buf.String() != `"id","time","type","actor","session","fields","prev_hash","hash"`+"\n" {
 		t.Errorf("empty csv export = %q, %v; want the header alone", buf.String(), err)
 	}
 	buf.Reset()
