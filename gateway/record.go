@@ -366,15 +366,15 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 
 // sessionResult is what a recorded session's end record says.
 type sessionResult struct {
-	why       string
-	login     string
+	why   string
+	login string
 	// up and down are the bytes of the inner SSH connection, as in
 	// tunnel mode; payloadUp and payloadDown what its channels carried.
 	up, down               int64
 	payloadUp, payloadDown int64
 	recSHA                 string
-	recStored int64
-	recErr    string
+	recStored              int64
+	recErr                 string
 }
 
 func (s *recordedSession) end(r sessionResult) {
