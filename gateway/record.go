@@ -358,8 +358,6 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 	res := s.run(ctx, ch, signer, upstream)
 	if r := cs.reason(); r != "" {
 		res.why = r
-	} else if ctx.Err() != nil && res.why == "closed" {
-		res.why = "connection_closed"
 	}
 	s.end(res)
 }
