@@ -30,6 +30,7 @@ fuzz:
 	go test -run x -fuzz FuzzReadServerHello -fuzztime 15s ./internal/scan/
 	go test -run x -fuzz FuzzParse -fuzztime 15s ./internal/config/
 	go test -run x -fuzz FuzzParse -fuzztime 15s ./internal/auditquery/
+	go test -run x -fuzz FuzzCommandKind -fuzztime 15s ./gateway/
 
 bench:
 	go test -run x -bench . -benchtime 2s ./ca/ ./audit/ ./gateway/
