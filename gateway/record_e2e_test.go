@@ -76,7 +76,8 @@ func (r *memRecording) Close(context.Context) (string, int64, error) {
 	h := sha256.New()
 	var n int64
 	for _, e := range r.entries {
-		fmt.Fprintf(h, "%d %s %d %q\n", e.ch, e.kind, e.at, e.data)
+		fmt.Fprintf(h, "%d %s %d %d\n", e.ch, e.kind, e.at, len(e.data))
+		io.WriteString(h, e.data)
 		n += int64(len(e.data))
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
