@@ -266,6 +266,21 @@ func (r *recorder) targetHostKey(host string) gossh.HostKeyCallback {
 type channelConn struct {
 	gossh.Channel
 	local, remote net.Addr
+	// up and down count the bytes read from and written to the client,
+	// as tunnel mode counts its direct-tcpip channel.
+	up, down atomic.Int64
+}
+
+func (c *channelConn) Read(p []byte) (int, error) {
+	n, err := c.Channel.Read(p)
+	c.up.Add(int64(n))
+	return n, err
+}
+
+func (c *channelConn) Write(p []byte) (int, error) {
+	n, err := c.Channel.Write(p)
+	c.down.Add(int64(n))
+	return n, err
 }
 
 func (c *channelConn) LocalAddr() net.Addr              { return c.local }
@@ -343,20 +358,21 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 	res := s.run(ctx, ch, signer, upstream)
 	if r := cs.reason(); r != "" {
 		res.why = r
-	} else if ctx.Err() != nil && res.why == "closed" {
-		res.why = "connection_closed"
 	}
 	s.end(res)
 }
 
 // sessionResult is what a recorded session's end record says.
 type sessionResult struct {
-	why       string
-	login     string
-	up, down  int64
-	recSHA    string
-	recStored int64
-	recErr    string
+	why   string
+	login string
+	// up and down are the bytes of the inner SSH connection, as in
+	// tunnel mode; payloadUp and payloadDown what its channels carried.
+	up, down               int64
+	payloadUp, payloadDown int64
+	recSHA                 string
+	recStored              int64
+	recErr                 string
 }
 
 func (s *recordedSession) end(r sessionResult) {
@@ -364,6 +380,7 @@ func (s *recordedSession) end(r sessionResult) {
 	f["target"], f["remote"], f["conn"], f["mode"] = s.target, s.cs.remote.String(), s.cs.id, ModeRecord
 	f["duration_ms"] = strconv.FormatInt(s.g.now().Sub(s.start).Milliseconds(), 10)
 	f["bytes_up"], f["bytes_down"], f["reason"] = strconv.FormatInt(r.up, 10), strconv.FormatInt(r.down, 10), r.why
+	f["payload_up"], f["payload_down"] = strconv.FormatInt(r.payloadUp, 10), strconv.FormatInt(r.payloadDown, 10)
 	if r.login != "" {
 		f["login"] = r.login
 	}
@@ -391,9 +408,17 @@ func (s *recordedSession) event(ctx context.Context, typ string, extra map[strin
 
 // run serves the inner SSH connection on ch and proxies it to upstream.
 func (s *recordedSession) run(ctx context.Context, ch gossh.Channel, hostKey gossh.Signer, upstream net.Conn) sessionResult {
-	g := s.g
 	defer upstream.Close()
 	conn := &channelConn{Channel: ch, local: s.cs.conn.LocalAddr(), remote: s.cs.conn.RemoteAddr()}
+	res := s.serve(ctx, conn, hostKey, upstream)
+	res.up, res.down = conn.up.Load(), conn.down.Load()
+	return res
+}
+
+// serve runs the inner server on conn, then the proxy.
+func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey gossh.Signer, upstream net.Conn) sessionResult {
+	g := s.g
+	ch := conn.Channel
 	scfg := &gossh.ServerConfig{
 		Config:                  gossh.Config{KeyExchanges: kexAlgorithms, Ciphers: ciphers, MACs: macs},
 		MaxAuthTries:            g.cfg.Limits.MaxAuthTries,
@@ -474,7 +499,7 @@ func (s *recordedSession) run(ctx context.Context, ch gossh.Channel, hostKey gos
 	}
 	p := newProxy(s, sconn, tconn, rec, login)
 	p.run(chans, greqs, tchans, treqs)
-	res.up, res.down = p.up.Load(), p.down.Load()
+	res.payloadUp, res.payloadDown = p.up.Load(), p.down.Load()
 	res.why = "closed"
 	if p.failed.Load() {
 		res.why = ReasonRecordingFailed
@@ -527,7 +552,7 @@ func (s *recordedSession) checkInner(meta gossh.ConnMetadata, key gossh.PublicKe
 	if err != nil {
 		return nil, err
 	}
-	inner, err := identityOf(&gossh.ServerConn{Permissions: perms})
+	inner, err := identityFromPerms(perms)
 	if err != nil {
 		return nil, err
 	}

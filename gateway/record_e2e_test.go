@@ -76,7 +76,8 @@ func (r *memRecording) Close(context.Context) (string, int64, error) {
 	h := sha256.New()
 	var n int64
 	for _, e := range r.entries {
-		fmt.Fprintf(h, "%d %s %d %q\n", e.ch, e.kind, e.at, e.data)
+		fmt.Fprintf(h, "%d %s %d %d\n", e.ch, e.kind, e.at, len(e.data))
+		io.WriteString(h, e.data)
 		n += int64(len(e.data))
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
@@ -250,17 +251,25 @@ func TestRecordModePTY(t *testing.T) {
 func TestRecordModeTransferTools(t *testing.T) {
 	rb := startRecordGateway(t, "")
 	testTransferTools(t, rb.testGateway)
-	// Transfers are audited by kind and not stored byte for byte.
+	// Transfers are audited by kind and not stored byte for byte; other
+	// commands (cat) are recorded in full.
 	for _, kind := range []string{"sftp", "rsync", "git"} {
 		rb.waitEvent(t, eventSessionExec, map[string]string{"kind": kind})
 	}
-	for id, r := range rb.recs.sessions {
+	for _, ev := range rb.events(eventSessionExec) {
+		rb.recs.mu.Lock()
 		var n int
-		for _, e := range r.entries {
-			n += len(e.data)
+		if r := rb.recs.sessions[ev.Session]; r != nil {
+			for _, e := range r.entries {
+				n += len(e.data)
+			}
 		}
-		if n > 1<<20 {
-			t.Errorf("session %s recorded %d bytes; file transfers should not be stored byte for byte", id, n)
+		rb.recs.mu.Unlock()
+		switch kind := ev.Fields["kind"]; {
+		case kind != "exec" && n > 64<<10:
+			t.Errorf("%s session %s recorded %d bytes; file transfers are not stored byte for byte", kind, ev.Session, n)
+		case strings.HasPrefix(ev.Fields["command"], "cat /") && n < bigTransfer: // output; "cat > file" is input, off
+			t.Errorf("%q recorded only %d bytes", ev.Fields["command"], n)
 		}
 	}
 }
@@ -419,4 +428,181 @@ func startEchoServer(t *testing.T) string {
 
 func regexpMatch(re, s string) bool {
 	return regexp.MustCompile(re).MatchString(s)
+}
+
+// TestRecordModeRecordingFailure: a recording that cannot be written ends
+// the session (fail closed), unless recording.on_failure is continue.
+func TestRecordModeRecordingFailure(t *testing.T) {
+	const script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo line$i; sleep 0.05; done"
+	t.Run("close", func(t *testing.T) {
+		rb := startRecordGateway(t, "")
+		rb.recs.mu.Lock()
+		rb.recs.failAfter = 3
+		rb.recs.mu.Unlock()
+		c := rb.client(ca.Request{KeyID: "rec-fail"})
+		r := c.Run(t.Context(), "ssh", rb.jumpArgs(rb.user, script)...)
+		if r.ExitCode == 0 || strings.Contains(r.Stdout, "line10") || !strings.Contains(r.Stderr, "can no longer be recorded") {
+			t.Errorf("a session whose recording fails: %s; want it ended with a message", r)
+		}
+		rb.waitEvent(t, eventRecordingFailed, map[string]string{"key_id": "rec-fail", "policy": OnFailureClose})
+		rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-fail", "reason": ReasonRecordingFailed})
+	})
+	t.Run("continue", func(t *testing.T) {
+		rb := startRecordGateway(t, "", func(c *Config, _ *Deps) { c.Record.OnFailure = OnFailureContinue })
+		rb.recs.mu.Lock()
+		rb.recs.failAfter = 3
+		rb.recs.mu.Unlock()
+		c := rb.client(ca.Request{KeyID: "rec-fail-continue"})
+		r := c.Run(t.Context(), "ssh", rb.jumpArgs(rb.user, script)...)
+		if r.ExitCode != 0 || !strings.Contains(r.Stdout, "line10") {
+			t.Errorf("on_failure continue: %s; want the session to finish", r)
+		}
+		rb.waitEvent(t, eventRecordingFailed, map[string]string{"key_id": "rec-fail-continue", "policy": OnFailureContinue})
+		rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-fail-continue", "reason": "closed"})
+	})
+}
+
+// TestRecordModeControlMaster: one recorded connection carries many
+// parallel channels (OpenSSH connection sharing).
+func TestRecordModeControlMaster(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	c := rb.client(ca.Request{KeyID: "rec-mux"})
+	sock := c.Dir + "/cm"
+	ctx, cancel := context.WithTimeout(t.Context(), testbed.DefaultTimeout)
+	defer cancel()
+	master := c.Command(ctx, "ssh", append([]string{"-M", "-S", sock, "-N"}, rb.jumpArgs(rb.user)...)...)
+	var masterErr bytes.Buffer
+	master.Stderr = &masterErr
+	if err := master.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		c.Run(t.Context(), "ssh", append([]string{"-S", sock, "-O", "exit"}, rb.jumpArgs(rb.user)...)...)
+		master.Wait()
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Run(ctx, "ssh", append([]string{"-S", sock, "-O", "check"}, rb.jumpArgs(rb.user)...)...).ExitCode != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the control master did not come up: %s", masterErr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	const n = 8
+	var wg sync.WaitGroup
+	results := make([]testbed.Result, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = c.Run(ctx, "ssh", append([]string{"-S", sock, "-o", "ControlMaster=no"}, rb.jumpArgs(rb.user, "sleep 0.2; echo", "mux-"+strconv.Itoa(i)+"; exit", strconv.Itoa(i))...)...)
+		}()
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.ExitCode != i || strings.TrimSpace(r.Stdout) != "mux-"+strconv.Itoa(i) {
+			t.Errorf("channel %d over the shared connection: %s", i, r)
+		}
+	}
+	sessions := map[string]int{}
+	for _, ev := range rb.events(eventSessionExec) {
+		if ev.Fields["key_id"] == "rec-mux" {
+			sessions[ev.Session]++
+		}
+	}
+	if len(sessions) != 1 {
+		t.Errorf("the %d commands were spread over sessions %v; want one recorded session", n, sessions)
+	}
+	for _, count := range sessions {
+		if count != n {
+			t.Errorf("%d session.exec records, want %d", count, n)
+		}
+	}
+}
+
+// TestRecordModeVSCodePattern: VS Code Remote-SSH runs `ssh -T -D PORT
+// host bash`, feeds a script on stdin and then reaches its server through
+// the SOCKS proxy; ssh -R forwards back.
+func TestRecordModeVSCodePattern(t *testing.T) {
+	testbed.RequireCommand(t, "bash")
+	rb := startRecordGateway(t, "")
+	echo := startEchoServer(t)
+	c := rb.client(ca.Request{KeyID: "rec-vscode"})
+	socks := testbed.FreePort(t)
+	ctx, cancel := context.WithTimeout(t.Context(), testbed.DefaultTimeout)
+	defer cancel()
+	cmd := c.Command(ctx, "ssh", append([]string{"-T", "-D", "127.0.0.1:" + strconv.Itoa(socks)}, rb.jumpArgs(rb.user, "bash")...)...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(stdin, "echo server-listening-on-$((40000+2))\n")
+	line := make([]byte, 64)
+	n, _ := io.ReadAtLeast(stdout, line, len("server-listening-on-40002\n"))
+	if got := string(line[:n]); got != "server-listening-on-40002\n" {
+		t.Fatalf("the script's first line: %q", got)
+	}
+	// Through the SOCKS proxy, as VS Code reaches its server.
+	conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(socks), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if got := socks5Connect(t, conn, echo); got != nil {
+		t.Fatal(got)
+	}
+	io.WriteString(conn, "over socks\n")
+	back := make([]byte, len("over socks\n"))
+	if _, err := io.ReadFull(conn, back); err != nil || string(back) != "over socks\n" {
+		t.Fatalf("echo through ssh -D: %q, %v", back, err)
+	}
+	conn.Close() // ssh waits for its forwarded connections to close
+	io.WriteString(stdin, "exit 7\n")
+	stdin.Close()
+	io.Copy(io.Discard, stdout)
+	if err := cmd.Wait(); cmd.ProcessState.ExitCode() != 7 {
+		t.Errorf("bash fed on stdin exited %v; want 7", err)
+	}
+
+	t.Run("ssh -R", func(t *testing.T) {
+		port := testbed.FreePort(t)
+		r := c.Run(t.Context(), "ssh", append([]string{"-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:" + strconv.Itoa(port) + ":" + echo},
+			rb.jumpArgs(rb.user, "sleep 1; bash -c 'exec 3<>/dev/tcp/127.0.0.1/"+strconv.Itoa(port)+"; echo back-from-R >&3; head -1 <&3'")...)...)
+		if r.ExitCode != 0 || strings.TrimSpace(r.Stdout) != "back-from-R" {
+			t.Errorf("ssh -R through a recorded session: %s", r)
+		}
+		rb.waitEvent(t, eventPortForward, map[string]string{"key_id": "rec-vscode", "kind": "remote"})
+	})
+}
+
+// socks5Connect asks a SOCKS5 proxy (no authentication) on conn for addr.
+func socks5Connect(t *testing.T, conn net.Conn, addr string) error {
+	t.Helper()
+	host, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	ip := net.ParseIP(host).To4()
+	if _, err := conn.Write([]byte{5, 1, 0}); err != nil {
+		return err
+	}
+	reply := make([]byte, 2)
+	if _, err := io.ReadFull(conn, reply); err != nil || reply[1] != 0 {
+		return fmt.Errorf("socks5 greeting: %v %v", reply, err)
+	}
+	req := append([]byte{5, 1, 0, 1}, ip...)
+	req = append(req, byte(port>>8), byte(port))
+	if _, err := conn.Write(req); err != nil {
+		return err
+	}
+	resp := make([]byte, 10)
+	if _, err := io.ReadFull(conn, resp); err != nil || resp[1] != 0 {
+		return fmt.Errorf("socks5 connect: %v %v", resp, err)
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 
@@ -248,6 +249,8 @@ type channelState struct {
 	session  bool
 	started  chan struct{} // closed once shell, exec or subsystem went to the target
 	start    sync.Once
+	exitSent chan struct{} // closed once exit-status or exit-signal went to the client
+	exitOnce sync.Once
 	noRecord atomic.Bool // a file transfer: payload is counted, not recorded
 	sftp     atomic.Pointer[sftpHook]
 	command  atomic.Pointer[string]
@@ -261,7 +264,7 @@ func (c *channelState) begin() { c.start.Do(func() { close(c.started) }) }
 // pipe relays one open channel both ways until both sides have closed
 // it. cch is the client's side, tch the target's.
 func (p *proxy) pipe(typ string, cch gossh.Channel, creqs <-chan *gossh.Request, tch gossh.Channel, treqs <-chan *gossh.Request) {
-	st := &channelState{id: p.nextCh.Add(1), session: typ == "session", started: make(chan struct{})}
+	st := &channelState{id: p.nextCh.Add(1), session: typ == "session", started: make(chan struct{}), exitSent: make(chan struct{})}
 	if !st.session {
 		st.begin()
 	}
@@ -296,8 +299,22 @@ func (p *proxy) pipe(typ string, cch gossh.Channel, creqs <-chan *gossh.Request,
 		defer outWG.Done()
 		p.copyData(cch.Stderr(), tch.Stderr(), st, "e")
 	}()
+	targetClosed := make(chan struct{})
 	go func() {
 		outWG.Wait()
+		if st.session {
+			// OpenSSH clients close a channel once it is at EOF both
+			// ways, and then drop an exit-status that comes after: so
+			// the EOF waits for the exit (which sshd sends before its
+			// EOF, but which x/crypto hands over apart from the data).
+			grace := time.NewTimer(sessionEOFGrace)
+			select {
+			case <-st.exitSent:
+			case <-targetClosed:
+			case <-grace.C:
+			}
+			grace.Stop()
+		}
 		cch.CloseWrite()
 		close(outDone)
 	}()
@@ -310,9 +327,10 @@ func (p *proxy) pipe(typ string, cch gossh.Channel, creqs <-chan *gossh.Request,
 		st.begin()
 		tch.Close()
 	}()
-	// The target's requests come back; exit-status and exit-signal wait
-	// until all output has been delivered, then the client's side closes.
-	p.targetRequests(treqs, cch, outDone, st)
+	// The target's requests come back until it closes the channel; the
+	// client's side closes once all output has been delivered.
+	p.targetRequests(treqs, cch, st)
+	close(targetClosed)
 	<-outDone
 	cch.Close()
 	wg.Wait()
@@ -467,8 +485,8 @@ func (p *proxy) startProgram(req *gossh.Request, st *channelState, cch gossh.Cha
 		// through the inspector), not stored byte for byte.
 		st.noRecord.Store(true)
 	}
-	if kind == "sftp" && p.s.g.deps.SFTP != nil {
-		if in := p.s.g.deps.SFTP(p.s.id2, st.id); in != nil {
+	if kind == "sftp" {
+		if in := p.s.sftpInspector(st.id); in != nil {
 			st.sftp.Store(&sftpHook{in})
 		}
 	}
@@ -479,21 +497,15 @@ func (p *proxy) startProgram(req *gossh.Request, st *channelState, cch gossh.Cha
 }
 
 // targetRequests relays the target's requests on one channel to the
-// client. exit-status and exit-signal are held until the output has
-// been delivered, so the client sees every byte before the exit.
-func (p *proxy) targetRequests(reqs <-chan *gossh.Request, cch gossh.Channel, outDone <-chan struct{}, st *channelState) {
-	var held []*gossh.Request
+// client, in the order the target sent them. exit-status may come before
+// the last output, as sshd sends it; clients read on until the channel
+// closes. It must come before the EOF (see pipe): OpenSSH's
+// connection-sharing master drops an exit status that follows EOF.
+func (p *proxy) targetRequests(reqs <-chan *gossh.Request, cch gossh.Channel, st *channelState) {
 	for req := range reqs {
 		switch req.Type {
 		case "exit-status", "exit-signal":
-			select {
-			case <-outDone:
-				p.exited(req, st)
-				cch.SendRequest(req.Type, false, req.Payload)
-			default:
-				held = append(held, req)
-			}
-			continue
+			p.exited(req, st)
 		case "eow@openssh.com", "keepalive@openssh.com", "xon-xoff":
 		default:
 			if req.WantReply {
@@ -505,16 +517,15 @@ func (p *proxy) targetRequests(reqs <-chan *gossh.Request, cch gossh.Channel, ou
 		if req.WantReply {
 			req.Reply(ok && err == nil, nil)
 		}
-	}
-	if len(held) == 0 {
-		return
-	}
-	<-outDone
-	for _, req := range held {
-		p.exited(req, st)
-		cch.SendRequest(req.Type, false, req.Payload)
+		if req.Type == "exit-status" || req.Type == "exit-signal" {
+			st.exitOnce.Do(func() { close(st.exitSent) })
+		}
 	}
 }
+
+// sessionEOFGrace is how long a session channel's EOF waits for the
+// program's exit status after the target's output ended.
+const sessionEOFGrace = 2 * time.Second
 
 // exited audits how a channel's program ended.
 func (p *proxy) exited(req *gossh.Request, st *channelState) {

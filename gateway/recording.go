@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"time"
+
+	"github.com/bastion-ssh/bastion/audit"
 )
 
 // Recordings stores what happens inside recorded sessions; *audit.Store implements it (recstore branch).
@@ -21,11 +23,9 @@ type Recording interface {
 // SFTPInspector is fed both byte streams of a `subsystem sftp` channel,
 // in order, so that file-transfer metadata (paths opened, read, written,
 // removed) can be audited.
-//
-// HOOK, NOT DONE: the parser is internal/sftpinspect on the recstore
-// branch. Until cmd/bastion sets Deps.SFTP to it, record mode relays and
-// records SFTP channels (the "x" marker names the subsystem) but nothing
-// parses the SFTP packets.
+// By default record mode uses internal/sftpinspect and writes each
+// operation as a session.sftp record (record_sftp.go); Deps.SFTP
+// replaces that.
 type SFTPInspector interface {
 	// ClientToServer receives the bytes the client sent, in order.
 	ClientToServer(p []byte)
@@ -33,4 +33,18 @@ type SFTPInspector interface {
 	ServerToClient(p []byte)
 	// Close ends the channel's inspection.
 	Close() error
+}
+
+// StoreRecordings adapts *audit.Store to Recordings: its StartRecording
+// returns the concrete *audit.Recording, which Go does not take as the
+// interface.
+type StoreRecordings struct{ Store *audit.Store }
+
+// StartRecording starts the recording of session in the audit store.
+func (r StoreRecordings) StartRecording(ctx context.Context, session string) (Recording, error) {
+	rec, err := r.Store.StartRecording(ctx, session)
+	if err != nil {
+		return nil, err // never a typed nil inside the interface
+	}
+	return rec, nil
 }

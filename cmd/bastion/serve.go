@@ -149,7 +149,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	}
 	// Alerts start first: the gateway raises some itself (the audit log
 	// failing, descriptors running out), straight to the webhooks.
-	deps := gateway.Deps{Authority: auth, Audit: store, Registry: reg}
+	deps := gateway.Deps{Authority: auth, Audit: store, Registry: reg, Recordings: gateway.StoreRecordings{Store: store}}
 	if f.Alerts != nil {
 		if alerts, err = startAlerts(f, store, reg, logger); err != nil {
 			return fail(err)
