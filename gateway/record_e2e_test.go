@@ -3,8 +3,6 @@ package gateway
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -23,81 +21,63 @@ import (
 	"github.com/bastion-ssh/bastion/internal/testbed"
 )
 
-// memRecordings is an in-memory Recordings for tests (the real store is
-// audit's, on the recstore branch).
+// memRecordings records into the gateway's real audit store (bbolt
+// chunks, digests in session.end) and lets a test inject a storage fault:
+// with failAfter > 0, every recording's writes fail after that many
+// entries, as a full disk would make them.
 type memRecordings struct {
-	mu       sync.Mutex
-	sessions map[string]*memRecording
-	// failAfter, when > 0, makes every recording's writes fail after
-	// that many entries.
-	failAfter int
-}
+	store *audit.Store
 
-type memEntry struct {
-	ch   uint32
-	kind string
-	at   time.Duration
-	data string
+	mu        sync.Mutex
+	failAfter int
+	// written counts the bytes each session's recording was given.
+	written map[string]int
 }
 
 type memRecording struct {
 	m       *memRecordings
-	entries []memEntry
-	closed  bool
+	session string
+	inner   Recording
+	n       int
 }
 
-func newMemRecordings() *memRecordings { return &memRecordings{sessions: map[string]*memRecording{}} }
+func newMemRecordings(store *audit.Store) *memRecordings {
+	return &memRecordings{store: store, written: map[string]int{}}
+}
 
-func (m *memRecordings) StartRecording(_ context.Context, session string) (Recording, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	r := &memRecording{m: m}
-	m.sessions[session] = r
-	return r, nil
+func (m *memRecordings) StartRecording(ctx context.Context, session string) (Recording, error) {
+	inner, err := StoreRecordings{Store: m.store}.StartRecording(ctx, session)
+	if err != nil {
+		return nil, err
+	}
+	return &memRecording{m: m, session: session, inner: inner}, nil
 }
 
 func (r *memRecording) Write(ch uint32, kind string, at time.Duration, data []byte) error {
 	r.m.mu.Lock()
-	defer r.m.mu.Unlock()
-	if r.closed {
-		return errors.New("recording closed")
-	}
-	if r.m.failAfter > 0 && len(r.entries) >= r.m.failAfter {
+	if r.m.failAfter > 0 && r.n >= r.m.failAfter {
+		r.m.mu.Unlock()
 		return errors.New("disk full")
 	}
-	r.entries = append(r.entries, memEntry{ch, kind, at, string(data)})
-	return nil
+	r.n++
+	r.m.written[r.session] += len(data)
+	r.m.mu.Unlock()
+	return r.inner.Write(ch, kind, at, data)
 }
 
-func (r *memRecording) Close(context.Context) (string, int64, error) {
-	r.m.mu.Lock()
-	defer r.m.mu.Unlock()
-	r.closed = true
-	h := sha256.New()
-	var n int64
-	for _, e := range r.entries {
-		fmt.Fprintf(h, "%d %s %d %d\n", e.ch, e.kind, e.at, len(e.data))
-		io.WriteString(h, e.data)
-		n += int64(len(e.data))
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
-}
+func (r *memRecording) Close(ctx context.Context) (string, int64, error) { return r.inner.Close(ctx) }
 
-// entries returns the recording of session, joined per kind.
+// text returns what the store holds of session's recording of kind, each
+// entry followed by a NUL.
 func (m *memRecordings) text(session, kind string) string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	r := m.sessions[session]
-	if r == nil {
-		return ""
-	}
 	var b strings.Builder
-	for _, e := range r.entries {
-		if e.kind == kind {
-			b.WriteString(e.data)
+	_ = m.store.ReadRecording(context.Background(), session, func(e audit.RecordingEntry) error {
+		if e.Kind == kind {
+			b.Write(e.Data)
 			b.WriteString("\x00")
 		}
-	}
+		return nil
+	})
 	return b.String()
 }
 
@@ -111,11 +91,14 @@ type recordBed struct {
 }
 
 // startRecordGateway starts a gateway whose rule for the target is in
-// record mode, with recordings kept in memory.
+// record mode, with recordings in its audit store.
 func startRecordGateway(t *testing.T, extraSSHD string, opts ...gatewayOption) *recordBed {
 	t.Helper()
-	recs := newMemRecordings()
-	tg := startGateway(t, append([]gatewayOption{func(_ *Config, d *Deps) { d.Recordings = recs }}, opts...)...)
+	var recs *memRecordings
+	tg := startGateway(t, append([]gatewayOption{func(_ *Config, d *Deps) {
+		recs = newMemRecordings(d.Audit.(*audit.Store))
+		d.Recordings = recs
+	}}, opts...)...)
 	tg.onlyCA = true
 	plain := tg.target
 	rt := testbed.NewSSHD(t, testbed.SSHDConfig{
@@ -245,6 +228,18 @@ func TestRecordModePTY(t *testing.T) {
 		t.Errorf("recording has no shell marker: %q", x)
 	}
 	rb.waitEvent(t, eventSessionExec, map[string]string{"key_id": "rec-pty", "kind": "shell"})
+	// The recording is in the audit log: the chain, with the digest in
+	// session.end, verifies, and the transcript replays the session.
+	if _, err := rb.store.VerifyAnchored(t.Context(), nil); err != nil {
+		t.Fatalf("audit verify after a recorded session: %v", err)
+	}
+	var transcript bytes.Buffer
+	if err := rb.store.Play(t.Context(), &transcript, end.Session, audit.PlayOptions{Format: audit.PlayText, Channel: audit.AutoChannel}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(transcript.String(), "pty-42") {
+		t.Errorf("the transcript lacks the session's output:\n%s", transcript.String())
+	}
 	rb.waitEvent(t, eventSessionExit, map[string]string{"key_id": "rec-pty", "exit_status": "3"})
 }
 
@@ -258,12 +253,7 @@ func TestRecordModeTransferTools(t *testing.T) {
 	}
 	for _, ev := range rb.events(eventSessionExec) {
 		rb.recs.mu.Lock()
-		var n int
-		if r := rb.recs.sessions[ev.Session]; r != nil {
-			for _, e := range r.entries {
-				n += len(e.data)
-			}
-		}
+		n := rb.recs.written[ev.Session]
 		rb.recs.mu.Unlock()
 		switch kind := ev.Fields["kind"]; {
 		case kind != "exec" && n > 64<<10:
