@@ -344,6 +344,10 @@ func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.
 		g.mu.Lock()
 		delete(g.live, cs)
 		g.mu.Unlock()
+		var ae *authError
+		if errors.As(err, &ae) {
+			ae.keyFP, ae.serial, ae.keyID = id.KeyFP, id.Serial, bounded(id.KeyID)
+		}
 		cs.lastErr.Store(&err) // authLog records it as this attempt's reason
 		return nil, err
 	}
