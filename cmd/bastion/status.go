@@ -101,6 +101,11 @@ func statusOf(cert *gossh.Certificate, paths sshclient.Paths, gw string, now tim
 	case !s.Valid:
 		s.Problem = fmt.Sprintf("the certificate expired %s ago", now.Sub(before).Round(time.Second))
 	}
+	if s.Valid && cert.ValidBefore == gossh.CertTimeInfinity {
+		// The gateway refuses such a certificate (no_expiry).
+		s.Valid, s.SecondsLeft = false, 0
+		s.Problem = "the certificate never expires, and bastion accepts only certificates that do: run bastion login"
+	}
 	if key, err := sshclient.LoadKey(paths.Key()); err == nil && !bytes.Equal(key.PublicKey().Marshal(), cert.Key.Marshal()) {
 		s.Valid, s.SecondsLeft = false, 0
 		s.Problem = fmt.Sprintf("the certificate is for key %s, not for %s", s.KeyFingerprint, paths.Key())
