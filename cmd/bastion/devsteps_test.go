@@ -213,3 +213,43 @@ func TestReadmeFirstStepsMatchDev(t *testing.T) {
 		t.Error("README appends the Include line to ~/.ssh/config; it must go at the top")
 	}
 }
+
+// TestDevBastionLoginThenPrintedJump: after `bastion login` to a dev
+// gateway and the Include line at the top of ~/.ssh/config, as the login
+// says, the printed `ssh -J` to the demo host works with strict host key
+// checking (the gateway's Host block also matches the demo host's
+// address, so the demo host must pass bastion's known_hosts).
+func TestDevBastionLoginThenPrintedJump(t *testing.T) {
+	testbed.RequireOpenSSH(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	env, err := startDev(ctx, devOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:0", IdPListen: "127.0.0.1:0", Target: "auto", PollInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	home := newHome(t)
+	out, errOut, err := runLoginCLI(t, env.Gateway, func(l string) {
+		if m := devCodeRE.FindStringSubmatch(l); m != nil {
+			if err := env.IdP.ApproveDevice(m[1], "alice"); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("bastion login: %v\n%s%s", err, out, errOut)
+	}
+	if !strings.Contains(out, "at the top of ~/.ssh/config") || !strings.Contains(out, includeWhy) {
+		t.Errorf("login output does not say where the Include line goes and why:\n%s", out)
+	}
+	cfg := filepath.Join(home, ".ssh", "config")
+	text := "Include " + filepath.Join(home, ".ssh", "bastion", "config") + "\n\nHost *\n  BatchMode yes\n  StrictHostKeyChecking yes\n  GlobalKnownHostsFile /dev/null\n  IdentityAgent none\n"
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	jump := strings.Fields(stepLines(t, env.Instructions(), "Jump to the demo host", 1)[0])
+	res, code := sshVia(t, home, cfg, append(jump[1:], "echo", "through-the-gateway")...)
+	if code != 0 || !strings.Contains(res, "through-the-gateway") {
+		t.Fatalf("%s after bastion login: exit %d\n%s", strings.Join(jump, " "), code, res)
+	}
+}
