@@ -228,7 +228,7 @@ alerts:
 	tailDone := make(chan error, 1)
 	go func() {
 		cmd := newRootCommand(buildInfo{}, strings.NewReader(""), pw, io.Discard)
-		cmd.SetArgs([]string{"--data-dir", data, "audit", "tail", "--gateway", sshAddr, "--identity", auditor, "--known-hosts", knownHosts, "--type", "gateway.start"})
+		cmd.SetArgs([]string{"--data-dir", data, "audit", "tail", "--gateway", sshAddr, "--identity", auditor, "--known-hosts", knownHosts, "--type", "gateway.start", "--history"})
 		tailDone <- cmd.ExecuteContext(tailCtx)
 		pw.Close()
 	}()

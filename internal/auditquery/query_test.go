@@ -103,3 +103,25 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestTailHistory: a tail starts at the end unless --history or --since
+// asks for the log's events; export has no --history; Args keeps it.
+func TestTailHistory(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{{nil, false}, {[]string{"--history"}, true}, {[]string{"--since", "1h"}, true}} {
+		q, err := Parse("audit tail", tc.args, now, &bytes.Buffer{})
+		if err != nil || q.FromStart() != tc.want {
+			t.Errorf("audit tail %v: from start %v, %v; want %v", tc.args, q.FromStart(), err, tc.want)
+		}
+		back, err := Parse("audit tail", q.Args(), now, &bytes.Buffer{})
+		if err != nil || back.FromStart() != tc.want {
+			t.Errorf("audit tail %v: Args %v read back with from start %v, %v", tc.args, q.Args(), back.FromStart(), err)
+		}
+	}
+	if _, err := Parse("audit export", []string{"--history"}, now, &bytes.Buffer{}); err == nil {
+		t.Error("audit export accepted --history")
+	}
+}
