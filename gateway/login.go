@@ -144,7 +144,7 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 	}
 	fail := func(reason string, err error) int {
 		g.record(context.Background(), audit.Event{Type: audit.TypeLoginFailed, Actor: LoginUser, Session: cs.id, Fields: fields(map[string]string{"reason": reason, "detail": err.Error()})})
-		sio.errorf("bastion: login failed (%s): %v\n", reason, err)
+		sio.errorf("bastion: %s\n", loginFailure(reason, err))
 		return 1
 	}
 	if !g.loginLimiter.allow(cs.remote) {
@@ -233,4 +233,14 @@ func (g *Gateway) readIDToken(ctx context.Context, l *LoginConfig, stdin io.Read
 	}
 	nonce, _ := r.ReadString('\n')
 	return l.Provider.VerifyIDToken(ctx, strings.TrimSpace(raw), strings.TrimSpace(nonce))
+}
+
+// loginFailure is what a failed login tells the client: the reason code
+// once (the error may already name it) and no package prefix.
+func loginFailure(reason string, err error) string {
+	msg := strings.TrimPrefix(err.Error(), "oidc: ")
+	if strings.Contains(msg, "("+reason+")") {
+		return "login failed: " + msg
+	}
+	return fmt.Sprintf("login failed (%s): %s", reason, msg)
 }

@@ -56,13 +56,19 @@ func readPassphrase(path string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
+	return readTrimmedFile(path, "passphrase")
+}
+
+// readTrimmedFile reads a file holding a passphrase or a secret (what
+// names it in errors), dropping one trailing newline.
+func readTrimmedFile(path, what string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read passphrase file: %w", err)
+		return nil, fmt.Errorf("read %s file: %w", what, err)
 	}
 	b = bytes.TrimSuffix(bytes.TrimSuffix(b, []byte("\n")), []byte("\r"))
 	if len(b) == 0 {
-		return nil, fmt.Errorf("passphrase file %s is empty", path)
+		return nil, fmt.Errorf("%s file %s is empty", what, path)
 	}
 	return b, nil
 }

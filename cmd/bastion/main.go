@@ -28,7 +28,7 @@ func main() {
 	err := newRootCommand(buildInfo{Version: version, Commit: commit}, os.Stdin, os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bastion:", err)
+		fmt.Fprintln(os.Stderr, "bastion:", userError(err))
 		os.Exit(exitCode(err))
 	}
 }

@@ -230,7 +230,7 @@ func readSecretFile(path string) (string, error) {
 	if path == "" {
 		return "", nil
 	}
-	b, err := readPassphrase(path)
+	b, err := readTrimmedFile(path, "secret")
 	return string(b), err
 }
 
