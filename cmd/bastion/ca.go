@@ -131,7 +131,7 @@ func newCAInitCommand(a *app) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(a.stderr, "created CA in %s\n  user CA: %s\n  host CA: %s\n", l.Dir(), ca.Fingerprint(user), ca.Fingerprint(host))
-			fmt.Fprintf(a.stderr, "next: `bastion ca export --user` for sshd's TrustedUserCAKeys, `bastion ca export --host` for known_hosts\n")
+			fmt.Fprintf(a.stderr, "next: `bastion ca export --data-dir %[1]s --user` for sshd's TrustedUserCAKeys, `bastion ca export --data-dir %[1]s --host` for known_hosts\n", a.dataDir)
 			return nil
 		},
 	}
