@@ -253,3 +253,66 @@ func TestDevBastionLoginThenPrintedJump(t *testing.T) {
 		t.Fatalf("%s after bastion login: exit %d\n%s", strings.Join(jump, " "), code, res)
 	}
 }
+
+// TestDevAnnouncesTemporaryDataDir: `bastion dev` without --data-dir says
+// at start that its data, audit log included, goes when it stops and how
+// to keep it, and on Ctrl-C says it deleted it.
+func TestDevAnnouncesTemporaryDataDir(t *testing.T) {
+	testbed.RequireOpenSSH(t)
+	t.Setenv("BASTION_DATA_DIR", "")
+	var outBuf, errBuf bytes.Buffer
+	stdout, stderr := &lockedText{w: &outBuf}, &lockedText{w: &errBuf}
+	cmd := newRootCommand(buildInfo{Version: "v-test"}, strings.NewReader(""), stdout, stderr)
+	cmd.SetArgs([]string{"dev", "--listen", "127.0.0.1:0"})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	for !strings.Contains(stdout.String(), "Press Ctrl-C") {
+		select {
+		case err := <-done:
+			t.Fatalf("bastion dev ended: %v\n%s", err, stderr.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	start := stderr.String()
+	if !strings.Contains(start, "deleted (audit log included) when bastion dev stops; pass --data-dir DIR to keep it") {
+		t.Fatalf("no word on the temporary data dir at start:\n%s", start)
+	}
+	dir := strings.Fields(strings.SplitN(start, "temporary directory ", 2)[1])[0]
+	dir = strings.TrimSuffix(dir, ",")
+	if _, err := os.Stat(filepath.Join(dir, "audit.db")); err != nil {
+		t.Fatalf("the announced dir %q has no audit log: %v", dir, err)
+	}
+	if fp := gatewayFingerprint(dir); !strings.HasPrefix(fp, "SHA256:") || !strings.Contains(stdout.String(), "host key "+fp) {
+		t.Errorf("the gateway's host key fingerprint %s is not printed:\n%s", fp, stdout.String())
+	}
+	cancel() // Ctrl-C
+	if err := <-done; err != nil {
+		t.Fatalf("bastion dev: %v", err)
+	}
+	if !strings.Contains(stderr.String(), "deleted the temporary data directory "+dir) {
+		t.Errorf("no word on deleting the data dir on exit:\n%s", stderr.String())
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("%s still exists: %v", dir, err)
+	}
+}
+
+// lockedText is a syncWriter whose text can be read while it is written.
+type lockedText struct {
+	syncWriter
+	w *bytes.Buffer
+}
+
+func (l *lockedText) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (l *lockedText) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
+}

@@ -1,6 +1,10 @@
 package main
 
-import "regexp"
+import (
+	"io"
+	"log/slog"
+	"regexp"
+)
 
 // internalPrefixRE matches the package prefixes bastion's packages put on
 // their errors ("sshclient: ", "ca: "...), at the start of a message or
@@ -19,4 +23,12 @@ func userError(err error) string {
 		}
 		msg = next
 	}
+}
+
+// libraryLogger is the process's default slog logger, set once by main:
+// libraries that log through slog's default (the dev IdP's zitadel/oidc
+// logs every authorization_pending poll of a device login at Info) are
+// heard only from Warn up.
+func libraryLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,5 +52,21 @@ func TestServeConfigErrorsNameTheProblem(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) || (tc.notWant != "" && strings.Contains(err.Error(), tc.notWant)) {
 			t.Errorf("%s: %v; want %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestLibraryLoggerQuietsPolling: the dev IdP's authorization_pending
+// poll (logged by zitadel/oidc at Info through slog's default) is not
+// printed; its warnings are.
+func TestLibraryLoggerQuietsPolling(t *testing.T) {
+	var b strings.Builder
+	l := libraryLogger(&b)
+	l.Log(t.Context(), slog.LevelInfo, "request error", "oidc_error.type", "authorization_pending")
+	if b.Len() != 0 {
+		t.Errorf("printed %q", b.String())
+	}
+	l.Warn("request error", "oidc_error.type", "access_denied")
+	if !strings.Contains(b.String(), "access_denied") {
+		t.Errorf("a warning was not printed: %q", b.String())
 	}
 }
