@@ -1,6 +1,10 @@
 package audit
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // Event is one record of the audit log. Producers fill Type, Actor, Session
 // and Fields; the Store assigns ID, Time (when zero), PrevHash and Hash.
@@ -76,3 +80,28 @@ const (
 	// network (a /24 or /64), which the new_source alert rule remembers.
 	TypeSourceSeen = "alert.source_seen"
 )
+
+// KnownTypes lists every event type bastion writes, for checking the
+// types a reader filters on: a misspelt type would otherwise match
+// nothing, silently. "audit.outage" is written by the gateway's spool
+// (gateway.TypeAuditOutage).
+func KnownTypes() []string {
+	return []string{TypeCertIssued, TypeCertRefused, TypeCertRevoked, TypeCARotated, TypeCARetired, TypeCAInit,
+		TypeAuthOK, TypeAuthFailed, TypeSessionStart, TypeSessionEnd, TypeUserLocked, TypeUserUnlocked,
+		TypeSourceBanned, TypeSourceUnbanned, TypeConnectionsDropped, TypeChannelDenied, TypeRequestDenied,
+		TypeCommand, TypeGatewayStart, TypeGatewayStop, TypeLoginStarted, TypeLoginOK, TypeLoginFailed,
+		TypeAuditPruned, TypeAuditNewLog, TypeAuditSalvaged, TypeAlertSent, TypeAlertFailed, TypeSourceSeen,
+		"audit.outage"}
+}
+
+// CheckKnownType reports a filter type (a name or a "family.*" prefix)
+// that matches no type in KnownTypes, listing the known ones.
+func CheckKnownType(pattern string) error {
+	known := KnownTypes()
+	for _, k := range known {
+		if prefix, ok := strings.CutSuffix(pattern, ".*"); ok && strings.HasPrefix(k, prefix+".") || k == pattern {
+			return nil
+		}
+	}
+	return fmt.Errorf("audit: event type %q does not exist; the types are %s (a family such as auth.* matches several)", pattern, strings.Join(known, ", "))
+}

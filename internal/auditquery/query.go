@@ -74,6 +74,11 @@ func (f *Flags) Query(now time.Time) (Query, error) {
 	if err := q.Filter.Validate(); err != nil {
 		return Query{}, err
 	}
+	for _, t := range f.Types {
+		if err := audit.CheckKnownType(t); err != nil {
+			return Query{}, fmt.Errorf("--type: %w", err)
+		}
+	}
 	return q, nil
 }
 

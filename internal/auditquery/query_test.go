@@ -125,3 +125,20 @@ func TestTailHistory(t *testing.T) {
 		t.Error("audit export accepted --history")
 	}
 }
+
+// TestUnknownEventTypeIsAnError: a --type that matches no event type is
+// refused with the list of known ones, instead of filtering to nothing.
+func TestUnknownEventTypeIsAnError(t *testing.T) {
+	now := time.Now()
+	for _, bad := range []string{"bogus.type", "auth.faild", "nope.*"} {
+		_, err := Parse("audit export", []string{"--type", bad}, now, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "auth.failed") || !strings.Contains(err.Error(), bad) {
+			t.Errorf("--type %s: %v", bad, err)
+		}
+	}
+	for _, good := range []string{"auth.failed", "auth.*", "session.*,user.locked", "audit.outage"} {
+		if _, err := Parse("audit tail", []string{"--type", good}, now, &bytes.Buffer{}); err != nil {
+			t.Errorf("--type %s: %v", good, err)
+		}
+	}
+}
