@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestUserErrorDropsInternalPrefixes: what main prints carries no package
@@ -69,4 +72,32 @@ func TestLibraryLoggerQuietsPolling(t *testing.T) {
 	if !strings.Contains(b.String(), "access_denied") {
 		t.Errorf("a warning was not printed: %q", b.String())
 	}
+}
+
+// TestServeWarnsWithoutAccessRules: serve with no access: rules says that
+// nobody can jump, instead of starting silently.
+func TestServeWarnsWithoutAccessRules(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, filepath.Join(dir, "data"), "ca", "init")
+	cfg := filepath.Join(dir, "bastion.yaml")
+	if err := os.WriteFile(cfg, []byte("data_dir: ./data\nlisten: 127.0.0.1:0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var outBuf, errBuf bytes.Buffer
+	stderr := &lockedText{w: &errBuf}
+	cmd := newRootCommand(buildInfo{Version: "v-test"}, strings.NewReader(""), &lockedText{w: &outBuf}, stderr)
+	cmd.SetArgs([]string{"serve", "--config", cfg, "--new-audit-log"})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	for !strings.Contains(stderr.String(), "nobody can jump") {
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended without the warning: %v\n%s", err, stderr.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	cancel()
+	<-done
 }
