@@ -67,8 +67,8 @@ func (f *Flags) Query(now time.Time) (Query, error) {
 		return Query{}, fmt.Errorf("--until: %w", err)
 	}
 	q := Query{
-		Filter: audit.Filter{Since: since, Until: until, Types: f.Types, Actor: f.Actor, Session: f.Session},
-		Format: format,
+		Filter:  audit.Filter{Since: since, Until: until, Types: f.Types, Actor: f.Actor, Session: f.Session},
+		Format:  format,
 		History: f.History,
 	}
 	if err := q.Filter.Validate(); err != nil {
