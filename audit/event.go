@@ -1,6 +1,10 @@
 package audit
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // Event is one record of the audit log. Producers fill Type, Actor, Session
 // and Fields; the Store assigns ID, Time (when zero), PrevHash and Hash.
@@ -56,6 +60,20 @@ const (
 	// check (revoked, locked, expired, CA no longer trusted), whether or
 	// not it had a session open.
 	TypeConnectionEnded = "connection.ended"
+	// TypeSessionExec is a shell, command or subsystem started inside a
+	// recorded session (written before the target sees the request).
+	TypeSessionExec = "session.exec"
+	// TypeSessionExit is how that command ended (exit status or signal).
+	TypeSessionExit = "session.exit"
+	// TypeSessionSFTP is one file operation inside a recorded SFTP session.
+	TypeSessionSFTP = "session.sftp"
+	// TypeSessionForward is a port forward opened inside a recorded session.
+	TypeSessionForward = "session.forward"
+	// TypeRecordingFailed is a recording write that failed.
+	TypeRecordingFailed = "recording.failed"
+	// TypeAuditOutage closes an episode during which the audit log could
+	// not be written (the gateway's spool writes it).
+	TypeAuditOutage = "audit.outage"
 	TypeChannelDenied      = "channel.refused"
 	TypeRequestDenied      = "request.refused"
 	TypeCommand            = "gateway.command"
@@ -86,3 +104,28 @@ const (
 	TypeIdPDown = "idp.down"
 	TypeIdPUp   = "idp.up"
 )
+
+// KnownTypes lists every event type bastion writes, for checking the
+// types a reader filters on: a misspelt type would otherwise match
+// nothing, silently. TestKnownTypesListsEveryType keeps it whole.
+func KnownTypes() []string {
+	return []string{TypeCertIssued, TypeCertRefused, TypeCertRevoked, TypeCARotated, TypeCARetired, TypeCAInit,
+		TypeAuthOK, TypeAuthFailed, TypeSessionStart, TypeSessionEnd, TypeUserLocked, TypeUserUnlocked,
+		TypeSourceBanned, TypeSourceUnbanned, TypeConnectionsDropped, TypeChannelDenied, TypeRequestDenied,
+		TypeCommand, TypeGatewayStart, TypeGatewayStop, TypeLoginStarted, TypeLoginOK, TypeLoginFailed,
+		TypeAuditPruned, TypeAuditNewLog, TypeAuditSalvaged, TypeAlertSent, TypeAlertFailed, TypeSourceSeen,
+		TypeAuditOutage, TypeConnectionEnded, TypeSessionExec, TypeSessionExit, TypeSessionSFTP, TypeSessionForward,
+		TypeRecordingFailed, TypeIdPDown, TypeIdPUp}
+}
+
+// CheckKnownType reports a filter type (a name or a "family.*" prefix)
+// that matches no type in KnownTypes, listing the known ones.
+func CheckKnownType(pattern string) error {
+	known := KnownTypes()
+	for _, k := range known {
+		if prefix, ok := strings.CutSuffix(pattern, ".*"); ok && strings.HasPrefix(k, prefix+".") || k == pattern {
+			return nil
+		}
+	}
+	return fmt.Errorf("audit: event type %q does not exist; the types are %s (a family such as auth.* matches several)", pattern, strings.Join(known, ", "))
+}

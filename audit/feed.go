@@ -1,10 +1,13 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"go.etcd.io/bbolt"
 )
 
 // The live feed: every committed event is offered to each subscriber
@@ -126,6 +129,17 @@ func (f *feed) close() {
 // follower therefore holds no transaction and delays no append, and
 // retention does not prune events it has yet to read.
 func (s *Store) Follow(ctx context.Context, f Filter, fn func(Event) error) error {
+	return s.follow(ctx, f, false, fn)
+}
+
+// FollowNew is Follow without the history, like `tail -f` that starts at
+// the end: fn sees only the matching events committed after FollowNew
+// began, and every one of them.
+func (s *Store) FollowNew(ctx context.Context, f Filter, fn func(Event) error) error {
+	return s.follow(ctx, f, true, fn)
+}
+
+func (s *Store) follow(ctx context.Context, f Filter, fromEnd bool, fn func(Event) error) error {
 	if err := f.Validate(); err != nil {
 		return err
 	}
@@ -137,6 +151,25 @@ func (s *Store) Follow(ctx context.Context, f Filter, fn func(Event) error) erro
 	defer sub.Close()
 
 	start := sinceKey(f)
+	if fromEnd {
+		var last []byte
+		err := safeRead(func() error {
+			return s.db.View(func(tx *bbolt.Tx) error {
+				if b := tx.Bucket([]byte(bucketEvents)); b != nil {
+					if k, _ := b.Cursor().Last(); k != nil {
+						last = bytes.Clone(k)
+					}
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			return err
+		}
+		if last != nil && bytes.Compare(successor(last), start) > 0 {
+			start = successor(last)
+		}
+	}
 	for {
 		var last []byte
 		err := s.scan(ctx, start, nil, func(k, v []byte) error {

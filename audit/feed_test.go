@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -226,5 +227,60 @@ func TestFollowEndsWhenTheStoreCloses(t *testing.T) {
 	}
 	if err := s2.Follow(context.Background(), Filter{Types: []string{"Bad"}}, nil); err == nil {
 		t.Error("Follow accepted a malformed filter")
+	}
+}
+
+// TestFollowNewStartsAtTheEnd: FollowNew, like tail -f, skips what is
+// already in the log and sees every matching event committed after it.
+func TestFollowNewStartsAtTheEnd(t *testing.T) {
+	s, _ := newStore(t, Options{})
+	for i := range 3 {
+		mustAppend(t, s, Event{Type: TypeAuthFailed, Actor: fmt.Sprint("old", i)})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan Event, 100)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- s.FollowNew(ctx, Filter{Types: []string{TypeAuthFailed}}, func(ev Event) error {
+			got <- ev
+			return nil
+		})
+	}()
+	// FollowNew has begun at some point during these appends; whatever it
+	// prints first must be new, and after that nothing is skipped.
+	deadline := time.After(20 * time.Second)
+	var first Event
+	for i := 0; first.Actor == ""; i++ {
+		mustAppend(t, s, Event{Type: TypeAuthFailed, Actor: fmt.Sprint("new", i)})
+		select {
+		case first = <-got:
+		case <-time.After(20 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("FollowNew printed nothing")
+		}
+	}
+	if !strings.HasPrefix(first.Actor, "new") {
+		t.Fatalf("FollowNew printed %q first, from before it began", first.Actor)
+	}
+	var n int
+	fmt.Sscan(strings.TrimPrefix(first.Actor, "new"), &n)
+	mustAppend(t, s, Event{Type: TypeAuthOK})
+	mustAppend(t, s, Event{Type: TypeAuthFailed, Actor: "last"})
+	for {
+		select {
+		case ev := <-got:
+			if ev.Actor == "last" {
+				cancel()
+				<-errc
+				return
+			}
+			n++
+			if ev.Actor != fmt.Sprint("new", n) {
+				t.Fatalf("after new%d FollowNew printed %q", n-1, ev.Actor)
+			}
+		case <-deadline:
+			t.Fatal("FollowNew missed the last event")
+		}
 	}
 }

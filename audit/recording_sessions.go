@@ -14,7 +14,7 @@ import (
 // typeSessionExec is the event the record-mode proxy writes for each exec
 // or subsystem request of a session (field command, and subsystem for
 // subsystems).
-const typeSessionExec = "session.exec"
+const typeSessionExec = TypeSessionExec
 
 // Bounds on what a summary keeps of client-supplied strings.
 const (

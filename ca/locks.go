@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -94,13 +95,25 @@ func (l *Locks) Lock(ctx context.Context, lk Lock) error {
 	return nil
 }
 
+// ErrNotLocked is Unlock's error for a target with no lock: callers that
+// treat unlocking as idempotent (bastion unlock) report it and succeed.
+var ErrNotLocked = errors.New("is not locked")
+
+// IsLocked reports whether target itself has a lock.
+func (l *Locks) IsLocked(target string) bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	_, ok := l.locks[target]
+	return ok
+}
+
 // Unlock lifts the lock on target.
 func (l *Locks) Unlock(ctx context.Context, target, by string) error {
 	l.mu.RLock()
 	_, ok := l.locks[target]
 	l.mu.RUnlock()
 	if !ok {
-		return fmt.Errorf("ca: unlock: %s is not locked", target)
+		return fmt.Errorf("ca: unlock: %s %w", target, ErrNotLocked)
 	}
 	ev := audit.Event{Type: audit.TypeUserUnlocked, Actor: by, Fields: map[string]string{"target": target}}
 	if _, err := l.store.AppendWith(ctx, ev, func(tx *bbolt.Tx) error {

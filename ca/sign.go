@@ -299,7 +299,9 @@ func stepValidateWindow(a *Authority, s *signing) error {
 		start = s.now
 	}
 	if to.Sub(start) > limit+time.Second || to.Sub(from) > limit+a.policy.ClockSkew+time.Second {
-		return refuse(RuleValidityTooLong, "requested validity %s exceeds the %s certificate maximum of %s", to.Sub(start).Round(time.Second), s.req.Kind, limit)
+		// Certificate times are whole seconds: measure from now's second,
+		// so -V 48h is reported as 48h0m0s, not 47h59m59s.
+		return refuse(RuleValidityTooLong, "requested validity %s exceeds the %s certificate maximum of %s", to.Sub(start.Truncate(time.Second)), s.req.Kind, limit)
 	}
 	return nil
 }

@@ -38,6 +38,7 @@ const ReasonNotAuditor = "not_auditor"
 type logReader interface {
 	Export(ctx context.Context, w io.Writer, f audit.Filter, format audit.Format) error
 	Follow(ctx context.Context, f audit.Filter, fn func(audit.Event) error) error
+	FollowNew(ctx context.Context, f audit.Filter, fn func(audit.Event) error) error
 }
 
 // sessionReader is what the session commands (sessions, play, watch)
@@ -48,7 +49,7 @@ type sessionReader interface {
 }
 
 const auditUsage = `usage: audit export [flags]   write the matching events and exit
-       audit tail [flags]     write the matching events, then follow new ones until you disconnect
+       audit tail [flags]     write each new matching event until you disconnect (--history: the log's first)
        audit sessions [--since T] [--until T] [--user U] [--target HOST] [--active] [--json]
        audit play SESSION [--speed N] [--idle-limit D] [--format terminal|asciicast|text] [--channel N]
        audit watch SESSION [--format terminal|text]   follow a live session read-only
@@ -131,7 +132,8 @@ func exportTo(ctx context.Context, store logReader, s *sessionIO, q auditquery.Q
 	return store.Export(ctx, s.stdout, q.Filter, q.Format)
 }
 
-// tailTo writes the events of q and then follows the log until ctx ends
+// tailTo writes the events of q (with --history or --since; else only new
+// ones, like tail -f) and then follows the log until ctx ends
 // (the client disconnected) or a write fails. Each event is flushed as it
 // comes, so the client sees it at once.
 func tailTo(ctx context.Context, store logReader, s *sessionIO, q auditquery.Query) error {
@@ -143,7 +145,11 @@ func tailTo(ctx context.Context, store logReader, s *sessionIO, q auditquery.Que
 			return err
 		}
 	}
-	err := store.Follow(ctx, q.Filter, func(ev audit.Event) error {
+	follow := store.FollowNew
+	if q.FromStart() {
+		follow = store.Follow
+	}
+	err := follow(ctx, q.Filter, func(ev audit.Event) error {
 		if err := enc.Encode(ev); err != nil {
 			return err
 		}

@@ -167,6 +167,14 @@ func TestAuditCommandRefusedToNonAuditors(t *testing.T) {
 // TestAuditTailFollows: `audit tail` prints the matching history, then
 // each new event as it is committed, and ends when the client goes away.
 func TestAuditTailFollows(t *testing.T) {
+	for _, history := range []bool{true, false} {
+		t.Run(fmt.Sprint("history=", history), func(t *testing.T) { testAuditTail(t, history) })
+	}
+}
+
+// testAuditTail: with --history the tail prints the log's matching events
+// first; without, like tail -f, only those recorded after it started.
+func testAuditTail(t *testing.T, history bool) {
 	tg := startGateway(t, withAuditors)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -174,7 +182,11 @@ func TestAuditTailFollows(t *testing.T) {
 		t.Fatal(err)
 	}
 	auditor := tg.client(ca.Request{KeyID: "auditor-laptop", Groups: []string{"auditors"}})
-	cmd := auditor.Command(ctx, "ssh", tg.gatewayArgs(tg.user, "audit", "tail", "--type", "user.locked")...)
+	args := []string{"audit", "tail", "--type", "user.locked"}
+	if history {
+		args = append(args, "--history")
+	}
+	cmd := auditor.Command(ctx, "ssh", tg.gatewayArgs(tg.user, args...)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -209,8 +221,41 @@ func TestAuditTailFollows(t *testing.T) {
 		}
 		return audit.Event{}
 	}
-	if ev := next(); ev.Fields["target"] != "before" {
-		t.Fatalf("first line %+v, want the existing lock", ev)
+	if history {
+		if ev := next(); ev.Fields["target"] != "before" {
+			t.Fatalf("first line %+v, want the existing lock", ev)
+		}
+	} else {
+		// The tail has started once it prints anything: lock new users
+		// until it does; the first line must be one of them.
+		var first audit.Event
+		for i := 0; first.Type == ""; i++ {
+			if err := tg.locks.Lock(ctx, ca.Lock{Target: fmt.Sprint("new", i), By: "test"}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case ev, ok := <-lines:
+				if !ok {
+					t.Fatalf("tail ended early: %s", stderr.String())
+				}
+				first = ev
+			case <-time.After(200 * time.Millisecond):
+			}
+			if i > 100 {
+				t.Fatalf("no tail line; stderr %s", stderr.String())
+			}
+		}
+		if !strings.HasPrefix(first.Fields["target"], "new") {
+			t.Fatalf("first line %+v: a tail without --history printed the history", first)
+		}
+		// Drain the locks made while it started.
+		for drained := false; !drained; {
+			select {
+			case <-lines:
+			case <-time.After(time.Second):
+				drained = true
+			}
+		}
 	}
 	for _, target := range []string{"mallory", "trudy", "eve"} {
 		if err := tg.locks.Lock(ctx, ca.Lock{Target: target, By: "test"}); err != nil {
@@ -226,7 +271,7 @@ func TestAuditTailFollows(t *testing.T) {
 	// The client goes away; the gateway's tail ends and is audited.
 	cmd.Process.Kill()
 	cmd.Wait()
-	tg.waitEvent(t, audit.TypeCommand, map[string]string{"command": "audit tail --type user.locked", "exit_status": "0"})
+	tg.waitEvent(t, audit.TypeCommand, map[string]string{"command": strings.Join(args, " "), "exit_status": "0"})
 }
 
 // TestAuditExportDoesNotStallAuthentication: an export streamed to a

@@ -30,10 +30,8 @@ import (
 // action because its audit record cannot be made durable.
 const MsgAuditUnavailable = "audit log unavailable, try again later"
 
-// TypeAuditOutage closes an episode during which the audit log could not
-// be written: when it began and ended, how many records waited in memory
-// and were written late, and how many were dropped.
-const TypeAuditOutage = "audit.outage"
+// TypeAuditOutage is audit.TypeAuditOutage, the record closing an outage.
+const TypeAuditOutage = audit.TypeAuditOutage
 
 // Alerter sends an alert without touching the disk; *alert.Engine is one.
 type Alerter interface {

@@ -192,11 +192,7 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 			}
 		}
 		g.record(context.Background(), audit.Event{Type: audit.TypeLoginFailed, Actor: LoginUser, Session: cs.id, Fields: fields(extra)})
-		msg := err.Error()
-		if e, ok := errors.AsType[*oidc.Error](err); ok && e.Err != nil {
-			msg = e.Err.Error() // without the package prefix
-		}
-		sio.errorf("bastion: login failed (%s): %s\n", reason, msg)
+		sio.errorf("bastion: %s\n", loginFailure(reason, err))
 		return 1
 	}
 	if !g.loginLimiter.allow(cs.remote) {
@@ -474,4 +470,14 @@ func sanitized(s string, n int) string {
 		}
 		return r
 	}, s)
+}
+
+// loginFailure is what a failed login tells the client: the reason code
+// once (the error may already name it) and no package prefix.
+func loginFailure(reason string, err error) string {
+	msg := strings.TrimPrefix(err.Error(), "oidc: ")
+	if strings.Contains(msg, "("+reason+")") {
+		return "login failed: " + msg
+	}
+	return fmt.Sprintf("login failed (%s): %s", reason, msg)
 }

@@ -46,19 +46,6 @@ const (
 	ReasonForwardingNotAllowed = "port_forwarding_not_permitted"
 )
 
-// Audit event types written by record mode. They are declared here, not
-// in package audit, so that the recstore branch can adopt them there.
-const (
-	// eventSessionExec is a shell, command or subsystem started inside a
-	// recorded session (written before the target sees the request).
-	eventSessionExec = "session.exec"
-	// eventSessionExit is how that command ended.
-	eventSessionExit = "session.exit"
-	// eventRecordingFailed is a recording write that failed.
-	eventRecordingFailed = "recording.failed"
-	// eventPortForward is a port forward opened inside a recorded session.
-	eventPortForward = "session.forward"
-)
 
 // Recording failure policies (RecordConfig.OnFailure).
 const (
@@ -490,7 +477,7 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 	if g.deps.Recordings != nil {
 		rec, err = g.deps.Recordings.StartRecording(ctx, s.id2)
 		if err != nil {
-			s.event(context.Background(), eventRecordingFailed, map[string]string{"detail": bounded(err.Error()), "login": login})
+			s.event(context.Background(), audit.TypeRecordingFailed, map[string]string{"detail": bounded(err.Error()), "login": login})
 			if g.rec.cfg.OnFailure != OnFailureContinue {
 				return fail(ReasonRecordingFailed, "the session cannot be recorded, so it is not opened; try again later")
 			}

@@ -156,7 +156,7 @@ func TestRecordModeExec(t *testing.T) {
 	if i := rb.recs.text(end.Session, "i"); i != "" {
 		t.Errorf("input was recorded although recording.input is off: %q", i)
 	}
-	exec := rb.waitEvent(t, eventSessionExec, map[string]string{"key_id": "rec-exec"})
+	exec := rb.waitEvent(t, audit.TypeSessionExec, map[string]string{"key_id": "rec-exec"})
 	if exec.Session != end.Session || !strings.HasPrefix(exec.Fields["command"], "echo hello-from-$(id -un)") || exec.Fields["kind"] != "exec" {
 		t.Errorf("session.exec: %v", exec.Fields)
 	}
@@ -177,14 +177,14 @@ func TestRecordModeExec(t *testing.T) {
 		if r := c.Run(ctx, "ssh", rb.jumpArgs(rb.user, "exit", "42")...); r.ExitCode != 42 {
 			t.Errorf("exit status through record mode: %s; want 42", r)
 		}
-		rb.waitEvent(t, eventSessionExit, map[string]string{"key_id": "rec-exec", "exit_status": "42", "command": "exit 42"})
+		rb.waitEvent(t, audit.TypeSessionExit, map[string]string{"key_id": "rec-exec", "exit_status": "42", "command": "exit 42"})
 	})
 	t.Run("exit signal", func(t *testing.T) {
 		r := c.Run(ctx, "ssh", rb.jumpArgs(rb.user, "kill", "-KILL", "$$")...)
 		if r.ExitCode != 255 {
 			t.Errorf("a command killed by SIGKILL: %s; want ssh's 255", r)
 		}
-		rb.waitEvent(t, eventSessionExit, map[string]string{"key_id": "rec-exec", "exit_signal": "KILL"})
+		rb.waitEvent(t, audit.TypeSessionExit, map[string]string{"key_id": "rec-exec", "exit_signal": "KILL"})
 	})
 	t.Run("stdin", func(t *testing.T) {
 		r := c.RunInput(ctx, strings.NewReader("line one\nline two\n"), "ssh", rb.jumpArgs(rb.user, "wc", "-l")...)
@@ -227,7 +227,7 @@ func TestRecordModePTY(t *testing.T) {
 	if x := rb.recs.text(end.Session, "x"); !strings.Contains(x, "shell") {
 		t.Errorf("recording has no shell marker: %q", x)
 	}
-	rb.waitEvent(t, eventSessionExec, map[string]string{"key_id": "rec-pty", "kind": "shell"})
+	rb.waitEvent(t, audit.TypeSessionExec, map[string]string{"key_id": "rec-pty", "kind": "shell"})
 	// The recording is in the audit log: the chain, with the digest in
 	// session.end, verifies, and the transcript replays the session.
 	if _, err := rb.store.VerifyAnchored(t.Context(), nil); err != nil {
@@ -240,7 +240,7 @@ func TestRecordModePTY(t *testing.T) {
 	if !strings.Contains(transcript.String(), "pty-42") {
 		t.Errorf("the transcript lacks the session's output:\n%s", transcript.String())
 	}
-	rb.waitEvent(t, eventSessionExit, map[string]string{"key_id": "rec-pty", "exit_status": "3"})
+	rb.waitEvent(t, audit.TypeSessionExit, map[string]string{"key_id": "rec-pty", "exit_status": "3"})
 }
 
 func TestRecordModeTransferTools(t *testing.T) {
@@ -249,9 +249,9 @@ func TestRecordModeTransferTools(t *testing.T) {
 	// Transfers are audited by kind and not stored byte for byte; other
 	// commands (cat) are recorded in full.
 	for _, kind := range []string{"sftp", "rsync", "git"} {
-		rb.waitEvent(t, eventSessionExec, map[string]string{"kind": kind})
+		rb.waitEvent(t, audit.TypeSessionExec, map[string]string{"kind": kind})
 	}
-	for _, ev := range rb.events(eventSessionExec) {
+	for _, ev := range rb.events(audit.TypeSessionExec) {
 		rb.recs.mu.Lock()
 		n := rb.recs.written[ev.Session]
 		rb.recs.mu.Unlock()
@@ -372,7 +372,7 @@ func TestRecordModeForwarding(t *testing.T) {
 	if r.ExitCode != 0 || r.Stdout != "ping through the target\n" {
 		t.Errorf("ssh -W through a recorded session: %s", r)
 	}
-	rb.waitEvent(t, eventPortForward, map[string]string{"key_id": "rec-fwd", "kind": "local", "forward": echo})
+	rb.waitEvent(t, audit.TypeSessionForward, map[string]string{"key_id": "rec-fwd", "kind": "local", "forward": echo})
 
 	t.Run("refused without permit-port-forwarding", func(t *testing.T) {
 		c := rb.client(ca.Request{KeyID: "rec-nofwd", Options: []string{"no-port-forwarding"}})
@@ -434,7 +434,7 @@ func TestRecordModeRecordingFailure(t *testing.T) {
 		if r.ExitCode == 0 || strings.Contains(r.Stdout, "line10") || !strings.Contains(r.Stderr, "can no longer be recorded") {
 			t.Errorf("a session whose recording fails: %s; want it ended with a message", r)
 		}
-		rb.waitEvent(t, eventRecordingFailed, map[string]string{"key_id": "rec-fail", "policy": OnFailureClose})
+		rb.waitEvent(t, audit.TypeRecordingFailed, map[string]string{"key_id": "rec-fail", "policy": OnFailureClose})
 		rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-fail", "reason": ReasonRecordingFailed})
 	})
 	t.Run("continue", func(t *testing.T) {
@@ -447,7 +447,7 @@ func TestRecordModeRecordingFailure(t *testing.T) {
 		if r.ExitCode != 0 || !strings.Contains(r.Stdout, "line10") {
 			t.Errorf("on_failure continue: %s; want the session to finish", r)
 		}
-		rb.waitEvent(t, eventRecordingFailed, map[string]string{"key_id": "rec-fail-continue", "policy": OnFailureContinue})
+		rb.waitEvent(t, audit.TypeRecordingFailed, map[string]string{"key_id": "rec-fail-continue", "policy": OnFailureContinue})
 		rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-fail-continue", "reason": "closed"})
 	})
 }
@@ -494,7 +494,7 @@ func TestRecordModeControlMaster(t *testing.T) {
 		}
 	}
 	sessions := map[string]int{}
-	for _, ev := range rb.events(eventSessionExec) {
+	for _, ev := range rb.events(audit.TypeSessionExec) {
 		if ev.Fields["key_id"] == "rec-mux" {
 			sessions[ev.Session]++
 		}
@@ -568,7 +568,7 @@ func TestRecordModeVSCodePattern(t *testing.T) {
 		if r.ExitCode != 0 || strings.TrimSpace(r.Stdout) != "back-from-R" {
 			t.Errorf("ssh -R through a recorded session: %s", r)
 		}
-		rb.waitEvent(t, eventPortForward, map[string]string{"key_id": "rec-vscode", "kind": "remote"})
+		rb.waitEvent(t, audit.TypeSessionForward, map[string]string{"key_id": "rec-vscode", "kind": "remote"})
 	})
 }
 

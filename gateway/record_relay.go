@@ -113,7 +113,7 @@ func (p *proxy) write(ch uint32, kind string, data []byte, stderr io.Writer) {
 		return
 	}
 	p.rec = nil
-	p.s.event(context.Background(), eventRecordingFailed, map[string]string{"detail": bounded(err.Error()), "login": p.login, "policy": p.s.g.rec.cfg.OnFailure})
+	p.s.event(context.Background(), audit.TypeRecordingFailed, map[string]string{"detail": bounded(err.Error()), "login": p.login, "policy": p.s.g.rec.cfg.OnFailure})
 	if p.s.g.rec.cfg.OnFailure == OnFailureContinue {
 		return
 	}
@@ -145,7 +145,7 @@ func (p *proxy) clientGlobalRequests(reqs <-chan *gossh.Request) {
 					Port uint32
 				}
 				gossh.Unmarshal(req.Payload, &fw)
-				p.s.event(context.Background(), eventPortForward, map[string]string{"login": p.login, "kind": "remote", "listen": bounded(fw.Addr) + ":" + strconv.Itoa(int(fw.Port))})
+				p.s.event(context.Background(), audit.TypeSessionForward, map[string]string{"login": p.login, "kind": "remote", "listen": bounded(fw.Addr) + ":" + strconv.Itoa(int(fw.Port))})
 			}
 			ok, payload, err := p.target.SendRequest(req.Type, req.WantReply, req.Payload)
 			req.Reply(ok && err == nil, payload)
@@ -190,7 +190,7 @@ func (p *proxy) clientChannel(nc gossh.NewChannel) {
 			nc.Reject(gossh.Prohibited, "bastion: your certificate does not permit port forwarding")
 			return
 		}
-		p.s.event(context.Background(), eventPortForward, map[string]string{"login": p.login, "kind": "local", "forward": dest})
+		p.s.event(context.Background(), audit.TypeSessionForward, map[string]string{"login": p.login, "kind": "local", "forward": dest})
 	default:
 		p.s.event(context.Background(), audit.TypeChannelDenied, map[string]string{"request": bounded(typ), "reason": "not_supported", "login": p.login})
 		nc.Reject(gossh.UnknownChannelType, fmt.Sprintf("bastion: %s channels are not allowed", bounded(typ)))
@@ -476,7 +476,7 @@ func (p *proxy) startProgram(req *gossh.Request, st *channelState, cch gossh.Cha
 	if p.s.id.ForceCommand != "" {
 		f["force_command"] = p.s.id.ForceCommand
 	}
-	if err := p.s.event(context.Background(), eventSessionExec, f); err != nil {
+	if err := p.s.event(context.Background(), audit.TypeSessionExec, f); err != nil {
 		io.WriteString(cch.Stderr(), "bastion: audit log unavailable; refusing to run an unrecorded command\r\n")
 		return false
 	}
@@ -556,7 +556,7 @@ func (p *proxy) exited(req *gossh.Request, st *channelState) {
 			f["exit_signal"] = bounded(e.Signal)
 		}
 	}
-	p.s.event(context.Background(), eventSessionExit, f)
+	p.s.event(context.Background(), audit.TypeSessionExit, f)
 }
 
 // transferPrograms are the server sides of file transfer tools, by the

@@ -5,13 +5,9 @@ import (
 	"io"
 	"strconv"
 
+	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/internal/sftpinspect"
 )
-
-// eventSessionSFTP is the audit record of one file operation inside a
-// recorded SFTP session (open with its flags, close with the bytes read
-// and written, remove, rename, mkdir, rmdir, setstat, symlink).
-const eventSessionSFTP = "session.sftp"
 
 // sftpAudit feeds both streams of an sftp subsystem channel to the SFTP
 // inspector and writes each operation it reports as a session.sftp record.
@@ -44,7 +40,7 @@ func (s *recordedSession) sftpInspector(ch uint32) SFTPInspector {
 		}
 		// A record of what already happened: if the log is down it waits
 		// in memory (see auditspool.go).
-		_ = s.event(context.Background(), eventSessionSFTP, f)
+		_ = s.event(context.Background(), audit.TypeSessionSFTP, f)
 	})
 	return &sftpAudit{in: in, client: in.ClientWriter(), server: in.ServerWriter()}
 }

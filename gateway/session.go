@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -234,9 +235,15 @@ func (g *Gateway) cmdLock(ctx context.Context, s *sessionIO, id *Identity, args 
 		s.errorf("bastion: %v\nusage: lock USER [--reason TEXT]\n", err)
 		return 2
 	}
-	if err := g.deps.Authority.State().Locks.Lock(ctx, ca.Lock{Target: target, Reason: reason, By: id.User}); err != nil {
+	locks := g.deps.Authority.State().Locks
+	was := locks.IsLocked(target)
+	if err := locks.Lock(ctx, ca.Lock{Target: target, Reason: reason, By: id.User}); err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1
+	}
+	if was {
+		s.printf("%s is already locked (lock renewed with this reason)\n", target)
+		return 0
 	}
 	s.printf("locked %s\n", target)
 	return 0
@@ -247,7 +254,10 @@ func (g *Gateway) cmdUnlock(ctx context.Context, s *sessionIO, id *Identity, arg
 		s.errorf("usage: unlock USER\n")
 		return 2
 	}
-	if err := g.deps.Authority.State().Locks.Unlock(ctx, args[0], id.User); err != nil {
+	if err := g.deps.Authority.State().Locks.Unlock(ctx, args[0], id.User); errors.Is(err, ca.ErrNotLocked) {
+		s.printf("%s is not locked\n", args[0])
+		return 0
+	} else if err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1
 	}

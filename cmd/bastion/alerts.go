@@ -43,16 +43,19 @@ It needs neither the gateway nor the audit log.`,
 			}
 			client := &http.Client{Timeout: 10 * time.Second}
 			failed := 0
-			for _, w := range cfg.Webhooks {
+			for i, w := range cfg.Webhooks {
+				// Named by position and host: two webhooks on one host
+				// differ, and the URL's path (often the secret) stays out.
+				name := fmt.Sprintf("webhooks[%d] %s", i, w.Name())
 				now := time.Now()
 				status, err := w.Send(cmd.Context(), client, alert.Sample(cfg.Source, now), now)
 				took := time.Since(now).Round(time.Millisecond)
 				if err != nil {
 					failed++
-					fmt.Fprintf(a.stdout, "FAIL  %s  %v (after %s)\n", w.Name(), err, took)
+					fmt.Fprintf(a.stdout, "FAIL  %s  %v (after %s)\n", name, err, took)
 					continue
 				}
-				fmt.Fprintf(a.stdout, "ok    %s  HTTP %d in %s\n", w.Name(), status, took)
+				fmt.Fprintf(a.stdout, "ok    %s  HTTP %d in %s\n", name, status, took)
 			}
 			if failed > 0 {
 				return &exitError{code: 1, err: fmt.Errorf("%d of %d webhooks failed: alerts would not reach them", failed, len(cfg.Webhooks))}
@@ -76,7 +79,9 @@ func alertConfig(f *config.File, logger *slog.Logger) (alert.Config, error) {
 			if err != nil {
 				return alert.Config{}, fmt.Errorf("alerts.webhooks[%d].secret_file: %w", i, err)
 			}
-			if secret = bytes.TrimRight(b, "\r\n"); len(secret) == 0 {
+			// One trailing newline (\n or \r\n) is dropped, as in the
+			// passphrase files: the key is the rest, byte for byte.
+			if secret = bytes.TrimSuffix(bytes.TrimSuffix(b, []byte("\n")), []byte("\r")); len(secret) == 0 {
 				return alert.Config{}, fmt.Errorf("alerts.webhooks[%d].secret_file: %s is empty: put the shared HMAC key in it (e.g. `openssl rand -hex 32 > %s`)", i, w.SecretFile, w.SecretFile)
 			}
 		}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/internal/alert"
+	"github.com/bastion-ssh/bastion/internal/config"
 )
 
 // hook is a webhook receiver on loopback answering status.
@@ -69,7 +70,7 @@ func TestAlertsTest(t *testing.T) {
 
 	cfg := write(fmt.Sprintf("alerts:\n  webhooks:\n    - url: %s/services/T/B/SECRET\n    - url: %s/raw\n      format: json\n      secret_file: hook.secret\n", ok.URL, ok.URL))
 	out, _ := mustRun(t, dir, "alerts", "test", "--config", cfg)
-	if strings.Count(out, "ok    "+ok.URL+"  HTTP 200") != 2 || strings.Contains(out, "SECRET") {
+	if !strings.Contains(out, "ok    webhooks[0] "+ok.URL+"  HTTP 200") || !strings.Contains(out, "ok    webhooks[1] "+ok.URL+"  HTTP 200") || strings.Contains(out, "SECRET") {
 		t.Errorf("alerts test output:\n%s", out)
 	}
 	bodies, heads := ok.got()
@@ -94,7 +95,7 @@ func TestAlertsTest(t *testing.T) {
 
 	cfg = write(fmt.Sprintf("alerts:\n  webhooks: [{url: %s}, {url: %s}]\n", ok.URL, broken.URL))
 	out, _, err := run(t, dir, "alerts", "test", "--config", cfg)
-	if err == nil || exitCode(err) != 1 || !strings.Contains(out, "FAIL  "+broken.URL) || !strings.Contains(out, "http_500") || !strings.Contains(err.Error(), "1 of 2 webhooks failed") {
+	if err == nil || exitCode(err) != 1 || !strings.Contains(out, "FAIL  webhooks[1] "+broken.URL) || !strings.Contains(out, "http_500") || !strings.Contains(err.Error(), "1 of 2 webhooks failed") {
 		t.Errorf("alerts test with a failing webhook: %v\n%s", err, out)
 	}
 
@@ -228,7 +229,7 @@ alerts:
 	tailDone := make(chan error, 1)
 	go func() {
 		cmd := newRootCommand(buildInfo{}, strings.NewReader(""), pw, io.Discard)
-		cmd.SetArgs([]string{"--data-dir", data, "audit", "tail", "--gateway", sshAddr, "--identity", auditor, "--known-hosts", knownHosts, "--type", "gateway.start"})
+		cmd.SetArgs([]string{"--data-dir", data, "audit", "tail", "--gateway", sshAddr, "--identity", auditor, "--known-hosts", knownHosts, "--type", "gateway.start", "--history"})
 		tailDone <- cmd.ExecuteContext(tailCtx)
 		pw.Close()
 	}()
@@ -293,5 +294,21 @@ func TestExportProgress(t *testing.T) {
 	p.done()
 	if s := out.String(); !strings.Contains(s, "exported 512 events, 26%") || !strings.HasSuffix(strings.TrimRight(s, " \n"), "exported 1024 events") {
 		t.Errorf("progress output %q", s)
+	}
+}
+
+// TestWebhookSecretDropsOneNewline: the secret is the file's content less
+// one trailing newline, as the README says.
+func TestWebhookSecretDropsOneNewline(t *testing.T) {
+	dir := t.TempDir()
+	for content, want := range map[string]string{"k1\n": "k1", "k2\r\n": "k2", "k3\n\n": "k3\n", "k4": "k4"} {
+		p := filepath.Join(dir, "secret")
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := alertConfig(&config.File{Alerts: &config.Alerts{Webhooks: []config.Webhook{{URL: "https://h/x", SecretFile: p}}}}, nil)
+		if err != nil || string(cfg.Webhooks[0].Secret) != want {
+			t.Errorf("secret file %q: key %q, %v; want %q", content, cfg.Webhooks[0].Secret, err, want)
+		}
 	}
 }

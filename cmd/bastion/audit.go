@@ -79,12 +79,15 @@ func newAuditTailCommand(a *app) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "tail --gateway HOST:PORT [--format jsonl|csv] [filters]",
-		Short: "Print the matching audit events of a running gateway, then follow new ones",
-		Long: `Print the audit events that match the filters, then each new one as the
-running gateway records it, until interrupted. It runs ` + "`audit tail`" + ` on the
-gateway over SSH, as your certificate's identity, which must be in one of
-the gateway's auditor_groups. Nothing is missed however slowly you read.`,
+		Short: "Follow the matching audit events of a running gateway as they are recorded",
+		Long: `Print each audit event that matches the filters as the running gateway
+records it, until interrupted. Like tail -f it starts at the end: --history
+(or --since) first prints the matching events already in the log. It runs
+` + "`audit tail`" + ` on the gateway over SSH, as your certificate's identity,
+which must be in one of the gateway's auditor_groups. Nothing is missed
+however slowly you read.`,
 		Example: `  bastion audit tail --gateway bastion.example.com:2222 --type auth.failed,source.banned
+  bastion audit tail --gateway 127.0.0.1:2222 --history --type user.locked
   bastion audit tail --gateway 127.0.0.1:2222 --since 1h --format csv`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -95,7 +98,7 @@ the gateway's auditor_groups. Nothing is missed however slowly you read.`,
 			return a.runRemoteAudit(cmd.Context(), rf, "tail", q)
 		},
 	}
-	qf.Register(cmd.Flags())
+	qf.RegisterTail(cmd.Flags())
 	rf.register(cmd, true)
 	return cmd
 }

@@ -31,7 +31,7 @@ func (r *remoteFlags) register(cmd *cobra.Command, required bool) {
 		help = "the running gateway, HOST:PORT"
 	}
 	fl.StringVar(&r.gateway, "gateway", "", help)
-	fl.StringVar(&r.identity, "identity", "", "private key whose certificate (FILE-cert.pub beside it) identifies you; default ~/.ssh/bastion/id_ed25519 from `bastion login` when it has a certificate, else ~/.ssh/id_ed25519; a passphrase-protected key is used through ssh-agent")
+	fl.StringVar(&r.identity, "identity", "", "private key `FILE` whose certificate (FILE-cert.pub beside it) identifies you; default ~/.ssh/bastion/id_ed25519 from bastion login when it has a certificate, else ~/.ssh/id_ed25519; a passphrase-protected key is used through ssh-agent")
 	// `audit sessions --user` filters by user; there the login name is
 	// --gateway-user.
 	userFlag := "user"
@@ -39,7 +39,7 @@ func (r *remoteFlags) register(cmd *cobra.Command, required bool) {
 		userFlag = "gateway-user"
 	}
 	fl.StringVar(&r.user, userFlag, "", "login name on the gateway (default: the certificate's first principal)")
-	fl.StringVar(&r.knownHosts, "known-hosts", "", "known_hosts file with the gateway's @cert-authority line; default ~/.ssh/bastion/known_hosts from `bastion login` when it exists, else ~/.ssh/known_hosts")
+	fl.StringVar(&r.knownHosts, "known-hosts", "", "known_hosts `FILE` with the gateway's @cert-authority line; default ~/.ssh/bastion/known_hosts from bastion login when it exists, else ~/.ssh/known_hosts")
 	if required {
 		_ = cmd.MarkFlagRequired("gateway")
 	}

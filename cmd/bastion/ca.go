@@ -56,13 +56,19 @@ func readPassphrase(path string) ([]byte, error) {
 	if path == "" {
 		return nil, nil
 	}
+	return readTrimmedFile(path, "passphrase")
+}
+
+// readTrimmedFile reads a file holding a passphrase or a secret (what
+// names it in errors), dropping one trailing newline.
+func readTrimmedFile(path, what string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read passphrase file: %w", err)
+		return nil, fmt.Errorf("read %s file: %w", what, err)
 	}
 	b = bytes.TrimSuffix(bytes.TrimSuffix(b, []byte("\n")), []byte("\r"))
 	if len(b) == 0 {
-		return nil, fmt.Errorf("passphrase file %s is empty", path)
+		return nil, fmt.Errorf("%s file %s is empty", what, path)
 	}
 	return b, nil
 }
@@ -125,7 +131,7 @@ func newCAInitCommand(a *app) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(a.stderr, "created CA in %s\n  user CA: %s\n  host CA: %s\n", l.Dir(), ca.Fingerprint(user), ca.Fingerprint(host))
-			fmt.Fprintf(a.stderr, "next: `bastion ca export --user` for sshd's TrustedUserCAKeys, `bastion ca export --host` for known_hosts\n")
+			fmt.Fprintf(a.stderr, "next: `bastion ca export --data-dir %[1]s --user` for sshd's TrustedUserCAKeys, `bastion ca export --data-dir %[1]s --host` for known_hosts\n", a.dataDir)
 			return nil
 		},
 	}

@@ -53,7 +53,8 @@ commands to try next. Stop it with Ctrl-C.`,
 				if err != nil {
 					return err
 				}
-				defer os.RemoveAll(dir)
+				defer removeDevDataDir(a.stderr, dir)
+				fmt.Fprint(a.stderr, tempDataDirNote(dir))
 				dataDir = dir
 			}
 			env, err := startDev(cmd.Context(), devOptions{DataDir: dataDir, Listen: listen, IdPListen: idpListen, Target: target, Log: a.stderr})
@@ -91,7 +92,9 @@ type devEnv struct {
 	TargetUser string
 	TargetKind string
 	DataDir    string
-	closers    []func() error
+	// CLI is how the instructions run bastion: see devCLI.
+	CLI     string
+	closers []func() error
 }
 
 // Close stops everything startDev started, last first. It is safe on a nil
@@ -118,7 +121,7 @@ const demoAccount = "bastion-demo"
 
 // startDev brings up the whole product on loopback.
 func startDev(ctx context.Context, o devOptions) (*devEnv, error) {
-	env := &devEnv{DataDir: o.DataDir}
+	env := &devEnv{DataDir: o.DataDir, CLI: devCLI()}
 	if err := env.start(ctx, o); err != nil {
 		env.Close()
 		return nil, err
@@ -131,6 +134,8 @@ func (e *devEnv) start(ctx context.Context, o devOptions) error {
 		return fmt.Errorf("--target %q: use auto, sshd or builtin", o.Target)
 	}
 	layout := ca.Layout{DataDir: o.DataDir}
+	// A CA made here gets its audit log with it (initDevCA), so serve
+	// finds the log the CA says should exist.
 	if !layout.Exists() {
 		if err := initDevCA(ctx, layout); err != nil {
 			return err
@@ -376,7 +381,10 @@ Subsystem sftp %s
 	return nil
 }
 
-// Instructions are what `bastion dev` prints for a newcomer.
+// Instructions are what `bastion dev` prints for a newcomer. Every step
+// works verbatim on a fresh account: the CLI is named the way it can be
+// run (see devCLI), the OpenSSH login makes ~/.ssh and a key when there are
+// none, and replaces the certificate only when the login succeeds.
 func (e *devEnv) Instructions() string {
 	host, port, _ := net.SplitHostPort(e.TargetAddr)
 	gwHost, gwPort, _ := net.SplitHostPort(e.Gateway)
@@ -388,24 +396,35 @@ func (e *devEnv) Instructions() string {
 	if targetUser == "" {
 		targetUser = "alice"
 	}
+	cli := e.CLI
+	if cli == "" {
+		cli = "bastion"
+	}
 	return fmt.Sprintf(`bastion dev is running (data in %s)
   gateway:           ssh -p %s %s
+                     host key %s (check it when ssh asks on first contact)
   identity provider: %s
 %s  demo host:         %s (%s)
 
 Try it:
-  1. Log in (approve in the browser as alice):
-       bastion login --gateway %s
-     or with nothing but OpenSSH:
-       ssh -p %s login@%s > ~/.ssh/id_ed25519-cert.pub
+  1. Log in (approve in the browser as alice), either with the CLI:
+       %s login --gateway %s
+     then, once, put this line at the top of ~/.ssh/config:
+       Include ~/.ssh/bastion/config
+     (%s)
+     or with nothing but OpenSSH (makes ~/.ssh and a key if you have none;
+     keeps your old certificate if the login fails):
+       %s
+       %s
   2. Jump to the demo host through the gateway:
        ssh -J alice@%s -p %s %s@%s
   3. Export the audit log of everything you just did:
        ssh -p %s alice@%s audit export --format jsonl
 
 Press Ctrl-C to stop.
-`, e.DataDir, gwPort, gwHost, e.IdP.Issuer(), users.String(), e.TargetAddr, e.TargetKind,
-		e.Gateway, gwPort, gwHost, e.Gateway, port, targetUser, host, gwPort, gwHost)
+`, e.DataDir, gwPort, gwHost, gatewayFingerprint(e.DataDir), e.IdP.Issuer(), users.String(), e.TargetAddr, e.TargetKind,
+		cli, e.Gateway, includeWhy, devKeyStep, devCertStep(gwPort, gwHost),
+		e.Gateway, port, targetUser, host, gwPort, gwHost)
 }
 
 // initDevCA creates a CA and its audit log together, as `bastion ca init`

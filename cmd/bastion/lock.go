@@ -23,8 +23,8 @@ type lockChange struct {
 	local func(ctx context.Context, l *ca.Locks) error
 	// remote is the gateway admin command line.
 	remote string
-	// done is printed after a local change.
-	done string
+	// done is printed after a local change (local may rewrite it).
+	done *string
 	// offline, when set, runs instead of local when no gateway holds the
 	// audit log: for state that lives only in a running gateway (bans).
 	offline func() error
@@ -54,12 +54,16 @@ lock always goes through that gateway.`,
 			if reason != "" {
 				remote += " --reason " + quoteArg(reason)
 			}
+			done := "locked " + target
 			return a.changeLock(cmd, gw, lockChange{
 				local: func(ctx context.Context, l *ca.Locks) error {
+					if l.IsLocked(target) {
+						done = target + " is already locked (lock renewed with this reason)"
+					}
 					return l.Lock(ctx, ca.Lock{Target: target, Reason: reason, By: a.operator()})
 				},
 				remote: remote,
-				done:   "locked " + target,
+				done:   &done,
 			})
 		},
 	}
@@ -82,12 +86,17 @@ login).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			target := args[0]
+			done := "unlocked " + target
 			return a.changeLock(cmd, gw, lockChange{
 				local: func(ctx context.Context, l *ca.Locks) error {
-					return l.Unlock(ctx, target, a.operator())
+					err := l.Unlock(ctx, target, a.operator())
+					if errors.Is(err, ca.ErrNotLocked) {
+						done, err = target+" is not locked", nil
+					}
+					return err
 				},
 				remote: "unlock " + quoteArg(target),
-				done:   "unlocked " + target,
+				done:   &done,
 			})
 		},
 	}
@@ -117,7 +126,7 @@ func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error
 				if err := ch.local(ctx, locks); err != nil {
 					return err
 				}
-				fmt.Fprintln(a.stdout, ch.done)
+				fmt.Fprintln(a.stdout, *ch.done)
 				return nil
 			case errors.Is(err, audit.ErrInUse):
 				held = true

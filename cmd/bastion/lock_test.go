@@ -63,8 +63,14 @@ func TestLockOffline(t *testing.T) {
 	if evs := auditEvents(t, dir, audit.TypeUserUnlocked); len(evs) != 1 || evs[0].Fields["target"] != "alice" || evs[0].Actor != op {
 		t.Fatalf("user.unlocked events: %+v", evs)
 	}
-	if _, _, err := run(t, dir, "unlock", "alice"); err == nil || !strings.Contains(err.Error(), "not locked") {
-		t.Errorf("unlocking an unlocked user: %v", err)
+	// Both are idempotent: a second unlock says so and succeeds, as a
+	// second lock does.
+	if out, _, err := run(t, dir, "unlock", "alice"); err != nil || strings.TrimSpace(out) != "alice is not locked" {
+		t.Errorf("unlocking an unlocked user: %q, %v", out, err)
+	}
+	mustRun(t, dir, "lock", "bob")
+	if out, _, err := run(t, dir, "lock", "bob", "--reason", "again"); err != nil || !strings.HasPrefix(out, "bob is already locked") {
+		t.Errorf("locking a locked user: %q, %v", out, err)
 	}
 }
 
@@ -139,6 +145,9 @@ func TestLockThroughGateway(t *testing.T) {
 	}
 	if l := e.locks.List(); len(l) != 0 {
 		t.Fatalf("locks after unlock: %+v", l)
+	}
+	if out, errOut, err := run(t, e.layout.DataDir, "unlock", e.user, "--gateway", e.addr); err != nil || !strings.Contains(out+errOut, e.user+" is not locked") {
+		t.Errorf("a second unlock through the gateway: %v\n%s%s", err, out, errOut)
 	}
 	e.waitEvent(audit.TypeUserUnlocked, map[string]string{"target": e.user})
 	useHome(t, engHome)

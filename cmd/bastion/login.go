@@ -449,8 +449,8 @@ func finishLogin(a *app, paths sshclient.Paths, st sshclient.State, addr string,
 	fmt.Fprintf(a.stdout, "  certificate: %s (%s)\n", paths.Certificate(), agentNote)
 	fmt.Fprintf(a.stdout, "  ssh config:  %s (hosts %s through the gateway)\n", paths.Config(), strings.Join(hosts, " "))
 	if showHint {
-		fmt.Fprintf(a.stdout, "\nTo reach hosts with plain ssh, add this line at the top of ~/.ssh/config:\n\n    Include %s\n\nthen: ssh HOST (for HOST matching %s), or ssh -J %s@%s HOST\n",
-			paths.Config(), strings.Join(hosts, " "), user, addr)
+		fmt.Fprintf(a.stdout, "\nTo reach hosts with plain ssh, put this line at the top of ~/.ssh/config (%s):\n\n    Include %s\n\nthen: ssh HOST (for HOST matching %s), or ssh -J %s@%s HOST\n",
+			includeWhy, paths.Config(), strings.Join(hosts, " "), user, addr)
 	}
 	return nil
 }

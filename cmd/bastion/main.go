@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -24,11 +25,12 @@ func main() {
 	if devtarget.ServeSFTPChild() {
 		return
 	}
+	slog.SetDefault(libraryLogger(os.Stderr))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCommand(buildInfo{Version: version, Commit: commit}, os.Stdin, os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bastion:", err)
+		fmt.Fprintln(os.Stderr, "bastion:", userError(err))
 		os.Exit(exitCode(err))
 	}
 }

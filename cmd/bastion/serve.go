@@ -96,6 +96,9 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	if !layout.Exists() {
 		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), f.DataDir)
 	}
+	if len(f.Access) == 0 {
+		fmt.Fprintln(stderr, noAccessWarning)
+	}
 	pass, err := readPassphrase(f.CA.PassphraseFile)
 	if err != nil {
 		return nil, err
@@ -267,7 +270,7 @@ func readSecretFile(path string) (string, error) {
 	if path == "" {
 		return "", nil
 	}
-	b, err := readPassphrase(path)
+	b, err := readTrimmedFile(path, "secret")
 	return string(b), err
 }
 
@@ -332,3 +335,7 @@ func (ar *alertRuntime) stop() {
 	defer cancel()
 	_ = ar.engine.Close(ctx)
 }
+
+// noAccessWarning is said when bastion.yaml has no access rules: the
+// gateway starts (logins and admin commands work) but refuses every jump.
+const noAccessWarning = "bastion: warning: bastion.yaml has no access: rules, so nobody can jump through this gateway; add rules naming principals or groups, hosts and ports (README, bastion serve)"

@@ -21,6 +21,10 @@ import (
 type Query struct {
 	Filter audit.Filter
 	Format audit.Format
+	// History makes a tail print the matching events already in the log
+	// before following; without it (and without --since) a tail starts at
+	// the end, like tail -f. See FromStart.
+	History bool
 }
 
 // Flags are the flag values as typed, before times are resolved.
@@ -28,6 +32,7 @@ type Flags struct {
 	Since, Until, Actor, Session string
 	Types                        []string
 	Format                       string
+	History                      bool
 }
 
 // Register adds the flags to fs.
@@ -38,6 +43,12 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Actor, "actor", "", "only events by this actor")
 	fs.StringVar(&f.Session, "session", "", "only events of this session id")
 	fs.StringVar(&f.Format, "format", string(audit.FormatJSONL), "output format: jsonl or csv")
+}
+
+// RegisterTail adds the flags of `audit tail`: Register's and --history.
+func (f *Flags) RegisterTail(fs *pflag.FlagSet) {
+	f.Register(fs)
+	fs.BoolVar(&f.History, "history", false, "print the matching events already in the log first (default: only new ones, like tail -f; --since implies it)")
 }
 
 // Query resolves the flags into a Query; relative times count back from
@@ -56,11 +67,17 @@ func (f *Flags) Query(now time.Time) (Query, error) {
 		return Query{}, fmt.Errorf("--until: %w", err)
 	}
 	q := Query{
-		Filter: audit.Filter{Since: since, Until: until, Types: f.Types, Actor: f.Actor, Session: f.Session},
-		Format: format,
+		Filter:  audit.Filter{Since: since, Until: until, Types: f.Types, Actor: f.Actor, Session: f.Session},
+		Format:  format,
+		History: f.History,
 	}
 	if err := q.Filter.Validate(); err != nil {
 		return Query{}, err
+	}
+	for _, t := range f.Types {
+		if err := audit.CheckKnownType(t); err != nil {
+			return Query{}, fmt.Errorf("--type: %w", err)
+		}
 	}
 	return q, nil
 }
@@ -72,7 +89,11 @@ func Parse(name string, args []string, now time.Time, usage io.Writer) (Query, e
 	var f Flags
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	f.Register(fs)
+	if strings.HasSuffix(name, "tail") {
+		f.RegisterTail(fs)
+	} else {
+		f.Register(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprintf(usage, "usage: %s [flags]\n%s", name, fs.FlagUsages())
@@ -88,6 +109,11 @@ func Parse(name string, args []string, now time.Time, usage io.Writer) (Query, e
 	}
 	return q, nil
 }
+
+// FromStart reports whether a tail of q prints the log's matching events
+// before following: --history, or --since (which asks for events from a
+// time).
+func (q Query) FromStart() bool { return q.History || !q.Filter.Since.IsZero() }
 
 // Args renders q as flags Parse reads back to the same Query, with times
 // absolute (RFC 3339, UTC), so a query resolved on one machine means the
@@ -112,6 +138,9 @@ func (q Query) Args() []string {
 	}
 	if q.Format != "" {
 		args = append(args, "--format="+string(q.Format))
+	}
+	if q.History {
+		args = append(args, "--history")
 	}
 	return args
 }

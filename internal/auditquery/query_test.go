@@ -103,3 +103,42 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestTailHistory: a tail starts at the end unless --history or --since
+// asks for the log's events; export has no --history; Args keeps it.
+func TestTailHistory(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{{nil, false}, {[]string{"--history"}, true}, {[]string{"--since", "1h"}, true}} {
+		q, err := Parse("audit tail", tc.args, now, &bytes.Buffer{})
+		if err != nil || q.FromStart() != tc.want {
+			t.Errorf("audit tail %v: from start %v, %v; want %v", tc.args, q.FromStart(), err, tc.want)
+		}
+		back, err := Parse("audit tail", q.Args(), now, &bytes.Buffer{})
+		if err != nil || back.FromStart() != tc.want {
+			t.Errorf("audit tail %v: Args %v read back with from start %v, %v", tc.args, q.Args(), back.FromStart(), err)
+		}
+	}
+	if _, err := Parse("audit export", []string{"--history"}, now, &bytes.Buffer{}); err == nil {
+		t.Error("audit export accepted --history")
+	}
+}
+
+// TestUnknownEventTypeIsAnError: a --type that matches no event type is
+// refused with the list of known ones, instead of filtering to nothing.
+func TestUnknownEventTypeIsAnError(t *testing.T) {
+	now := time.Now()
+	for _, bad := range []string{"bogus.type", "auth.faild", "nope.*"} {
+		_, err := Parse("audit export", []string{"--type", bad}, now, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "auth.failed") || !strings.Contains(err.Error(), bad) {
+			t.Errorf("--type %s: %v", bad, err)
+		}
+	}
+	for _, good := range []string{"auth.failed", "auth.*", "session.*,user.locked", "audit.outage"} {
+		if _, err := Parse("audit tail", []string{"--type", good}, now, &bytes.Buffer{}); err != nil {
+			t.Errorf("--type %s: %v", good, err)
+		}
+	}
+}

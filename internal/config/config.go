@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -262,6 +263,14 @@ func (f *File) Validate() error {
 	default:
 		return fmt.Errorf("log.format: %q is not json or text", f.Log.Format)
 	}
+	if err := validateListen("listen", f.Listen); err != nil {
+		return err
+	}
+	if f.MetricsListen != "" {
+		if err := validateListen("metrics_listen", f.MetricsListen); err != nil {
+			return err
+		}
+	}
 	gc := f.Gateway()
 	if err := gc.Validate(); err != nil {
 		return errors.New(strings.TrimPrefix(err.Error(), "gateway: "))
@@ -403,4 +412,19 @@ func (f *File) Gateway() gateway.Config {
 			HostCertCache:  time.Duration(f.Recording.HostCertCache),
 		},
 	}
+}
+
+// validateListen checks a listen address's form and port before anything
+// tries to listen on it, so a bad port is named as such rather than
+// reported as a port in use.
+func validateListen(key, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%s: %q is not HOST:PORT, such as 127.0.0.1:2222 or :2222", key, addr)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%s: %q has invalid port %q: use 1-65535 (0 picks a free one)", key, addr, port)
+	}
+	return nil
 }

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// includeWhy is the one reason given, in the README and by `bastion login`
+// and `bastion dev`, for where the Include line goes.
+const includeWhy = "at the top: ssh uses the first value it finds for each option, so lines above the Include would win"
+
+// devKeyStep makes ~/.ssh and an ed25519 key when they are missing and
+// leaves existing ones alone.
+const devKeyStep = `mkdir -p -m 700 ~/.ssh && { test -f ~/.ssh/id_ed25519 || ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519; }`
+
+// devCertStep is the OpenSSH-only login: the certificate goes to a new
+// file that replaces the old one only when the login succeeded, so a failed
+// login does not empty a certificate that is still valid.
+func devCertStep(port, host string) string {
+	return fmt.Sprintf("ssh -p %s login@%s > ~/.ssh/id_ed25519-cert.pub.new && mv ~/.ssh/id_ed25519-cert.pub.new ~/.ssh/id_ed25519-cert.pub", port, host)
+}
+
+// devCLI is how the printed steps run bastion: "bastion" when it is on
+// $PATH, else "go run ./cmd/bastion" (what started `bastion dev`, from the
+// same directory).
+func devCLI() string {
+	if _, err := exec.LookPath("bastion"); err == nil {
+		return "bastion"
+	}
+	return "go run ./cmd/bastion"
+}
+
+// gatewayFingerprint is the SHA256 fingerprint of the gateway's host key,
+// which ssh shows on first contact, or a note saying why there is none.
+func gatewayFingerprint(dataDir string) string {
+	data, err := os.ReadFile(filepath.Join(dataDir, "gateway", "ssh_host_ed25519_key-cert.pub"))
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	k, _, _, _, err := gossh.ParseAuthorizedKey(data)
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	if c, ok := k.(*gossh.Certificate); ok {
+		k = c.Key
+	}
+	return gossh.FingerprintSHA256(k)
+}
+
+// tempDataDirNote is said at the start of a `bastion dev` without
+// --data-dir: its data, the audit log included, goes when it stops.
+func tempDataDirNote(dir string) string {
+	return fmt.Sprintf("bastion dev: data in the temporary directory %s, deleted (audit log included) when bastion dev stops; pass --data-dir DIR to keep it\n", dir)
+}
+
+// removeDevDataDir deletes the temporary data directory of `bastion dev`
+// and says so.
+func removeDevDataDir(w io.Writer, dir string) {
+	if err := os.RemoveAll(dir); err != nil {
+		fmt.Fprintf(w, "bastion dev: could not delete the temporary data directory: %v\n", err)
+		return
+	}
+	fmt.Fprintf(w, "bastion dev: deleted the temporary data directory %s (audit log included); pass --data-dir DIR to keep it\n", dir)
+}

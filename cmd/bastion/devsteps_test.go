@@ -1,0 +1,318 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/internal/testbed"
+)
+
+// stepLines returns the command lines of the printed instructions that
+// follow the line containing after, up to the next blank-ish heading.
+func stepLines(t *testing.T, text, after string, n int) []string {
+	t.Helper()
+	i := strings.Index(text, after)
+	if i < 0 {
+		t.Fatalf("instructions lack %q:\n%s", after, text)
+	}
+	lines := strings.Split(text[i:], "\n")[1:]
+	var out []string
+	for _, l := range lines {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "(") || strings.HasPrefix(l, "keeps") {
+			continue
+		}
+		out = append(out, l)
+		if len(out) == n {
+			break
+		}
+	}
+	return out
+}
+
+// freshAccount is a home directory with no ~/.ssh, and a PATH whose ssh is
+// the real OpenSSH client pointed at that home (OpenSSH takes ~ from the
+// password database, not $HOME) with accept-new host key checking.
+type freshAccount struct {
+	home, bin string
+}
+
+func newFreshAccount(t *testing.T) freshAccount {
+	t.Helper()
+	testbed.RequireOpenSSH(t)
+	dir := t.TempDir()
+	a := freshAccount{home: filepath.Join(dir, "home"), bin: filepath.Join(dir, "bin")}
+	for _, d := range []string{a.home, a.bin} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sshBin, err := exec.LookPath("ssh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "ssh_config")
+	if err := os.WriteFile(cfg, []byte("Host *\n  IdentityFile "+a.home+"/.ssh/id_ed25519\n  UserKnownHostsFile "+dir+"/known_hosts\n  StrictHostKeyChecking accept-new\n  BatchMode yes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := "#!/bin/sh\nexec " + sshBin + " -F " + cfg + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(a.bin, "ssh"), []byte(wrapper), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// sh runs a printed line verbatim with sh as the fresh account; answer
+// sees each line of its stderr.
+func (a freshAccount) sh(ctx context.Context, t *testing.T, line string, answer func(string)) (string, error) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, "sh", "-c", line)
+	cmd.Env = append(os.Environ(), "HOME="+a.home, "PATH="+a.bin+":"+os.Getenv("PATH"), "SSH_AUTH_SOCK=", "LC_ALL=C")
+	cmd.Dir = a.home
+	cmd.WaitDelay = 5 * time.Second
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var all strings.Builder
+	r := bufio.NewReader(stderr)
+	for {
+		l, err := r.ReadString('\n')
+		all.WriteString(l)
+		if answer != nil {
+			answer(l)
+		}
+		if err != nil {
+			break
+		}
+	}
+	io.Copy(io.Discard, r)
+	err = cmd.Wait()
+	return out.String() + all.String(), err
+}
+
+// TestDevFirstStepsVerbatim runs the OpenSSH-only steps `bastion dev`
+// prints, verbatim, on an account with no ~/.ssh: they make the key, log
+// in, jump; a second run keeps the key; a failed login keeps the old
+// certificate.
+func TestDevFirstStepsVerbatim(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	env, err := startDev(ctx, devOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:0", IdPListen: "127.0.0.1:0", Target: "auto", PollInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	text := env.Instructions()
+	login := stepLines(t, text, "with nothing but OpenSSH", 2)
+	jump := stepLines(t, text, "Jump to the demo host", 1)[0]
+	acct := newFreshAccount(t)
+	keyPath := filepath.Join(acct.home, ".ssh", "id_ed25519")
+	certPath := keyPath + "-cert.pub"
+
+	approve := func(l string) {
+		if m := devCodeRE.FindStringSubmatch(l); m != nil {
+			if err := env.IdP.ApproveDevice(m[1], "alice"); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	deny := func(l string) {
+		if m := devCodeRE.FindStringSubmatch(l); m != nil {
+			if err := env.IdP.DenyDevice(m[1]); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	if out, err := acct.sh(ctx, t, login[0], nil); err != nil {
+		t.Fatalf("%s: %v\n%s", login[0], err, out)
+	}
+	key1, err := os.ReadFile(keyPath)
+	if err != nil {
+		t.Fatalf("the key step made no key: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Dir(keyPath)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("~/.ssh: %v %v, want mode 0700", fi.Mode(), err)
+	}
+	if out, err := acct.sh(ctx, t, login[1], approve); err != nil {
+		t.Fatalf("%s: %v\n%s", login[1], err, out)
+	}
+	cert1, err := os.ReadFile(certPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, _, _, _, err := gossh.ParseAuthorizedKey(cert1); err != nil {
+		t.Fatalf("no certificate in %s: %v", certPath, err)
+	} else if c, ok := k.(*gossh.Certificate); !ok || c.ValidPrincipals[0] != "alice" {
+		t.Fatalf("certificate %v, want one for alice", k)
+	}
+	if out, err := acct.sh(ctx, t, jump+" echo through-the-gateway", nil); err != nil || !strings.Contains(out, "through-the-gateway") {
+		t.Fatalf("%s: %v\n%s", jump, err, out)
+	}
+
+	// The steps again: the key stays; a denied login keeps the certificate.
+	if out, err := acct.sh(ctx, t, login[0], nil); err != nil {
+		t.Fatalf("%s again: %v\n%s", login[0], err, out)
+	}
+	if key2, _ := os.ReadFile(keyPath); !bytes.Equal(key1, key2) {
+		t.Fatal("the key step replaced an existing key")
+	}
+	if out, err := acct.sh(ctx, t, login[1], deny); err == nil {
+		t.Fatalf("a denied login succeeded:\n%s", out)
+	}
+	if cert2, _ := os.ReadFile(certPath); !bytes.Equal(cert1, cert2) {
+		t.Fatalf("a failed login changed the certificate to %q", cert2)
+	}
+}
+
+// TestDevNamesTheCLIAsItCanRun: with no bastion on $PATH the steps say
+// `go run ./cmd/bastion`; with one, `bastion`.
+func TestDevNamesTheCLIAsItCanRun(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	if got := devCLI(); got != "go run ./cmd/bastion" {
+		t.Errorf("without bastion on PATH: %q", got)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "bastion"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir)
+	if got := devCLI(); got != "bastion" {
+		t.Errorf("with bastion on PATH: %q", got)
+	}
+}
+
+// TestReadmeFirstStepsMatchDev: the README's OpenSSH login is the one
+// `bastion dev` prints for its default address.
+func TestReadmeFirstStepsMatchDev(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{devKeyStep, devCertStep("2222", "127.0.0.1"), "Include ~/.ssh/bastion/config", includeWhy} {
+		if !strings.Contains(string(readme), want) {
+			t.Errorf("README lacks %q", want)
+		}
+	}
+	if strings.Contains(string(readme), ">> ~/.ssh/config") {
+		t.Error("README appends the Include line to ~/.ssh/config; it must go at the top")
+	}
+}
+
+// TestDevBastionLoginThenPrintedJump: after `bastion login` to a dev
+// gateway and the Include line at the top of ~/.ssh/config, as the login
+// says, the printed `ssh -J` to the demo host works with strict host key
+// checking (the gateway's Host block also matches the demo host's
+// address, so the demo host must pass bastion's known_hosts).
+func TestDevBastionLoginThenPrintedJump(t *testing.T) {
+	testbed.RequireOpenSSH(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	env, err := startDev(ctx, devOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:0", IdPListen: "127.0.0.1:0", Target: "auto", PollInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	home := newHome(t)
+	out, errOut, err := runLoginCLI(t, env.Gateway, func(l string) {
+		if m := devCodeRE.FindStringSubmatch(l); m != nil {
+			if err := env.IdP.ApproveDevice(m[1], "alice"); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("bastion login: %v\n%s%s", err, out, errOut)
+	}
+	if !strings.Contains(out, "at the top of ~/.ssh/config") || !strings.Contains(out, includeWhy) {
+		t.Errorf("login output does not say where the Include line goes and why:\n%s", out)
+	}
+	cfg := filepath.Join(home, ".ssh", "config")
+	text := "Include " + filepath.Join(home, ".ssh", "bastion", "config") + "\n\nHost *\n  BatchMode yes\n  StrictHostKeyChecking yes\n  GlobalKnownHostsFile /dev/null\n  IdentityAgent none\n"
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	jump := strings.Fields(stepLines(t, env.Instructions(), "Jump to the demo host", 1)[0])
+	res, code := sshVia(t, home, cfg, append(jump[1:], "echo", "through-the-gateway")...)
+	if code != 0 || !strings.Contains(res, "through-the-gateway") {
+		t.Fatalf("%s after bastion login: exit %d\n%s", strings.Join(jump, " "), code, res)
+	}
+}
+
+// TestDevAnnouncesTemporaryDataDir: `bastion dev` without --data-dir says
+// at start that its data, audit log included, goes when it stops and how
+// to keep it, and on Ctrl-C says it deleted it.
+func TestDevAnnouncesTemporaryDataDir(t *testing.T) {
+	testbed.RequireOpenSSH(t)
+	t.Setenv("BASTION_DATA_DIR", "")
+	var outBuf, errBuf bytes.Buffer
+	stdout, stderr := &lockedText{w: &outBuf}, &lockedText{w: &errBuf}
+	cmd := newRootCommand(buildInfo{Version: "v-test"}, strings.NewReader(""), stdout, stderr)
+	cmd.SetArgs([]string{"dev", "--listen", "127.0.0.1:0"})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	for !strings.Contains(stdout.String(), "Press Ctrl-C") {
+		select {
+		case err := <-done:
+			t.Fatalf("bastion dev ended: %v\n%s", err, stderr.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	start := stderr.String()
+	if !strings.Contains(start, "deleted (audit log included) when bastion dev stops; pass --data-dir DIR to keep it") {
+		t.Fatalf("no word on the temporary data dir at start:\n%s", start)
+	}
+	dir := strings.Fields(strings.SplitN(start, "temporary directory ", 2)[1])[0]
+	dir = strings.TrimSuffix(dir, ",")
+	if _, err := os.Stat(filepath.Join(dir, "audit.db")); err != nil {
+		t.Fatalf("the announced dir %q has no audit log: %v", dir, err)
+	}
+	if fp := gatewayFingerprint(dir); !strings.HasPrefix(fp, "SHA256:") || !strings.Contains(stdout.String(), "host key "+fp) {
+		t.Errorf("the gateway's host key fingerprint %s is not printed:\n%s", fp, stdout.String())
+	}
+	cancel() // Ctrl-C
+	if err := <-done; err != nil {
+		t.Fatalf("bastion dev: %v", err)
+	}
+	if !strings.Contains(stderr.String(), "deleted the temporary data directory "+dir) {
+		t.Errorf("no word on deleting the data dir on exit:\n%s", stderr.String())
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("%s still exists: %v", dir, err)
+	}
+}
+
+// lockedText is a syncWriter whose text can be read while it is written.
+type lockedText struct {
+	syncWriter
+	w *bytes.Buffer
+}
+
+func (l *lockedText) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (l *lockedText) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
+}
