@@ -73,15 +73,15 @@ const (
 	TypeRecordingFailed = "recording.failed"
 	// TypeAuditOutage closes an episode during which the audit log could
 	// not be written (the gateway's spool writes it).
-	TypeAuditOutage = "audit.outage"
-	TypeChannelDenied      = "channel.refused"
-	TypeRequestDenied      = "request.refused"
-	TypeCommand            = "gateway.command"
-	TypeGatewayStart       = "gateway.start"
-	TypeGatewayStop        = "gateway.stop"
-	TypeLoginStarted       = "login.started"
-	TypeLoginOK            = "login.ok"
-	TypeLoginFailed        = "login.failed"
+	TypeAuditOutage   = "audit.outage"
+	TypeChannelDenied = "channel.refused"
+	TypeRequestDenied = "request.refused"
+	TypeCommand       = "gateway.command"
+	TypeGatewayStart  = "gateway.start"
+	TypeGatewayStop   = "gateway.stop"
+	TypeLoginStarted  = "login.started"
+	TypeLoginOK       = "login.ok"
+	TypeLoginFailed   = "login.failed"
 	// TypeAuditPruned records a retention run: how many events it deleted
 	// and the checkpoint the chain now starts from.
 	TypeAuditPruned = "audit.pruned"

@@ -46,7 +46,6 @@ const (
 	ReasonForwardingNotAllowed = "port_forwarding_not_permitted"
 )
 
-
 // Recording failure policies (RecordConfig.OnFailure).
 const (
 	OnFailureClose    = "close"
