@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"runtime/debug"
 	"sync"
 
 	"go.etcd.io/bbolt"
@@ -89,6 +90,11 @@ func (c *committer) stop() {
 
 func (c *committer) loop() {
 	defer close(c.exited)
+	// A log file cut short under a running gateway makes reads of its
+	// mapped pages fault: with this, the fault is a panic that safeCall
+	// and update turn into an error (the log is then reported down)
+	// instead of a SIGBUS that kills the gateway.
+	debug.SetPanicOnFault(true)
 	batch := make([]*writeReq, 0, maxBatchSize)
 	for r := range c.reqs {
 		batch = append(batch[:0], r)
@@ -153,8 +159,14 @@ func (c *committer) commit(batch []*writeReq) {
 	}
 }
 
-// update runs fn in a write transaction under writeMu.
-func (c *committer) update(fn func(*bbolt.Tx) error) error {
+// update runs fn in a write transaction under writeMu; a fault or panic
+// in bbolt itself (a damaged or shrunk file) is an ErrDamaged error.
+func (c *committer) update(fn func(*bbolt.Tx) error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: writing failed (%v); stop bastion and run `bastion audit verify` on the file", ErrDamaged, p)
+		}
+	}()
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	return c.db.Update(fn)

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -575,4 +576,69 @@ func TestNextID(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWriterRefusesADamagedRecord: bytes changed inside a record pass
+// bbolt's page check; a writer must still refuse the file (nothing is
+// appended to a chain that cannot be proven), while a read-only open lets
+// verify say where the chain breaks.
+func TestWriterRefusesADamagedRecord(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		mustAppend(t, s, Event{Type: TypeAuthOK, Actor: fmt.Sprintf("marker-%02d-zzzzzzzz", i)})
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := bytes.Index(data, []byte("marker-07-zzzzzzzz"))
+	if at < 0 {
+		t.Fatal("marker not found in the file")
+	}
+	copy(data[at:], "marker-07-ZZZZZZZZ") // same length: bbolt's structure is intact
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := Open(path, Options{}); err == nil {
+		w.Close()
+		t.Fatal("a writer opened a log whose record was edited")
+	} else if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "salvage") {
+		t.Fatalf("writer open = %v, want ErrDamaged naming salvage", err)
+	}
+	r, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("read-only open of the damaged log: %v", err)
+	}
+	defer r.Close()
+	if _, err := r.VerifyAnchored(t.Context(), nil); err == nil {
+		t.Fatal("verify passed a log whose record was edited")
+	}
+}
+
+// TestLogCutShortUnderAWriter: a log file truncated while the store has
+// it open makes the next append fail with an error (the gateway then
+// reports the log down) instead of a SIGBUS that kills the process.
+func TestLogCutShortUnderAWriter(t *testing.T) {
+	s, path := newStore(t, Options{})
+	for i := range 200 {
+		mustAppend(t, s, Event{Type: TypeAuthOK, Actor: fmt.Sprint("user", i), Fields: map[string]string{"pad": strings.Repeat("x", 512)}})
+	}
+	if err := os.Truncate(path, 8192); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for i := 0; i < 50 && err == nil; i++ {
+		_, err = s.Append(t.Context(), Event{Type: TypeAuthOK, Actor: "after-truncate"})
+	}
+	if err == nil {
+		t.Fatal("appends to a log cut short under the store all succeeded")
+	}
+	t.Logf("append after the cut: %v", err)
 }

@@ -3,7 +3,9 @@
 // empty file: the data goes to a temporary file in the same directory,
 // which is fsync'd, renamed (or hard-linked, for a file that must not
 // replace another) over the destination, and the directory is fsync'd so
-// the new name itself survives a power cut.
+// the new name itself survives a power cut. On Linux the temporary file
+// is unnamed (O_TMPFILE) while it is written, so a crash leaves no
+// temporary file behind either.
 //
 // github.com/google/renameio/v2 was considered: it does the first three
 // steps but does not fsync the directory and has no create-only mode,
@@ -15,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // ErrExist is returned by [WriteNew] when the destination exists.
@@ -23,6 +26,31 @@ var ErrExist = os.ErrExist
 // WriteFile replaces path with data, with permissions perm (not subject to
 // the umask). Readers see the old content or the new, never a part.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
+	if f, ok, err := writeUnnamed(path, data, perm); ok {
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		removeStale(path)
+		// The file gets a temporary name only for the instant between
+		// this link and the rename: a crash while writing leaves nothing.
+		tmp := filepath.Join(filepath.Dir(path), fmt.Sprintf(".%s.tmp-%d", filepath.Base(path), f.Fd()))
+		for i := 0; ; i++ {
+			err = linkUnnamed(f, tmp)
+			if !errors.Is(err, os.ErrExist) || i > 8 {
+				break
+			}
+			tmp += "x"
+		}
+		if err == nil {
+			if err := os.Rename(tmp, path); err != nil {
+				_ = os.Remove(tmp)
+				return fmt.Errorf("write %s: %w", path, err)
+			}
+			return syncDir(path)
+		}
+		// No /proc, or linking refused: fall back to a named temporary.
+	}
 	tmp, err := writeTemp(path, data, perm)
 	if err != nil {
 		return err
@@ -39,6 +67,22 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 func WriteNew(path string, data []byte, perm os.FileMode) error {
 	if _, err := os.Lstat(path); err == nil {
 		return fmt.Errorf("write %s: %w", path, ErrExist)
+	}
+	if f, ok, err := writeUnnamed(path, data, perm); ok {
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		// linkat(2) names the file only once it is whole, and fails if
+		// path exists, so two writers cannot both win.
+		err = linkUnnamed(f, path)
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("write %s: %w", path, ErrExist)
+		}
+		if err == nil {
+			return syncDir(path)
+		}
+		// No /proc, or linking refused: fall back to a named temporary.
 	}
 	tmp, err := writeTemp(path, data, perm)
 	if err != nil {
@@ -81,6 +125,21 @@ func writeTemp(path string, data []byte, perm os.FileMode) (string, error) {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	return name, nil
+}
+
+// staleAfter is how old a temporary file beside a destination must be to
+// be taken for one left by a crash (a kill between link and rename).
+const staleAfter = time.Minute
+
+// removeStale removes temporary files of path's that a crashed writer
+// left behind; a live writer's exists for microseconds, not a minute.
+func removeStale(path string) {
+	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*"))
+	for _, m := range matches {
+		if fi, err := os.Lstat(m); err == nil && fi.Mode().IsRegular() && time.Since(fi.ModTime()) > staleAfter {
+			_ = os.Remove(m)
+		}
+	}
 }
 
 // syncDir fsyncs the directory holding path, so a rename or link in it is
