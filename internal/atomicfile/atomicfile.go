@@ -26,6 +26,19 @@ var ErrExist = os.ErrExist
 // WriteFile replaces path with data, with permissions perm (not subject to
 // the umask). Readers see the old content or the new, never a part.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
+	// A symlink is followed, so the file it names is replaced, not the
+	// link. A device, FIFO or socket (--out /dev/null, --out /dev/stdout)
+	// is written in place: renaming over it would replace a device node
+	// with a regular file.
+	if resolved, err := filepath.EvalSymlinks(path); err == nil {
+		path = resolved
+	}
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		if fi.IsDir() {
+			return fmt.Errorf("write %s: it is a directory", path)
+		}
+		return writeInPlace(path, data)
+	}
 	if f, ok, err := writeUnnamed(path, data, perm); ok {
 		if err != nil {
 			return err
@@ -125,6 +138,23 @@ func writeTemp(path string, data []byte, perm os.FileMode) (string, error) {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	return name, nil
+}
+
+// writeInPlace writes data to an existing special file (a device, FIFO
+// or socket) as os.WriteFile would, without replacing it.
+func writeInPlace(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // staleAfter is how old a temporary file beside a destination must be to

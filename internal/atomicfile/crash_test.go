@@ -72,3 +72,51 @@ func TestStaleTemporaryFileRemoved(t *testing.T) {
 		t.Fatalf("the stale temporary file is still there: %v", err)
 	}
 }
+
+// TestSpecialFilesAreWrittenInPlace: writing to a device, a FIFO or
+// through a symlink never replaces the special file or the link with a
+// regular file (ca sign --out /dev/null must not destroy /dev/null).
+func TestSpecialFilesAreWrittenInPlace(t *testing.T) {
+	dir := t.TempDir()
+	if err := WriteFile("/dev/null", []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat("/dev/null"); err != nil || fi.Mode()&os.ModeDevice == 0 {
+		t.Fatalf("/dev/null is no longer a device: %v %v", fi.Mode(), err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscallMkfifo(fifo); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := os.ReadFile(fifo)
+		got <- b
+	}()
+	if err := WriteFile(fifo, []byte("through the pipe"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; string(b) != "through the pipe" {
+		t.Errorf("the FIFO's reader got %q", b)
+	}
+	if fi, err := os.Lstat(fifo); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+		t.Fatalf("the FIFO was replaced: %v %v", fi.Mode(), err)
+	}
+	target := filepath.Join(dir, "real")
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(target, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(link, []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatal("the symlink was replaced by a file")
+	}
+	if b, _ := os.ReadFile(target); string(b) != "new" {
+		t.Errorf("the link's target holds %q, want new", b)
+	}
+}
