@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	gliderssh "github.com/gliderlabs/ssh"
@@ -540,7 +541,7 @@ func (g *Gateway) Serve(ln net.Listener) error {
 func (g *Gateway) ListenAndServe() error {
 	ln, err := net.Listen("tcp", g.cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("gateway: listen on %s: %w (is another process using the port?)", g.cfg.Listen, err)
+		return fmt.Errorf("gateway: listen on %s: %w%s", g.cfg.Listen, err, ListenHint(err))
 	}
 	return g.Serve(ln)
 }
@@ -697,3 +698,12 @@ func newID() string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// ListenHint is the hint for a listen error that means the address is
+// taken, and nothing for other errors (permission, no such address).
+func ListenHint(err error) string {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return " (is another process using the port?)"
+	}
+	return ""
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/usertext"
 )
 
 // command is a built-in the gateway runs in a session channel. There is no
@@ -44,9 +45,10 @@ func (s *sessionIO) printf(format string, args ...any) {
 	io.WriteString(s.stdout, out)
 }
 
-// errorf writes to stderr, translating newlines on a pty.
+// errorf writes to stderr, translating newlines on a pty; internal
+// package prefixes are dropped from what the user reads.
 func (s *sessionIO) errorf(format string, args ...any) {
-	out := fmt.Sprintf(format, args...)
+	out := usertext.Clean(fmt.Sprintf(format, args...))
 	if s.crlf {
 		out = strings.ReplaceAll(out, "\n", "\r\n")
 	}

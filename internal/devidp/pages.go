@@ -10,6 +10,8 @@ import (
 
 	"github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/bastion-ssh/bastion/internal/usertext"
 )
 
 // pages renders the login and device approval pages.
@@ -89,7 +91,7 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		u, err := s.store.decideDevice(d.UserCode, approve, d.Username, r.PostForm.Get("password"))
 		switch {
 		case err != nil:
-			d.Message, d.Error = err.Error(), true
+			d.Message, d.Error = usertext.Error(err), true
 			s.pages.render(w, statusOf(err), d)
 		case approve:
 			s.pages.render(w, http.StatusOK, pageData{Message: "Approved: the terminal is now logged in as " + u.Username + ". You can close this page."})
@@ -110,7 +112,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		d.AuthRequestID = r.URL.Query().Get("authRequestID")
 		req, err := s.store.AuthRequestByID(r.Context(), d.AuthRequestID)
 		if err != nil {
-			s.pages.render(w, http.StatusNotFound, pageData{Message: err.Error(), Error: true})
+			s.pages.render(w, http.StatusNotFound, pageData{Message: usertext.Error(err), Error: true})
 			return
 		}
 		d.formTarget = origin(req.GetRedirectURI())
@@ -125,7 +127,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		if r.PostForm.Get("action") == "deny" {
 			req, err := s.store.AuthRequestByID(r.Context(), d.AuthRequestID)
 			if err != nil {
-				s.pages.render(w, http.StatusNotFound, pageData{Message: err.Error(), Error: true})
+				s.pages.render(w, http.StatusNotFound, pageData{Message: usertext.Error(err), Error: true})
 				return
 			}
 			if s.silentDeny {
@@ -138,7 +140,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if err := s.store.completeAuthRequest(d.AuthRequestID, d.Username, r.PostForm.Get("password")); err != nil {
-			d.Message, d.Error = err.Error(), true
+			d.Message, d.Error = usertext.Error(err), true
 			s.pages.render(w, statusOf(err), d)
 			return
 		}

@@ -1,0 +1,25 @@
+// Package usertext turns bastion's errors into what a user is shown:
+// without the package prefixes ("sshclient: ", "ca: ", ...) that help a
+// developer reading a log and tell a user nothing. The CLI, the gateway's
+// replies over SSH and the dev IdP's pages all go through it.
+package usertext
+
+import "regexp"
+
+// internalPrefixRE matches a bastion package prefix at the start of a
+// message or after the ": " that wraps it.
+var internalPrefixRE = regexp.MustCompile(`(^|: |\n)(?:sshclient|devidp|devtarget|gateway|ca|audit|auditquery|config|oidc|scan|alert|atomicfile|sftpinspect): `)
+
+// Clean drops every internal package prefix from msg.
+func Clean(msg string) string {
+	for {
+		next := internalPrefixRE.ReplaceAllString(msg, "$1")
+		if next == msg {
+			return msg
+		}
+		msg = next
+	}
+}
+
+// Error is Clean of err's text.
+func Error(err error) string { return Clean(err.Error()) }
