@@ -153,6 +153,7 @@ func TestVerifyAfterPruneDetectsTampering(t *testing.T) {
 		})
 	}
 }
+
 // TestPruneStopsAtABrokenLink: retention never deletes the evidence of
 // tampering: a log with an edited record is refused to every writer,
 // retention included, before anything is pruned.

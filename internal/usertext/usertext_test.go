@@ -10,9 +10,9 @@ func TestClean(t *testing.T) {
 	for in, want := range map[string]string{
 		"sshclient: open a session on the gateway: EOF":                "open a session on the gateway: EOF",
 		"bastion: auditquery: --type: audit: event type \"x\" unknown": "bastion: --type: event type \"x\" unknown",
-		"devidp: unknown user or wrong password":                        "unknown user or wrong password",
-		"casual: words stay":                                            "casual: words stay",
-		"line one\nca: line two":                                        "line one\nline two",
+		"devidp: unknown user or wrong password":                       "unknown user or wrong password",
+		"casual: words stay":                                           "casual: words stay",
+		"line one\nca: line two":                                       "line one\nline two",
 	} {
 		if got := Clean(in); got != want {
 			t.Errorf("Clean(%q) = %q, want %q", in, got, want)
