@@ -14,7 +14,8 @@
 # Health: distroless has no shell or curl for a HEALTHCHECK, and bastion has
 # no health subcommand, so there is none here. Probe it from outside:
 # GET http://HOST:9222/healthz answers 200 "ok" while the gateway serves
-# (metrics_listen in bastion.yaml). The Kubernetes manifests and the compose
+# and takes logins (503 while the audit log cannot be written; /livez stays
+# 200) (metrics_listen in bastion.yaml). The Kubernetes manifests and the compose
 # demo do exactly that.
 
 ARG GO_VERSION=1.26.8

@@ -53,6 +53,7 @@ const auditUsage = `usage: audit export [flags]   write the matching events and 
        audit sessions [--since T] [--until T] [--user U] [--target HOST] [--active] [--json]
        audit play SESSION [--speed N] [--idle-limit D] [--format terminal|asciicast|text] [--channel N]
        audit watch SESSION [--format terminal|text]   follow a live session read-only
+       audit anchor           verify the chain and print an anchor line for its end, to keep off this machine
 flags: --since T  --until T  --type NAME[,NAME]  --actor WHO  --session ID  --format jsonl|csv
        T is RFC 3339 (2026-11-27T15:00:00Z), a date, or a duration ago (24h)
 `
@@ -92,6 +93,8 @@ func (g *Gateway) cmdAudit(ctx context.Context, s *sessionIO, _ *Identity, args 
 	switch sub {
 	case "sessions", "play", "watch":
 		return g.cmdAuditSessions(ctx, s, sub, args)
+	case "anchor":
+		return g.cmdAuditAnchor(ctx, s)
 	}
 	if sub != "export" && sub != "tail" {
 		s.errorf("bastion: audit has no subcommand %q\n%s", sub, auditUsage)
@@ -122,6 +125,34 @@ func (g *Gateway) cmdAudit(ctx context.Context, s *sessionIO, _ *Identity, args 
 		s.errorf("bastion: audit %s: %v\n", sub, err)
 		return 1
 	}
+	return 0
+}
+
+// chainVerifier is what `audit anchor` needs; *audit.Store is one.
+type chainVerifier interface {
+	VerifyChain(ctx context.Context) (audit.Verification, error)
+}
+
+// cmdAuditAnchor verifies the live log's chain and prints an anchor for
+// its end: published off the machine (a cron job appending it to another
+// host), it lets a later `bastion audit verify --anchor` prove the log
+// was neither cut back nor rewritten up to it.
+func (g *Gateway) cmdAuditAnchor(ctx context.Context, s *sessionIO) int {
+	store, ok := g.deps.Audit.(chainVerifier)
+	if !ok {
+		s.errorf("bastion: this gateway's audit log cannot be verified through it\n")
+		return 1
+	}
+	v, err := store.VerifyChain(ctx)
+	if err != nil {
+		s.errorf("bastion: audit log is NOT intact (%d events checked): %v\n", v.Checked, err)
+		return 1
+	}
+	if v.Head.ID == "" {
+		s.errorf("bastion: the audit log is empty\n")
+		return 1
+	}
+	s.printf("%s\n", v.Head.String())
 	return 0
 }
 

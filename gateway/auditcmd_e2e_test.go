@@ -345,3 +345,34 @@ func median(ds []time.Duration) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
 }
+
+// TestAuditAnchorOverSSH: `ssh auditor@gateway audit anchor` verifies the
+// live chain and prints an anchor that the offline verify of the same
+// file, later, accepts.
+func TestAuditAnchorOverSSH(t *testing.T) {
+	tg := startGateway(t, withoutBans, withAuditors)
+	ctx := t.Context()
+	auditor := tg.client(ca.Request{KeyID: "auditor-laptop", Groups: []string{"auditors"}})
+	res := auditor.Run(ctx, "ssh", tg.gatewayArgs(tg.user, "audit", "anchor")...)
+	if res.ExitCode != 0 {
+		t.Fatalf("audit anchor: %s", res)
+	}
+	a, err := audit.ParseAnchor(res.Stdout)
+	if err != nil {
+		t.Fatalf("audit anchor printed %q: %v", res.Stdout, err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tg.gw.Shutdown(sctx)
+	if err := tg.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := audit.Open(tg.layout.AuditDB(), audit.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if _, err := ro.VerifyAnchored(context.Background(), &a); err != nil {
+		t.Fatalf("offline verify with the live anchor: %v", err)
+	}
+}

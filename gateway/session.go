@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -141,6 +142,17 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 	cmd, ok := g.commands[name]
 	status := 127
 	refused := false
+	// A command's output is what it gives the user, so it is held back
+	// until the command's record is durable: if the record cannot be
+	// written, the user gets the audit-unavailable line instead. The
+	// audit commands stream (a tail never ends) and write as they go;
+	// they are gated only by the check below.
+	out := sio
+	var held *heldOutput
+	if ok && !cmd.auditor {
+		held = &heldOutput{}
+		out = &sessionIO{stdout: &held.stdout, stderr: &held.stderr, stdin: sio.stdin, crlf: sio.crlf}
+	}
 	switch {
 	case g.spool.down():
 		refused = true
@@ -156,15 +168,37 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 	case cmd.auditor && !g.isAuditor(id):
 		status = g.refuseAuditCommand(cs, sio, id, line)
 	default:
-		status = cmd.run(ctx, sio, id, args)
+		status = cmd.run(ctx, out, id, args)
 	}
 	f := id.auditFields()
 	f["command"], f["exit_status"], f["remote"], f["conn"] = line, fmt.Sprint(status), cs.remote.String(), cs.id
 	if refused {
 		f["refused"] = ReasonAuditUnavailable
 	}
-	g.record(context.Background(), audit.Event{Type: audit.TypeCommand, Actor: id.User, Session: cs.id, Fields: f})
+	ev := audit.Event{Type: audit.TypeCommand, Actor: id.User, Session: cs.id, Fields: f}
+	if err := g.recordOrRefuse(context.Background(), ev); err != nil {
+		// It ran (a lock it took is on record with the lock itself), so
+		// its record is kept for later; its output is not given.
+		if storeFault(context.Background(), err) {
+			f["output_withheld"] = ReasonAuditUnavailable
+			g.spool.keep(ev)
+		}
+		if held != nil && !refused {
+			sio.errorf("bastion: %s\n", MsgAuditUnavailable)
+			return 1
+		}
+	}
+	if held != nil {
+		_, _ = io.Copy(sio.stdout, &held.stdout)
+		_, _ = io.Copy(sio.stderr, &held.stderr)
+	}
 	return status
+}
+
+// heldOutput is a built-in command's output, held until its record is
+// durable.
+type heldOutput struct {
+	stdout, stderr bytes.Buffer
 }
 
 func (g *Gateway) isAdmin(id *Identity) bool {
