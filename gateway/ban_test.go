@@ -45,7 +45,9 @@ func TestBanListManySources(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	t.Logf("%d sources through Banned+Fail: %s, heap %+d KiB", sources, took, (int64(after.HeapAlloc)-int64(before.HeapAlloc))/1024)
-	if took > time.Second {
+	// About 0.17 s under -race; the bound leaves room for a loaded CI
+	// machine and still catches a scan per call (22 s before).
+	if took > 2*time.Second {
 		t.Errorf("%d sources took %s, want well under a second", sources, took)
 	}
 	// Twice as many sources hold no more memory than the bound.

@@ -601,7 +601,11 @@ func TestManySourcesStayBounded(t *testing.T) {
 		}
 		at = at.Add(time.Millisecond)
 	}
-	if took := time.Since(start); took > time.Second {
+	took := time.Since(start)
+	t.Logf("40,000 sources through the rules and de-duplication: %s", took)
+	// About 0.1 s, 0.55 s under -race; before, 38 s. The bound leaves
+	// room for a loaded CI machine and still catches a quadratic scan.
+	if took > 3*time.Second {
 		t.Errorf("40,000 sources took %s", took)
 	}
 	if n := ev.failures.keys.Len(); n > maxKeys {
