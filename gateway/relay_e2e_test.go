@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/testbed"
 )
 
 // upstream is a plain TCP target for relay tests: it hands each accepted
@@ -152,42 +154,11 @@ func TestRelayClientChannelCloseClosesUpstream(t *testing.T) {
 // master dies with SIGKILL; the target socket is closed within a second
 // and session.end says the connection ended.
 func TestRelayControlMasterKilled(t *testing.T) {
-	up := startUpstream(t)
-	tg := startGateway(t, withAccess([]string{"127.0.0.1"}, up.port()))
-	c := tg.client(ca.Request{})
-	sock := filepath.Join(c.Dir, "mux")
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	master := c.Command(ctx, "ssh", append([]string{"-o", "ControlMaster=yes", "-o", "ControlPath=" + sock, "-N"}, tg.gatewayArgs(tg.user)...)...)
-	if err := master.Start(); err != nil {
+	m := startMuxJump(t)
+	if err := m.master.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	defer master.Wait()
-	defer master.Process.Kill()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the control master never came up")
-		}
-	}
-	w := c.Command(ctx, "ssh", append([]string{"-o", "ControlPath=" + sock, "-W", "127.0.0.1:" + strconv.Itoa(up.port())}, tg.gatewayArgs(tg.user)...)...)
-	stdin, err := w.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer w.Wait()
-	defer stdin.Close()
-	target := up.accepted(t)
-	waitFlowing(t, stdin, target)
-	if err := master.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	closedWithin(t, tg, target, time.Second, "connection_closed")
+	closedWithin(t, m.tg, m.target, time.Second, "connection_closed")
 }
 
 // TestRelayMuxClientKilled: the `ssh -W` process of a ControlMaster is
@@ -195,39 +166,10 @@ func TestRelayControlMasterKilled(t *testing.T) {
 // connection, and the gateway must close the target socket (an EOF alone
 // would only half-close it).
 func TestRelayMuxClientKilled(t *testing.T) {
-	up := startUpstream(t)
-	tg := startGateway(t, withAccess([]string{"127.0.0.1"}, up.port()))
-	c := tg.client(ca.Request{})
-	sock := filepath.Join(c.Dir, "mux")
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	master := c.Command(ctx, "ssh", append([]string{"-o", "ControlMaster=yes", "-o", "ControlPath=" + sock, "-N"}, tg.gatewayArgs(tg.user)...)...)
-	if err := master.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer master.Wait()
-	defer master.Process.Kill()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the control master never came up")
-		}
-	}
-	w := c.Command(ctx, "ssh", append([]string{"-o", "ControlPath=" + sock, "-W", "127.0.0.1:" + strconv.Itoa(up.port())}, tg.gatewayArgs(tg.user)...)...)
-	stdin, err := w.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer stdin.Close()
-	target := up.accepted(t)
-	waitFlowing(t, stdin, target)
-	w.Process.Kill()
-	w.Wait()
+	m := startMuxJump(t)
+	tg, c, sock, ctx, target := m.tg, m.c, m.sock, m.ctx, m.target
+	m.w.Process.Kill()
+	m.w.Wait()
 	// The master notices the dead client but sends the channel's EOF and
 	// CLOSE only on its next turn of the event loop (OpenSSH 9/10); a
 	// control command gives it one, as any traffic on a busy master would.
@@ -258,4 +200,53 @@ func TestRelayHalfClose(t *testing.T) {
 		t.Fatalf("half-closed ssh -W: exit %d, %d bytes, stderr %s", res.ExitCode, len(res.Stdout), res.Stderr)
 	}
 	tg.waitEvent(t, "session.end", map[string]string{"reason": "closed", "bytes_up": "4"})
+}
+
+// muxJump is an `ssh -W` to an upstream through a ControlMaster to the
+// gateway, with data flowing.
+type muxJump struct {
+	tg        *testGateway
+	c         *testbed.Client
+	sock      string
+	ctx       context.Context
+	master, w *exec.Cmd
+	target    net.Conn
+}
+
+// startMuxJump starts a ControlMaster to a fresh gateway and an `ssh -W`
+// through it to a fresh upstream, and waits until bytes flow; everything
+// is stopped in t.Cleanup.
+func startMuxJump(t *testing.T) *muxJump {
+	t.Helper()
+	up := startUpstream(t)
+	tg := startGateway(t, withAccess([]string{"127.0.0.1"}, up.port()))
+	c := tg.client(ca.Request{})
+	sock := filepath.Join(c.Dir, "mux")
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	t.Cleanup(cancel)
+	master := c.Command(ctx, "ssh", append([]string{"-o", "ControlMaster=yes", "-o", "ControlPath=" + sock, "-N"}, tg.gatewayArgs(tg.user)...)...)
+	if err := master.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = master.Process.Kill(); _ = master.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the control master never came up")
+		}
+	}
+	w := c.Command(ctx, "ssh", append([]string{"-o", "ControlPath=" + sock, "-W", "127.0.0.1:" + strconv.Itoa(up.port())}, tg.gatewayArgs(tg.user)...)...)
+	stdin, err := w.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stdin.Close(); _ = w.Process.Kill(); _ = w.Wait() })
+	target := up.accepted(t)
+	waitFlowing(t, stdin, target)
+	return &muxJump{tg: tg, c: c, sock: sock, ctx: ctx, master: master, w: w, target: target}
 }

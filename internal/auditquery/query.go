@@ -87,21 +87,12 @@ func (f *Flags) Query(now time.Time) (Query, error) {
 // --help, is written to usage and reported as pflag.ErrHelp.
 func Parse(name string, args []string, now time.Time, usage io.Writer) (Query, error) {
 	var f Flags
-	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	register := f.Register
 	if strings.HasSuffix(name, "tail") {
-		f.RegisterTail(fs)
-	} else {
-		f.Register(fs)
+		register = f.RegisterTail
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprintf(usage, "usage: %s [flags]\n%s", name, fs.FlagUsages())
-		}
-		return Query{}, fmt.Errorf("auditquery: %w", err)
-	}
-	if fs.NArg() > 0 {
-		return Query{}, fmt.Errorf("auditquery: unexpected argument %q: %s takes flags only (--since, --until, --type, --actor, --session, --format)", fs.Arg(0), name)
+	if err := parseFlagsOnly(name, args, usage, register, "--since, --until, --type, --actor, --session, --format"); err != nil {
+		return Query{}, err
 	}
 	q, err := f.Query(now)
 	if err != nil {
@@ -161,4 +152,24 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 		return now.Add(-d), nil
 	}
 	return time.Time{}, fmt.Errorf("%q is not a time: use RFC 3339 (2026-11-27T15:00:00Z), a date (2026-11-27) or a duration ago (24h)", s)
+}
+
+// parseFlagsOnly parses args, a command line of the flags register adds
+// and nothing else, as the gateway receives it. --help writes usage and
+// is reported as pflag.ErrHelp; a stray argument is an error naming the
+// flags (hint).
+func parseFlagsOnly(name string, args []string, usage io.Writer, register func(*pflag.FlagSet), hint string) error {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	register(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Fprintf(usage, "usage: %s [flags]\n%s", name, fs.FlagUsages())
+		}
+		return fmt.Errorf("auditquery: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("auditquery: unexpected argument %q: %s takes flags only (%s)", fs.Arg(0), name, hint)
+	}
+	return nil
 }

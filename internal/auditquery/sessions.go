@@ -55,17 +55,8 @@ func (f *SessionFlags) Query(now time.Time) (SessionsQuery, error) {
 // receives it; --help writes usage and returns pflag.ErrHelp.
 func ParseSessions(name string, args []string, now time.Time, usage io.Writer) (SessionsQuery, error) {
 	var f SessionFlags
-	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	f.Register(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprintf(usage, "usage: %s [flags]\n%s", name, fs.FlagUsages())
-		}
-		return SessionsQuery{}, fmt.Errorf("auditquery: %w", err)
-	}
-	if fs.NArg() > 0 {
-		return SessionsQuery{}, fmt.Errorf("auditquery: unexpected argument %q: %s takes flags only (--since, --until, --user, --target, --active, --json)", fs.Arg(0), name)
+	if err := parseFlagsOnly(name, args, usage, f.Register, "--since, --until, --user, --target, --active, --json"); err != nil {
+		return SessionsQuery{}, err
 	}
 	q, err := f.Query(now)
 	if err != nil {
