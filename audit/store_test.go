@@ -598,11 +598,13 @@ func TestWriterRefusesADamagedRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	at := bytes.Index(data, []byte("marker-07-zzzzzzzz"))
-	if at < 0 {
+	// Every copy: bbolt may keep stale copies of a page on free pages,
+	// and only the live one matters. Same length: bbolt's structure is
+	// intact.
+	if !bytes.Contains(data, []byte("marker-07-zzzzzzzz")) {
 		t.Fatal("marker not found in the file")
 	}
-	copy(data[at:], "marker-07-ZZZZZZZZ") // same length: bbolt's structure is intact
+	data = bytes.ReplaceAll(data, []byte("marker-07-zzzzzzzz"), []byte("marker-07-ZZZZZZZZ"))
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,8 @@ type Identity struct {
 	CAFP   string `json:"ca_fp"`
 	// CAKey is the signing CA's public key in authorized_keys form, so the
 	// CA's trust can be re-checked after a rotation or retirement.
-	CAKey      string    `json:"ca_key,omitempty"`
+	CAKey      string `json:"ca_key,omitempty"`
+	caPub      ssh.PublicKey
 	Principals []string  `json:"principals"`
 	Groups     []string  `json:"groups,omitempty"`
 	ValidUntil time.Time `json:"valid_until"`
@@ -60,8 +61,17 @@ func (id *Identity) subject() ca.Subject {
 }
 
 // caKey parses CAKey.
+// The parsed key is kept after the first call: recheck runs on every
+// channel and request. An Identity is settled before other goroutines see
+// it (verified parses it before the connection joins the live set).
 func (id *Identity) caKey() (ssh.PublicKey, error) {
+	if id.caPub != nil {
+		return id.caPub, nil
+	}
 	k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(id.CAKey))
+	if err == nil {
+		id.caPub = k
+	}
 	return k, err
 }
 

@@ -337,6 +337,9 @@ func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.
 	// client signed (a query, then a signature seconds later). Join the
 	// live set first, then re-check: a revocation or lock made since is
 	// caught either here or by the sweep that follows it.
+	if !id.Login {
+		_, _ = id.caKey() // parsed once, before other goroutines read id
+	}
 	cs.identity = id
 	g.mu.Lock()
 	g.live[cs] = struct{}{}
