@@ -178,6 +178,10 @@ func TestDevFirstStepsVerbatim(t *testing.T) {
 	if cert2, _ := os.ReadFile(certPath); !bytes.Equal(cert1, cert2) {
 		t.Fatalf("a failed login changed the certificate to %q", cert2)
 	}
+	// And leaves nothing behind.
+	if left, _ := filepath.Glob(filepath.Join(acct.home, ".ssh", "*.new")); len(left) != 0 {
+		t.Errorf("a failed login left %v behind", left)
+	}
 }
 
 // TestDevNamesTheCLIAsItCanRun: with no bastion on $PATH the steps say
