@@ -830,3 +830,40 @@ func TestLoginGatewayMatchesHostPatterns(t *testing.T) {
 		t.Fatalf("ssh target.internal with the gateway matching --hosts: exit %d: %s", code, out)
 	}
 }
+
+// TestDevicePageDoesNotClaimTheGatewaysVerdict: a locked user approves a
+// device login on the IdP's real page; the gateway refuses to sign. The
+// page must not have said the terminal is logged in: it says the IdP
+// approved and that the result is in the terminal, where the refusal is.
+func TestDevicePageDoesNotClaimTheGatewaysVerdict(t *testing.T) {
+	e := startLoginEnv(t, loginEnvOptions{})
+	if err := e.locks.Lock(t.Context(), ca.Lock{Target: e.user, Reason: "incident 7", By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	newHome(t)
+	jar, _ := cookiejar.New(nil)
+	client := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	pages := make(chan string, 1)
+	var wg sync.WaitGroup
+	_, stderr, err := runLoginCLI(t, e.addr, func(line string) {
+		m := deviceURLRE.FindStringSubmatch(line)
+		if m == nil {
+			return
+		}
+		// A person at the browser: the page, the code, the password.
+		wg.Go(func() {
+			status, body, err := submitForm(client, m[1], map[string]string{
+				"user_code": deviceCodeRE.FindStringSubmatch(line)[1], "username": "eng", "password": engPassword, "action": "approve"})
+			pages <- fmt.Sprintf("%d %v %s", status, err, body)
+		})
+	})
+	wg.Wait()
+	page := <-pages
+	if err == nil || !strings.Contains(stderr, "is locked: incident 7") {
+		t.Fatalf("login of a locked user: err %v\n%s", err, stderr)
+	}
+	if !strings.HasPrefix(page, "200 <nil>") || strings.Contains(page, "logged in") || !strings.Contains(page, html.EscapeString(devidp.ApprovedMessage("eng"))) ||
+		!strings.Contains(page, "result is shown in the terminal") {
+		t.Errorf("the IdP's page after approval claims more than the IdP knows:\n%s", page)
+	}
+}
