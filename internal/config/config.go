@@ -25,6 +25,9 @@ import (
 
 // File is bastion.yaml.
 type File struct {
+	// Path is the file Load read, for messages that name it; "" for a
+	// File built in memory.
+	Path string `yaml:"-"`
 	Listen        string   `yaml:"listen"`
 	DataDir       string   `yaml:"data_dir"`
 	MetricsListen string   `yaml:"metrics_listen"`
@@ -204,6 +207,7 @@ func Load(path string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %s: %w", path, err)
 	}
+	f.Path = path
 	base := filepath.Dir(path)
 	paths := append([]*string{&f.DataDir, &f.CA.PassphraseFile, &f.KRLFile}, f.webhookSecretPaths()...)
 	if f.OIDC != nil {
