@@ -208,7 +208,9 @@ func TestReadmeFirstStepsMatchDev(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{devKeyStep, devCertStep("2222", "127.0.0.1"), "Include ~/.ssh/bastion/config", includeWhy} {
+	for _, want := range []string{devKeyStep, devCertStep("2222", "127.0.0.1"), "Include ~/.ssh/bastion/config", includeWhy,
+		// go install's bin directory is often not on PATH.
+		"go install ./cmd/bastion\nexport PATH=\"$(go env GOPATH)/bin:$PATH\"\n"} {
 		if !strings.Contains(string(readme), want) {
 			t.Errorf("README lacks %q", want)
 		}
