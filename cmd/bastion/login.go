@@ -30,6 +30,9 @@ import (
 	"github.com/bastion-ssh/bastion/internal/sshclient"
 )
 
+// errLoginCancelled is a login interrupted by the user (Ctrl-C).
+var errLoginCancelled = errors.New("login cancelled")
+
 // defaultGateway is where `bastion login` goes when nothing else says.
 const defaultGateway = "127.0.0.1:2222"
 
@@ -72,7 +75,12 @@ machine instead. BASTION_NO_BROWSER=1 is --no-browser.`,
   bastion login --no-browser`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runLogin(cmd.Context(), a, f, cmd.Flags().Changed("hosts"))
+			err := runLogin(cmd.Context(), a, f, cmd.Flags().Changed("hosts"))
+			if err != nil && errors.Is(cmd.Context().Err(), context.Canceled) {
+				// Ctrl-C: say so, and exit as a shell reports SIGINT.
+				return &exitError{code: 130, err: errLoginCancelled}
+			}
+			return err
 		},
 	}
 	fl := cmd.Flags()

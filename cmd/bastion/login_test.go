@@ -246,11 +246,18 @@ func useHome(t *testing.T, home string) {
 // code or log in at the IdP). It returns stdout, stderr and the error.
 func runLoginCLI(t *testing.T, addr string, answer func(line string), args ...string) (string, string, error) {
 	t.Helper()
+	return runLoginCLIContext(t, t.Context(), addr, answer, args...)
+}
+
+// runLoginCLIContext is runLoginCLI under ctx: cancelling ctx is the
+// user's Ctrl-C.
+func runLoginCLIContext(t *testing.T, ctx context.Context, addr string, answer func(line string), args ...string) (string, string, error) {
+	t.Helper()
 	pr, pw := io.Pipe()
 	var stdout bytes.Buffer
 	cmd := newRootCommand(buildInfo{Version: "v-test"}, strings.NewReader(""), &stdout, pw)
 	cmd.SetArgs(append([]string{"login", "--no-browser", "--gateway", addr}, args...))
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
@@ -865,5 +872,38 @@ func TestDevicePageDoesNotClaimTheGatewaysVerdict(t *testing.T) {
 	if !strings.HasPrefix(page, "200 <nil>") || strings.Contains(page, "logged in") || !strings.Contains(page, html.EscapeString(devidp.ApprovedMessage("eng"))) ||
 		!strings.Contains(page, "result is shown in the terminal") {
 		t.Errorf("the IdP's page after approval claims more than the IdP knows:\n%s", page)
+	}
+}
+
+// TestLoginCtrlC: Ctrl-C while the login waits for the browser says
+// "login cancelled" and exits 130, as a shell reports SIGINT, in both
+// flows; nothing is saved.
+func TestLoginCtrlC(t *testing.T) {
+	e := startLoginEnv(t, loginEnvOptions{})
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		prompt *regexp.Regexp
+	}{{"device", nil, deviceCodeRE}, {"pkce", []string{"--pkce"}, authURLRE}} {
+		t.Run(tc.name, func(t *testing.T) {
+			home := newHome(t)
+			ctx, interrupt := context.WithCancel(t.Context())
+			defer interrupt()
+			start := time.Now()
+			_, stderr, err := runLoginCLIContext(t, ctx, e.addr, func(line string) {
+				if tc.prompt.MatchString(line) {
+					interrupt()
+				}
+			}, tc.args...)
+			if err == nil || exitCode(err) != 130 || userError(err) != "login cancelled" {
+				t.Fatalf("Ctrl-C: exit %d, error %v\n%s", exitCode(err), err, stderr)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("took %s to give up", d)
+			}
+			if _, err := os.Stat(filepath.Join(home, ".ssh", "bastion", "id_ed25519-cert.pub")); err == nil {
+				t.Error("a cancelled login saved a certificate")
+			}
+		})
 	}
 }
