@@ -110,11 +110,16 @@ func (g *Gateway) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc 
 			req.Reply(true, nil)
 			var status int
 			if id.Login {
-				status = g.runLogin(ctx, cs, id, sio, line)
+				status = g.runLogin(ctx, cs, conn, id, sio, line)
 			} else {
 				if id.ForceCommand != "" {
 					line = id.ForceCommand
 				}
+				// A command that bars its own caller (an admin revoking
+				// their certificate, locking themselves) still gets its
+				// output and exit status out before the connection ends.
+				release := cs.holdEnd()
+				defer release()
 				status = g.runCommand(ctx, cs, id, sio, line)
 			}
 			ch.CloseWrite()
@@ -169,6 +174,18 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 		status = g.refuseAuditCommand(cs, sio, id, line)
 	default:
 		status = cmd.run(ctx, out, id, args)
+		if cmd.admin {
+			if err := g.checker.recheck(id); err != nil {
+				// It barred the admin's own credential: say so, since
+				// the connection ends right after this output.
+				detail := err.Error()
+				var ae *authError
+				if errors.As(err, &ae) {
+					detail = ae.detail
+				}
+				out.errorf("bastion: this also bars you (%s): your connection to the gateway ends now\n", detail)
+			}
+		}
 	}
 	f := id.auditFields()
 	f["command"], f["exit_status"], f["remote"], f["conn"] = line, fmt.Sprint(status), cs.remote.String(), cs.id

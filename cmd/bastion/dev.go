@@ -173,6 +173,7 @@ func (e *devEnv) start(ctx context.Context, o devOptions) error {
 		},
 		OIDC: &config.OIDC{Issuer: e.IdP.Issuer(), ClientID: e.IdP.ClientID()},
 		Cert: config.Cert{Groups: map[string]config.CertGroup{"dba": {MaxValidity: config.Duration(time.Hour)}}},
+		Dev:  true,
 	}
 	if err := f.Validate(); err != nil {
 		return err

@@ -211,7 +211,7 @@ func runLogin(ctx context.Context, a *app, f loginFlags, hostsGiven bool) error 
 	if len(cert.ValidPrincipals) == 0 {
 		return errors.New("login: the gateway signed a certificate without principals; it would be refused everywhere: report this to your administrators")
 	}
-	return finishLogin(a, paths, st, addr, hosts, key, cert, hc)
+	return finishLogin(a, paths, st, addr, hosts, key, cert, hc, svc.Dev)
 }
 
 // deviceLogin runs the gateway's device flow: the gateway prints the URL
@@ -408,7 +408,7 @@ func loginPage(msg string) string {
 // finishLogin pins the host CA, saves the certificate, the state and the
 // ssh config, and hands the certificate to ssh-agent.
 func finishLogin(a *app, paths sshclient.Paths, st sshclient.State, addr string, hosts []string,
-	key *sshclient.Key, cert *gossh.Certificate, hc *sshclient.HostCheck) error {
+	key *sshclient.Key, cert *gossh.Certificate, hc *sshclient.HostCheck, dev bool) error {
 	now := time.Now()
 	user := cert.ValidPrincipals[0]
 	sshCfg := sshclient.SSHConfig{
@@ -419,7 +419,7 @@ func finishLogin(a *app, paths sshclient.Paths, st sshclient.State, addr string,
 	if err := sshCfg.Validate(); err != nil {
 		return err
 	}
-	pinned, err := hc.Pin(addr)
+	pinned, err := hc.Pin(addr, dev)
 	if err != nil {
 		return err
 	}

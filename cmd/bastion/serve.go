@@ -261,7 +261,7 @@ func loginConfig(ctx context.Context, f *config.File, policy ca.Policy, store *a
 	return &gateway.LoginConfig{
 		Provider: prov, ClientID: o.ClientID,
 		DefaultValidity: time.Duration(f.Cert.DefaultValidity), MaxValidity: time.Duration(f.Cert.MaxValidity),
-		GroupMaxValidity: groupMax, PerMinute: o.LoginsPerMinute,
+		GroupMaxValidity: groupMax, PerMinute: o.LoginsPerMinute, Dev: f.Dev,
 	}, nil
 }
 

@@ -28,6 +28,9 @@ type File struct {
 	// Path is the file Load read, for messages that name it; "" for a
 	// File built in memory.
 	Path string `yaml:"-"`
+	// Dev marks the configuration `bastion dev` builds: its login service
+	// tells clients so (see gateway.LoginConfig.Dev).
+	Dev bool `yaml:"-"`
 	Listen        string   `yaml:"listen"`
 	DataDir       string   `yaml:"data_dir"`
 	MetricsListen string   `yaml:"metrics_listen"`
