@@ -1,12 +1,12 @@
 package alert
 
 import (
-	"strings"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 )
 

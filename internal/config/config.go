@@ -30,7 +30,7 @@ type File struct {
 	Path string `yaml:"-"`
 	// Dev marks the configuration `bastion dev` builds: its login service
 	// tells clients so (see gateway.LoginConfig.Dev).
-	Dev bool `yaml:"-"`
+	Dev           bool     `yaml:"-"`
 	Listen        string   `yaml:"listen"`
 	DataDir       string   `yaml:"data_dir"`
 	MetricsListen string   `yaml:"metrics_listen"`
