@@ -94,7 +94,7 @@ type gatewayRuntime struct {
 func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newLog bool, stderr io.Writer) (*gatewayRuntime, error) {
 	layout := ca.Layout{DataDir: f.DataDir}
 	if !layout.Exists() {
-		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), f.DataDir)
+		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), shellWord(f.DataDir))
 	}
 	if len(f.Access) == 0 {
 		fmt.Fprintln(stderr, noAccessWarning(f.Path))
