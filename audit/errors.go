@@ -127,4 +127,15 @@ func (e *inUseError) Error() string {
 
 func (e *inUseError) Is(target error) bool { return target == ErrInUse }
 
+// InUseBy says who holds the database when err is an ErrInUse from Open
+// (the command line and pid the holder recorded), for callers that word
+// the error themselves.
+func InUseBy(err error) (string, bool) {
+	var e *inUseError
+	if errors.As(err, &e) {
+		return e.holder, true
+	}
+	return "", false
+}
+
 func (e *inUseError) Unwrap() error { return berrors.ErrTimeout }

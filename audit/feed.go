@@ -129,17 +129,92 @@ func (f *feed) close() {
 // follower therefore holds no transaction and delays no append, and
 // retention does not prune events it has yet to read.
 func (s *Store) Follow(ctx context.Context, f Filter, fn func(Event) error) error {
-	return s.follow(ctx, f, false, fn)
+	return s.follow(ctx, f, false, 0, fn)
 }
 
 // FollowNew is Follow without the history, like `tail -f` that starts at
 // the end: fn sees only the matching events committed after FollowNew
 // began, and every one of them.
 func (s *Store) FollowNew(ctx context.Context, f Filter, fn func(Event) error) error {
-	return s.follow(ctx, f, true, fn)
+	return s.follow(ctx, f, true, 0, fn)
 }
 
-func (s *Store) follow(ctx context.Context, f Filter, fromEnd bool, fn func(Event) error) error {
+// FollowLast is Follow that starts with the last n matching events
+// already in the log (all of them when there are fewer), like
+// `tail -n N -f`; n <= 0 is FollowNew.
+func (s *Store) FollowLast(ctx context.Context, f Filter, n int, fn func(Event) error) error {
+	if n <= 0 {
+		return s.FollowNew(ctx, f, fn)
+	}
+	return s.follow(ctx, f, false, n, fn)
+}
+
+// startOfLast is the key of the n-th last event matching f, or f's first
+// possible key when fewer match. It reads backwards from the end in pages
+// of short read transactions, as scan reads forwards.
+func (s *Store) startOfLast(ctx context.Context, f Filter, n int) ([]byte, error) {
+	floor := sinceKey(f)
+	var before []byte // the oldest key read so far; nil: start at the end
+	found := 0
+	type rec struct{ k, v []byte }
+	page := make([]rec, 0, scanPage)
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("audit: read: %w", err)
+		}
+		page = page[:0]
+		atStart := false
+		err := safeRead(func() error {
+			return s.db.View(func(tx *bbolt.Tx) error {
+				b := tx.Bucket([]byte(bucketEvents))
+				if b == nil {
+					atStart = true
+					return nil
+				}
+				c := b.Cursor()
+				var k, v []byte
+				if before == nil {
+					k, v = c.Last()
+				} else if sk, _ := c.Seek(before); sk == nil {
+					k, v = c.Last()
+				} else {
+					k, v = c.Prev()
+				}
+				for ; k != nil && len(page) < scanPage; k, v = c.Prev() {
+					if floor != nil && bytes.Compare(k, floor) < 0 {
+						atStart = true
+						return nil
+					}
+					page = append(page, rec{bytes.Clone(k), bytes.Clone(v)})
+				}
+				atStart = atStart || k == nil
+				return nil
+			})
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range page {
+			ev, err := DecodeEvent(r.v)
+			if err != nil {
+				return nil, fmt.Errorf("%w (record %s; run `bastion audit verify`)", err, keyString(r.k))
+			}
+			if f.Match(ev) {
+				if found++; found == n {
+					return r.k, nil
+				}
+			}
+		}
+		if atStart || len(page) == 0 {
+			return floor, nil
+		}
+		before = page[len(page)-1].k
+	}
+}
+
+// follow is Follow from the log's start (or f.Since), from its end
+// (fromEnd), or from the last n matching events (n > 0).
+func (s *Store) follow(ctx context.Context, f Filter, fromEnd bool, n int, fn func(Event) error) error {
 	if err := f.Validate(); err != nil {
 		return err
 	}
@@ -151,6 +226,12 @@ func (s *Store) follow(ctx context.Context, f Filter, fromEnd bool, fn func(Even
 	defer sub.Close()
 
 	start := sinceKey(f)
+	if n > 0 {
+		var err error
+		if start, err = s.startOfLast(ctx, f, n); err != nil {
+			return err
+		}
+	}
 	if fromEnd {
 		var last []byte
 		err := safeRead(func() error {

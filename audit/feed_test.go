@@ -284,3 +284,73 @@ func TestFollowNewStartsAtTheEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestFollowLastStartsNBack: FollowLast, like tail -n N -f, prints the
+// last N matching events (across pages of the backward read, with other
+// types in between), then what is new; with fewer than N it prints all.
+func TestFollowLastStartsNBack(t *testing.T) {
+	s, _ := newStore(t, Options{})
+	const old = scanPage + 300 // more than a page of matches, and of others
+	for i := range old {
+		mustAppend(t, s, Event{Type: TypeAuthFailed, Actor: fmt.Sprint("old", i)})
+		mustAppend(t, s, Event{Type: TypeAuthOK})
+	}
+	follow := func(n int, f Filter, want int) []string {
+		live := Event{Type: TypeAuthFailed, Actor: "live"}
+		if len(f.Types) > 0 {
+			live.Type = f.Types[0]
+		}
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		got := make(chan Event, 4*old)
+		errc := make(chan error, 1)
+		go func() {
+			errc <- s.FollowLast(ctx, f, n, func(ev Event) error { got <- ev; return nil })
+		}()
+		var actors []string
+		deadline := time.After(20 * time.Second)
+		for len(actors) < want {
+			select {
+			case ev := <-got:
+				actors = append(actors, ev.Actor)
+			case <-deadline:
+				t.Fatalf("FollowLast(%d) printed %d events, want %d", n, len(actors), want)
+			}
+		}
+		select {
+		case ev := <-got:
+			t.Fatalf("FollowLast(%d) printed more: %q", n, ev.Actor)
+		case <-time.After(100 * time.Millisecond):
+		}
+		mustAppend(t, s, live)
+		select {
+		case ev := <-got:
+			if ev.Actor != "live" {
+				t.Fatalf("then %q, want the live event", ev.Actor)
+			}
+		case <-deadline:
+			t.Fatal("FollowLast does not follow")
+		}
+		cancel()
+		<-errc
+		return actors
+	}
+	failed := Filter{Types: []string{TypeAuthFailed}}
+	if got := follow(3, failed, 3); strings.Join(got, ",") != fmt.Sprintf("old%d,old%d,old%d", old-3, old-2, old-1) {
+		t.Errorf("last 3: %v", got)
+	}
+	// The "live" event the call above appended is now the last one.
+	got := follow(scanPage+10, failed, scanPage+10)
+	if got[len(got)-1] != "live" || got[0] != fmt.Sprint("old", old+1-scanPage-10) {
+		t.Errorf("last %d: from %q to %q", scanPage+10, got[0], got[len(got)-1])
+	}
+	// More than there are: all of them.
+	if got := follow(10*old, failed, old+2); got[0] != "old0" {
+		t.Errorf("all: starts at %q", got[0])
+	}
+	// None match: only new ones.
+	if got := follow(5, Filter{Types: []string{TypeSessionStart}}, 0); len(got) != 0 {
+		t.Errorf("no matches: %v", got)
+	}
+}

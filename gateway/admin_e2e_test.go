@@ -70,3 +70,37 @@ func TestRevokeAndKRLThroughTheGateway(t *testing.T) {
 		t.Fatalf("an unrevoked certificate was refused: %s", res)
 	}
 }
+
+// TestAdminBarsThemselves: an admin who revokes their own certificate,
+// or locks themselves, sees what was done and that their connection ends,
+// with the command's exit status; then the connection ends and the next
+// one is refused.
+func TestAdminBarsThemselves(t *testing.T) {
+	tg := startGateway(t)
+	ctx := t.Context()
+	for _, tc := range []struct {
+		name   string
+		serial uint64
+		args   []string
+		want   []string
+	}{
+		{"revoke own serial", 5151, []string{"revoke", "--serial", "5151"}, []string{"revoked serial 5151", "this also bars you (certificate revoked by serial 5151)", "ends now"}},
+		{"lock self", 5252, []string{"lock", "opsadmin", "--reason", "test"}, []string{"locked opsadmin", "this also bars you (certificate opsadmin is locked: test)", "ends now"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			admin := tg.client(ca.Request{KeyID: "admin", Serial: tc.serial, Principals: []string{"opsadmin"}, Groups: []string{"admins"}})
+			res := admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", tc.args...)...)
+			if res.ExitCode != 0 {
+				t.Fatalf("%v: %s", tc.args, res)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(res.Stdout+res.Stderr, w) {
+					t.Errorf("%v: output lacks %q: %s", tc.args, w, res)
+				}
+			}
+			if res := admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "info")...); res.ExitCode != 255 {
+				t.Errorf("after barring themselves: %s", res)
+			}
+		})
+	}
+}

@@ -39,6 +39,7 @@ type logReader interface {
 	Export(ctx context.Context, w io.Writer, f audit.Filter, format audit.Format) error
 	Follow(ctx context.Context, f audit.Filter, fn func(audit.Event) error) error
 	FollowNew(ctx context.Context, f audit.Filter, fn func(audit.Event) error) error
+	FollowLast(ctx context.Context, f audit.Filter, n int, fn func(audit.Event) error) error
 }
 
 // sessionReader is what the session commands (sessions, play, watch)
@@ -49,7 +50,7 @@ type sessionReader interface {
 }
 
 const auditUsage = `usage: audit export [flags]   write the matching events and exit
-       audit tail [flags]     write each new matching event until you disconnect (--history: the log's first)
+       audit tail [flags]     write each new matching event until you disconnect (--history: the log's first; -n N: its last N first)
        audit sessions [--since T] [--until T] [--user U] [--target HOST] [--active] [--json]
        audit play SESSION [--speed N] [--idle-limit D] [--format terminal|asciicast|text] [--channel N]
        audit watch SESSION [--format terminal|text]   follow a live session read-only
@@ -177,7 +178,12 @@ func tailTo(ctx context.Context, store logReader, s *sessionIO, q auditquery.Que
 		}
 	}
 	follow := store.FollowNew
-	if q.FromStart() {
+	switch {
+	case q.Lines > 0:
+		follow = func(ctx context.Context, f audit.Filter, fn func(audit.Event) error) error {
+			return store.FollowLast(ctx, f, q.Lines, fn)
+		}
+	case q.FromStart():
 		follow = store.Follow
 	}
 	err := follow(ctx, q.Filter, func(ev audit.Event) error {

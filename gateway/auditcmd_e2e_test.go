@@ -167,24 +167,30 @@ func TestAuditCommandRefusedToNonAuditors(t *testing.T) {
 // TestAuditTailFollows: `audit tail` prints the matching history, then
 // each new event as it is committed, and ends when the client goes away.
 func TestAuditTailFollows(t *testing.T) {
-	for _, history := range []bool{true, false} {
-		t.Run(fmt.Sprint("history=", history), func(t *testing.T) { testAuditTail(t, history) })
+	for _, mode := range []string{"--history", "", "-n"} {
+		t.Run("mode="+mode, func(t *testing.T) { testAuditTail(t, mode) })
 	}
 }
 
 // testAuditTail: with --history the tail prints the log's matching events
-// first; without, like tail -f, only those recorded after it started.
-func testAuditTail(t *testing.T, history bool) {
+// first; with -n 2 the last two of them; without, like tail -f, only
+// those recorded after it started.
+func testAuditTail(t *testing.T, mode string) {
 	tg := startGateway(t, withAuditors)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	if err := tg.locks.Lock(ctx, ca.Lock{Target: "before", By: "test"}); err != nil {
-		t.Fatal(err)
+	for _, target := range []string{"before", "before1", "before2"} {
+		if err := tg.locks.Lock(ctx, ca.Lock{Target: target, By: "test"}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	auditor := tg.client(ca.Request{KeyID: "auditor-laptop", Groups: []string{"auditors"}})
 	args := []string{"audit", "tail", "--type", "user.locked"}
-	if history {
+	switch mode {
+	case "--history":
 		args = append(args, "--history")
+	case "-n":
+		args = append(args, "-n", "2")
 	}
 	cmd := auditor.Command(ctx, "ssh", tg.gatewayArgs(tg.user, args...)...)
 	out, err := cmd.StdoutPipe()
@@ -221,11 +227,20 @@ func testAuditTail(t *testing.T, history bool) {
 		}
 		return audit.Event{}
 	}
-	if history {
-		if ev := next(); ev.Fields["target"] != "before" {
-			t.Fatalf("first line %+v, want the existing lock", ev)
+	switch mode {
+	case "--history":
+		for _, want := range []string{"before", "before1", "before2"} {
+			if ev := next(); ev.Fields["target"] != want {
+				t.Fatalf("line %+v, want the existing lock of %s", ev, want)
+			}
 		}
-	} else {
+	case "-n":
+		for _, want := range []string{"before1", "before2"} {
+			if ev := next(); ev.Fields["target"] != want {
+				t.Fatalf("line %+v, want the existing lock of %s (the last 2)", ev, want)
+			}
+		}
+	default:
 		// The tail has started once it prints anything: lock new users
 		// until it does; the first line must be one of them.
 		var first audit.Event

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"time"
@@ -52,16 +53,64 @@ func parseSource(s string) (netip.Prefix, error) {
 	return netip.Prefix{}, fmt.Errorf("gateway: %q is not an IP address or IPv6 /64 such as 192.0.2.7 or 2001:db8::/64", boundString(s, 64))
 }
 
+// BanEntry is one ban as `bans --json` lists it.
+type BanEntry struct {
+	Source      string    `json:"source"`
+	Until       time.Time `json:"until"`
+	SecondsLeft int64     `json:"seconds_left"`
+}
+
+// listFlag reads the arguments of a list command: none, or --json.
+func listFlag(args []string) (asJSON, ok bool) {
+	switch {
+	case len(args) == 0:
+		return false, true
+	case len(args) == 1 && args[0] == "--json":
+		return true, true
+	}
+	return false, false
+}
+
+// writeList writes a list command's rows: as a JSON array with --json
+// (`[]` when empty), else one line per row, and "no WHAT" on stderr when
+// there are none, so an empty list says so and stdout stays empty.
+func writeList[T any](s *sessionIO, rows []T, asJSON bool, what string, line func(T) string) int {
+	if asJSON {
+		if rows == nil {
+			rows = []T{}
+		}
+		out, err := json.Marshal(rows)
+		if err != nil {
+			s.errorf("bastion: %v\n", err)
+			return 1
+		}
+		s.printf("%s\n", out)
+		return 0
+	}
+	if len(rows) == 0 {
+		s.errorf("no %s\n", what)
+		return 0
+	}
+	for _, r := range rows {
+		s.printf("%s\n", line(r))
+	}
+	return 0
+}
+
 func (g *Gateway) cmdBans(_ context.Context, s *sessionIO, _ *Identity, args []string) int {
-	if len(args) != 0 {
-		s.errorf("usage: bans\n")
+	asJSON, ok := listFlag(args)
+	if !ok {
+		s.errorf("usage: bans [--json]\n")
 		return 2
 	}
 	now := g.now()
+	var rows []BanEntry
 	for _, b := range g.Bans() {
-		s.printf("%s\t%s\t(%s left)\n", sourceString(b.Source), b.Until.UTC().Format(time.RFC3339), b.Until.Sub(now).Round(time.Second))
+		rows = append(rows, BanEntry{Source: sourceString(b.Source), Until: b.Until.UTC(), SecondsLeft: int64(b.Until.Sub(now) / time.Second)})
 	}
-	return 0
+	return writeList(s, rows, asJSON, "bans", func(b BanEntry) string {
+		return fmt.Sprintf("%s\t%s\t(%s left)", b.Source, b.Until.Format(time.RFC3339), (time.Duration(b.SecondsLeft) * time.Second).String())
+	})
 }
 
 func (g *Gateway) cmdUnban(ctx context.Context, s *sessionIO, id *Identity, args []string) int {
@@ -74,9 +123,10 @@ func (g *Gateway) cmdUnban(ctx context.Context, s *sessionIO, id *Identity, args
 		s.errorf("bastion: %v\n", err)
 		return 1
 	}
+	// Like unlock of a user who is not locked: done, with a note.
 	if !was {
-		s.errorf("bastion: %s is not banned (`bans` lists the bans)\n", sourceString(src))
-		return 1
+		s.printf("%s was not banned\n", sourceString(src))
+		return 0
 	}
 	s.printf("unbanned %s\n", sourceString(src))
 	return 0

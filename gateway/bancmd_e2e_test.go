@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/json"
 	"net/netip"
 	"strings"
 	"testing"
@@ -59,6 +60,11 @@ func TestBansAndUnbanOverSSH(t *testing.T) {
 	if res.ExitCode != 0 || !strings.HasPrefix(res.Stdout, "127.0.0.5\t") || strings.Count(res.Stdout, "\n") != 1 {
 		t.Fatalf("bans: %s", res)
 	}
+	res = admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "bans", "--json")...)
+	var list []BanEntry
+	if res.ExitCode != 0 || json.Unmarshal([]byte(res.Stdout), &list) != nil || len(list) != 1 || list[0].Source != "127.0.0.5" || list[0].SecondsLeft <= 0 {
+		t.Fatalf("bans --json: %s", res)
+	}
 	res = admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "unban", "127.0.0.5")...)
 	if res.ExitCode != 0 || strings.TrimSpace(res.Stdout) != "unbanned 127.0.0.5" {
 		t.Fatalf("unban: %s", res)
@@ -67,11 +73,23 @@ func TestBansAndUnbanOverSSH(t *testing.T) {
 	if _, banned := tg.gw.bans.Banned(mustAddr("127.0.0.5")); banned {
 		t.Fatal("still banned after unban")
 	}
-	if res := admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "bans")...); res.ExitCode != 0 || res.Stdout != "" {
+	// An empty list says so on stderr, stdout stays empty; --json is [].
+	if res := admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "bans")...); res.ExitCode != 0 || res.Stdout != "" || strings.TrimSpace(res.Stderr) != "no bans" {
 		t.Fatalf("bans after unban: %s", res)
 	}
+	if res := admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "bans", "--json")...); res.ExitCode != 0 || strings.TrimSpace(res.Stdout) != "[]" {
+		t.Fatalf("bans --json after unban: %s", res)
+	}
+	if res := admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "locks")...); res.ExitCode != 0 || res.Stdout != "" || strings.TrimSpace(res.Stderr) != "no locks" {
+		t.Fatalf("locks with none: %s", res)
+	}
+	if res := admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "locks", "--json")...); res.ExitCode != 0 || strings.TrimSpace(res.Stdout) != "[]" {
+		t.Fatalf("locks --json with none: %s", res)
+	}
+	// Unbanning a source that is not banned is done, with a note, like
+	// unlocking a user who is not locked.
 	res = admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "unban", "127.0.0.5")...)
-	if res.ExitCode != 1 || !strings.Contains(res.Stderr, "not banned") {
+	if res.ExitCode != 0 || strings.TrimSpace(res.Stdout) != "127.0.0.5 was not banned" {
 		t.Fatalf("unbanning an unbanned source: %s", res)
 	}
 	res = admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "unban", "not-an-address")...)

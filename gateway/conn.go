@@ -56,6 +56,58 @@ type connState struct {
 	// authenticates; touch checks it against the ServerConn's.
 	identity    *Identity
 	expiryTimer *time.Timer
+
+	// endHolds counts built-in commands running on the connection: while
+	// one runs, ending the connection for a revocation or lock waits
+	// (endPending) until its output and exit status are out, at most
+	// commandEndGrace, so an admin who revokes their own certificate sees
+	// what was done. See holdEnd.
+	endMu      sync.Mutex
+	endHolds   int
+	endPending bool
+}
+
+// commandEndGrace bounds how long a running built-in command delays the
+// end of its connection once its credential is barred: well inside the
+// second in which a lock must end every session.
+const commandEndGrace = 500 * time.Millisecond
+
+// holdEnd delays closeBarred until release is called or commandEndGrace
+// has passed, whichever comes first.
+func (cs *connState) holdEnd() (release func()) {
+	cs.endMu.Lock()
+	cs.endHolds++
+	cs.endMu.Unlock()
+	var once sync.Once
+	rel := func() {
+		once.Do(func() {
+			cs.endMu.Lock()
+			cs.endHolds--
+			closeNow := cs.endHolds == 0 && cs.endPending
+			cs.endMu.Unlock()
+			if closeNow {
+				cs.conn.Close()
+			}
+		})
+	}
+	timer := time.AfterFunc(commandEndGrace, rel)
+	return func() {
+		timer.Stop()
+		rel()
+	}
+}
+
+// closeBarred closes the connection of a barred credential, or, while a
+// built-in command holds it (holdEnd), once that command is done.
+func (cs *connState) closeBarred() {
+	cs.endMu.Lock()
+	if cs.endHolds > 0 {
+		cs.endPending = true
+		cs.endMu.Unlock()
+		return
+	}
+	cs.endMu.Unlock()
+	cs.conn.Close()
 }
 
 // maxAttemptsKept bounds the attempts a connection remembers; x/crypto

@@ -50,6 +50,10 @@ type LoginConfig struct {
 	PerMinute int
 	// Timeout bounds one login session (default 10m).
 	Timeout time.Duration
+	// Dev marks the gateway of `bastion dev` (a new CA at every start in
+	// a temporary data dir), for `bastion login` to explain a changed
+	// host CA later.
+	Dev bool
 }
 
 // Login failure reasons of the gateway's own (beyond oidc.Reason*).
@@ -123,7 +127,20 @@ const (
 	loginCmdToken = "login-token"
 	// loginCmdConfig tells `bastion login` what it needs to choose.
 	loginCmdConfig = "login-config"
+	// loginCmdStatus checks a certificate of the key that logged in with
+	// the gateway's own certificate check (see loginStatus).
+	loginCmdStatus = "login-status"
 )
+
+// CertStatus is the answer of `ssh login@gateway login-status`: whether
+// the gateway accepts the certificate sent on stdin now, and if not, the
+// audit reason code and why.
+type CertStatus struct {
+	OK     bool   `json:"ok"`
+	User   string `json:"user,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	Detail string `json:"detail,omitempty"`
+}
 
 // LoginServiceInfo is the answer of `ssh login@gateway login-config`.
 type LoginServiceInfo struct {
@@ -139,13 +156,15 @@ type LoginServiceInfo struct {
 	// IdPUp is false while the IdP does not answer; IdPError says why.
 	IdPUp    bool   `json:"idp_up"`
 	IdPError string `json:"idp_error,omitempty"`
+	// Dev is true for the gateway of `bastion dev`.
+	Dev bool `json:"dev,omitempty"`
 }
 
 // runLogin is the session of a `login` connection: the device flow (exec
 // "" or "login"), the browser login the gateway drives ("login-code"), a
 // handed-over ID token bound to the gateway's nonce ("login-token"), or
 // "login-config" (what `bastion login` needs to choose).
-func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio *sessionIO, line string) int {
+func (g *Gateway) runLogin(ctx context.Context, cs *connState, meta gossh.ConnMetadata, id *Identity, sio *sessionIO, line string) int {
 	l := g.cfg.Login
 	args := strings.Fields(line)
 	cmd := loginCmdDevice
@@ -157,10 +176,12 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 	case loginCmdConfig:
 		st := l.Provider.Status()
 		info := LoginServiceInfo{Issuer: l.Provider.Issuer(), ClientID: l.ClientID, Device: l.Provider.SupportsDevice(), Code: true,
-			WindowSeconds: int64(l.timeout().Seconds()), IdPUp: st.Up, IdPError: st.LastError}
+			WindowSeconds: int64(l.timeout().Seconds()), IdPUp: st.Up, IdPError: st.LastError, Dev: l.Dev}
 		out, _ := json.Marshal(info)
 		sio.printf("%s\n", out)
 		return 0
+	case loginCmdStatus:
+		return g.loginStatus(ctx, meta, id, sio)
 	case loginCmdDevice:
 		flow = "device"
 	case loginCmdCode:
@@ -265,6 +286,58 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, id *Identity, sio
 	}
 	sio.errorf("), valid until %s.\n", ca.FormatCertTime(cert.ValidBefore))
 	sio.stdout.Write(gossh.MarshalAuthorizedKey(cert))
+	return 0
+}
+
+// asUser is a connection's metadata with another user name: the login
+// connection checking a certificate as the principal it would jump as.
+type asUser struct {
+	gossh.ConnMetadata
+	user string
+}
+
+func (m asUser) User() string { return m.user }
+
+// loginStatus answers `bastion status`: it reads one certificate line on
+// stdin, which must be for the very key this login connection
+// authenticated with (so only its holder learns its state), and runs the
+// one certificate check on it as its first principal, from this
+// connection's address, as a jump would. Nothing is signed or changed,
+// and a refusal is not an authentication failure (it bans no one).
+func (g *Gateway) loginStatus(ctx context.Context, meta gossh.ConnMetadata, id *Identity, sio *sessionIO) int {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var text string
+	select {
+	case ln, ok := <-readLines(ctx, sio.stdin, 16<<10):
+		if ok {
+			text = ln.text
+		}
+	case <-ctx.Done():
+	}
+	pub, _, _, _, err := gossh.ParseAuthorizedKey([]byte(text))
+	cert, isCert := pub.(*gossh.Certificate)
+	if err != nil || !isCert {
+		sio.errorf("bastion: login-status wants your certificate (an authorized_keys line) on stdin\n")
+		return 2
+	}
+	if strings.TrimSpace(string(gossh.MarshalAuthorizedKey(cert.Key))) != id.PublicKey {
+		sio.errorf("bastion: login-status checks only a certificate for the key this connection logged in with\n")
+		return 2
+	}
+	st := CertStatus{OK: true}
+	if len(cert.ValidPrincipals) > 0 {
+		st.User = cert.ValidPrincipals[0]
+	}
+	if _, err := g.checker.checkCert(asUser{ConnMetadata: meta, user: st.User}, cert); err != nil {
+		st = CertStatus{User: st.User, Reason: reasonOf(err), Detail: err.Error()}
+		var ae *authError
+		if errors.As(err, &ae) {
+			st.Detail = ae.detail
+		}
+	}
+	out, _ := json.Marshal(st)
+	sio.printf("%s\n", out)
 	return 0
 }
 

@@ -630,7 +630,7 @@ func (g *Gateway) endBarred(cs *connState, id *Identity, err error) {
 	}
 	f["remote"], f["conn"], f["reason"], f["detail"] = cs.remote.String(), cs.id, reason, detail
 	g.record(context.Background(), audit.Event{Type: audit.TypeConnectionEnded, Actor: id.User, Session: cs.id, Fields: f})
-	cs.conn.Close()
+	cs.closeBarred()
 }
 
 // reasonOf is the stable reason code of a refusal.

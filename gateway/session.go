@@ -110,11 +110,16 @@ func (g *Gateway) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc 
 			req.Reply(true, nil)
 			var status int
 			if id.Login {
-				status = g.runLogin(ctx, cs, id, sio, line)
+				status = g.runLogin(ctx, cs, conn, id, sio, line)
 			} else {
 				if id.ForceCommand != "" {
 					line = id.ForceCommand
 				}
+				// A command that bars its own caller (an admin revoking
+				// their certificate, locking themselves) still gets its
+				// output and exit status out before the connection ends.
+				release := cs.holdEnd()
+				defer release()
 				status = g.runCommand(ctx, cs, id, sio, line)
 			}
 			ch.CloseWrite()
@@ -169,6 +174,18 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 		status = g.refuseAuditCommand(cs, sio, id, line)
 	default:
 		status = cmd.run(ctx, out, id, args)
+		if cmd.admin {
+			if err := g.checker.recheck(id); err != nil {
+				// It barred the admin's own credential: say so, since
+				// the connection ends right after this output.
+				detail := err.Error()
+				var ae *authError
+				if errors.As(err, &ae) {
+					detail = ae.detail
+				}
+				out.errorf("bastion: this also bars you (%s): your connection to the gateway ends now\n", detail)
+			}
+		}
 	}
 	f := id.auditFields()
 	f["command"], f["exit_status"], f["remote"], f["conn"] = line, fmt.Sprint(status), cs.remote.String(), cs.id
@@ -226,10 +243,10 @@ func (g *Gateway) builtinCommands() map[string]command {
 		"info":   {summary: "who you are and where you may go", run: g.cmdInfo},
 		"lock":   {summary: "lock USER [--reason TEXT]: refuse USER and end their sessions", admin: true, run: g.cmdLock},
 		"unlock": {summary: "unlock USER", admin: true, run: g.cmdUnlock},
-		"locks":  {summary: "list locked users", admin: true, run: g.cmdLocks},
+		"locks":  {summary: "locks [--json]: list locked users", admin: true, run: g.cmdLocks},
 		"revoke": {summary: "revoke (--serial N | --key-id ID | --user NAME | --key KEY) [--reason TEXT]: revoke certificates and end their sessions", admin: true, run: g.cmdRevoke},
 		"krl":    {summary: "write the revocation list as an OpenSSH KRL to stdout", admin: true, run: g.cmdKRL},
-		"bans":   {summary: "list banned sources and when their bans end", admin: true, run: g.cmdBans},
+		"bans":   {summary: "bans [--json]: list banned sources and when their bans end", admin: true, run: g.cmdBans},
 		"unban":  {summary: "unban ADDRESS: lift the ban on a source (an IPv4 address or an IPv6 /64)", admin: true, run: g.cmdUnban},
 		"audit":  {summary: "audit export|tail|sessions|play|watch: read the audit log and session recordings (auditor groups)", auditor: true, run: g.cmdAudit},
 	}
@@ -301,11 +318,18 @@ func (g *Gateway) cmdUnlock(ctx context.Context, s *sessionIO, id *Identity, arg
 	return 0
 }
 
-func (g *Gateway) cmdLocks(_ context.Context, s *sessionIO, _ *Identity, _ []string) int {
-	for _, lk := range g.deps.Authority.State().Locks.List() {
-		s.printf("%s\t%s\t%s\t%s\n", lk.Target, lk.Time.Format(time.RFC3339), lk.By, lk.Reason)
+func (g *Gateway) cmdLocks(_ context.Context, s *sessionIO, _ *Identity, args []string) int {
+	asJSON, ok := listFlag(args)
+	if !ok {
+		s.errorf("usage: locks [--json]\n")
+		return 2
 	}
-	return 0
+	return writeList(s, g.deps.Authority.State().Locks.List(), asJSON, "locks", FormatLock)
+}
+
+// FormatLock is a lock as `locks` lists it: target, time, by, reason.
+func FormatLock(lk ca.Lock) string {
+	return fmt.Sprintf("%s\t%s\t%s\t%s", lk.Target, lk.Time.UTC().Format(time.RFC3339), lk.By, lk.Reason)
 }
 
 // parseLockArgs reads "USER [--reason TEXT]".

@@ -44,9 +44,10 @@ It needs neither the gateway nor the audit log.`,
 			client := &http.Client{Timeout: 10 * time.Second}
 			failed := 0
 			for i, w := range cfg.Webhooks {
-				// Named by position and host: two webhooks on one host
-				// differ, and the URL's path (often the secret) stays out.
-				name := fmt.Sprintf("webhooks[%d] %s", i, w.Name())
+				// Named by position, host and path: two webhooks on one
+				// host differ; token-like path segments are cut short,
+				// and the query and user info (credentials) stay out.
+				name := fmt.Sprintf("webhooks[%d] %s", i, w.Label())
 				now := time.Now()
 				status, err := w.Send(cmd.Context(), client, alert.Sample(cfg.Source, now), now)
 				took := time.Since(now).Round(time.Millisecond)

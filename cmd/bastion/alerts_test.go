@@ -68,10 +68,19 @@ func TestAlertsTest(t *testing.T) {
 		return p
 	}
 
-	cfg := write(fmt.Sprintf("alerts:\n  webhooks:\n    - url: %s/services/T/B/SECRET\n    - url: %s/raw\n      format: json\n      secret_file: hook.secret\n", ok.URL, ok.URL))
+	// Two webhooks on one host are told apart by their paths; a token in
+	// the path is cut short, user info and query never shown.
+	const token = "XyZ0secretTOKEN0123456789"
+	withUser := strings.Replace(ok.URL, "http://", "http://hookuser:hookpass@", 1)
+	cfg := write(fmt.Sprintf("alerts:\n  webhooks:\n    - url: %s/services/T0/B0/%s\n    - url: %s/raw?key=querysecret\n      format: json\n      secret_file: hook.secret\n", ok.URL, token, withUser))
 	out, _ := mustRun(t, dir, "alerts", "test", "--config", cfg)
-	if !strings.Contains(out, "ok    webhooks[0] "+ok.URL+"  HTTP 200") || !strings.Contains(out, "ok    webhooks[1] "+ok.URL+"  HTTP 200") || strings.Contains(out, "SECRET") {
+	if !strings.Contains(out, "ok    webhooks[0] "+ok.URL+"/services/T0/B0/XyZ0…  HTTP 200") || !strings.Contains(out, "ok    webhooks[1] "+ok.URL+"/raw  HTTP 200") {
 		t.Errorf("alerts test output:\n%s", out)
+	}
+	for _, secret := range []string{token, "secretTOKEN", "hookuser", "hookpass", "querysecret"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("alerts test shows %q:\n%s", secret, out)
+		}
 	}
 	bodies, heads := ok.got()
 	if len(bodies) != 2 {

@@ -82,12 +82,14 @@ func newAuditTailCommand(a *app) *cobra.Command {
 		Short: "Follow the matching audit events of a running gateway as they are recorded",
 		Long: `Print each audit event that matches the filters as the running gateway
 records it, until interrupted. Like tail -f it starts at the end: --history
-(or --since) first prints the matching events already in the log. It runs
+(or --since) first prints the matching events already in the log, and
+-n/--lines N the last N of them (like tail -n N -f). It runs
 ` + "`audit tail`" + ` on the gateway over SSH, as your certificate's identity,
 which must be in one of the gateway's auditor_groups. Nothing is missed
 however slowly you read.`,
 		Example: `  bastion audit tail --gateway bastion.example.com:2222 --type auth.failed,source.banned
   bastion audit tail --gateway 127.0.0.1:2222 --history --type user.locked
+  bastion audit tail --gateway 127.0.0.1:2222 -n 20 --type 'auth.*'
   bastion audit tail --gateway 127.0.0.1:2222 --since 1h --format csv`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -7,7 +7,10 @@ import (
 )
 
 func newBansCommand(a *app) *cobra.Command {
-	var gw string
+	var (
+		gw     string
+		asJSON bool
+	)
 	cmd := &cobra.Command{
 		Use:   "bans",
 		Short: "List the sources the running gateway has banned",
@@ -16,21 +19,30 @@ the running gateway has banned for failing authentication too often, and
 when each ban ends. Bans live in the gateway's memory, so this asks the
 gateway over SSH with your bastion certificate (from bastion login; it
 must carry an admin group): --gateway, $BASTION_GATEWAY, or the gateway of
-your last bastion login. A stopped gateway has no bans.`,
+your last bastion login. A stopped gateway has no bans. With none, it says
+"no bans" on stderr; --json prints a JSON array ([] when empty).`,
 		Example: `  bastion bans
-  bastion bans --gateway bastion.example.com:2222`,
+  bastion bans --gateway bastion.example.com:2222 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			remote := "bans"
+			if asJSON {
+				remote += " --json"
+			}
 			return a.changeLock(cmd, gw, lockChange{
-				remote: "bans",
+				remote: remote,
 				offline: func() error {
-					fmt.Fprintf(a.stderr, "bastion: no gateway is running on %s; bans live in a running gateway's memory, so none are in force\n", a.dataDir)
+					if asJSON {
+						fmt.Fprintln(a.stdout, "[]")
+					}
+					fmt.Fprintf(a.stderr, "no bans: no gateway is running on %s, and bans live in a running gateway's memory\n", a.dataDir)
 					return nil
 				},
 			})
 		},
 	}
 	cmd.Flags().StringVar(&gw, "gateway", "", "ask this running gateway (HOST:PORT) with your bastion certificate")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the bans as a JSON array")
 	return cmd
 }
 
@@ -41,7 +53,9 @@ func newUnbanCommand(a *app) *cobra.Command {
 		Short: "Lift the running gateway's ban on a source address",
 		Long: `bastion unban lifts the ban on ADDRESS (an IPv4 address, or an IPv6
 address or /64: IPv6 sources are banned by /64) and forgets its recent
-failures; the gateway records source.unbanned. Like bastion bans, it goes
+failures; the gateway records source.unbanned. A source that is not
+banned is reported as such, and the command still succeeds (as unlock of
+a user who is not locked does). Like bastion bans, it goes
 through the running gateway with your bastion certificate, which must
 carry an admin group.`,
 		Example: `  bastion unban 192.0.2.7
@@ -51,7 +65,9 @@ carry an admin group.`,
 			return a.changeLock(cmd, gw, lockChange{
 				remote: "unban " + quoteArg(args[0]),
 				offline: func() error {
-					return fmt.Errorf("%s is not banned: no gateway is running on %s, and bans live only in a running gateway's memory", args[0], a.dataDir)
+					// Like unlock of a user who is not locked: done, with a note.
+					fmt.Fprintf(a.stdout, "%s was not banned: no gateway is running on %s, and bans live only in a running gateway's memory\n", args[0], a.dataDir)
+					return nil
 				},
 			})
 		},

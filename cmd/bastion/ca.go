@@ -22,8 +22,13 @@ func newCACommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ca",
 		Short: "Manage the certificate authority: init, sign, inspect, revoke, krl, export, rotate, retire",
+		// --config names the data dir too: its data_dir is used unless
+		// --data-dir is given on the command line.
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return a.useConfigDataDir(cmd)
+		},
 	}
-	cmd.PersistentFlags().StringVar(&a.configPath, "config", "", "bastion.yaml whose ca: signing policy applies (default: the policy the gateway last ran with on this data dir, else the built-in defaults)")
+	cmd.PersistentFlags().StringVar(&a.configPath, "config", "", "bastion.yaml whose ca: signing policy applies, on its data_dir unless --data-dir is given (default: the policy the gateway last ran with on this data dir, else the built-in defaults)")
 	cmd.AddCommand(
 		newCAInitCommand(a),
 		newCASignCommand(a),
@@ -108,7 +113,7 @@ func newCAInitCommand(a *app) *cobra.Command {
 			}
 			l := a.layout()
 			if l.Exists() {
-				return fmt.Errorf("a CA already exists in %s; refusing to overwrite it (use `bastion ca rotate` to replace a key)", l.Dir())
+				return fmt.Errorf("a CA already exists in %s; refusing to overwrite it (use `%s` or `%s` to replace a key)", l.Dir(), a.hint("ca rotate --user"), a.hint("ca rotate --host"))
 			}
 			// Open the audit log first: if a gateway holds it, fail before
 			// creating anything.
@@ -131,7 +136,7 @@ func newCAInitCommand(a *app) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(a.stderr, "created CA in %s\n  user CA: %s\n  host CA: %s\n", l.Dir(), ca.Fingerprint(user), ca.Fingerprint(host))
-			fmt.Fprintf(a.stderr, "next: `bastion ca export --data-dir %[1]s --user` for sshd's TrustedUserCAKeys, `bastion ca export --data-dir %[1]s --host` for known_hosts\n", a.dataDir)
+			fmt.Fprintf(a.stderr, "next: `%s` for sshd's TrustedUserCAKeys, `%s` for known_hosts\n", a.hint("ca export --user"), a.hint("ca export --host"))
 			return nil
 		},
 	}
@@ -147,7 +152,7 @@ func (a *app) loadAuthority(passFile string) (*ca.Authority, *audit.Store, error
 		return nil, nil, err
 	}
 	if !a.layout().Exists() {
-		return nil, nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", a.layout().Dir(), a.dataDir)
+		return nil, nil, fmt.Errorf("no CA in %s: run `%s` first", a.layout().Dir(), a.hint("ca init"))
 	}
 	store, err := a.openAudit()
 	if err != nil {
@@ -164,6 +169,20 @@ func (a *app) loadAuthority(passFile string) (*ca.Authority, *audit.Store, error
 		return nil, nil, err
 	}
 	return auth, store, nil
+}
+
+// useConfigDataDir makes `ca --config FILE` work on FILE's data_dir, as
+// `bastion serve --config FILE` does; an explicit --data-dir wins.
+func (a *app) useConfigDataDir(cmd *cobra.Command) error {
+	if a.configPath == "" || cmd.Flags().Changed("data-dir") {
+		return nil
+	}
+	f, err := config.Load(a.configPath)
+	if err != nil {
+		return err
+	}
+	a.dataDir = f.DataDir
+	return nil
 }
 
 // signingPolicy is the one signing policy for this data dir: the
@@ -351,12 +370,12 @@ certificates it matched.`,
 					return err
 				}
 				if len(done) == 0 {
-					return fmt.Errorf("no unexpired certificate was issued to %q; nothing revoked (to refuse %s new certificates and sessions: bastion lock %s)", user, user, user)
+					return fmt.Errorf("no unexpired certificate was issued to %q; nothing revoked (to refuse %s new certificates and sessions: `%s`)", user, user, a.hint("lock "+shellWord(user)))
 				}
 				for _, c := range done {
 					fmt.Fprintf(a.stderr, "revoked serial %d (key id %q, valid until %s)\n", c.Serial, c.KeyID, c.ValidBefore.Format(time.RFC3339))
 				}
-				fmt.Fprintf(a.stderr, "revoked %d certificate(s) of %s\nnext: `bastion ca krl --out FILE` for the hosts' RevokedKeys; `bastion lock %s` to refuse new logins\n", len(done), user, user)
+				fmt.Fprintf(a.stderr, "revoked %d certificate(s) of %s\nnext: `%s` for the hosts' RevokedKeys; `%s` to refuse new logins\n", len(done), user, a.hint("ca krl --out FILE"), a.hint("lock "+shellWord(user)))
 				return nil
 			}
 			var rev ca.Revocation
@@ -384,10 +403,10 @@ certificates it matched.`,
 				}
 				fmt.Fprintf(a.stderr, "it matches %d unexpired certificate(s) issued by this CA\n", exact)
 				if exact == 0 && len(similar) > 0 {
-					fmt.Fprintf(a.stderr, "warning: key ids are matched exactly; these issued key ids start with %q: %s\n  to revoke everything a user holds: bastion ca revoke --user NAME\n", keyID, strings.Join(similar, ", "))
+					fmt.Fprintf(a.stderr, "warning: key ids are matched exactly; these issued key ids start with %q: %s\n  to revoke everything a user holds: `%s`\n", keyID, strings.Join(similar, ", "), a.hint("ca revoke --user NAME"))
 				}
 			}
-			fmt.Fprintf(a.stderr, "next: `bastion ca krl --out FILE` and copy FILE to the RevokedKeys path on every host\n")
+			fmt.Fprintf(a.stderr, "next: `%s` and copy FILE to the RevokedKeys path on every host\n", a.hint("ca krl --out FILE"))
 			return nil
 		},
 	}
@@ -502,8 +521,12 @@ func newCARotateCommand(a *app) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(a.stderr, "rotated the %s CA\n  new (signing): %s\n  old (trusted until retired): %s\nnext: distribute `bastion ca export --%s`, then `bastion ca retire --%s` once certificates from the old key have expired\n",
-			k, ca.Fingerprint(newKey), ca.Fingerprint(oldKey), k, k)
+		retire := "ca retire --" + string(k)
+		if passFile != "" {
+			retire += " --passphrase-file " + shellWord(passFile)
+		}
+		fmt.Fprintf(a.stderr, "rotated the %s CA\n  new (signing): %s\n  old (trusted until retired): %s\nnext: distribute `%s`, then `%s` once certificates from the old key have expired\n",
+			k, ca.Fingerprint(newKey), ca.Fingerprint(oldKey), a.hint("ca export --"+string(k)), a.hint(retire))
 		return nil
 	}
 	return cmd

@@ -20,11 +20,15 @@ import (
 )
 
 // run executes the CLI in-process with args and returns stdout, stderr.
+// It passes --data-dir dataDir unless dataDir is "".
 func run(t *testing.T, dataDir string, args ...string) (string, string, error) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	cmd := newRootCommand(buildInfo{Version: "v-test", Commit: "abc123"}, strings.NewReader(""), &out, &errb)
-	cmd.SetArgs(append([]string{"--data-dir", dataDir}, args...))
+	if dataDir != "" {
+		args = append([]string{"--data-dir", dataDir}, args...)
+	}
+	cmd.SetArgs(args)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := cmd.ExecuteContext(ctx)

@@ -173,6 +173,7 @@ func (e *devEnv) start(ctx context.Context, o devOptions) error {
 		},
 		OIDC: &config.OIDC{Issuer: e.IdP.Issuer(), ClientID: e.IdP.ClientID()},
 		Cert: config.Cert{Groups: map[string]config.CertGroup{"dba": {MaxValidity: config.Duration(time.Hour)}}},
+		Dev:  true,
 	}
 	if err := f.Validate(); err != nil {
 		return err
@@ -183,6 +184,9 @@ func (e *devEnv) start(ctx context.Context, o devOptions) error {
 	}
 	rt, err := startRuntime(ctx, f, newLogger(logw, config.Log{Level: "warn"}), false, logw)
 	if err != nil {
+		if holder, ok := audit.InUseBy(err); ok {
+			return fmt.Errorf("another bastion (dev or serve) is using %s (%s): stop it, or give this bastion dev another --data-dir (or none, for a temporary one)", o.DataDir, holder)
+		}
 		if strings.Contains(err.Error(), "address already in use") {
 			return fmt.Errorf("%w; is another bastion dev running? pass --listen 127.0.0.1:0 (or another port)", err)
 		}

@@ -41,6 +41,15 @@ func TestDevSecondInstance(t *testing.T) {
 	if err := nilEnv.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// On the same data dir (another port): the data dir is the problem.
+	second, err = startDev(ctx, devOptions{DataDir: first.DataDir, Listen: "127.0.0.1:0", IdPListen: "127.0.0.1:0", Target: "builtin"})
+	if err == nil {
+		second.Close()
+		t.Fatal("a second bastion dev on the same data dir started")
+	}
+	if !strings.Contains(err.Error(), "another bastion (dev or serve) is using "+first.DataDir) || strings.Contains(err.Error(), "stop `bastion serve`") {
+		t.Fatalf("the error does not say another bastion uses the data dir: %v", err)
+	}
 }
 
 // demoJump runs OpenSSH through the dev gateway to the demo host as the

@@ -20,9 +20,11 @@ const devKeyStep = `mkdir -p -m 700 ~/.ssh && { test -f ~/.ssh/id_ed25519 || ssh
 
 // devCertStep is the OpenSSH-only login: the certificate goes to a new
 // file that replaces the old one only when the login succeeded, so a failed
-// login does not empty a certificate that is still valid.
+// login does not empty a certificate that is still valid; a failed login
+// removes the new file and still fails.
 func devCertStep(port, host string) string {
-	return fmt.Sprintf("ssh -p %s login@%s > ~/.ssh/id_ed25519-cert.pub.new && mv ~/.ssh/id_ed25519-cert.pub.new ~/.ssh/id_ed25519-cert.pub", port, host)
+	const cert, next = "~/.ssh/id_ed25519-cert.pub", "~/.ssh/id_ed25519-cert.pub.new"
+	return fmt.Sprintf("ssh -p %s login@%s > %s && mv %s %s || { rm -f %s; false; }", port, host, next, next, cert, next)
 }
 
 // devCLI is how the printed steps run bastion: "bastion" when it is on

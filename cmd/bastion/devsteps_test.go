@@ -178,6 +178,10 @@ func TestDevFirstStepsVerbatim(t *testing.T) {
 	if cert2, _ := os.ReadFile(certPath); !bytes.Equal(cert1, cert2) {
 		t.Fatalf("a failed login changed the certificate to %q", cert2)
 	}
+	// And leaves nothing behind.
+	if left, _ := filepath.Glob(filepath.Join(acct.home, ".ssh", "*.new")); len(left) != 0 {
+		t.Errorf("a failed login left %v behind", left)
+	}
 }
 
 // TestDevNamesTheCLIAsItCanRun: with no bastion on $PATH the steps say
@@ -204,7 +208,9 @@ func TestReadmeFirstStepsMatchDev(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{devKeyStep, devCertStep("2222", "127.0.0.1"), "Include ~/.ssh/bastion/config", includeWhy} {
+	for _, want := range []string{devKeyStep, devCertStep("2222", "127.0.0.1"), "Include ~/.ssh/bastion/config", includeWhy,
+		// go install's bin directory is often not on PATH.
+		"go install ./cmd/bastion\nexport PATH=\"$(go env GOPATH)/bin:$PATH\"\n"} {
 		if !strings.Contains(string(readme), want) {
 			t.Errorf("README lacks %q", want)
 		}
@@ -315,4 +321,56 @@ func (l *lockedText) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.String()
+}
+
+// TestDevRestartExplainsTheChangedHostCA: `bastion login` to a bastion dev,
+// which is restarted (a new temporary data dir, so a new host CA) on the
+// same address; the next login is refused as a changed host CA, with why
+// that happens with bastion dev and what to do.
+func TestDevRestartExplainsTheChangedHostCA(t *testing.T) {
+	testbed.RequireOpenSSH(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	start := func(listen string) *devEnv {
+		env, err := startDev(ctx, devOptions{DataDir: t.TempDir(), Listen: listen, IdPListen: "127.0.0.1:0", Target: "builtin", PollInterval: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return env
+	}
+	approve := func(env *devEnv) func(string) {
+		return func(l string) {
+			if m := devCodeRE.FindStringSubmatch(l); m != nil {
+				if err := env.IdP.ApproveDevice(m[1], "alice"); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}
+	home := newHome(t)
+	first := start("127.0.0.1:0")
+	if _, errOut, err := runLoginCLI(t, first.Gateway, approve(first)); err != nil {
+		t.Fatalf("first login: %v\n%s", err, errOut)
+	}
+	addr := first.Gateway
+	first.Close()
+	second := start(addr)
+	defer second.Close()
+	_, _, err := runLoginCLI(t, addr, approve(second))
+	known := filepath.Join(home, ".ssh", "bastion", "known_hosts")
+	if err == nil {
+		t.Fatal("a login after a dev restart succeeded without a word about the new host CA")
+	}
+	for _, want := range []string{"HOST CA HAS CHANGED", "bastion dev", "temporary directory", "delete " + known, "bastion dev --data-dir DIR"} {
+		if !strings.Contains(userError(err), want) {
+			t.Errorf("the error lacks %q:\n%s", want, userError(err))
+		}
+	}
+	// The way out it names works.
+	if err := os.Remove(known); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, err := runLoginCLI(t, addr, approve(second)); err != nil {
+		t.Fatalf("login after deleting %s: %v\n%s", known, err, errOut)
+	}
 }

@@ -79,7 +79,8 @@ func TestLibraryLoggerQuietsPolling(t *testing.T) {
 func TestServeWarnsWithoutAccessRules(t *testing.T) {
 	dir := t.TempDir()
 	mustRun(t, filepath.Join(dir, "data"), "ca", "init")
-	cfg := filepath.Join(dir, "bastion.yaml")
+	// Not named bastion.yaml: the warning names the file there is.
+	cfg := filepath.Join(dir, "gw-eu1.yaml")
 	if err := os.WriteFile(cfg, []byte("data_dir: ./data\nlisten: 127.0.0.1:0\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -100,4 +101,7 @@ func TestServeWarnsWithoutAccessRules(t *testing.T) {
 	}
 	cancel()
 	<-done
+	if !strings.Contains(stderr.String(), "warning: "+cfg+" has no access: rules") || strings.Contains(stderr.String(), "bastion.yaml") {
+		t.Errorf("the warning does not name %s:\n%s", cfg, stderr.String())
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/gateway"
 	"github.com/bastion-ssh/bastion/internal/sshclient"
 )
 
@@ -104,6 +106,59 @@ login).`,
 	return cmd
 }
 
+func newLocksCommand(a *app) *cobra.Command {
+	var (
+		gw     string
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "locks [--json]",
+		Short: "List the users locked with bastion lock",
+		Long: `bastion locks lists the locked users: target, when, by whom and why. Like
+bastion lock, it reads the audit log in --data-dir when it is free, and
+otherwise asks the running gateway (--gateway, $BASTION_GATEWAY, or the
+gateway of your last bastion login) with your bastion certificate, which
+must carry an admin group. With none, it says "no locks" on stderr;
+--json prints a JSON array ([] when empty).`,
+		Example: `  bastion locks
+  bastion locks --gateway bastion.example.com:2222 --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			remote := "locks"
+			if asJSON {
+				remote += " --json"
+			}
+			return a.changeLock(cmd, gw, lockChange{
+				local: func(_ context.Context, l *ca.Locks) error {
+					return writeLocks(a, l.List(), asJSON)
+				},
+				remote: remote,
+			})
+		},
+	}
+	cmd.Flags().StringVar(&gw, "gateway", "", "ask this running gateway (HOST:PORT) with your bastion certificate")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the locks as a JSON array")
+	return cmd
+}
+
+// writeLocks lists locks as the gateway's `locks` command does.
+func writeLocks(a *app, locks []ca.Lock, asJSON bool) error {
+	if asJSON {
+		if locks == nil {
+			locks = []ca.Lock{}
+		}
+		return json.NewEncoder(a.stdout).Encode(locks)
+	}
+	if len(locks) == 0 {
+		fmt.Fprintln(a.stderr, "no locks")
+		return nil
+	}
+	for _, lk := range locks {
+		fmt.Fprintln(a.stdout, gateway.FormatLock(lk))
+	}
+	return nil
+}
+
 // changeLock applies ch: on the audit log when it is free, else through
 // the gateway. An explicit --gateway always goes through the gateway.
 func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error {
@@ -126,7 +181,9 @@ func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error
 				if err := ch.local(ctx, locks); err != nil {
 					return err
 				}
-				fmt.Fprintln(a.stdout, *ch.done)
+				if ch.done != nil {
+					fmt.Fprintln(a.stdout, *ch.done)
+				}
 				return nil
 			case errors.Is(err, audit.ErrInUse):
 				held = true

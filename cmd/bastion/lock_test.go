@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -33,6 +34,13 @@ func TestLockOffline(t *testing.T) {
 	newHome(t)
 	dir := t.TempDir()
 	mustRun(t, dir, "ca", "init")
+	// None yet: the list says so; --json is [].
+	if out, errOut := mustRun(t, dir, "locks"); out != "" || strings.TrimSpace(errOut) != "no locks" {
+		t.Errorf("locks with none: stdout %q stderr %q", out, errOut)
+	}
+	if out, _ := mustRun(t, dir, "locks", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("locks --json with none: %q", out)
+	}
 	out, _ := mustRun(t, dir, "lock", "alice", "--reason", "laptop stolen")
 	if strings.TrimSpace(out) != "locked alice" {
 		t.Errorf("lock printed %q", out)
@@ -54,6 +62,13 @@ func TestLockOffline(t *testing.T) {
 	}
 	if l := locks.List(); len(l) != 1 || l[0].Target != "alice" || l[0].By != op || l[0].Reason != "laptop stolen" {
 		t.Fatalf("locks = %+v", l)
+	}
+	if out, _ := mustRun(t, dir, "locks"); !strings.HasPrefix(out, "alice\t") || !strings.HasSuffix(out, "\t"+op+"\tlaptop stolen\n") {
+		t.Errorf("locks: %q", out)
+	}
+	var listed []ca.Lock
+	if out, _ := mustRun(t, dir, "locks", "--json"); json.Unmarshal([]byte(out), &listed) != nil || len(listed) != 1 || listed[0].Target != "alice" {
+		t.Errorf("locks --json: %q", out)
 	}
 
 	out, _ = mustRun(t, dir, "unlock", "alice")
@@ -131,6 +146,9 @@ func TestLockThroughGateway(t *testing.T) {
 	if l := e.locks.List(); len(l) != 1 || l[0].Target != e.user || l[0].By != "ops" || l[0].Reason != reason {
 		t.Fatalf("gateway locks = %+v, want %s locked by ops with reason %q", l, e.user, reason)
 	}
+	if out, errOut, err := run(t, e.layout.DataDir, "locks"); err != nil || !strings.HasPrefix(out, e.user+"\t") || !strings.Contains(out, "\tops\t"+reason) {
+		t.Errorf("locks through the gateway: %v %q %s", err, out, errOut)
+	}
 	e.waitEvent(audit.TypeUserLocked, map[string]string{"target": e.user, "reason": reason})
 	useHome(t, engHome)
 	if out, code := sshVia(t, engHome, engConfig, "target.internal", "true"); code != 255 || !strings.Contains(out, "Permission denied") {
@@ -145,6 +163,12 @@ func TestLockThroughGateway(t *testing.T) {
 	}
 	if l := e.locks.List(); len(l) != 0 {
 		t.Fatalf("locks after unlock: %+v", l)
+	}
+	if out, errOut, err := run(t, e.layout.DataDir, "locks", "--gateway", e.addr); err != nil || out != "" || strings.TrimSpace(errOut) != "no locks" {
+		t.Errorf("locks through the gateway with none: %v %q %q", err, out, errOut)
+	}
+	if out, _, err := run(t, e.layout.DataDir, "locks", "--json", "--gateway", e.addr); err != nil || strings.TrimSpace(out) != "[]" {
+		t.Errorf("locks --json through the gateway with none: %v %q", err, out)
 	}
 	if out, errOut, err := run(t, e.layout.DataDir, "unlock", e.user, "--gateway", e.addr); err != nil || !strings.Contains(out+errOut, e.user+" is not locked") {
 		t.Errorf("a second unlock through the gateway: %v\n%s%s", err, out, errOut)

@@ -30,6 +30,9 @@ import (
 	"github.com/bastion-ssh/bastion/internal/sshclient"
 )
 
+// errLoginCancelled is a login interrupted by the user (Ctrl-C).
+var errLoginCancelled = errors.New("login cancelled")
+
 // defaultGateway is where `bastion login` goes when nothing else says.
 const defaultGateway = "127.0.0.1:2222"
 
@@ -72,7 +75,12 @@ machine instead. BASTION_NO_BROWSER=1 is --no-browser.`,
   bastion login --no-browser`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runLogin(cmd.Context(), a, f, cmd.Flags().Changed("hosts"))
+			err := runLogin(cmd.Context(), a, f, cmd.Flags().Changed("hosts"))
+			if err != nil && errors.Is(cmd.Context().Err(), context.Canceled) {
+				// Ctrl-C: say so, and exit as a shell reports SIGINT.
+				return &exitError{code: 130, err: errLoginCancelled}
+			}
+			return err
 		},
 	}
 	fl := cmd.Flags()
@@ -203,7 +211,7 @@ func runLogin(ctx context.Context, a *app, f loginFlags, hostsGiven bool) error 
 	if len(cert.ValidPrincipals) == 0 {
 		return errors.New("login: the gateway signed a certificate without principals; it would be refused everywhere: report this to your administrators")
 	}
-	return finishLogin(a, paths, st, addr, hosts, key, cert, hc)
+	return finishLogin(a, paths, st, addr, hosts, key, cert, hc, svc.Dev)
 }
 
 // deviceLogin runs the gateway's device flow: the gateway prints the URL
@@ -400,7 +408,7 @@ func loginPage(msg string) string {
 // finishLogin pins the host CA, saves the certificate, the state and the
 // ssh config, and hands the certificate to ssh-agent.
 func finishLogin(a *app, paths sshclient.Paths, st sshclient.State, addr string, hosts []string,
-	key *sshclient.Key, cert *gossh.Certificate, hc *sshclient.HostCheck) error {
+	key *sshclient.Key, cert *gossh.Certificate, hc *sshclient.HostCheck, dev bool) error {
 	now := time.Now()
 	user := cert.ValidPrincipals[0]
 	sshCfg := sshclient.SSHConfig{
@@ -411,7 +419,7 @@ func finishLogin(a *app, paths sshclient.Paths, st sshclient.State, addr string,
 	if err := sshCfg.Validate(); err != nil {
 		return err
 	}
-	pinned, err := hc.Pin(addr)
+	pinned, err := hc.Pin(addr, dev)
 	if err != nil {
 		return err
 	}

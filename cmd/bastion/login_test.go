@@ -246,11 +246,18 @@ func useHome(t *testing.T, home string) {
 // code or log in at the IdP). It returns stdout, stderr and the error.
 func runLoginCLI(t *testing.T, addr string, answer func(line string), args ...string) (string, string, error) {
 	t.Helper()
+	return runLoginCLIContext(t, t.Context(), addr, answer, args...)
+}
+
+// runLoginCLIContext is runLoginCLI under ctx: cancelling ctx is the
+// user's Ctrl-C.
+func runLoginCLIContext(t *testing.T, ctx context.Context, addr string, answer func(line string), args ...string) (string, string, error) {
+	t.Helper()
 	pr, pw := io.Pipe()
 	var stdout bytes.Buffer
 	cmd := newRootCommand(buildInfo{Version: "v-test"}, strings.NewReader(""), &stdout, pw)
 	cmd.SetArgs(append([]string{"login", "--no-browser", "--gateway", addr}, args...))
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
@@ -828,5 +835,75 @@ func TestLoginGatewayMatchesHostPatterns(t *testing.T) {
 	out, code := sshVia(t, home, userConfig, "target.internal", "echo", "ok")
 	if code != 0 || strings.TrimSpace(out) != "ok" {
 		t.Fatalf("ssh target.internal with the gateway matching --hosts: exit %d: %s", code, out)
+	}
+}
+
+// TestDevicePageDoesNotClaimTheGatewaysVerdict: a locked user approves a
+// device login on the IdP's real page; the gateway refuses to sign. The
+// page must not have said the terminal is logged in: it says the IdP
+// approved and that the result is in the terminal, where the refusal is.
+func TestDevicePageDoesNotClaimTheGatewaysVerdict(t *testing.T) {
+	e := startLoginEnv(t, loginEnvOptions{})
+	if err := e.locks.Lock(t.Context(), ca.Lock{Target: e.user, Reason: "incident 7", By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	newHome(t)
+	jar, _ := cookiejar.New(nil)
+	client := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	pages := make(chan string, 1)
+	var wg sync.WaitGroup
+	_, stderr, err := runLoginCLI(t, e.addr, func(line string) {
+		m := deviceURLRE.FindStringSubmatch(line)
+		if m == nil {
+			return
+		}
+		// A person at the browser: the page, the code, the password.
+		wg.Go(func() {
+			status, body, err := submitForm(client, m[1], map[string]string{
+				"user_code": deviceCodeRE.FindStringSubmatch(line)[1], "username": "eng", "password": engPassword, "action": "approve"})
+			pages <- fmt.Sprintf("%d %v %s", status, err, body)
+		})
+	})
+	wg.Wait()
+	page := <-pages
+	if err == nil || !strings.Contains(stderr, "is locked: incident 7") {
+		t.Fatalf("login of a locked user: err %v\n%s", err, stderr)
+	}
+	if !strings.HasPrefix(page, "200 <nil>") || strings.Contains(page, "logged in") || !strings.Contains(page, html.EscapeString(devidp.ApprovedMessage("eng"))) ||
+		!strings.Contains(page, "result is shown in the terminal") {
+		t.Errorf("the IdP's page after approval claims more than the IdP knows:\n%s", page)
+	}
+}
+
+// TestLoginCtrlC: Ctrl-C while the login waits for the browser says
+// "login cancelled" and exits 130, as a shell reports SIGINT, in both
+// flows; nothing is saved.
+func TestLoginCtrlC(t *testing.T) {
+	e := startLoginEnv(t, loginEnvOptions{})
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		prompt *regexp.Regexp
+	}{{"device", nil, deviceCodeRE}, {"pkce", []string{"--pkce"}, authURLRE}} {
+		t.Run(tc.name, func(t *testing.T) {
+			home := newHome(t)
+			ctx, interrupt := context.WithCancel(t.Context())
+			defer interrupt()
+			start := time.Now()
+			_, stderr, err := runLoginCLIContext(t, ctx, e.addr, func(line string) {
+				if tc.prompt.MatchString(line) {
+					interrupt()
+				}
+			}, tc.args...)
+			if err == nil || exitCode(err) != 130 || userError(err) != "login cancelled" {
+				t.Fatalf("Ctrl-C: exit %d, error %v\n%s", exitCode(err), err, stderr)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("took %s to give up", d)
+			}
+			if _, err := os.Stat(filepath.Join(home, ".ssh", "bastion", "id_ed25519-cert.pub")); err == nil {
+				t.Error("a cancelled login saved a certificate")
+			}
+		})
 	}
 }

@@ -68,6 +68,19 @@ func TestCASignAppliesTheConfiguredPolicy(t *testing.T) {
 	if _, errOut, err := run(t, dir, "ca", "sign", "--config", cfg, "-I", "x", "-n", "admin", key); err == nil || !strings.Contains(err.Error()+errOut, "forbidden") {
 		t.Fatalf("ca sign --config signed a forbidden principal: %v %s", err, errOut)
 	}
+	// --config alone names the data dir (its data_dir), as for serve.
+	t.Setenv("BASTION_DATA_DIR", filepath.Join(t.TempDir(), "elsewhere"))
+	if _, errOut, err := run(t, "", "ca", "sign", "--config", cfg, "-I", "x", "-n", "admin", key); err == nil || !strings.Contains(err.Error()+errOut, "forbidden") {
+		t.Fatalf("ca sign --config without --data-dir: %v %s", err, errOut)
+	}
+	if _, errOut := mustRun(t, "", "ca", "sign", "--config", cfg, "-I", "x", "-n", "alice", "--out", "-", key); !strings.Contains(errOut, "signed user certificate") {
+		t.Errorf("ca sign --config without --data-dir: %s", errOut)
+	}
+	// An explicit --data-dir wins over the config's.
+	other := t.TempDir()
+	if _, _, err := run(t, other, "ca", "sign", "--config", cfg, "-I", "x", "-n", "alice", "--out", "-", key); err == nil || !strings.Contains(err.Error(), "no CA in "+other) {
+		t.Errorf("--data-dir with --config: %v", err)
+	}
 	mustRun(t, dir, "ca", "sign", "-I", "x", "-n", "admin", "--out", "-", key) // no policy recorded yet: defaults
 	// What serve records when it starts with that configuration.
 	policy := ca.DefaultPolicy()

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -34,6 +35,24 @@ type app struct {
 
 // layout is the data directory's file layout.
 func (a *app) layout() ca.Layout { return ca.Layout{DataDir: a.dataDir} }
+
+// hint is a bastion command line to print as a next step: words, then
+// --data-dir with the data dir in use, so it runs verbatim whatever the
+// default would be.
+func (a *app) hint(words string) string {
+	return "bastion " + words + " --data-dir " + shellWord(a.dataDir)
+}
+
+// shellWord is s as one shell word: itself when it needs no quoting, else
+// single-quoted.
+func shellWord(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("@%+=:,./_-", r))
+	}) < 0 {
+		return s
+	}
+	return quoteArg(s)
+}
 
 // operator names the person running a CLI command, for audit records.
 func (a *app) operator() string {
@@ -102,6 +121,7 @@ root logins are refused by construction; every attempt is audited.`,
 		newStatusCommand(a),
 		newLockCommand(a),
 		newUnlockCommand(a),
+		newLocksCommand(a),
 		newBansCommand(a),
 		newUnbanCommand(a),
 		newAlertsCommand(a),

@@ -97,10 +97,10 @@ type gatewayRuntime struct {
 func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newLog bool, stderr io.Writer) (*gatewayRuntime, error) {
 	layout := ca.Layout{DataDir: f.DataDir}
 	if !layout.Exists() {
-		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), f.DataDir)
+		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), shellWord(f.DataDir))
 	}
 	if len(f.Access) == 0 {
-		fmt.Fprintln(stderr, noAccessWarning)
+		fmt.Fprintln(stderr, noAccessWarning(f.Path))
 	}
 	pass, err := readPassphrase(f.CA.PassphraseFile)
 	if err != nil {
@@ -294,7 +294,7 @@ func loginConfig(ctx context.Context, f *config.File, policy ca.Policy, store *a
 	return &gateway.LoginConfig{
 		Provider: prov, ClientID: o.ClientID,
 		DefaultValidity: time.Duration(f.Cert.DefaultValidity), MaxValidity: time.Duration(f.Cert.MaxValidity),
-		GroupMaxValidity: groupMax, PerMinute: o.LoginsPerMinute,
+		GroupMaxValidity: groupMax, PerMinute: o.LoginsPerMinute, Dev: f.Dev,
 	}, nil
 }
 
@@ -374,6 +374,12 @@ func (ar *alertRuntime) stop() {
 	_ = ar.engine.Close(ctx)
 }
 
-// noAccessWarning is said when bastion.yaml has no access rules: the
-// gateway starts (logins and admin commands work) but refuses every jump.
-const noAccessWarning = "bastion: warning: bastion.yaml has no access: rules, so nobody can jump through this gateway; add rules naming principals or groups, hosts and ports (README, bastion serve)"
+// noAccessWarning is said when the configuration at path has no access
+// rules: the gateway starts (logins and admin commands work) but refuses
+// every jump.
+func noAccessWarning(path string) string {
+	if path == "" {
+		path = "the configuration"
+	}
+	return "bastion: warning: " + path + " has no access: rules, so nobody can jump through this gateway; add rules naming principals or groups, hosts and ports (README, bastion serve)"
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -147,4 +148,76 @@ func TestStatus(t *testing.T) {
 			t.Errorf("err %v, output %s", err, out)
 		}
 	})
+}
+
+// TestStatusSaysRevokedOrLocked: a certificate within its dates that the
+// gateway refuses is NOT VALID in `bastion status`: it asks the gateway of
+// the last login (which runs its own certificate check, without counting
+// a failed login), and reads the data dir's revocation state when it can.
+func TestStatusSaysRevokedOrLocked(t *testing.T) {
+	e := startLoginEnv(t, loginEnvOptions{banAfter: 2})
+	newHome(t)
+	login := func() *gossh.Certificate {
+		t.Helper()
+		if _, stderr, err := runLoginCLI(t, e.addr, e.approveDevice(t, "eng")); err != nil {
+			t.Fatalf("login: %v\n%s", err, stderr)
+		}
+		paths, _ := sshclient.DefaultPaths()
+		return readCert(t, paths.Certificate())
+	}
+	noData := t.TempDir()
+	cert := login()
+	out, _, err := run(t, noData, "status")
+	if err != nil || !strings.Contains(out, "[valid for ") || !strings.Contains(out, "Checked:      gateway "+e.addr) {
+		t.Fatalf("status of a good certificate: %v\n%s", err, out)
+	}
+
+	// Revoked: the gateway says so, and why.
+	if err := e.auth.State().Revocations.Revoke(t.Context(), ca.Revocation{Kind: ca.RevokeSerial, Value: fmt.Sprint(cert.Serial), Reason: "laptop stolen", By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // more than banAfter: a status check is not a failed login
+		out, _, err = run(t, noData, "status")
+		if exitCode(err) != 1 || !strings.Contains(out, "NOT VALID: the gateway at "+e.addr+" refuses it (revoked): certificate revoked by serial") ||
+			!strings.Contains(out, "laptop stolen") || strings.Contains(out, "[valid for") || !strings.Contains(err.Error(), "bastion login") {
+			t.Fatalf("status of a revoked certificate: exit %d %v\n%s", exitCode(err), err, out)
+		}
+	}
+	var s certStatus
+	out, _, _ = run(t, noData, "status", "--json")
+	if json.Unmarshal([]byte(out), &s) != nil || s.Valid || s.Barred != "revoked" || len(s.Checked) != 1 {
+		t.Errorf("--json of a revoked certificate: %s", out)
+	}
+	if n := len(e.events(audit.TypeAuthFailed)); n != 0 {
+		t.Errorf("status checks were recorded as %d failed logins", n)
+	}
+	// --offline asks nobody, and says that only the dates were checked.
+	if out, _, err := run(t, noData, "status", "--offline"); err != nil || !strings.Contains(out, "only its dates were checked") {
+		t.Errorf("--offline: %v\n%s", err, out)
+	}
+
+	// Locked: a new certificate, then a lock.
+	login()
+	if err := e.locks.Lock(t.Context(), ca.Lock{Target: e.user, Reason: "incident 9", By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = run(t, noData, "status")
+	if exitCode(err) != 1 || !strings.Contains(out, "refuses it (locked): certificate "+e.user+" is locked: incident 9") || !strings.Contains(err.Error(), "ask an administrator") {
+		t.Fatalf("status of a locked user's certificate: exit %d %v\n%s", exitCode(err), err, out)
+	}
+
+	// The gateway stopped: its data dir's state says the same, and status
+	// says it could not ask the gateway.
+	e.stop()
+	out, _, err = run(t, e.layout.DataDir, "status")
+	if exitCode(err) != 1 || !strings.Contains(out, "the revocation state in "+e.layout.DataDir+" bars it: certificate "+e.user+" is locked: incident 9") ||
+		!strings.Contains(out, "Checked:      data dir "+e.layout.DataDir) {
+		t.Fatalf("status against the data dir: exit %d %v\n%s", exitCode(err), err, out)
+	}
+	// Neither reachable: valid by its dates, and status says what it
+	// could not check.
+	out, _, err = run(t, noData, "status")
+	if err != nil || !strings.Contains(out, "Not checked:  gateway "+e.addr) || !strings.Contains(out, "only its dates were checked") {
+		t.Fatalf("status with the gateway down: %v\n%s", err, out)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -220,4 +221,28 @@ func (w Webhook) Name() string {
 		return "(invalid url)"
 	}
 	return u.Scheme + "://" + u.Host
+}
+
+// tokenSegment is the length from which a path segment is taken for a
+// credential and shortened by Label: chat webhooks put theirs in the path
+// (Slack 24 characters, Discord 68, Teams GUIDs 36, PagerDuty keys 32).
+const tokenSegment = 16
+
+// Label is the webhook as `bastion alerts test` shows it to the operator:
+// scheme, host and path, so that two webhooks on one host can be told
+// apart, with each path segment of tokenSegment characters or more cut to
+// its first four and "…". Never the user info or the query, which carry
+// credentials.
+func (w Webhook) Label() string {
+	u, err := url.Parse(w.URL)
+	if err != nil {
+		return "(invalid url)"
+	}
+	segs := strings.Split(u.EscapedPath(), "/")
+	for i, s := range segs {
+		if len(s) >= tokenSegment {
+			segs[i] = s[:4] + "…"
+		}
+	}
+	return u.Scheme + "://" + u.Host + strings.Join(segs, "/")
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +26,9 @@ type Query struct {
 	// before following; without it (and without --since) a tail starts at
 	// the end, like tail -f. See FromStart.
 	History bool
+	// Lines makes a tail print the last Lines matching events already in
+	// the log before following, like tail -n N -f.
+	Lines int
 }
 
 // Flags are the flag values as typed, before times are resolved.
@@ -33,6 +37,7 @@ type Flags struct {
 	Types                        []string
 	Format                       string
 	History                      bool
+	Lines                        int
 }
 
 // Register adds the flags to fs.
@@ -45,10 +50,12 @@ func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Format, "format", string(audit.FormatJSONL), "output format: jsonl or csv")
 }
 
-// RegisterTail adds the flags of `audit tail`: Register's and --history.
+// RegisterTail adds the flags of `audit tail`: Register's, --history
+// and -n/--lines.
 func (f *Flags) RegisterTail(fs *pflag.FlagSet) {
 	f.Register(fs)
 	fs.BoolVar(&f.History, "history", false, "print the matching events already in the log first (default: only new ones, like tail -f; --since implies it)")
+	fs.IntVarP(&f.Lines, "lines", "n", 0, "print the last N matching events already in the log first, then follow (like tail -n N -f)")
 }
 
 // Query resolves the flags into a Query; relative times count back from
@@ -70,6 +77,13 @@ func (f *Flags) Query(now time.Time) (Query, error) {
 		Filter:  audit.Filter{Since: since, Until: until, Types: f.Types, Actor: f.Actor, Session: f.Session},
 		Format:  format,
 		History: f.History,
+		Lines:   f.Lines,
+	}
+	if f.Lines < 0 {
+		return Query{}, fmt.Errorf("--lines: %d is negative: give the number of recent events to print first", f.Lines)
+	}
+	if f.Lines > 0 && f.History {
+		return Query{}, errors.New("--lines and --history: give one (--history prints every matching event in the log, --lines N the last N)")
 	}
 	if err := q.Filter.Validate(); err != nil {
 		return Query{}, err
@@ -91,7 +105,11 @@ func Parse(name string, args []string, now time.Time, usage io.Writer) (Query, e
 	if strings.HasSuffix(name, "tail") {
 		register = f.RegisterTail
 	}
-	if err := parseFlagsOnly(name, args, usage, register, "--since, --until, --type, --actor, --session, --format"); err != nil {
+	hint := "--since, --until, --type, --actor, --session, --format"
+	if strings.HasSuffix(name, "tail") {
+		hint += ", --history, -n/--lines"
+	}
+	if err := parseFlagsOnly(name, args, usage, register, hint); err != nil {
 		return Query{}, err
 	}
 	q, err := f.Query(now)
@@ -132,6 +150,9 @@ func (q Query) Args() []string {
 	}
 	if q.History {
 		args = append(args, "--history")
+	}
+	if q.Lines > 0 {
+		args = append(args, "--lines="+strconv.Itoa(q.Lines))
 	}
 	return args
 }

@@ -124,6 +124,24 @@ func TestTailHistory(t *testing.T) {
 	if _, err := Parse("audit export", []string{"--history"}, now, &bytes.Buffer{}); err == nil {
 		t.Error("audit export accepted --history")
 	}
+	// -n/--lines N: the last N, then follow; it survives Args.
+	for _, args := range [][]string{{"-n", "20"}, {"--lines", "20"}, {"-n20"}} {
+		q, err := Parse("audit tail", args, now, &bytes.Buffer{})
+		if err != nil || q.Lines != 20 || q.FromStart() {
+			t.Errorf("audit tail %v: lines %d from start %v, %v", args, q.Lines, q.FromStart(), err)
+		}
+		if back, err := Parse("audit tail", q.Args(), now, &bytes.Buffer{}); err != nil || back.Lines != 20 {
+			t.Errorf("audit tail %v: Args %v read back as lines %d, %v", args, q.Args(), back.Lines, err)
+		}
+	}
+	for _, args := range [][]string{{"-n", "-1"}, {"-n", "3", "--history"}} {
+		if _, err := Parse("audit tail", args, now, &bytes.Buffer{}); err == nil {
+			t.Errorf("audit tail %v accepted", args)
+		}
+	}
+	if _, err := Parse("audit export", []string{"-n", "3"}, now, &bytes.Buffer{}); err == nil {
+		t.Error("audit export accepted -n")
+	}
 }
 
 // TestUnknownEventTypeIsAnError: a --type that matches no event type is

@@ -25,6 +25,12 @@ import (
 
 // File is bastion.yaml.
 type File struct {
+	// Path is the file Load read, for messages that name it; "" for a
+	// File built in memory.
+	Path string `yaml:"-"`
+	// Dev marks the configuration `bastion dev` builds: its login service
+	// tells clients so (see gateway.LoginConfig.Dev).
+	Dev           bool     `yaml:"-"`
 	Listen        string   `yaml:"listen"`
 	DataDir       string   `yaml:"data_dir"`
 	MetricsListen string   `yaml:"metrics_listen"`
@@ -207,6 +213,7 @@ func Load(path string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %s: %w", path, err)
 	}
+	f.Path = path
 	base := filepath.Dir(path)
 	paths := append([]*string{&f.DataDir, &f.CA.PassphraseFile, &f.KRLFile}, f.webhookSecretPaths()...)
 	if f.OIDC != nil {

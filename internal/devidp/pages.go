@@ -94,7 +94,10 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 			d.Message, d.Error = usertext.Error(err), true
 			s.pages.render(w, statusOf(err), d)
 		case approve:
-			s.pages.render(w, http.StatusOK, pageData{Message: "Approved: the terminal is now logged in as " + u.Username + ". You can close this page."})
+			// The IdP only vouches for who the user is: the gateway then
+			// decides (a lock, a revocation or its signing policy may
+			// still refuse), and only the terminal hears its answer.
+			s.pages.render(w, http.StatusOK, pageData{Message: ApprovedMessage(u.Username)})
 		default:
 			s.pages.render(w, http.StatusOK, pageData{Message: "Denied: the terminal's login was refused. You can close this page."})
 		}
@@ -102,6 +105,13 @@ func (s *Server) handleDevice(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", "GET, POST")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 	}
+}
+
+// ApprovedMessage is what the device page says once the user approved:
+// that the identity provider approved, not that the login succeeded,
+// which bastion decides afterwards and reports in the terminal.
+func ApprovedMessage(username string) string {
+	return "Approved at the identity provider as " + username + ". bastion now checks the login and signs your certificate, or says why not: the result is shown in the terminal. You can close this page."
 }
 
 // handleLogin is the login page op redirects the authorization code flow to.

@@ -28,6 +28,10 @@ type HostCAChangedError struct {
 	Pinned []ssh.PublicKey
 	// Presented is the CA that signed the gateway's host certificate.
 	Presented ssh.PublicKey
+	// Dev is set when the pin is that of a `bastion dev` (see
+	// HostCheck.Pin), which makes a new host CA at every start in a
+	// temporary data directory: a change is then expected.
+	Dev bool
 }
 
 func (e *HostCAChangedError) Error() string {
@@ -43,7 +47,21 @@ func (e *HostCAChangedError) Error() string {
   If the change is legitimate (check the new fingerprint with your
   administrators: `+"`bastion ca export --host`"+` on the gateway prints it),
   delete %s and run `+"`bastion login`"+` again`,
-		e.Addr, ssh.FingerprintSHA256(e.Presented), strings.Join(pinned, ", "), e.File, e.File)
+		e.Addr, ssh.FingerprintSHA256(e.Presented), strings.Join(pinned, ", "), e.File, e.File) + e.devHint()
+}
+
+// devHint explains the change when the pin is a bastion dev's.
+func (e *HostCAChangedError) devHint() string {
+	if !e.Dev {
+		return ""
+	}
+	return fmt.Sprintf(`.
+  The pinned CA is that of a `+"`bastion dev`"+`: without --data-dir it keeps its
+  data in a temporary directory, deleted when it stops, so every start makes
+  a new CA and host key. After restarting bastion dev this is expected:
+  delete %s and run `+"`bastion login`"+` again (plain ssh that
+  warns about the gateway's host key: `+"`ssh-keygen -R '[HOST]:PORT'`"+` for its
+  address). To keep one CA across restarts: `+"`bastion dev --data-dir DIR`", e.File)
 }
 
 // HostCheckConfig configures [NewHostCheck].
@@ -66,6 +84,8 @@ type HostCheckConfig struct {
 type HostCheck struct {
 	cfg    HostCheckConfig
 	pinned []ssh.PublicKey
+	// devPinned: a pin is that of a bastion dev (devPinNote).
+	devPinned bool
 	// verify is x/crypto's known_hosts check over cfg.KnownHosts: host CA
 	// lines, @revoked lines, the certificate's principals and validity.
 	verify ssh.HostKeyCallback
@@ -88,7 +108,7 @@ func NewHostCheck(cfg HostCheckConfig) (*HostCheck, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sshclient: read %s: %w", cfg.KnownHosts, err)
 	}
-	h.pinned, err = pinnedCAs(data)
+	h.pinned, h.devPinned, err = pinnedCAs(data)
 	if err != nil {
 		return nil, fmt.Errorf("sshclient: %s: %w: fix the line or delete the file (the next `bastion login` pins the gateway's host CA again)", cfg.KnownHosts, err)
 	}
@@ -100,19 +120,22 @@ func NewHostCheck(cfg HostCheckConfig) (*HostCheck, error) {
 	return h, nil
 }
 
-// pinnedCAs returns the keys of the file's @cert-authority lines.
-func pinnedCAs(data []byte) ([]ssh.PublicKey, error) {
+// pinnedCAs returns the keys of the file's @cert-authority lines, and
+// whether one was pinned from a bastion dev.
+func pinnedCAs(data []byte) ([]ssh.PublicKey, bool, error) {
 	var keys []ssh.PublicKey
+	dev := false
 	for {
-		marker, _, key, _, rest, err := ssh.ParseKnownHosts(data)
+		marker, _, key, comment, rest, err := ssh.ParseKnownHosts(data)
 		if errors.Is(err, io.EOF) {
-			return keys, nil
+			return keys, dev, nil
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if marker == "cert-authority" {
 			keys = append(keys, key)
+			dev = dev || strings.Contains(comment, devPinNote)
 		}
 		data = rest
 	}
@@ -182,7 +205,7 @@ func (h *HostCheck) decide(addr string, remote net.Addr, key ssh.PublicKey) erro
 		return nil
 	}
 	if !slices.ContainsFunc(h.pinned, func(k ssh.PublicKey) bool { return bytes.Equal(k.Marshal(), cert.SignatureKey.Marshal()) }) {
-		return &HostCAChangedError{Addr: addr, File: h.cfg.KnownHosts, Pinned: h.pinned, Presented: cert.SignatureKey}
+		return &HostCAChangedError{Addr: addr, File: h.cfg.KnownHosts, Pinned: h.pinned, Presented: cert.SignatureKey, Dev: h.devPinned}
 	}
 	err = h.verify(addr, remote, key)
 	if err != nil && port != "22" {
@@ -212,17 +235,26 @@ func describeCertError(addr, host string, cert *ssh.Certificate, err error) erro
 	return fmt.Errorf("sshclient: the host certificate of %s was refused: %w", addr, err)
 }
 
+// devPinNote marks, in a pin's comment, the host CA of a `bastion dev`.
+const devPinNote = "of a bastion dev"
+
 // Pin appends the host CA met on first contact to the known_hosts file as
 // "@cert-authority * KEY", for bastion and for OpenSSH (the config's
 // UserKnownHostsFile). It does nothing when a CA was already pinned.
-// Call it once the gateway has proven useful, after the login.
-func (h *HostCheck) Pin(addr string) (ssh.PublicKey, error) {
+// Call it once the gateway has proven useful, after the login; dev says
+// the gateway is a `bastion dev` (its login service says so), whose CA a
+// restart replaces: a later change is then explained (HostCAChangedError).
+func (h *HostCheck) Pin(addr string, dev bool) (ssh.PublicKey, error) {
 	ca, ok := h.FirstUse()
 	if !ok {
 		return nil, nil
 	}
-	line := fmt.Sprintf("@cert-authority * %s bastion host CA, pinned by bastion login from %s on %s\n",
-		strings.TrimSpace(string(ssh.MarshalAuthorizedKey(ca))), addr, h.cfg.Now().UTC().Format(time.DateOnly))
+	what := "bastion host CA"
+	if dev {
+		what = "bastion host CA " + devPinNote
+	}
+	line := fmt.Sprintf("@cert-authority * %s %s, pinned by bastion login from %s on %s\n",
+		strings.TrimSpace(string(ssh.MarshalAuthorizedKey(ca))), what, addr, h.cfg.Now().UTC().Format(time.DateOnly))
 	// Rewritten whole (atomically), so a crash never leaves a cut line.
 	old, err := os.ReadFile(h.cfg.KnownHosts)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {

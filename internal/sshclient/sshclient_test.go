@@ -144,7 +144,7 @@ func TestHostCheckTrustOnFirstUseThenPinned(t *testing.T) {
 	if _, err := dial(t, good, hc); err != nil {
 		t.Fatalf("first contact: %v", err)
 	}
-	pinned, err := hc.Pin(good)
+	pinned, err := hc.Pin(good, false)
 	if err != nil || pinned == nil || !bytes.Equal(pinned.Marshal(), ca1.PublicKey().Marshal()) {
 		t.Fatalf("Pin = %v, %v; want the first gateway's CA", pinned, err)
 	}
@@ -164,7 +164,7 @@ func TestHostCheckTrustOnFirstUseThenPinned(t *testing.T) {
 	if _, err := dial(t, good, hc); err != nil {
 		t.Fatalf("pinned contact: %v", err)
 	}
-	if ca, _ := hc.Pin(good); ca != nil {
+	if ca, _ := hc.Pin(good, false); ca != nil {
 		t.Error("a pinned contact pinned again")
 	}
 
@@ -229,7 +229,7 @@ func TestHostCheckRefusals(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want it to say %q", err, tc.want)
 			}
-			if ca, _ := hc.Pin(tc.addr); ca != nil {
+			if ca, _ := hc.Pin(tc.addr, false); ca != nil {
 				t.Error("a refused gateway was pinned")
 			}
 		})
