@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +24,9 @@ import (
 type jumpHost struct {
 	name string
 	addr string
+	// port is the target's port to jump to: bastion's rules serve one in
+	// tunnel mode and the other in record mode.
+	port int
 	// pid is bastion's process, or OpenSSH's listening sshd, whose
 	// descendants serve the connections.
 	pid func() int
@@ -135,7 +140,7 @@ func (e *env) throughput(ctx context.Context, cfg string, j jumpHost, size int64
 		return 0, 0, fmt.Errorf("head's stdout is a %T, not a pipe", pipe)
 	}
 	meter := startCPUMeter(j.pid())
-	out, took, err := runSSH(ctx, 10*time.Minute, f, e.sshArgs(cfg, j.addr, "wc", "-c")...)
+	out, took, err := runSSH(ctx, 10*time.Minute, f, e.sshArgs(cfg, j.addr, j.port, "wc", "-c")...)
 	pipe.Close()
 	cpu := meter.finish()
 	if err != nil {
@@ -149,7 +154,7 @@ func (e *env) throughput(ctx context.Context, cfg string, j jumpHost, size int64
 
 // setup times `ssh -J jump target true`.
 func (e *env) setup(ctx context.Context, j jumpHost) (time.Duration, error) {
-	_, took, err := runSSH(ctx, 30*time.Second, nil, e.sshArgs(e.cfgDefault, j.addr, "true")...)
+	_, took, err := runSSH(ctx, 30*time.Second, nil, e.sshArgs(e.cfgDefault, j.addr, j.port, "true")...)
 	return took, err
 }
 
@@ -158,7 +163,7 @@ var cipherLine = regexp.MustCompile(`kex: server->client cipher: (\S+)`)
 // ciphers reports the ciphers negotiated on the jump hop and on the inner
 // hop to the target, from ssh -v (which the ProxyJump ssh inherits).
 func (e *env) ciphers(ctx context.Context, cfg string, j jumpHost) string {
-	args := append([]string{"-v", "-o", "LogLevel=DEBUG1"}, e.sshArgs(cfg, j.addr, "true")...)
+	args := append([]string{"-v", "-o", "LogLevel=DEBUG1"}, e.sshArgs(cfg, j.addr, j.port, "true")...)
 	cmd := exec.CommandContext(ctx, "ssh", args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -214,9 +219,26 @@ func (e *env) clientConfig(hostKey ssh.PublicKey) *ssh.ClientConfig {
 	}
 }
 
-// open adds n idle jumped sessions through jump, concurrency at a time.
-func (e *env) open(ctx context.Context, h *heldSessions, jumpAddr string, jumpKey ssh.PublicKey, n, concurrency int) error {
-	outerCfg, innerCfg := e.clientConfig(jumpKey), e.clientConfig(e.target.hostKey)
+// innerConfig is the client config for the inner hop to the target's
+// port: the target's own key, or in record mode (recordPort) a host
+// certificate from bastion's host CA, which the gateway presents.
+func (e *env) innerConfig(port int) *ssh.ClientConfig {
+	c := e.clientConfig(e.target.hostKey)
+	if port == e.recordPort {
+		checker := &ssh.CertChecker{IsHostAuthority: func(auth ssh.PublicKey, _ string) bool {
+			return bytes.Equal(auth.Marshal(), e.hostCA.Marshal())
+		}}
+		c.HostKeyCallback = checker.CheckHostKey
+		c.HostKeyAlgorithms = []string{ssh.CertAlgoED25519v01}
+	}
+	return c
+}
+
+// open adds n idle jumped sessions through jump to the target's port,
+// concurrency at a time.
+func (e *env) open(ctx context.Context, h *heldSessions, jumpAddr string, jumpKey ssh.PublicKey, port, n, concurrency int) error {
+	targetAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	outerCfg, innerCfg := e.clientConfig(jumpKey), e.innerConfig(port)
 	work := make(chan struct{})
 	errs := make(chan error, concurrency)
 	var wg sync.WaitGroup
@@ -230,13 +252,13 @@ func (e *env) open(ctx context.Context, h *heldSessions, jumpAddr string, jumpKe
 					errs <- fmt.Errorf("connect to the jump host %s: %w", jumpAddr, err)
 					return
 				}
-				nc, err := outer.Dial("tcp", e.target.addr)
+				nc, err := outer.Dial("tcp", targetAddr)
 				if err != nil {
 					_ = outer.Close()
 					errs <- fmt.Errorf("direct-tcpip through %s: %w", jumpAddr, err)
 					return
 				}
-				c, chans, reqs, err := ssh.NewClientConn(nc, e.target.addr, innerCfg)
+				c, chans, reqs, err := ssh.NewClientConn(nc, targetAddr, innerCfg)
 				if err != nil {
 					_ = outer.Close()
 					errs <- fmt.Errorf("log in to the target through %s: %w", jumpAddr, err)
@@ -275,16 +297,16 @@ feed:
 // idleMemory opens n sessions through the jump host and returns the growth
 // of the memory of the processes pids() lists, per session, in KiB.
 // whileHeld, if not nil, runs while the sessions are held.
-func (e *env) idleMemory(ctx context.Context, jumpAddr string, jumpKey ssh.PublicKey, pids func() []int, n, concurrency int, whileHeld func()) (perSession memory, before, after memory, err error) {
+func (e *env) idleMemory(ctx context.Context, jumpAddr string, jumpKey ssh.PublicKey, port int, pids func() []int, n, concurrency int, whileHeld func()) (perSession memory, before, after memory, err error) {
 	h := &heldSessions{}
 	defer h.close()
 	// Warm up: code paths and allocations that the first session pays.
-	if err := e.open(ctx, h, jumpAddr, jumpKey, 1, 1); err != nil {
+	if err := e.open(ctx, h, jumpAddr, jumpKey, port, 1, 1); err != nil {
 		return perSession, before, after, err
 	}
 	h.close()
 	before = memoryOf(pids())
-	if err := e.open(ctx, h, jumpAddr, jumpKey, n, concurrency); err != nil {
+	if err := e.open(ctx, h, jumpAddr, jumpKey, port, n, concurrency); err != nil {
 		return perSession, before, after, err
 	}
 	// Every session has finished its handshakes; give daemons a moment to
