@@ -202,31 +202,38 @@ func run(ctx context.Context, o options, w io.Writer) (err error) {
 			notes = append(notes, fmt.Sprintf("%s: ciphers (jump hop / inner hop): %s", c.label, strings.Join(cs, "; ")))
 			mbs := map[string][]float64{}
 			cpu := map[string]time.Duration{}
+			calls := map[string]int64{}
 			for i := range o.repeat {
 				for _, j := range hosts {
 					j.addr = addrOf(j)
-					m, t, err := e.throughput(ctx, c.cfg, j, o.bytes)
+					m, t, n, err := e.throughput(ctx, c.cfg, j, o.bytes)
 					if err != nil {
 						return err
 					}
-					progress("bulk %s, %s, run %d: %.0f MB/s, jump host CPU %v (%.2f s/GiB)", c.label, j.name, i+1, m, t, t.Seconds()/(float64(o.bytes)/(1<<30)))
+					g := float64(o.bytes) / (1 << 30)
+					progress("bulk %s, %s, run %d: %.0f MB/s, jump host CPU %v (%.2f s/GiB), %.0f read+write calls/GiB", c.label, j.name, i+1, m, t, t.Seconds()/g, float64(n)/g)
 					mbs[j.name] = append(mbs[j.name], m)
 					cpu[j.name] += t
+					calls[j.name] += n
 				}
 			}
 			gib := float64(o.bytes) * float64(o.repeat) / (1 << 30)
 			tr := row{figure: fmt.Sprintf("bulk %s via ssh -J, %s (MB/s, median of %d)", size(o.bytes), c.label, o.repeat), vals: map[string]string{}}
 			cr := row{figure: fmt.Sprintf("  jump host CPU per GiB, %s (s)", c.label), vals: map[string]string{}}
-			tv, cv := map[string]float64{}, map[string]float64{}
+			sr := row{figure: fmt.Sprintf("  jump host read+write calls per GiB, %s (thousands)", c.label), vals: map[string]string{}}
+			tv, cv, sv := map[string]float64{}, map[string]float64{}, map[string]float64{}
 			for _, j := range hosts {
 				tv[j.name] = medianF(mbs[j.name])
 				cv[j.name] = cpu[j.name].Seconds() / gib
+				sv[j.name] = float64(calls[j.name]) / gib
 				tr.vals[j.name] = fmt.Sprintf("%.0f", tv[j.name])
 				cr.vals[j.name] = fmt.Sprintf("%.2f", cv[j.name])
+				sr.vals[j.name] = fmt.Sprintf("%.1f", sv[j.name]/1000)
 			}
 			ratios(&tr, tv, "≥ 0.60×", func(r float64) bool { return r >= 0.6 }, fmt.Sprintf("≥ %.2f×", c.target), func(r float64) bool { return r >= c.target })
 			ratios(&cr, cv, "", nil, "", nil)
-			rows = append(rows, tr, cr)
+			ratios(&sr, sv, "", nil, "", nil)
+			rows = append(rows, tr, cr, sr)
 		}
 		if e.cpuProfile != "" {
 			// Stopping bastion writes the profile of the transfers.

@@ -44,15 +44,23 @@ type cpuMeter struct {
 	root int
 	base map[int]time.Duration // own CPU at start, for processes already running
 	last map[int]time.Duration
+	// baseCalls and lastCalls are the read and write system calls
+	// (/proc/PID/io syscr + syscw), sampled alike: unlike CPU time, they
+	// hardly depend on what else the machine is doing.
+	baseCalls, lastCalls map[int]int64
 	stop chan struct{}
 	done chan struct{}
 }
 
 func startCPUMeter(root int) *cpuMeter {
-	m := &cpuMeter{root: root, base: map[int]time.Duration{}, last: map[int]time.Duration{}, stop: make(chan struct{}), done: make(chan struct{})}
+	m := &cpuMeter{root: root, base: map[int]time.Duration{}, last: map[int]time.Duration{},
+		baseCalls: map[int]int64{}, lastCalls: map[int]int64{}, stop: make(chan struct{}), done: make(chan struct{})}
 	m.sample()
 	for pid, t := range m.last {
 		m.base[pid] = t
+	}
+	for pid, n := range m.lastCalls {
+		m.baseCalls[pid] = n
 	}
 	go func() {
 		defer close(m.done)
@@ -75,12 +83,16 @@ func (m *cpuMeter) sample() {
 		if t, err := ownCPU(pid); err == nil {
 			m.last[pid] = t
 		}
+		if n, err := ioCalls(pid); err == nil {
+			m.lastCalls[pid] = n
+		}
 	}
 }
 
 // finish waits (bounded) until the tree has no processes left besides the
-// root, takes a last sample and returns the CPU time used since start.
-func (m *cpuMeter) finish() time.Duration {
+// root, takes a last sample and returns the CPU time used since start and
+// the read and write system calls made.
+func (m *cpuMeter) finish() (time.Duration, int64) {
 	for deadline := time.Now().Add(5 * time.Second); len(descendants(m.root)) > 0 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -91,7 +103,28 @@ func (m *cpuMeter) finish() time.Duration {
 	for pid, t := range m.last {
 		total += t - m.base[pid]
 	}
-	return total
+	var calls int64
+	for pid, n := range m.lastCalls {
+		calls += n - m.baseCalls[pid]
+	}
+	return total, calls
+}
+
+// ioCalls is a process's read and write system calls so far.
+func ioCalls(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ": ")
+		if ok && (k == "syscr" || k == "syscw") {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			total += n
+		}
+	}
+	return total, nil
 }
 
 // runSSH runs ssh with args, stdin from in (nil: none), and returns its
@@ -124,32 +157,33 @@ func runSSH(ctx context.Context, timeout time.Duration, in *os.File, args ...str
 
 // throughput sends size zero bytes through the jump host to `wc -c` on
 // the target, checks they all arrived, and returns MB/s (10^6 bytes).
-// It also returns the jump host's CPU time for the transfer.
-func (e *env) throughput(ctx context.Context, cfg string, j jumpHost, size int64) (float64, time.Duration, error) {
+// It also returns the jump host's CPU time and read and write system
+// calls for the transfer.
+func (e *env) throughput(ctx context.Context, cfg string, j jumpHost, size int64) (float64, time.Duration, int64, error) {
 	head := exec.CommandContext(ctx, "head", "-c", strconv.FormatInt(size, 10), "/dev/zero")
 	pipe, err := head.StdoutPipe()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if err := head.Start(); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer func() { _ = head.Wait() }()
 	f, ok := pipe.(*os.File) // passed to ssh as its stdin, with no copying in between
 	if !ok {
-		return 0, 0, fmt.Errorf("head's stdout is a %T, not a pipe", pipe)
+		return 0, 0, 0, fmt.Errorf("head's stdout is a %T, not a pipe", pipe)
 	}
 	meter := startCPUMeter(j.pid())
 	out, took, err := runSSH(ctx, 10*time.Minute, f, e.sshArgs(cfg, j.addr, j.port, "wc", "-c")...)
 	pipe.Close()
-	cpu := meter.finish()
+	cpu, calls := meter.finish()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if got := strings.TrimSpace(out); got != strconv.FormatInt(size, 10) {
-		return 0, 0, fmt.Errorf("%s: the target counted %q bytes, want %d", j.name, got, size)
+		return 0, 0, 0, fmt.Errorf("%s: the target counted %q bytes, want %d", j.name, got, size)
 	}
-	return float64(size) / took.Seconds() / 1e6, cpu, nil
+	return float64(size) / took.Seconds() / 1e6, cpu, calls, nil
 }
 
 // setup times `ssh -J jump target true`.
