@@ -341,6 +341,7 @@ func run(ctx context.Context, o options, w io.Writer) (err error) {
 			if err != nil {
 				return fmt.Errorf("%s: %w", j.name, err)
 			}
+			progress("memory, %s: %.1f KiB RSS, %.1f KiB PSS per idle session", j.name, float64(m.RSS)/1024, float64(m.PSS)/1024)
 			rv[j.name], pv[j.name] = float64(m.RSS), float64(m.PSS)
 			rss.vals[j.name], pss.vals[j.name] = kib(m.RSS), kib(m.PSS)
 			notes = append(notes, fmt.Sprintf("memory, %s: RSS %d → %d KiB, PSS %d → %d KiB (%d → %d processes)",
