@@ -48,8 +48,8 @@ type cpuMeter struct {
 	// (/proc/PID/io syscr + syscw), sampled alike: unlike CPU time, they
 	// hardly depend on what else the machine is doing.
 	baseCalls, lastCalls map[int]int64
-	stop chan struct{}
-	done chan struct{}
+	stop                 chan struct{}
+	done                 chan struct{}
 }
 
 func startCPUMeter(root int) *cpuMeter {
