@@ -22,6 +22,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/cluster"
 	"github.com/bastion-ssh/bastion/internal/scan"
 )
 
@@ -51,6 +52,11 @@ type Deps struct {
 	// Alerter, when set, is told at once (without the disk) when the
 	// audit log stops taking writes or descriptors run out.
 	Alerter Alerter
+	// Cluster, when set, is the etcd-backed cluster this gateway belongs
+	// to: new sessions are admitted only while its state is fresh enough
+	// (Cluster.Admit), and shared state lives there. nil: a single
+	// gateway on bbolt alone.
+	Cluster *cluster.Cluster
 }
 
 // Gateway is the SSH jump host.

@@ -21,9 +21,11 @@ import (
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/gateway"
 	"github.com/bastion-ssh/bastion/internal/alert"
+	"github.com/bastion-ssh/bastion/internal/cluster"
 	"github.com/bastion-ssh/bastion/internal/config"
 	"github.com/bastion-ssh/bastion/internal/gcpace"
 	"github.com/bastion-ssh/bastion/internal/oidc"
+	"github.com/bastion-ssh/bastion/internal/usertext"
 )
 
 func newServeCommand(a *app) *cobra.Command {
@@ -109,7 +111,8 @@ type gatewayRuntime struct {
 	auth        *ca.Authority
 	store       *audit.Store
 	metricsSrv  *http.Server
-	alerts      *alertRuntime // nil without an alerts: section
+	alerts      *alertRuntime    // nil without an alerts: section
+	cluster     *cluster.Cluster // nil without a cluster: block
 	sshAddr     string
 	metricsAddr string
 	served      chan error
@@ -158,10 +161,20 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		logger.Warn("closed sessions cut short by a crash or kill", "sessions", n, "reason", audit.ReasonGatewayCrashed)
 	}
 	var alerts *alertRuntime
+	var cl *cluster.Cluster
 	fail := func(err error) (*gatewayRuntime, error) {
 		alerts.stop()
+		if cl != nil {
+			cl.Close()
+		}
 		store.Close()
 		return nil, err
+	}
+	if cc := f.ClusterConfig(); cc != nil {
+		cc.Version = version
+		if cl, err = cluster.Open(ctx, *cc, logger); err != nil {
+			return fail(err)
+		}
 	}
 	auth, err := ca.New(ca.Config{Layout: layout, Policy: policy, Passphrase: pass}, store)
 	if err != nil {
@@ -178,7 +191,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	}
 	// Alerts start first: the gateway raises some itself (the audit log
 	// failing, descriptors running out), straight to the webhooks.
-	deps := gateway.Deps{Authority: auth, Audit: store, Registry: reg, Recordings: gateway.StoreRecordings{Store: store}}
+	deps := gateway.Deps{Authority: auth, Audit: store, Registry: reg, Recordings: gateway.StoreRecordings{Store: store}, Cluster: cl}
 	if f.Alerts != nil {
 		if alerts, err = startAlerts(f, store, reg, logger); err != nil {
 			return fail(err)
@@ -193,7 +206,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	if err != nil {
 		return fail(fmt.Errorf("listen on %s: %w%s", gc.Listen, err, gateway.ListenHint(err)))
 	}
-	rt := &gatewayRuntime{gw: gw, auth: auth, store: store, alerts: alerts, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
+	rt := &gatewayRuntime{gw: gw, auth: auth, store: store, alerts: alerts, cluster: cl, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
 	if f.MetricsListen != "" {
 		mln, err := net.Listen("tcp", f.MetricsListen)
 		if err != nil {
@@ -210,6 +223,14 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 				http.Error(w, "audit log unavailable: logins, jumps and commands are refused (see bastion_audit_available)", http.StatusServiceUnavailable)
 				return
 			}
+			if cl != nil {
+				if err := cl.Admit(); err != nil {
+					// Past the staleness the consistency mode allows, the
+					// gateway refuses new sessions: take it out.
+					http.Error(w, usertext.Clean(err.Error()), http.StatusServiceUnavailable)
+					return
+				}
+			}
 			healthz(w, gc.Login)
 		})
 		rt.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
@@ -217,6 +238,18 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		go rt.metricsSrv.Serve(mln)
 	}
 	go func() { rt.served <- gw.Serve(ln) }()
+	if cl != nil {
+		adv := f.Cluster.Advertise
+		if _, port, _ := net.SplitHostPort(adv); port == "0" {
+			// listen :0 (tests, bastion dev): advertise the port taken.
+			host, _, _ := net.SplitHostPort(adv)
+			_, real, _ := net.SplitHostPort(rt.sshAddr)
+			adv = net.JoinHostPort(host, real)
+		}
+		if err := cl.Join(ctx, cluster.Member{SSHAddr: adv, Started: time.Now().UTC()}); err != nil {
+			logger.Warn("not yet in the cluster's member list", "err", err)
+		}
+	}
 	return rt, nil
 }
 
@@ -314,6 +347,11 @@ func (rt *gatewayRuntime) stop() error {
 	// Alerts raised up to here still go out (briefly), and their delivery
 	// records reach the log before it closes.
 	rt.alerts.stop()
+	if rt.cluster != nil {
+		// Leaving revokes the lease: the member record and this
+		// gateway's live-session entries go at once.
+		err = errors.Join(err, rt.cluster.Close())
+	}
 	return errors.Join(err, rt.store.Close())
 }
 

@@ -62,6 +62,9 @@ type File struct {
 	Cert Cert `yaml:"cert"`
 	// Recording configures record-mode sessions.
 	Recording Recording `yaml:"recording"`
+	// Cluster, when present, shares state with other gateways through
+	// etcd (see cluster.go).
+	Cluster *Cluster `yaml:"cluster"`
 }
 
 // OIDC is the company identity provider.
@@ -209,6 +212,9 @@ func Load(path string) (*File, error) {
 	if f.OIDC != nil {
 		paths = append(paths, &f.OIDC.ClientSecretFile)
 	}
+	if f.Cluster != nil {
+		paths = append(paths, &f.Cluster.Etcd.CAFile, &f.Cluster.Etcd.CertFile, &f.Cluster.Etcd.KeyFile)
+	}
 	for _, p := range paths {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
@@ -282,6 +288,9 @@ func (f *File) Validate() error {
 		return err
 	}
 	if err := f.validateAlerts(); err != nil {
+		return err
+	}
+	if err := f.validateCluster(); err != nil {
 		return err
 	}
 	policy, err := f.Policy()

@@ -1,0 +1,144 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/bastion-ssh/bastion/internal/cluster"
+)
+
+// Cluster is the cluster: block: several gateways sharing revocations,
+// locks, bans, one-time login state, membership and the live-session
+// registry through etcd. Without it a gateway keeps all of that in its own
+// bbolt file.
+type Cluster struct {
+	// GatewayID names this gateway in every audit event and in the
+	// membership list (default: the host name).
+	GatewayID string `yaml:"gateway_id"`
+	// Advertise is the SSH address other members and auditors reach this
+	// gateway at (default: listen, with the host name if it has no host).
+	Advertise string `yaml:"advertise"`
+	Etcd      Etcd   `yaml:"etcd"`
+	// Consistency is best_effort (default) or strict.
+	Consistency string `yaml:"consistency"`
+	// MaxStaleness is how long a best_effort gateway keeps admitting new
+	// sessions on the last state it saw while etcd is unreachable
+	// (default 30s).
+	MaxStaleness Duration `yaml:"max_staleness"`
+}
+
+// Etcd is how a gateway reaches etcd.
+type Etcd struct {
+	Endpoints []string `yaml:"endpoints"`
+	// CAFile, CertFile and KeyFile are the mTLS client files; required
+	// unless every endpoint is plain http on loopback.
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// Prefix is the key prefix of this fleet's state (default /bastion/).
+	Prefix string `yaml:"prefix"`
+	// DialTimeout bounds each connection attempt (default 5s).
+	DialTimeout Duration `yaml:"dial_timeout"`
+}
+
+// validateCluster checks the cluster: block and fills its defaults.
+func (f *File) validateCluster() error {
+	c := f.Cluster
+	if c == nil {
+		return nil
+	}
+	if c.GatewayID == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			return fmt.Errorf("cluster.gateway_id is not set and the host name is unknown: set cluster.gateway_id")
+		}
+		c.GatewayID = host
+	}
+	if err := cluster.ValidateGatewayID(c.GatewayID); err != nil {
+		return fmt.Errorf("cluster.gateway_id: %v", err)
+	}
+	if c.Advertise == "" {
+		host, port, _ := net.SplitHostPort(f.Listen)
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			h, err := os.Hostname()
+			if err != nil {
+				return fmt.Errorf("cluster.advertise is not set and the host name is unknown: set cluster.advertise to this gateway's HOST:PORT")
+			}
+			host = h
+		}
+		c.Advertise = net.JoinHostPort(host, port)
+	}
+	if _, _, err := net.SplitHostPort(c.Advertise); err != nil {
+		return fmt.Errorf("cluster.advertise: %q is not HOST:PORT", c.Advertise)
+	}
+	switch c.Consistency {
+	case "":
+		c.Consistency = cluster.BestEffort
+	case cluster.BestEffort, cluster.Strict:
+	default:
+		return fmt.Errorf("cluster.consistency: %q is not best_effort or strict", c.Consistency)
+	}
+	if c.MaxStaleness == 0 {
+		c.MaxStaleness = Duration(30 * time.Second)
+	}
+	if time.Duration(c.MaxStaleness) < time.Second {
+		return fmt.Errorf("cluster.max_staleness: %s is too short: use 1s or more (default 30s)", time.Duration(c.MaxStaleness))
+	}
+	e := &c.Etcd
+	if len(e.Endpoints) == 0 {
+		return fmt.Errorf("cluster.etcd.endpoints is empty: list your etcd members' client URLs, such as https://etcd-0:2379")
+	}
+	plainOK := true
+	for _, ep := range e.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("cluster.etcd.endpoints: %q is not an http(s)://HOST:PORT URL", ep)
+		}
+		if u.Scheme == "http" {
+			ip := net.ParseIP(u.Hostname())
+			if !(u.Hostname() == "localhost" || (ip != nil && ip.IsLoopback())) {
+				return fmt.Errorf("cluster.etcd.endpoints: %q is plain http to a non-loopback host: use https with ca_file, cert_file and key_file (bastion's shared state must not cross a network unauthenticated)", ep)
+			}
+		} else {
+			plainOK = false
+		}
+	}
+	if !plainOK && (e.CAFile == "" || e.CertFile == "" || e.KeyFile == "") {
+		return fmt.Errorf("cluster.etcd: https endpoints need ca_file, cert_file and key_file (mutual TLS)")
+	}
+	if e.Prefix == "" {
+		e.Prefix = "/bastion/"
+	}
+	if !strings.HasPrefix(e.Prefix, "/") || !strings.HasSuffix(e.Prefix, "/") {
+		return fmt.Errorf("cluster.etcd.prefix: %q must start and end with /", e.Prefix)
+	}
+	if e.DialTimeout == 0 {
+		e.DialTimeout = Duration(5 * time.Second)
+	}
+	return nil
+}
+
+// ClusterConfig is the cluster configuration the file describes, or nil
+// without a cluster: block.
+func (f *File) ClusterConfig() *cluster.Config {
+	c := f.Cluster
+	if c == nil {
+		return nil
+	}
+	return &cluster.Config{
+		GatewayID:    c.GatewayID,
+		Advertise:    c.Advertise,
+		Endpoints:    c.Etcd.Endpoints,
+		CAFile:       c.Etcd.CAFile,
+		CertFile:     c.Etcd.CertFile,
+		KeyFile:      c.Etcd.KeyFile,
+		Prefix:       c.Etcd.Prefix,
+		DialTimeout:  time.Duration(c.Etcd.DialTimeout),
+		Consistency:  c.Consistency,
+		MaxStaleness: time.Duration(c.MaxStaleness),
+	}
+}
