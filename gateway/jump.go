@@ -224,10 +224,13 @@ func dialReason(err error) string {
 	return err.Error()
 }
 
-// relayBufferSize is the chunk each direction of a relay reads while data
-// flows; with x/crypto's per-channel window this bounds a session's
-// buffering.
-const relayBufferSize = 32 * 1024
+// bulkReadSize is the chunk each direction of a relay reads while data
+// flows: a read of a backlogged channel takes several of x/crypto's 32 KiB
+// packets at once, and each channel read makes x/crypto send the client a
+// window adjustment (a packet and a write call), so bigger reads mean
+// fewer of those. It is an eighth of x/crypto's 2 MiB channel window,
+// which bounds a session's buffering anyway.
+const bulkReadSize = 256 * 1024
 
 // relayIdleBufferSize is what each direction holds while it waits for
 // data. An idle session would otherwise pin two full buffers for as long
@@ -235,8 +238,8 @@ const relayBufferSize = 32 * 1024
 // gateway's memory (see bench/README.md).
 const relayIdleBufferSize = 1024
 
-// relayBuffers lend full-size buffers to relays only while data flows.
-var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
+// bulkBuffers lend bulkReadSize buffers to relays only while data flows.
+var bulkBuffers = sync.Pool{New: func() any { b := make([]byte, bulkReadSize); return &b }}
 
 // relay copies both ways with half-close: when one side finishes sending,
 // the other is told (CloseWrite) and the copy the other way goes on. A
@@ -318,7 +321,7 @@ func relay(ctx context.Context, ch gossh.Channel, reqs <-chan *gossh.Request, ta
 // copyCounted is io.Copy with a live byte count that holds little memory
 // while src has nothing to send. It waits for data with a small buffer of
 // its own; when a read fills that, data is flowing, and it borrows a
-// full-size buffer from relayBuffers until a read comes back short (src
+// bulkReadSize buffer from bulkBuffers until a read comes back short (src
 // has been drained for now), then returns it. Each read is written before
 // the next read, so nothing waits in a buffer while src is quiet.
 func copyCounted(dst io.Writer, src io.Reader, n *atomic.Int64) (int64, error) {
@@ -326,7 +329,7 @@ func copyCounted(dst io.Writer, src io.Reader, n *atomic.Int64) (int64, error) {
 	var big *[]byte
 	defer func() {
 		if big != nil {
-			relayBuffers.Put(big)
+			bulkBuffers.Put(big)
 		}
 	}()
 	var total int64
@@ -346,9 +349,9 @@ func copyCounted(dst io.Writer, src io.Reader, n *atomic.Int64) (int64, error) {
 		}
 		switch {
 		case big == nil && nr == len(buf):
-			big = relayBuffers.Get().(*[]byte)
+			big = bulkBuffers.Get().(*[]byte)
 		case big != nil && nr < len(buf):
-			relayBuffers.Put(big)
+			bulkBuffers.Put(big)
 			big = nil
 		}
 		if rerr == io.EOF {

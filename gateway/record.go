@@ -255,12 +255,51 @@ type channelConn struct {
 	// up and down count the bytes read from and written to the client,
 	// as tunnel mode counts its direct-tcpip channel.
 	up, down atomic.Int64
+
+	// While the client sends in bulk, Read takes what the channel holds
+	// in one call of up to bulkReadSize (ahead, pending: what is left of
+	// it) instead of the inner transport's 4 KiB fills and packet-sized
+	// reads: x/crypto writes a window adjustment to the client for nearly
+	// every read of a backlogged channel, so fewer, larger reads mean
+	// fewer packets and write calls. bulk says the last read filled its
+	// buffer. Only x/crypto's read loop calls Read.
+	ahead   *[]byte
+	pending []byte
+	bulk    bool
 }
 
 func (c *channelConn) Read(p []byte) (int, error) {
-	n, err := c.Channel.Read(p)
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		c.release()
+		return n, nil
+	}
+	if !c.bulk || len(p) >= bulkReadSize {
+		n, err := c.Channel.Read(p)
+		c.up.Add(int64(n))
+		c.bulk = n > 0 && n == len(p)
+		return n, err
+	}
+	if c.ahead == nil {
+		c.ahead = bulkBuffers.Get().(*[]byte)
+	}
+	n, err := c.Channel.Read(*c.ahead)
 	c.up.Add(int64(n))
-	return n, err
+	c.bulk = n == len(*c.ahead)
+	m := copy(p, (*c.ahead)[:n])
+	c.pending = (*c.ahead)[m:n]
+	c.release()
+	return m, err
+}
+
+// release returns the read-ahead buffer once it is drained and the
+// client no longer sends in bulk, so that idle sessions hold none.
+func (c *channelConn) release() {
+	if len(c.pending) == 0 && !c.bulk && c.ahead != nil {
+		bulkBuffers.Put(c.ahead)
+		c.ahead, c.pending = nil, nil
+	}
 }
 
 func (c *channelConn) Write(p []byte) (int, error) {

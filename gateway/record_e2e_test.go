@@ -1,12 +1,14 @@
 package gateway
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -595,4 +597,157 @@ func socks5Connect(t *testing.T, conn net.Conn, addr string) error {
 		return fmt.Errorf("socks5 connect: %v %v", resp, err)
 	}
 	return nil
+}
+
+// TestRecordModeStateChangeEndsLiveSession: a lock or a revocation ends a
+// live recorded session — an interactive pty session and a running
+// command — within about a second, through the gateway's one certificate
+// check (checker.recheck, run by stateChanged), and both the session and
+// the connection record why. The target's side of the pty session ends
+// too: the gateway's own connection to the target is closed.
+func TestRecordModeStateChangeEndsLiveSession(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	ctx := t.Context()
+	for i, tc := range []struct {
+		name   string
+		req    ca.Request
+		pty    bool
+		change func() error
+		reason string
+	}{
+		{"lock, interactive pty", ca.Request{KeyID: "rec-locked@example.com sub=9"}, true, func() error {
+			return rb.locks.Lock(ctx, ca.Lock{Target: "rec-locked@example.com", By: "test"})
+		}, ReasonLocked},
+		{"revoke, running command", ca.Request{KeyID: "rec-revoked", Serial: 7373}, false, func() error {
+			return rb.revs.Revoke(ctx, ca.Revocation{Kind: ca.RevokeSerial, Value: "7373", Reason: "test"})
+		}, ReasonRevoked},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := rb.client(tc.req)
+			// A sleep no other test runs, so the target's process can be found.
+			nap := fmt.Sprintf("%d.%d", 500+i, time.Now().UnixNano()%100000)
+			args := rb.jumpArgs(rb.user, "echo started; exec sleep "+nap)
+			if tc.pty {
+				args = append([]string{"-tt"}, args...)
+			}
+			cmd := c.Command(ctx, "ssh", args...)
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			if line, _ := bufio.NewReader(stdout).ReadString('\n'); strings.TrimSpace(line) != "started" {
+				t.Fatalf("the recorded session did not start: %q", line)
+			}
+			rb.waitEvent(t, audit.TypeSessionExec, map[string]string{"key_id": tc.req.KeyID})
+			if !targetRuns(t, "sleep "+nap) {
+				t.Fatalf("the session's command is not running on the target")
+			}
+			changed := time.Now()
+			if err := tc.change(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-exited:
+				t.Logf("the recorded session ended %s after the change", time.Since(changed).Round(time.Millisecond))
+			case <-time.After(2 * time.Second):
+				_ = cmd.Process.Kill()
+				t.Fatalf("a recorded session outlived its %s by 2 s", tc.reason)
+			}
+			rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": tc.req.KeyID, "mode": ModeRecord, "reason": tc.reason})
+			rb.waitEvent(t, audit.TypeConnectionEnded, map[string]string{"key_id": tc.req.KeyID, "reason": tc.reason})
+			if tc.pty {
+				// sshd hangs up a pty session whose connection is gone;
+				// without a pty the command would outlive it there too.
+				deadline := time.Now().Add(3 * time.Second)
+				for targetRuns(t, "sleep "+nap) {
+					if time.Now().After(deadline) {
+						t.Fatal("the target still runs the session's command: the gateway kept its connection to the target open")
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+		})
+	}
+}
+
+// targetRuns reports whether a process whose command line is exactly
+// cmdline runs on this machine (the loopback target's processes).
+func targetRuns(t *testing.T, cmdline string) bool {
+	t.Helper()
+	out, err := exec.Command("pgrep", "-x", "-f", cmdline).Output()
+	if err != nil && len(out) == 0 {
+		return false
+	}
+	return strings.TrimSpace(string(out)) != ""
+}
+
+// TestRecordModeX11AndEnv: X11 forwarding (ssh -Y) is refused and audited
+// in record mode, and loader-changing variables sent with SendEnv or
+// SetEnv (LD_PRELOAD, DYLD_INSERT_LIBRARIES, an exported bash function
+// BASH_FUNC_x%%) never reach the target's environment, while LANG and
+// LC_* still do. The same client straight to the target (no gateway)
+// gets all of them, so the target would accept each one.
+func TestRecordModeX11AndEnv(t *testing.T) {
+	rb := startRecordGateway(t, "AcceptEnv LANG LC_* LD_* DYLD_* BASH_FUNC_*\nX11Forwarding yes\n")
+	ctx := t.Context()
+	// The certificate permits X11, so only record mode stands in the way.
+	c := rb.client(ca.Request{KeyID: "rec-x11-env", Options: []string{"permit-X11-forwarding"}})
+	c.Env = []string{"DISPLAY=127.0.0.1:97", "LANG=C.UTF-8", "LC_PAPER=C.UTF-8", "BASH_FUNC_x%%=() {  echo pwned\n}"}
+	opts := []string{"-Y", "-o", "ForwardX11Trusted=yes",
+		"-o", "SendEnv=LANG LC_PAPER BASH_FUNC_*",
+		"-o", "SetEnv=LD_PRELOAD=/nonexistent/evil.so DYLD_INSERT_LIBRARIES=/nonexistent/evil.dylib"}
+	// The environment sshd gave the command's shell, one variable a line.
+	remote := []string{"tr '\\0' '\\n' </proc/$$/environ"}
+	envOf := func(r testbed.Result) map[string]string {
+		m := map[string]string{}
+		for _, l := range strings.Split(r.Stdout, "\n") {
+			if k, v, ok := strings.Cut(l, "="); ok {
+				m[k] = v
+			}
+		}
+		return m
+	}
+	forbidden := []string{"LD_PRELOAD", "DYLD_INSERT_LIBRARIES", "BASH_FUNC_x%%"}
+
+	direct := c.Run(ctx, "ssh", append(append(opts, "-p", strconv.Itoa(rb.target.Port), rb.user+"@127.0.0.1"), remote...)...)
+	got := envOf(direct)
+	if direct.ExitCode != 0 || got["DISPLAY"] == "" || got["LANG"] != "C.UTF-8" {
+		t.Fatalf("straight to the target, X11 and LANG should pass: %s", direct)
+	}
+	for _, k := range forbidden {
+		if _, ok := got[k]; !ok {
+			t.Fatalf("straight to the target, %s should reach it (the target accepts it), or this test proves nothing: %s", k, direct)
+		}
+	}
+
+	r := c.Run(ctx, "ssh", append(append(opts, "-o", "LogLevel=INFO"), rb.jumpArgs(rb.user, remote...)...)...)
+	got = envOf(r)
+	if r.ExitCode != 0 {
+		t.Fatalf("ssh -Y with SendEnv/SetEnv through record mode should still run the command: %s", r)
+	}
+	if d, ok := got["DISPLAY"]; ok {
+		t.Errorf("X11 forwarding reached the target through record mode: DISPLAY=%s", d)
+	}
+	if !strings.Contains(r.Stderr, "X11 forwarding request failed") {
+		t.Errorf("ssh was not told that X11 forwarding was refused: %s", r)
+	}
+	for _, k := range forbidden {
+		if v, ok := got[k]; ok {
+			t.Errorf("%s=%q reached the target through record mode", k, v)
+		}
+	}
+	if got["LANG"] != "C.UTF-8" || got["LC_PAPER"] != "C.UTF-8" {
+		t.Errorf("LANG and LC_PAPER should reach the target (its AcceptEnv allows them): LANG=%q LC_PAPER=%q", got["LANG"], got["LC_PAPER"])
+	}
+	// The gateway refuses x11-req itself (the certificate it mints for
+	// the target never permits X11 either: a second line of defence).
+	rb.waitEvent(t, audit.TypeRequestDenied, map[string]string{"key_id": "rec-x11-env", "request": "x11-req", "reason": "not_supported"})
+	for _, k := range forbidden {
+		rb.waitEvent(t, audit.TypeRequestDenied, map[string]string{"key_id": "rec-x11-env", "request": "env " + k, "reason": ReasonEnvForbidden})
+	}
 }

@@ -341,9 +341,25 @@ func (p *proxy) pipe(typ string, cch gossh.Channel, creqs <-chan *gossh.Request,
 
 // copyData copies src to dst, counting and recording as kind ("i" is
 // client to target).
+//
+// Like copyCounted, it waits for data with a small buffer and reads up to
+// bulkReadSize at a time only while reads keep filling the buffer: an idle
+// session holds 1 KiB per direction (it held three 32 KiB buffers per
+// channel before), and a bulk transfer reads the channel, which makes
+// x/crypto send a window adjustment each time, once per several packets.
 func (p *proxy) copyData(dst io.Writer, src io.Reader, st *channelState, kind string) error {
-	buf := make([]byte, relayBufferSize)
+	idle := make([]byte, relayIdleBufferSize)
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bulkBuffers.Put(big)
+		}
+	}()
 	for {
+		buf := idle
+		if big != nil {
+			buf = *big
+		}
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			data := buf[:n]
@@ -369,6 +385,13 @@ func (p *proxy) copyData(dst io.Writer, src io.Reader, st *channelState, kind st
 			if _, werr := dst.Write(data); werr != nil {
 				return werr
 			}
+		}
+		switch {
+		case big == nil && n == len(buf):
+			big = bulkBuffers.Get().(*[]byte)
+		case big != nil && n < len(buf):
+			bulkBuffers.Put(big)
+			big = nil
 		}
 		if rerr == io.EOF {
 			return nil

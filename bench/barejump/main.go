@@ -145,18 +145,42 @@ func jump(nc ssh.NewChannel) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		copySmall(ch, target)
+		copyAdaptive(ch, target)
 		ch.CloseWrite()
 	}()
-	copySmall(target, ch)
+	copyAdaptive(target, ch)
 	target.(*net.TCPConn).CloseWrite()
 	<-done
 }
 
-// copySmall copies with a 1 KiB buffer, the same idle cost as bastion's
-// relay; throughput is not what this program is for. The wrappers hide
-// net.TCPConn's ReadFrom and WriteTo, which would copy through a 32 KiB
-// buffer of their own.
-func copySmall(dst io.Writer, src io.Reader) {
-	_, _ = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, make([]byte, 1024))
+// copyAdaptive copies as bastion's relay does: it waits for data with a
+// 1 KiB buffer (the same idle cost) and moves to a 32 KiB one while reads
+// keep filling the buffer, so that bulk transfers measure x/crypto's cost,
+// not a small buffer's. The wrappers hide net.TCPConn's ReadFrom and
+// WriteTo, which would copy through a 32 KiB buffer of their own.
+func copyAdaptive(dst io.Writer, src io.Reader) {
+	w, r := struct{ io.Writer }{dst}, struct{ io.Reader }{src}
+	small := make([]byte, 1024)
+	var big []byte
+	for {
+		buf := small
+		if big != nil {
+			buf = big
+		}
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		switch {
+		case big == nil && n == len(buf):
+			big = make([]byte, 32<<10)
+		case big != nil && n < len(small):
+			big = nil
+		}
+		if err != nil {
+			return
+		}
+	}
 }

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +24,9 @@ import (
 type jumpHost struct {
 	name string
 	addr string
+	// port is the target's port to jump to: bastion's rules serve one in
+	// tunnel mode and the other in record mode.
+	port int
 	// pid is bastion's process, or OpenSSH's listening sshd, whose
 	// descendants serve the connections.
 	pid func() int
@@ -39,15 +44,23 @@ type cpuMeter struct {
 	root int
 	base map[int]time.Duration // own CPU at start, for processes already running
 	last map[int]time.Duration
-	stop chan struct{}
-	done chan struct{}
+	// baseCalls and lastCalls are the read and write system calls
+	// (/proc/PID/io syscr + syscw), sampled alike: unlike CPU time, they
+	// hardly depend on what else the machine is doing.
+	baseCalls, lastCalls map[int]int64
+	stop                 chan struct{}
+	done                 chan struct{}
 }
 
 func startCPUMeter(root int) *cpuMeter {
-	m := &cpuMeter{root: root, base: map[int]time.Duration{}, last: map[int]time.Duration{}, stop: make(chan struct{}), done: make(chan struct{})}
+	m := &cpuMeter{root: root, base: map[int]time.Duration{}, last: map[int]time.Duration{},
+		baseCalls: map[int]int64{}, lastCalls: map[int]int64{}, stop: make(chan struct{}), done: make(chan struct{})}
 	m.sample()
 	for pid, t := range m.last {
 		m.base[pid] = t
+	}
+	for pid, n := range m.lastCalls {
+		m.baseCalls[pid] = n
 	}
 	go func() {
 		defer close(m.done)
@@ -70,12 +83,16 @@ func (m *cpuMeter) sample() {
 		if t, err := ownCPU(pid); err == nil {
 			m.last[pid] = t
 		}
+		if n, err := ioCalls(pid); err == nil {
+			m.lastCalls[pid] = n
+		}
 	}
 }
 
 // finish waits (bounded) until the tree has no processes left besides the
-// root, takes a last sample and returns the CPU time used since start.
-func (m *cpuMeter) finish() time.Duration {
+// root, takes a last sample and returns the CPU time used since start and
+// the read and write system calls made.
+func (m *cpuMeter) finish() (time.Duration, int64) {
 	for deadline := time.Now().Add(5 * time.Second); len(descendants(m.root)) > 0 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -86,7 +103,28 @@ func (m *cpuMeter) finish() time.Duration {
 	for pid, t := range m.last {
 		total += t - m.base[pid]
 	}
-	return total
+	var calls int64
+	for pid, n := range m.lastCalls {
+		calls += n - m.baseCalls[pid]
+	}
+	return total, calls
+}
+
+// ioCalls is a process's read and write system calls so far.
+func ioCalls(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ": ")
+		if ok && (k == "syscr" || k == "syscw") {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			total += n
+		}
+	}
+	return total, nil
 }
 
 // runSSH runs ssh with args, stdin from in (nil: none), and returns its
@@ -119,37 +157,38 @@ func runSSH(ctx context.Context, timeout time.Duration, in *os.File, args ...str
 
 // throughput sends size zero bytes through the jump host to `wc -c` on
 // the target, checks they all arrived, and returns MB/s (10^6 bytes).
-// It also returns the jump host's CPU time for the transfer.
-func (e *env) throughput(ctx context.Context, cfg string, j jumpHost, size int64) (float64, time.Duration, error) {
+// It also returns the jump host's CPU time and read and write system
+// calls for the transfer.
+func (e *env) throughput(ctx context.Context, cfg string, j jumpHost, size int64) (float64, time.Duration, int64, error) {
 	head := exec.CommandContext(ctx, "head", "-c", strconv.FormatInt(size, 10), "/dev/zero")
 	pipe, err := head.StdoutPipe()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if err := head.Start(); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer func() { _ = head.Wait() }()
 	f, ok := pipe.(*os.File) // passed to ssh as its stdin, with no copying in between
 	if !ok {
-		return 0, 0, fmt.Errorf("head's stdout is a %T, not a pipe", pipe)
+		return 0, 0, 0, fmt.Errorf("head's stdout is a %T, not a pipe", pipe)
 	}
 	meter := startCPUMeter(j.pid())
-	out, took, err := runSSH(ctx, 10*time.Minute, f, e.sshArgs(cfg, j.addr, "wc", "-c")...)
+	out, took, err := runSSH(ctx, 10*time.Minute, f, e.sshArgs(cfg, j.addr, j.port, "wc", "-c")...)
 	pipe.Close()
-	cpu := meter.finish()
+	cpu, calls := meter.finish()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if got := strings.TrimSpace(out); got != strconv.FormatInt(size, 10) {
-		return 0, 0, fmt.Errorf("%s: the target counted %q bytes, want %d", j.name, got, size)
+		return 0, 0, 0, fmt.Errorf("%s: the target counted %q bytes, want %d", j.name, got, size)
 	}
-	return float64(size) / took.Seconds() / 1e6, cpu, nil
+	return float64(size) / took.Seconds() / 1e6, cpu, calls, nil
 }
 
 // setup times `ssh -J jump target true`.
 func (e *env) setup(ctx context.Context, j jumpHost) (time.Duration, error) {
-	_, took, err := runSSH(ctx, 30*time.Second, nil, e.sshArgs(e.cfgDefault, j.addr, "true")...)
+	_, took, err := runSSH(ctx, 30*time.Second, nil, e.sshArgs(e.cfgDefault, j.addr, j.port, "true")...)
 	return took, err
 }
 
@@ -158,7 +197,7 @@ var cipherLine = regexp.MustCompile(`kex: server->client cipher: (\S+)`)
 // ciphers reports the ciphers negotiated on the jump hop and on the inner
 // hop to the target, from ssh -v (which the ProxyJump ssh inherits).
 func (e *env) ciphers(ctx context.Context, cfg string, j jumpHost) string {
-	args := append([]string{"-v", "-o", "LogLevel=DEBUG1"}, e.sshArgs(cfg, j.addr, "true")...)
+	args := append([]string{"-v", "-o", "LogLevel=DEBUG1"}, e.sshArgs(cfg, j.addr, j.port, "true")...)
 	cmd := exec.CommandContext(ctx, "ssh", args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -214,9 +253,26 @@ func (e *env) clientConfig(hostKey ssh.PublicKey) *ssh.ClientConfig {
 	}
 }
 
-// open adds n idle jumped sessions through jump, concurrency at a time.
-func (e *env) open(ctx context.Context, h *heldSessions, jumpAddr string, jumpKey ssh.PublicKey, n, concurrency int) error {
-	outerCfg, innerCfg := e.clientConfig(jumpKey), e.clientConfig(e.target.hostKey)
+// innerConfig is the client config for the inner hop to the target's
+// port: the target's own key, or in record mode (recordPort) a host
+// certificate from bastion's host CA, which the gateway presents.
+func (e *env) innerConfig(port int) *ssh.ClientConfig {
+	c := e.clientConfig(e.target.hostKey)
+	if port == e.recordPort {
+		checker := &ssh.CertChecker{IsHostAuthority: func(auth ssh.PublicKey, _ string) bool {
+			return bytes.Equal(auth.Marshal(), e.hostCA.Marshal())
+		}}
+		c.HostKeyCallback = checker.CheckHostKey
+		c.HostKeyAlgorithms = []string{ssh.CertAlgoED25519v01}
+	}
+	return c
+}
+
+// open adds n idle jumped sessions through jump to the target's port,
+// concurrency at a time.
+func (e *env) open(ctx context.Context, h *heldSessions, jumpAddr string, jumpKey ssh.PublicKey, port, n, concurrency int) error {
+	targetAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	outerCfg, innerCfg := e.clientConfig(jumpKey), e.innerConfig(port)
 	work := make(chan struct{})
 	errs := make(chan error, concurrency)
 	var wg sync.WaitGroup
@@ -230,13 +286,13 @@ func (e *env) open(ctx context.Context, h *heldSessions, jumpAddr string, jumpKe
 					errs <- fmt.Errorf("connect to the jump host %s: %w", jumpAddr, err)
 					return
 				}
-				nc, err := outer.Dial("tcp", e.target.addr)
+				nc, err := outer.Dial("tcp", targetAddr)
 				if err != nil {
 					_ = outer.Close()
 					errs <- fmt.Errorf("direct-tcpip through %s: %w", jumpAddr, err)
 					return
 				}
-				c, chans, reqs, err := ssh.NewClientConn(nc, e.target.addr, innerCfg)
+				c, chans, reqs, err := ssh.NewClientConn(nc, targetAddr, innerCfg)
 				if err != nil {
 					_ = outer.Close()
 					errs <- fmt.Errorf("log in to the target through %s: %w", jumpAddr, err)
@@ -275,16 +331,16 @@ feed:
 // idleMemory opens n sessions through the jump host and returns the growth
 // of the memory of the processes pids() lists, per session, in KiB.
 // whileHeld, if not nil, runs while the sessions are held.
-func (e *env) idleMemory(ctx context.Context, jumpAddr string, jumpKey ssh.PublicKey, pids func() []int, n, concurrency int, whileHeld func()) (perSession memory, before, after memory, err error) {
+func (e *env) idleMemory(ctx context.Context, jumpAddr string, jumpKey ssh.PublicKey, port int, pids func() []int, n, concurrency int, whileHeld func()) (perSession memory, before, after memory, err error) {
 	h := &heldSessions{}
 	defer h.close()
 	// Warm up: code paths and allocations that the first session pays.
-	if err := e.open(ctx, h, jumpAddr, jumpKey, 1, 1); err != nil {
+	if err := e.open(ctx, h, jumpAddr, jumpKey, port, 1, 1); err != nil {
 		return perSession, before, after, err
 	}
 	h.close()
 	before = memoryOf(pids())
-	if err := e.open(ctx, h, jumpAddr, jumpKey, n, concurrency); err != nil {
+	if err := e.open(ctx, h, jumpAddr, jumpKey, port, n, concurrency); err != nil {
 		return perSession, before, after, err
 	}
 	// Every session has finished its handshakes; give daemons a moment to

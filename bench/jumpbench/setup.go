@@ -41,6 +41,17 @@ type env struct {
 	target  *sshdProc // the host everyone jumps to
 	jump    *sshdProc // OpenSSH's sshd as a jump host
 	gateway *gatewayProc
+	bare    *gatewayProc // bench/barejump, if measured
+
+	// recordPort is the target's second port, which bastion serves in
+	// record mode (the first, target.port, in tunnel mode).
+	recordPort int
+	// hostCA is bastion's host CA, which signs the host certificates the
+	// gateway presents in record mode.
+	hostCA ssh.PublicKey
+	// cpuProfile, when set, makes the next bastion serve write a CPU
+	// profile there when it stops.
+	cpuProfile string
 }
 
 type sshdProc struct {
@@ -101,7 +112,25 @@ func newEnv(ctx context.Context, bastionBin string, gatewayEnv []string) (*env, 
 		return e, err
 	}
 
-	if e.target, err = e.startSSHD(ctx, "target", caPath, ""); err != nil {
+	hostCA, err := e.run(ctx, e.bastion, "ca", "export", "--host", "--data-dir", e.dataDir)
+	if err != nil {
+		return e, err
+	}
+	// One line: @cert-authority * KEY.
+	if _, _, e.hostCA, _, _, err = ssh.ParseKnownHosts(hostCA); err != nil {
+		return e, fmt.Errorf("bastion ca export --host: %w", err)
+	}
+	// The target listens on a second port for record mode: the gateway's
+	// rules choose the mode by port.
+	if e.recordPort, err = freePort(); err != nil {
+		return e, err
+	}
+	if e.target, err = e.startSSHD(ctx, "target", caPath, fmt.Sprintf("Port %d\nSubsystem sftp internal-sftp\n", e.recordPort)); err != nil {
+		return e, err
+	}
+	// The gateway verifies the target's host key in record mode.
+	if err := os.WriteFile(filepath.Join(e.dir, "target_known_hosts"),
+		[]byte(knownHostsLine(net.JoinHostPort("127.0.0.1", strconv.Itoa(e.recordPort)), e.target.hostKey)), 0o644); err != nil {
 		return e, err
 	}
 	// A plain OpenSSH jump host: forwarding allowed, nothing else changed.
@@ -198,6 +227,13 @@ access:
   - principals: [%s]
     hosts: ["127.0.0.1"]
     ports: [%d]
+    mode: tunnel
+  - principals: [%s]
+    hosts: ["127.0.0.1"]
+    ports: [%d]
+    mode: record
+recording:
+  known_hosts: %s
 limits:
   max_unauthenticated: 512
   unauthenticated_drop_start: 512
@@ -205,12 +241,16 @@ limits:
 shutdown_grace: 2s
 log:
   level: warn
-`, e.dataDir, e.user, e.target.port)
+`, e.dataDir, e.user, e.target.port, e.user, e.recordPort, filepath.Join(e.dir, "target_known_hosts"))
 	path := filepath.Join(e.dir, "bastion.yaml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
-	d, err := e.procs.start("bastion serve", filepath.Join(e.dir, "bastion.log"), e.gatewayEnv, e.bastion, "serve", "--config", path)
+	args := []string{"serve", "--config", path}
+	if e.cpuProfile != "" {
+		args = append(args, "--cpu-profile", e.cpuProfile)
+	}
+	d, err := e.procs.start("bastion serve", filepath.Join(e.dir, "bastion.log"), e.gatewayEnv, e.bastion, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -254,19 +294,30 @@ func (e *env) startBareJump(ctx context.Context, bin string) (*gatewayProc, erro
 	if err != nil {
 		return nil, err
 	}
-	return &gatewayProc{daemon: d, addr: strings.TrimSpace(strings.TrimPrefix(line, listening)), hostKey: e.gateway.hostKey}, nil
+	e.bare = &gatewayProc{daemon: d, addr: strings.TrimSpace(strings.TrimPrefix(line, listening)), hostKey: e.gateway.hostKey}
+	return e.bare, e.writeKnownHosts()
 }
 
-// writeKnownHosts pins the plain host keys of the target and both jump
-// hosts, so clients check them strictly.
+// writeKnownHosts pins the plain host keys of the target and the jump
+// hosts, so clients check them strictly, and trusts bastion's host CA,
+// which certifies the target's name in record mode (the @cert-authority
+// line `bastion login` writes).
 func (e *env) writeKnownHosts() error {
 	var b strings.Builder
-	for _, h := range []struct {
+	hosts := []struct {
 		addr string
 		key  ssh.PublicKey
-	}{{e.target.addr, e.target.hostKey}, {e.jump.addr, e.jump.hostKey}, {e.gateway.addr, e.gateway.hostKey}} {
+	}{{e.target.addr, e.target.hostKey}, {e.jump.addr, e.jump.hostKey}, {e.gateway.addr, e.gateway.hostKey}}
+	if e.bare != nil {
+		hosts = append(hosts, struct {
+			addr string
+			key  ssh.PublicKey
+		}{e.bare.addr, e.bare.hostKey})
+	}
+	for _, h := range hosts {
 		b.WriteString(knownHostsLine(h.addr, h.key))
 	}
+	b.WriteString("@cert-authority * " + string(ssh.MarshalAuthorizedKey(e.hostCA)))
 	return os.WriteFile(e.knownHosts, []byte(b.String()), 0o600)
 }
 
@@ -301,9 +352,10 @@ func (e *env) writeClientConfig(path, extra string) error {
 // jumpSpec is the -J argument for a jump host address.
 func (e *env) jumpSpec(addr string) string { return e.user + "@" + addr }
 
-// sshArgs are the arguments of `ssh -J jump target cmd...`.
-func (e *env) sshArgs(cfg, jumpAddr string, cmd ...string) []string {
-	return append([]string{"-F", cfg, "-J", e.jumpSpec(jumpAddr), "-p", strconv.Itoa(e.target.port), e.user + "@127.0.0.1"}, cmd...)
+// sshArgs are the arguments of `ssh -J jump target cmd...`, to the
+// target's port port.
+func (e *env) sshArgs(cfg, jumpAddr string, port int, cmd ...string) []string {
+	return append([]string{"-F", cfg, "-J", e.jumpSpec(jumpAddr), "-p", strconv.Itoa(port), e.user + "@127.0.0.1"}, cmd...)
 }
 
 func (e *env) close(keep bool) {

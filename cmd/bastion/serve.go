@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,7 +29,7 @@ import (
 )
 
 func newServeCommand(a *app) *cobra.Command {
-	var configPath string
+	var configPath, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "serve --config bastion.yaml",
 		Short: "Run the SSH gateway",
@@ -44,6 +46,13 @@ over SSH instead (ssh -p 2222 carol@bastion lock alice).`,
 				return err
 			}
 			logger := newLogger(a.stderr, f.Log)
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			if setting, ok := gcpace.FromEnvironment(); ok {
 				logger.Info("garbage collector paced by the environment", "setting", setting)
 			} else {
@@ -65,7 +74,24 @@ over SSH instead (ssh -p 2222 carol@bastion lock alice).`,
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "/etc/bastion/bastion.yaml", "path of bastion.yaml")
+	cmd.Flags().StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile (pprof) of the whole run to this file when the gateway stops, for performance work (bench/jump.sh -cpu-profile)")
 	return cmd
+}
+
+// startCPUProfile profiles the process until the returned function runs.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }
 
 // newLogger builds the slog debug logger the config asks for.

@@ -51,9 +51,10 @@ func TestServe(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr bytes.Buffer
 	done := make(chan error, 1)
+	profile := filepath.Join(dir, "cpu.pprof")
 	go func() {
 		cmd := newRootCommand(buildInfo{}, strings.NewReader(""), io.Discard, &syncWriter{w: &stderr})
-		cmd.SetArgs([]string{"serve", "--config", cfg})
+		cmd.SetArgs([]string{"serve", "--config", cfg, "--cpu-profile", profile})
 		done <- cmd.ExecuteContext(ctx)
 	}()
 	waitHTTP(t, "http://"+metricsAddr+"/healthz")
@@ -83,6 +84,11 @@ func TestServe(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("serve did not stop")
+	}
+	// --cpu-profile wrote a pprof profile (gzip-compressed protobuf) when
+	// serve stopped.
+	if b, err := os.ReadFile(profile); err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Errorf("--cpu-profile: %v, %d bytes; want a gzip-compressed pprof profile", err, len(b))
 	}
 	if !strings.Contains(stderr.String(), "garbage collector paced by bastion") {
 		t.Errorf("serve did not say it paces the collector:\n%s", stderr.String())
