@@ -358,7 +358,9 @@ func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.
 	// A gateway that cannot vouch for the cluster's shared state admits
 	// no new session (cluster.consistency); live ones keep running.
 	if err := g.admitCluster(); err != nil {
-		var rerr error = clusterRefusal(err)
+		ae := clusterRefusal(err)
+		ae.keyFP, ae.serial, ae.keyID = id.KeyFP, id.Serial, bounded(id.KeyID)
+		var rerr error = ae
 		cs.lastErr.Store(&rerr)
 		return nil, rerr
 	}
