@@ -355,3 +355,54 @@ func lockNames(ls []ca.Lock) []string {
 	return out
 }
 
+
+// TestClusterCAMismatch: every gateway publishes the CA keys it trusts.
+// When one gateway's CA files are replaced and reloaded (what SIGHUP
+// does) the others name it: CAMismatch, the bastion_cluster_ca_mismatch
+// metric, an error log. Copying the same files back clears it.
+func TestClusterCAMismatch(t *testing.T) {
+	tc := startTestCluster(t, clusterOptions{gateways: 2})
+	a, b := tc.gws[0], tc.gws[1]
+	waitFor(t, 5*time.Second, "the gateways see each other's CA keys", func() bool { return a.gw.CAMismatch() == "" && b.gw.CAMismatch() == "" })
+	mismatch := func(tg *testGateway) float64 {
+		mfs, err := tg.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "bastion_cluster_ca_mismatch" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no bastion_cluster_ca_mismatch metric")
+		return 0
+	}
+	if mismatch(a) != 0 {
+		t.Fatal("mismatch reported while the CA files agree")
+	}
+	// B gets another CA's files.
+	other := t.TempDir()
+	if _, _, err := ca.Init(ca.Layout{DataDir: other}, ca.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	copyCA(t, other, b.layout)
+	if err := b.auth.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	b.gw.ReloadedCA(t.Context())
+	waitFor(t, 5*time.Second, "A does not report B's different CA keys", func() bool { return a.gw.CAMismatch() == "gw-1" })
+	waitFor(t, 5*time.Second, "B does not report that A differs", func() bool { return b.gw.CAMismatch() == "gw-0" })
+	if mismatch(a) != 1 || mismatch(b) != 1 {
+		t.Errorf("bastion_cluster_ca_mismatch: A %v, B %v, want 1", mismatch(a), mismatch(b))
+	}
+	// The same files again: the alarm clears.
+	copyCA(t, tc.caDir, b.layout)
+	if err := b.auth.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	b.gw.ReloadedCA(t.Context())
+	waitFor(t, 5*time.Second, "the mismatch does not clear", func() bool { return a.gw.CAMismatch() == "" && b.gw.CAMismatch() == "" })
+	if mismatch(a) != 0 {
+		t.Error("bastion_cluster_ca_mismatch still 1")
+	}
+}

@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,7 +62,19 @@ over SSH instead (ssh -p 2222 carol@bastion lock alice).`,
 			if rt.metricsAddr != "" {
 				fmt.Fprintf(a.stderr, "bastion: metrics on http://%s/metrics\n", rt.metricsAddr)
 			}
-			<-cmd.Context().Done()
+			// SIGHUP reloads the CA key files (and, in a cluster,
+			// publishes the keys now trusted).
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			for running := true; running; {
+				select {
+				case <-cmd.Context().Done():
+					running = false
+				case <-hup:
+					rt.reloadCA(cmd.Context(), logger)
+				}
+			}
 			fmt.Fprintln(a.stderr, "bastion: shutting down")
 			return rt.stop()
 		},
@@ -311,6 +326,16 @@ func readSecretFile(path string) (string, error) {
 	}
 	b, err := readTrimmedFile(path, "secret")
 	return string(b), err
+}
+
+// reloadCA reads the CA key files again; on error the keys in use stay.
+func (rt *gatewayRuntime) reloadCA(ctx context.Context, logger *slog.Logger) {
+	if err := rt.auth.Reload(); err != nil {
+		logger.Error("SIGHUP: the CA files were not reloaded; the gateway keeps the keys it had", "err", err)
+		return
+	}
+	logger.Info("SIGHUP: CA files reloaded")
+	rt.gw.ReloadedCA(ctx)
 }
 
 // stop shuts the gateway down gracefully and closes the audit log.
