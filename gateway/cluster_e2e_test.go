@@ -355,7 +355,6 @@ func lockNames(ls []ca.Lock) []string {
 	return out
 }
 
-
 // TestClusterCAMismatch: every gateway publishes the CA keys it trusts.
 // When one gateway's CA files are replaced and reloaded (what SIGHUP
 // does) the others name it: CAMismatch, the bastion_cluster_ca_mismatch
