@@ -101,6 +101,11 @@ func New(cfg Config, rec Recorder) (*Authority, error) {
 	return a, nil
 }
 
+// Reload reads the CA key files again (bastion serve does on SIGHUP,
+// after the files were replaced by configuration management or a
+// Kubernetes Secret update). On error the keys in use stay as they were.
+func (a *Authority) Reload() error { return a.reload() }
+
 // reload reads both CAs' private and trusted public keys from disk.
 func (a *Authority) reload() error {
 	signers := map[Kind]ssh.Signer{}

@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"runtime/pprof"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,7 +70,19 @@ over SSH instead (ssh -p 2222 carol@bastion lock alice).`,
 			if rt.metricsAddr != "" {
 				fmt.Fprintf(a.stderr, "bastion: metrics on http://%s/metrics\n", rt.metricsAddr)
 			}
-			<-cmd.Context().Done()
+			// SIGHUP reloads the CA key files (and, in a cluster,
+			// publishes the keys now trusted).
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			for running := true; running; {
+				select {
+				case <-cmd.Context().Done():
+					running = false
+				case <-hup:
+					rt.reloadCA(cmd.Context(), logger)
+				}
+			}
 			fmt.Fprintln(a.stderr, "bastion: shutting down")
 			return rt.stop()
 		},
@@ -185,7 +199,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	gc := f.Gateway()
 	gc.Logger = logger
 	if f.OIDC != nil {
-		if gc.Login, err = loginConfig(ctx, f, policy, store, reg); err != nil {
+		if gc.Login, err = loginConfig(ctx, f, policy, store, reg, cl); err != nil {
 			return fail(err)
 		}
 	}
@@ -278,7 +292,7 @@ func healthz(w http.ResponseWriter, login *gateway.LoginConfig) {
 // jumps while it is down, logins answer idp_error meanwhile, an outage
 // longer than two minutes is recorded as idp.down (which the idp_down
 // alert rule reports), and bastion_idp_up shows the state.
-func loginConfig(ctx context.Context, f *config.File, policy ca.Policy, store *audit.Store, reg prometheus.Registerer) (*gateway.LoginConfig, error) {
+func loginConfig(ctx context.Context, f *config.File, policy ca.Policy, store *audit.Store, reg prometheus.Registerer, cl *cluster.Cluster) (*gateway.LoginConfig, error) {
 	o := f.OIDC
 	secret, err := readSecretFile(o.ClientSecretFile)
 	if err != nil {
@@ -292,7 +306,13 @@ func loginConfig(ctx context.Context, f *config.File, policy ca.Policy, store *a
 			groupMax[g] = time.Duration(cg.MaxValidity)
 		}
 	}
+	// In a cluster, an ID token is good for one login on any gateway.
+	var claim func(ctx context.Context, kind, id string, ttl time.Duration) (bool, error)
+	if cl != nil {
+		claim = cl.Claim
+	}
 	prov, err := oidc.Start(ctx, oidc.Config{
+		Claim:  claim,
 		Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: secret, Scopes: o.Scopes,
 		UsernameClaim: o.UsernameClaim, GroupsClaim: o.GroupsClaim, GroupMap: o.GroupMap, AllowedDomains: o.AllowedDomains,
 		GroupPrincipals: groupPrincipals, Forbidden: policy.Forbidden, ValidPrincipal: ca.ValidateUserPrincipal,
@@ -331,6 +351,16 @@ func readSecretFile(path string) (string, error) {
 	}
 	b, err := readTrimmedFile(path, "secret")
 	return string(b), err
+}
+
+// reloadCA reads the CA key files again; on error the keys in use stay.
+func (rt *gatewayRuntime) reloadCA(ctx context.Context, logger *slog.Logger) {
+	if err := rt.auth.Reload(); err != nil {
+		logger.Error("SIGHUP: the CA files were not reloaded; the gateway keeps the keys it had", "err", err)
+		return
+	}
+	logger.Info("SIGHUP: CA files reloaded")
+	rt.gw.ReloadedCA(ctx)
 }
 
 // stop shuts the gateway down gracefully and closes the audit log.
