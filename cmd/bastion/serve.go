@@ -115,8 +115,13 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	if err := ca.SavePolicy(layout, policy); err != nil {
 		return nil, err
 	}
-	store, err := openAuditLog(ctx, layout, audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention),
-		RecordingMaxBytes: int64(f.Recording.MaxBytesPerSession)}, newLog, "gateway", stderr)
+	opts := audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention),
+		RecordingMaxBytes: int64(f.Recording.MaxBytesPerSession)}
+	if f.Cluster != nil {
+		// In a cluster every event names the gateway that wrote it.
+		opts.GatewayID = f.Cluster.GatewayID
+	}
+	store, err := openAuditLog(ctx, layout, opts, newLog, "gateway", stderr)
 	if err != nil {
 		return nil, err
 	}
