@@ -3,7 +3,10 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
+	"text/tabwriter"
 	"strconv"
 	"time"
 
@@ -68,13 +71,13 @@ func (g *Gateway) endLostSessions(ctx context.Context, gw string, sessions []clu
 // gateway's view of etcd. Admins and auditors may run it (auditors find
 // the members to fan `bastion audit ... --cluster` out to).
 func (g *Gateway) cmdCluster(ctx context.Context, s *sessionIO, id *Identity, args []string) int {
-	const usage = "usage: cluster status [--json]\n"
+	const usage = "usage: cluster status [--json]   the gateways, their live sessions, this gateway's view of etcd\n       cluster sessions [--json] the cluster's live sessions and the gateway holding each\n"
 	if !g.isAdmin(id) && !g.isAuditor(id) {
 		s.errorf("bastion: cluster needs membership of an admin or auditor group\n")
 		return 126
 	}
 	asJSON := false
-	if len(args) == 0 || args[0] != "status" {
+	if len(args) == 0 || args[0] != "status" && args[0] != "sessions" {
 		s.errorf("%s", usage)
 		return 2
 	}
@@ -90,19 +93,70 @@ func (g *Gateway) cmdCluster(ctx context.Context, s *sessionIO, id *Identity, ar
 		s.errorf("bastion: this gateway is not in a cluster (bastion.yaml has no cluster: block)\n")
 		return 1
 	}
+	out := s.stdout
+	if s.crlf {
+		out = crlfWriter{s.stdout}
+	}
+	if args[0] == "sessions" {
+		list, err := cl.Sessions(ctx)
+		if err != nil {
+			s.errorf("bastion: %v\n", err)
+			return 1
+		}
+		if err := writeClusterSessions(out, list, asJSON, g.now()); err != nil {
+			return 1
+		}
+		return 0
+	}
 	st, err := cl.Status(ctx)
 	if err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1
 	}
-	out := s.stdout
-	if s.crlf {
-		out = crlfWriter{s.stdout}
-	}
 	if err := cluster.WriteStatus(out, st, asJSON, g.now()); err != nil {
 		return 1
 	}
 	return 0
+}
+
+// writeClusterSessions writes the registry's live sessions as a table or
+// one JSON array.
+func writeClusterSessions(w io.Writer, list []cluster.Session, asJSON bool, now time.Time) error {
+	if asJSON {
+		if list == nil {
+			list = []cluster.Session{}
+		}
+		return json.NewEncoder(w).Encode(list)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SESSION\tGATEWAY\tUSER\tTARGET\tKIND\tSTARTED")
+	for _, s := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s (%s ago)\n", s.ID, s.Gateway, bounded(s.User), auditHost(s.Target), s.Kind, s.Start.UTC().Format(time.RFC3339), now.Sub(s.Start).Round(time.Second))
+	}
+	return tw.Flush()
+}
+
+// heldElsewhere says which gateway holds session id when it is live on
+// another member of the cluster, with the command to run there; "" when
+// it is not (or this gateway is not in a cluster).
+func (g *Gateway) heldElsewhere(ctx context.Context, id, sub string) string {
+	cl := g.deps.Cluster
+	if cl == nil {
+		return ""
+	}
+	s, found, err := cl.LookupSession(ctx, id)
+	if err != nil || !found || s.Gateway == cl.GatewayID() {
+		return ""
+	}
+	addr := s.Gateway
+	if ms, err := cl.Members(ctx); err == nil {
+		for _, m := range ms {
+			if m.ID == s.Gateway {
+				addr = m.SSHAddr
+			}
+		}
+	}
+	return fmt.Sprintf("session %s is live on gateway %s (%s), not on this one (%s); run there: bastion audit %s %s --gateway %s (or with --cluster, which finds it)", id, s.Gateway, addr, cl.GatewayID(), sub, id, addr)
 }
 
 // crlfWriter turns \n into \r\n for a pty.

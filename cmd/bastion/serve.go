@@ -225,8 +225,12 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 			_, real, _ := net.SplitHostPort(rt.sshAddr)
 			adv = net.JoinHostPort(host, real)
 		}
-		if err := cl.Join(ctx, cluster.Member{SSHAddr: adv, Started: time.Now().UTC()}); err != nil {
+		m := cluster.Member{SSHAddr: adv, Started: time.Now().UTC()}
+		if err := cl.Join(ctx, m); err != nil {
 			logger.Warn("not yet in the cluster's member list", "err", err)
+		}
+		if err := cl.Remember(ctx, m); err != nil {
+			logger.Warn("not recorded among the cluster's known gateways; cluster-wide audit reads will not miss it while it runs", "err", err)
 		}
 	}
 	return rt, nil

@@ -31,8 +31,9 @@ import (
 
 // Session is one live session in the registry.
 type Session struct {
-	// ID is the session id (the key's last segment; not in the value).
-	ID      string    `json:"-"`
+	// ID is the session id: the key's last segment, left out of the
+	// stored value (it is set in lists given out).
+	ID      string    `json:"id,omitempty"`
 	Gateway string    `json:"gateway"`
 	User    string    `json:"user"`
 	Target  string    `json:"target"`
@@ -229,6 +230,7 @@ func (c *Cluster) flushSessions(ctx context.Context) error {
 			if lease == 0 {
 				continue // written when a lease comes (resumeSessions)
 			}
+			s.ID = "" // in the key already
 			data, err := json.Marshal(s)
 			if err != nil {
 				continue
