@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"text/tabwriter"
 	"strconv"
+	"text/tabwriter"
 	"time"
 
 	"github.com/bastion-ssh/bastion/audit"
