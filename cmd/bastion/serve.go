@@ -172,7 +172,11 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	// failing, descriptors running out), straight to the webhooks.
 	deps := gateway.Deps{Authority: auth, Audit: store, Registry: reg, Recordings: gateway.StoreRecordings{Store: store}, Cluster: cl}
 	if f.Alerts != nil {
-		if alerts, err = startAlerts(f, store, reg, logger); err != nil {
+		var claimer alert.Claimer
+		if cl != nil {
+			claimer = cl // alerts de-duplicated across the cluster
+		}
+		if alerts, err = startAlerts(f, store, reg, logger, claimer); err != nil {
 			return fail(err)
 		}
 		deps.Alerter = alerts.engine
@@ -350,12 +354,12 @@ type alertRuntime struct {
 }
 
 // startAlerts starts the alert engine on the store's live feed.
-func startAlerts(f *config.File, store *audit.Store, reg prometheus.Registerer, logger *slog.Logger) (*alertRuntime, error) {
+func startAlerts(f *config.File, store *audit.Store, reg prometheus.Registerer, logger *slog.Logger, claimer alert.Claimer) (*alertRuntime, error) {
 	cfg, err := alertConfig(f, logger)
 	if err != nil {
 		return nil, err
 	}
-	eng, err := alert.New(cfg, alert.Deps{Store: store, Registry: reg})
+	eng, err := alert.New(cfg, alert.Deps{Store: store, Registry: reg, Cluster: claimer})
 	if err != nil {
 		return nil, err
 	}
