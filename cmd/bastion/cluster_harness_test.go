@@ -334,6 +334,17 @@ func TestClusterKill9GatewayLost(t *testing.T) {
 		ms := e.members()
 		return len(ms) == 3 && ms[0].ID == victim.ID && ms[0].LiveSessions == 1
 	})
+	// audit watch of the session through another gateway: that gateway
+	// names the holder and the command to run there, and --cluster goes
+	// to the holder itself (a tunnel session has no recording to show).
+	_, errOut, err := e.cli(append([]string{"audit", "watch", id, "--gateway", e.gw[1].SSHAddr}, e.auditorFlags()...)...)
+	if err == nil || !strings.Contains(errOut, "session "+id+" is live on gateway "+victim.ID+" ("+victim.SSHAddr+")") || !strings.Contains(errOut, "--gateway "+victim.SSHAddr) {
+		t.Errorf("audit watch through gw-2 of a session on gw-1: %v\n%s", err, errOut)
+	}
+	_, errOut, err = e.cli(append([]string{"audit", "watch", id, "--cluster", "--gateway", e.gw[1].SSHAddr}, e.auditorFlags()...)...)
+	if err == nil || !strings.Contains(errOut, "session "+id+" is on gateway "+victim.ID) || !strings.Contains(errOut, "has no recording") {
+		t.Errorf("audit watch --cluster did not reach the holder: %v\n%s", err, errOut)
+	}
 	killed := time.Now()
 	victim.Kill()
 	e.waitMembers(cluster.LeaseTTL+10*time.Second, "gw-2", "gw-3")
