@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,8 +96,11 @@ type gatewayRuntime struct {
 // startRuntime opens the data dir, builds the gateway and starts serving
 // SSH (and metrics, when configured).
 func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newLog bool, stderr io.Writer) (*gatewayRuntime, error) {
-	layout := ca.Layout{DataDir: f.DataDir}
+	layout := ca.Layout{DataDir: f.DataDir, KeyDir: f.CA.Dir}
 	if !layout.Exists() {
+		if f.CA.Dir != "" {
+			return nil, fmt.Errorf("no CA keys in %s (ca.dir): put user_ca, user_ca.pub, host_ca and host_ca.pub there, as `bastion ca init` makes them, or remove ca.dir to use %s", layout.Dir(), filepath.Join(f.DataDir, "ca"))
+		}
 		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), f.DataDir)
 	}
 	if len(f.Access) == 0 {
