@@ -17,10 +17,11 @@ import (
 // bbolt file.
 type Cluster struct {
 	// GatewayID names this gateway in every audit event and in the
-	// membership list (default: the host name).
+	// membership list (default: $BASTION_GATEWAY_ID, else the host name).
 	GatewayID string `yaml:"gateway_id"`
 	// Advertise is the SSH address other members and auditors reach this
-	// gateway at (default: listen, with the host name if it has no host).
+	// gateway at (default: $BASTION_ADVERTISE, else listen, with the host
+	// name if it has no host).
 	Advertise string `yaml:"advertise"`
 	Etcd      Etcd   `yaml:"etcd"`
 	// Consistency is best_effort (default) or strict.
@@ -30,6 +31,15 @@ type Cluster struct {
 	// (default 30s).
 	MaxStaleness Duration `yaml:"max_staleness"`
 }
+
+// The environment variables that stand in for cluster.gateway_id and
+// cluster.advertise when the file leaves them out: one configuration for
+// every replica, each told its own name and address by its runtime
+// (Kubernetes: the pod name through the downward API).
+const (
+	EnvGatewayID = "BASTION_GATEWAY_ID"
+	EnvAdvertise = "BASTION_ADVERTISE"
+)
 
 // Etcd is how a gateway reaches etcd.
 type Etcd struct {
@@ -51,6 +61,13 @@ func (f *File) validateCluster() error {
 	if c == nil {
 		return nil
 	}
+	idFrom := "cluster.gateway_id"
+	if c.GatewayID == "" && os.Getenv(EnvGatewayID) != "" {
+		c.GatewayID, idFrom = os.Getenv(EnvGatewayID), EnvGatewayID+" (cluster.gateway_id is not set)"
+	}
+	if c.Advertise == "" {
+		c.Advertise = os.Getenv(EnvAdvertise)
+	}
 	if c.GatewayID == "" {
 		host, err := os.Hostname()
 		if err != nil || host == "" {
@@ -59,7 +76,7 @@ func (f *File) validateCluster() error {
 		c.GatewayID = host
 	}
 	if err := cluster.ValidateGatewayID(c.GatewayID); err != nil {
-		return fmt.Errorf("cluster.gateway_id: %v", err)
+		return fmt.Errorf("%s: %v", idFrom, err)
 	}
 	if c.Advertise == "" {
 		host, port, _ := net.SplitHostPort(f.Listen)
