@@ -103,6 +103,11 @@ const (
 	// that it answers again.
 	TypeIdPDown = "idp.down"
 	TypeIdPUp   = "idp.up"
+	// TypeStateApplied records that this gateway applied a lock, unlock,
+	// revocation or ban another gateway of the cluster took (fields kind,
+	// target, from_gateway); the gateway that took it recorded the
+	// command itself.
+	TypeStateApplied = "state.applied"
 )
 
 // KnownTypes lists every event type bastion writes, for checking the
@@ -115,7 +120,7 @@ func KnownTypes() []string {
 		TypeCommand, TypeGatewayStart, TypeGatewayStop, TypeLoginStarted, TypeLoginOK, TypeLoginFailed,
 		TypeAuditPruned, TypeAuditNewLog, TypeAuditSalvaged, TypeAlertSent, TypeAlertFailed, TypeSourceSeen,
 		TypeAuditOutage, TypeConnectionEnded, TypeSessionExec, TypeSessionExit, TypeSessionSFTP, TypeSessionForward,
-		TypeRecordingFailed, TypeIdPDown, TypeIdPUp}
+		TypeRecordingFailed, TypeIdPDown, TypeIdPUp, TypeStateApplied}
 }
 
 // CheckKnownType reports a filter type (a name or a "family.*" prefix)

@@ -413,3 +413,12 @@ func readMeta(tx *bbolt.Tx) (chainMeta, error) {
 	}
 	return m, nil
 }
+
+// UpdateState runs fn in a read-write transaction of its own, with no
+// audit record, for bookkeeping in state buckets other packages keep in the
+// audit file (the revocation state's outbox of changes not yet shared with
+// a cluster). fn must not touch the "events" or "meta" buckets; anything
+// that changes what the gateway enforces goes through AppendWith instead.
+func (s *Store) UpdateState(ctx context.Context, fn func(tx *bbolt.Tx) error) error {
+	return s.commitRec(ctx, fn)
+}

@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
@@ -81,17 +82,20 @@ func (s *State) RevokeUser(ctx context.Context, r EventReader, user, reason, by 
 		return nil, err
 	}
 	var done []Issued
+	var pending error
 	for _, c := range issued {
 		if !c.holder(user) {
 			continue
 		}
 		rev := Revocation{Kind: RevokeSerial, Value: strconv.FormatUint(c.Serial, 10), Reason: strings.TrimSpace("user " + user + ": " + reason), By: by}
-		if err := s.Revocations.Revoke(ctx, rev); err != nil {
+		if err := s.Revocations.Revoke(ctx, rev); errors.Is(err, ErrPending) {
+			pending = err // in effect here; published later
+		} else if err != nil {
 			return done, err
 		}
 		done = append(done, c)
 	}
-	return done, nil
+	return done, pending
 }
 
 // KeyIDMatches counts the unexpired issued certificates whose key id is

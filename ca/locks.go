@@ -34,6 +34,7 @@ type Lock struct {
 type Locks struct {
 	store StateStore
 	now   func() time.Time
+	share *sharing
 
 	mu      sync.RWMutex
 	locks   map[string]Lock
@@ -66,23 +67,53 @@ func LoadLocks(store StateStore, now func() time.Time) (*Locks, error) {
 	return l, nil
 }
 
-// Lock bars target and ends its live sessions.
-func (l *Locks) Lock(ctx context.Context, lk Lock) error {
-	if lk.Target == "" || len(lk.Target) > 256 || strings.ContainsFunc(lk.Target, unicode.IsControl) {
+// validLockTarget checks a lock's target: 1-256 printable characters.
+func validLockTarget(target string) error {
+	if target == "" || len(target) > 256 || strings.ContainsFunc(target, unicode.IsControl) {
 		return fmt.Errorf("ca: lock: name a user, principal or key id to lock (1-256 printable characters)")
+	}
+	return nil
+}
+
+// Lock bars target and ends its live sessions. In a cluster the lock is
+// then published to every gateway; ErrPending means it is in effect here
+// but could not be published yet.
+func (l *Locks) Lock(ctx context.Context, lk Lock) error {
+	if err := validLockTarget(lk.Target); err != nil {
+		return err
 	}
 	if lk.Time.IsZero() {
 		lk.Time = l.now().UTC()
 	}
+	ch := Change{Op: OpLock, Lock: &lk, Time: lk.Time}
+	ev := audit.Event{Type: audit.TypeUserLocked, Actor: lk.By, Fields: map[string]string{"target": lk.Target, "reason": lk.Reason}}
+	if err := l.write(ctx, ev, lk, &ch); err != nil {
+		return err
+	}
+	return pendingErr(l.share.publish(ctx, l.store, ch))
+}
+
+// apply sets a lock another gateway took (see State.Apply).
+func (l *Locks) apply(ctx context.Context, ev audit.Event, lk Lock) error {
+	return l.write(ctx, ev, lk, nil)
+}
+
+// write stores lk with its record ev (and ch in the outbox, for a local
+// change), then ends the sessions it bars.
+func (l *Locks) write(ctx context.Context, ev audit.Event, lk Lock, ch *Change) error {
 	data, err := json.Marshal(lk)
 	if err != nil {
 		return err
 	}
-	ev := audit.Event{Type: audit.TypeUserLocked, Actor: lk.By, Fields: map[string]string{"target": lk.Target, "reason": lk.Reason}}
 	if _, err := l.store.AppendWith(ctx, ev, func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(locksBucket)
 		if err != nil {
 			return err
+		}
+		if ch != nil {
+			if err := putOutbox(tx, *ch); err != nil {
+				return err
+			}
 		}
 		return b.Put([]byte(lk.Target), data)
 	}); err != nil {
@@ -93,6 +124,19 @@ func (l *Locks) Lock(ctx context.Context, lk Lock) error {
 	l.mu.Unlock()
 	l.changed.notify()
 	return nil
+}
+
+// get returns the lock on target itself.
+func (l *Locks) get(target string) (Lock, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	lk, ok := l.locks[target]
+	return lk, ok
+}
+
+// equal reports whether two locks are the same lock.
+func (lk Lock) equal(o Lock) bool {
+	return lk.Target == o.Target && lk.Reason == o.Reason && lk.By == o.By && lk.Time.Equal(o.Time)
 }
 
 // ErrNotLocked is Unlock's error for a target with no lock: callers that
@@ -107,7 +151,8 @@ func (l *Locks) IsLocked(target string) bool {
 	return ok
 }
 
-// Unlock lifts the lock on target.
+// Unlock lifts the lock on target (everywhere, in a cluster: ErrPending
+// as for Lock).
 func (l *Locks) Unlock(ctx context.Context, target, by string) error {
 	l.mu.RLock()
 	_, ok := l.locks[target]
@@ -115,8 +160,26 @@ func (l *Locks) Unlock(ctx context.Context, target, by string) error {
 	if !ok {
 		return fmt.Errorf("ca: unlock: %s %w", target, ErrNotLocked)
 	}
+	ch := Change{Op: OpUnlock, Target: target, Time: l.now().UTC()}
 	ev := audit.Event{Type: audit.TypeUserUnlocked, Actor: by, Fields: map[string]string{"target": target}}
+	if err := l.writeUnlock(ctx, ev, target, &ch); err != nil {
+		return err
+	}
+	return pendingErr(l.share.publish(ctx, l.store, ch))
+}
+
+// applyUnlock lifts a lock another gateway lifted (see State.Apply).
+func (l *Locks) applyUnlock(ctx context.Context, ev audit.Event, target string) error {
+	return l.writeUnlock(ctx, ev, target, nil)
+}
+
+func (l *Locks) writeUnlock(ctx context.Context, ev audit.Event, target string, ch *Change) error {
 	if _, err := l.store.AppendWith(ctx, ev, func(tx *bbolt.Tx) error {
+		if ch != nil {
+			if err := putOutbox(tx, *ch); err != nil {
+				return err
+			}
+		}
 		if b := tx.Bucket(locksBucket); b != nil {
 			return b.Delete([]byte(target))
 		}

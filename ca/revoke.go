@@ -57,6 +57,7 @@ type Revocation struct {
 type Revocations struct {
 	store StateStore
 	now   func() time.Time
+	share *sharing
 
 	mu      sync.RWMutex
 	serials map[uint64]Revocation
@@ -136,8 +137,53 @@ func (r *Revocations) add(rev Revocation) error {
 }
 
 // Revoke adds rev to the list; the list and its cert.revoked audit record
-// are written in one transaction.
+// are written in one transaction. In a cluster it is then published to
+// every gateway; ErrPending means it is in effect here but could not be
+// published yet.
 func (r *Revocations) Revoke(ctx context.Context, rev Revocation) error {
+	if rev.Time.IsZero() {
+		rev.Time = r.now().UTC()
+	}
+	ev := audit.Event{
+		Type:   audit.TypeCertRevoked,
+		Actor:  rev.By,
+		Fields: map[string]string{"kind": string(rev.Kind), "value": rev.Value, "reason": rev.Reason},
+	}
+	ch := Change{Op: OpRevoke, Revocation: &rev, Time: rev.Time}
+	if err := r.write(ctx, ev, rev, &ch); err != nil {
+		return err
+	}
+	return pendingErr(r.share.publish(ctx, r.store, ch))
+}
+
+// apply adds a revocation another gateway made (see State.Apply).
+func (r *Revocations) apply(ctx context.Context, ev audit.Event, rev Revocation) error {
+	return r.write(ctx, ev, rev, nil)
+}
+
+// has reports whether rev's kind and value are revoked already.
+func (r *Revocations) has(rev Revocation) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	switch rev.Kind {
+	case RevokeSerial:
+		n, err := strconv.ParseUint(rev.Value, 10, 64)
+		_, ok := r.serials[n]
+		return err == nil && ok
+	case RevokeKeyID:
+		_, ok := r.keyIDs[rev.Value]
+		return ok
+	case RevokeKey:
+		h, err := parseSHA256Fingerprint(rev.Value)
+		_, ok := r.keys[h]
+		return err == nil && ok
+	}
+	return false
+}
+
+// write stores rev with its record ev (and ch in the outbox, for a local
+// change), then re-checks what it bars.
+func (r *Revocations) write(ctx context.Context, ev audit.Event, rev Revocation, ch *Change) error {
 	if rev.Time.IsZero() {
 		rev.Time = r.now().UTC()
 	}
@@ -150,15 +196,15 @@ func (r *Revocations) Revoke(ctx context.Context, rev Revocation) error {
 	if err != nil {
 		return fmt.Errorf("ca: revoke: %w", err)
 	}
-	ev := audit.Event{
-		Type:   audit.TypeCertRevoked,
-		Actor:  rev.By,
-		Fields: map[string]string{"kind": string(rev.Kind), "value": rev.Value, "reason": rev.Reason},
-	}
 	_, err = r.store.AppendWith(ctx, ev, func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(revocationsBucket)
 		if err != nil {
 			return err
+		}
+		if ch != nil {
+			if err := putOutbox(tx, *ch); err != nil {
+				return err
+			}
 		}
 		return b.Put([]byte(string(rev.Kind)+"\x00"+rev.Value), data)
 	})

@@ -20,6 +20,9 @@ import (
 type State struct {
 	Revocations *Revocations
 	Locks       *Locks
+
+	// sharing links local changes to a cluster's shared copy (shared.go).
+	sharing sharing
 }
 
 // LoadState reads the revocation list and the locks from store.
@@ -32,7 +35,9 @@ func LoadState(store StateStore, now func() time.Time) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &State{Revocations: revs, Locks: locks}, nil
+	st := &State{Revocations: revs, Locks: locks}
+	revs.share, locks.share = &st.sharing, &st.sharing
+	return st, nil
 }
 
 // Subject is what a credential names, as the revocation state matches it.

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -78,7 +79,9 @@ func (g *Gateway) cmdRevoke(ctx context.Context, s *sessionIO, id *Identity, arg
 	}
 	// The state's change callback ends the sessions it now bars and
 	// rewrites the KRL file (see stateChanged).
-	if err := g.deps.Authority.State().Revocations.Revoke(ctx, rev); err != nil {
+	if err := g.deps.Authority.State().Revocations.Revoke(ctx, rev); errors.Is(err, ca.ErrPending) {
+		defer s.errorf("warning: etcd did not answer: the revocation is %v\n", err)
+	} else if err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1
 	}
@@ -106,7 +109,9 @@ func (g *Gateway) revokeUser(ctx context.Context, s *sessionIO, rev ca.Revocatio
 		return 1
 	}
 	done, err := g.deps.Authority.State().RevokeUser(ctx, r, rev.Value, rev.Reason, rev.By, g.now())
-	if err != nil {
+	if errors.Is(err, ca.ErrPending) {
+		defer s.errorf("warning: etcd did not answer: the revocations are %v\n", err)
+	} else if err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1
 	}

@@ -128,6 +128,24 @@ func (b *banList) Fail(addr netip.Addr, n int) (until time.Time, banned bool) {
 	return time.Time{}, false
 }
 
+// set bans addr's source until until (a ban another gateway of the
+// cluster made). It reports whether that changed anything: false when the
+// source is banned here already until then or later.
+func (b *banList) set(addr netip.Addr, until time.Time) bool {
+	if b.after == 0 {
+		return false
+	}
+	key := sourceKey(addr)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if cur, ok := b.banned.Peek(key); ok && !cur.Before(until) {
+		return false
+	}
+	b.failures.Remove(key)
+	b.banned.Add(key, until)
+	return true
+}
+
 // Unban lifts the ban of addr's source (an address, or any address or
 // prefix inside a banned IPv6 /64) and forgets its failures. It reports
 // the source and whether it was banned.

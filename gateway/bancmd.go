@@ -29,7 +29,9 @@ func (g *Gateway) Unban(ctx context.Context, source, by string) (netip.Prefix, b
 	key := sourceKey(p.Addr())
 	if _, banned := g.bans.Banned(p.Addr()); !banned {
 		g.bans.Unban(p) // forget its failures all the same
-		return key, false, nil
+		// A ban that never reached this gateway (etcd was away) is still
+		// lifted everywhere else.
+		return key, false, g.unpublishBan(ctx, key)
 	}
 	if err := g.record(ctx, audit.Event{Type: audit.TypeSourceUnbanned, Actor: by, Fields: map[string]string{
 		"source": sourceString(key), "by": by,
@@ -37,6 +39,9 @@ func (g *Gateway) Unban(ctx context.Context, source, by string) (netip.Prefix, b
 		return key, false, fmt.Errorf("gateway: unban %s: audit log unavailable: %w", sourceString(key), err)
 	}
 	g.bans.Unban(p)
+	if err := g.unpublishBan(ctx, key); err != nil {
+		return key, true, err
+	}
 	return key, true, nil
 }
 

@@ -65,10 +65,22 @@ func withoutBans(c *Config, _ *Deps) { c.Limits.BanAfterFailures = 0 }
 // user reach the target sshd.
 func startGateway(t *testing.T, opts ...gatewayOption) *testGateway {
 	t.Helper()
+	return startGatewayWithCA(t, "", opts...)
+}
+
+// startGatewayWithCA is startGateway with the CA keys copied from the
+// data directory caFrom (gateways of one cluster share a CA), or a new CA
+// when caFrom is "".
+func startGatewayWithCA(t *testing.T, caFrom string, opts ...gatewayOption) *testGateway {
+	t.Helper()
 	testbed.RequireOpenSSH(t)
 	tg := &testGateway{t: t, user: testbed.LoginUser(t), layout: ca.Layout{DataDir: t.TempDir()}, reg: prometheus.NewRegistry()}
-	if _, _, err := ca.Init(tg.layout, ca.InitOptions{}); err != nil {
-		t.Fatal(err)
+	if caFrom == "" {
+		if _, _, err := ca.Init(tg.layout, ca.InitOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		copyCA(t, caFrom, tg.layout)
 	}
 	var err error
 	if tg.store, err = audit.Open(tg.layout.AuditDB(), audit.Options{}); err != nil {
@@ -289,4 +301,27 @@ func (tg *testGateway) liveSession(t *testing.T, c *testbed.Client) <-chan error
 		t.Fatalf("the session did not start: %q", line)
 	}
 	return exited
+}
+
+// copyCA copies the CA files of the data directory from into l, private
+// (0600 in a 0700 directory) as ca.Init makes them.
+func copyCA(t *testing.T, from string, l ca.Layout) {
+	t.Helper()
+	src := ca.Layout{DataDir: from}.Dir()
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(l.Dir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		data, err := os.ReadFile(src + "/" + e.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(l.Dir()+"/"+e.Name(), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

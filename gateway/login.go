@@ -281,6 +281,11 @@ func (g *Gateway) deviceFlow(ctx context.Context, l *LoginConfig, sio *sessionIO
 	if err != nil {
 		return nil, err
 	}
+	// The device code in flight is this gateway's alone: claim it so no
+	// other gateway of a cluster waits on the same one.
+	if err := g.claimOnce(ctx, "device_code", da.UserCode+"\x00"+da.VerificationURI, time.Until(da.Expiry)+time.Minute, oidc.ReasonDeviceCodeInvalid); err != nil {
+		return nil, err
+	}
 	sio.errorf("To log in, open %s and enter the code %s\n", da.VerificationURI, da.UserCode)
 	if da.VerificationURIComplete != "" {
 		sio.errorf("  or open: %s\n", da.VerificationURIComplete)
@@ -375,7 +380,30 @@ func (g *Gateway) codeLogin(ctx context.Context, l *LoginConfig, sio *sessionIO)
 		}
 		return nil, &oidc.Error{Reason: reason, Err: fmt.Errorf("the IdP refused the login: %s: %q", sanitized(res.Error, 64), sanitized(res.ErrorDescription, 200))}
 	}
+	if err := g.claimOnce(ctx, "auth_code", res.Code, 10*time.Minute, oidc.ReasonCodeInvalid); err != nil {
+		return nil, err
+	}
 	return l.Provider.Finish(ctx, cl, res.Code, res.State)
+}
+
+// claimOnce records a one-time login value (a nonce, a device code, an
+// authorization code) as used across the cluster, refusing with reason
+// when another gateway used it first and with cluster_unavailable when
+// etcd cannot say (fail closed). Without a cluster the value is this
+// gateway's alone and nothing is recorded.
+func (g *Gateway) claimOnce(ctx context.Context, kind, id string, ttl time.Duration, reason string) error {
+	if g.deps.Cluster == nil {
+		return nil
+	}
+	first, err := g.deps.Cluster.Claim(ctx, kind, id, ttl)
+	if err != nil {
+		g.log.Warn("could not record a one-time login value in etcd; refusing the login", "kind", kind, "err", err)
+		return &oidc.Error{Reason: oidc.ReasonClusterUnavailable, Err: errClusterUnavailable}
+	}
+	if !first {
+		return &oidc.Error{Reason: reason, Err: fmt.Errorf("this %s was already used on another gateway: log in again", strings.ReplaceAll(kind, "_", " "))}
+	}
+	return nil
 }
 
 // tokenLogin takes an ID token the client fetched itself: the gateway
@@ -394,6 +422,9 @@ func (g *Gateway) tokenLogin(ctx context.Context, l *LoginConfig, sio *sessionIO
 		raw := strings.TrimSpace(ln.text)
 		if !ok || ln.err != nil && raw == "" {
 			return nil, &oidc.Error{Reason: oidc.ReasonMalformedToken, Err: errors.New("no ID token on stdin")}
+		}
+		if err := g.claimOnce(ctx, "nonce", nonce, 15*time.Minute, oidc.ReasonBadNonce); err != nil {
+			return nil, err
 		}
 		return l.Provider.VerifyIDToken(ctx, raw, nonce)
 	}

@@ -36,6 +36,12 @@ type loginOptions struct {
 	// noIdP starts no IdP: the issuer is a loopback port where nothing
 	// listens (yet); startIdP starts it later.
 	noIdP bool
+	// sharedIdP, when set, is an IdP already running (gateways of one
+	// cluster trust the same one); no new IdP is started.
+	sharedIdP *devidp.Server
+	// caFrom, when set, is the data directory whose CA the gateway uses
+	// (see startGatewayWithCA).
+	caFrom string
 }
 
 func startLoginGateway(t *testing.T, opts ...gatewayOption) *loginGateway {
@@ -74,7 +80,11 @@ func startLoginGatewayWith(t *testing.T, lo loginOptions, opts ...gatewayOption)
 	lg := &loginGateway{}
 	issuer := ""
 	clientID, secret := "bastion", ""
-	if lo.noIdP {
+	if lo.sharedIdP != nil {
+		lg.idp = lo.sharedIdP
+		issuer, clientID, secret = lg.idp.Issuer(), lg.idp.ClientID(), lg.idp.ClientSecret()
+		lg.issuer = issuer
+	} else if lo.noIdP {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -105,7 +115,7 @@ func startLoginGatewayWith(t *testing.T, lo loginOptions, opts ...gatewayOption)
 		c.Login = &LoginConfig{Provider: prov, ClientID: clientID, DefaultValidity: 8 * time.Hour, MaxValidity: 24 * time.Hour,
 			GroupMaxValidity: map[string]time.Duration{"dba": time.Hour}, PerMinute: 100}
 	}
-	lg.testGateway = startGateway(t, append([]gatewayOption{withLogin}, opts...)...)
+	lg.testGateway = startGatewayWithCA(t, lo.caFrom, append([]gatewayOption{withLogin}, opts...)...)
 	lg.user = lg.testGateway.user
 	return lg
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,6 +88,8 @@ type Gateway struct {
 	spool *spool
 	// fds reports running out of file descriptors (fdlimit.go).
 	fds *fdWatch
+	// cl is the gateway's part in a cluster (cluster.go); nil alone.
+	cl *clusterLink
 
 	mu sync.Mutex
 	// live holds every authenticated connection, idle or not, so that a
@@ -168,6 +171,9 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		return nil, err
 	}
 	deps.Authority.State().OnChange(g.stateChanged)
+	if deps.Cluster != nil {
+		g.startCluster()
+	}
 	if g.hostKeys, err = loadHostKeys(context.Background(), cfg, deps.Authority); err != nil {
 		return nil, err
 	}
@@ -255,6 +261,9 @@ func (g *Gateway) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 		BannerCallback: func(gossh.ConnMetadata) string {
 			if g.spool.down() {
 				return "bastion: " + MsgAuditUnavailable + "\n"
+			}
+			if g.admitCluster() != nil {
+				return "bastion: " + MsgClusterStale + "\n"
 			}
 			return ""
 		},
@@ -345,6 +354,15 @@ func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.
 	// caught either here or by the sweep that follows it.
 	if !id.Login {
 		_, _ = id.caKey() // parsed once, before other goroutines read id
+	}
+	// A gateway that cannot vouch for the cluster's shared state admits
+	// no new session (cluster.consistency); live ones keep running.
+	if err := g.admitCluster(); err != nil {
+		ae := clusterRefusal(err)
+		ae.keyFP, ae.serial, ae.keyID = id.KeyFP, id.Serial, bounded(id.KeyID)
+		var rerr error = ae
+		cs.lastErr.Store(&rerr)
+		return nil, rerr
 	}
 	cs.identity = id
 	g.mu.Lock()
@@ -439,13 +457,18 @@ func (g *Gateway) accountFailures(cs *connState, user string, attempts []map[str
 		g.record(context.Background(), audit.Event{Type: audit.TypeAuthFailed, Actor: user, Session: cs.id, Fields: fields})
 	}
 	// A ban counts connections, not key offers: a client whose agent
-	// offers six keys before giving up has failed once.
+	// offers six keys before giving up has failed once. A refusal for
+	// the gateway's own state (cluster_stale) is not the client's fault.
+	if slices.IndexFunc(attempts, func(a map[string]string) bool { return a["reason"] != ReasonClusterStale }) < 0 {
+		return
+	}
 	if until, banned := g.bans.Fail(cs.remote, 1); banned {
 		g.metrics.bans.Inc()
 		g.record(context.Background(), audit.Event{Type: audit.TypeSourceBanned, Actor: cs.remote.String(), Fields: map[string]string{
 			"remote": cs.remote.String(), "until": until.UTC().Format(time.RFC3339), "after_failures": fmt.Sprint(g.cfg.Limits.BanAfterFailures),
 		}})
 		cs.kill(ReasonBanned)
+		go g.publishBan(sourceKey(cs.remote), until)
 	}
 }
 
@@ -576,6 +599,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	}
 	g.sessions.Wait()
 	g.stopJanitor()
+	g.stopCluster()
 	g.record(context.Background(), audit.Event{Type: audit.TypeGatewayStop, Actor: "gateway"})
 	flushCtx, cancelFlush := context.WithTimeout(context.Background(), 5*time.Second)
 	g.spool.close(flushCtx)

@@ -281,7 +281,10 @@ func (g *Gateway) cmdLock(ctx context.Context, s *sessionIO, id *Identity, args 
 	}
 	locks := g.deps.Authority.State().Locks
 	was := locks.IsLocked(target)
-	if err := locks.Lock(ctx, ca.Lock{Target: target, Reason: reason, By: id.User}); err != nil {
+	err = locks.Lock(ctx, ca.Lock{Target: target, Reason: reason, By: id.User})
+	if errors.Is(err, ca.ErrPending) {
+		defer s.errorf("warning: etcd did not answer: the lock is %v\n", err)
+	} else if err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1
 	}
@@ -301,6 +304,8 @@ func (g *Gateway) cmdUnlock(ctx context.Context, s *sessionIO, id *Identity, arg
 	if err := g.deps.Authority.State().Locks.Unlock(ctx, args[0], id.User); errors.Is(err, ca.ErrNotLocked) {
 		s.printf("%s is not locked\n", args[0])
 		return 0
+	} else if errors.Is(err, ca.ErrPending) {
+		defer s.errorf("warning: etcd did not answer: the unlock is %v\n", err)
 	} else if err != nil {
 		s.errorf("bastion: %v\n", err)
 		return 1

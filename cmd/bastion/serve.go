@@ -163,7 +163,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	gc := f.Gateway()
 	gc.Logger = logger
 	if f.OIDC != nil {
-		if gc.Login, err = loginConfig(ctx, f, policy, store, reg); err != nil {
+		if gc.Login, err = loginConfig(ctx, f, policy, store, reg, cl); err != nil {
 			return fail(err)
 		}
 	}
@@ -256,7 +256,7 @@ func healthz(w http.ResponseWriter, login *gateway.LoginConfig) {
 // jumps while it is down, logins answer idp_error meanwhile, an outage
 // longer than two minutes is recorded as idp.down (which the idp_down
 // alert rule reports), and bastion_idp_up shows the state.
-func loginConfig(ctx context.Context, f *config.File, policy ca.Policy, store *audit.Store, reg prometheus.Registerer) (*gateway.LoginConfig, error) {
+func loginConfig(ctx context.Context, f *config.File, policy ca.Policy, store *audit.Store, reg prometheus.Registerer, cl *cluster.Cluster) (*gateway.LoginConfig, error) {
 	o := f.OIDC
 	secret, err := readSecretFile(o.ClientSecretFile)
 	if err != nil {
@@ -270,7 +270,13 @@ func loginConfig(ctx context.Context, f *config.File, policy ca.Policy, store *a
 			groupMax[g] = time.Duration(cg.MaxValidity)
 		}
 	}
+	// In a cluster, an ID token is good for one login on any gateway.
+	var claim func(ctx context.Context, kind, id string, ttl time.Duration) (bool, error)
+	if cl != nil {
+		claim = cl.Claim
+	}
 	prov, err := oidc.Start(ctx, oidc.Config{
+		Claim:  claim,
 		Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: secret, Scopes: o.Scopes,
 		UsernameClaim: o.UsernameClaim, GroupsClaim: o.GroupsClaim, GroupMap: o.GroupMap, AllowedDomains: o.AllowedDomains,
 		GroupPrincipals: groupPrincipals, Forbidden: policy.Forbidden, ValidPrincipal: ca.ValidateUserPrincipal,

@@ -1,6 +1,7 @@
 package oidc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -89,6 +90,11 @@ type Config struct {
 	// OutageAfter is how long the IdP must stay unreachable before
 	// OnOutage is told; default 2m.
 	OutageAfter time.Duration
+	// Claim, when set, records a one-time use across a cluster of
+	// gateways (cluster.Claim): an ID token accepted here is claimed
+	// there too, and refused if another gateway claimed it first. An
+	// error refuses the login (fail closed).
+	Claim func(ctx context.Context, kind, id string, ttl time.Duration) (first bool, err error)
 	// OnOutage, when set, is called (from the background checker of a
 	// Provider made by Start) once when an outage has lasted OutageAfter,
 	// and once when the IdP answers again after that.

@@ -53,6 +53,10 @@ const (
 	// ReasonTokenReplayed: the ID token (or one with the same signed
 	// content) was already used for a login.
 	ReasonTokenReplayed = "token_replayed"
+	// ReasonClusterUnavailable: the one-time use of a token or code could
+	// not be recorded across the cluster (etcd did not answer); the
+	// login is refused rather than risk a replay on another gateway.
+	ReasonClusterUnavailable = "cluster_unavailable"
 	// ReasonGroupsOverage: the IdP left the groups out of the token (an
 	// overage marker) or sent more than a certificate can carry.
 	ReasonGroupsOverage = "groups_overage"

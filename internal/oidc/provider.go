@@ -210,6 +210,18 @@ func (p *Provider) verifyAndMap(ctx context.Context, raw, nonce string) (*Identi
 		return nil, &Error{Reason: ReasonTokenReplayed, Claims: claimSummary(claims, p.mapping),
 			Err: errors.New("this id token was already used for a login: each login needs a fresh one; log in again")}
 	}
+	if p.cfg.Claim != nil {
+		key := tokenKey(raw)
+		first, err := p.cfg.Claim(ctx, "id_token", string(key[:]), time.Until(tok.Expiry)+5*time.Minute)
+		if err != nil {
+			return nil, &Error{Reason: ReasonClusterUnavailable, Claims: claimSummary(claims, p.mapping),
+				Err: errors.New("the login cannot be recorded as used across the gateways (etcd does not answer), so it is refused: try again shortly")}
+		}
+		if !first {
+			return nil, &Error{Reason: ReasonTokenReplayed, Claims: claimSummary(claims, p.mapping),
+				Err: errors.New("this id token was already used for a login on another gateway: each login needs a fresh one; log in again")}
+		}
+	}
 	username, groups, principals, err := p.mapping.Map(claims)
 	if err != nil {
 		if e, ok := errors.AsType[*Error](err); ok {

@@ -25,13 +25,19 @@ func newUsedTokens(now func() time.Time) *usedTokens {
 	return &usedTokens{now: now, seen: map[[32]byte]time.Time{}}
 }
 
-// claim records raw as used until exp and reports whether it was new.
-func (u *usedTokens) claim(raw string, exp time.Time) bool {
+// tokenKey is what identifies a token for one-time use: the hash of its
+// signing input.
+func tokenKey(raw string) [32]byte {
 	input := raw
 	if i := strings.LastIndexByte(raw, '.'); i >= 0 {
 		input = raw[:i]
 	}
-	key := sha256.Sum256([]byte(input))
+	return sha256.Sum256([]byte(input))
+}
+
+// claim records raw as used until exp and reports whether it was new.
+func (u *usedTokens) claim(raw string, exp time.Time) bool {
+	key := tokenKey(raw)
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	now := u.now()
