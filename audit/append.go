@@ -77,6 +77,7 @@ func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (
 	if err != nil {
 		return Event{}, err
 	}
+	ev = s.stampGateway(ev)
 
 	var (
 		state atomic.Int32
@@ -132,6 +133,26 @@ func (s *Store) write(ctx context.Context, ev Event, fn func(*bbolt.Tx) error) (
 		return Event{}, fmt.Errorf("audit: %s not recorded: %w", ev.Type, err)
 	}
 	return out, nil
+}
+
+// FieldGateway is the field naming the gateway that wrote an event
+// (Options.GatewayID).
+const FieldGateway = "gateway"
+
+// stampGateway sets the "gateway" field of ev (a copy made by prepare)
+// unless the producer named one.
+func (s *Store) stampGateway(ev Event) Event {
+	if s.gatewayID == "" {
+		return ev
+	}
+	if _, ok := ev.Fields[FieldGateway]; ok {
+		return ev
+	}
+	if ev.Fields == nil {
+		ev.Fields = make(map[string]string, 1)
+	}
+	ev.Fields[FieldGateway] = s.gatewayID
+	return ev
 }
 
 // queue hands txFn to the committer and waits for its commit; the caller

@@ -61,6 +61,9 @@ type SessionSummary struct {
 	// Active is set while the session has no session.end.
 	Active bool   `json:"active"`
 	Reason string `json:"reason,omitempty"`
+	// Gateway is the gateway that held the session (its session.start's
+	// "gateway" field; set in a cluster).
+	Gateway string `json:"gateway,omitempty"`
 }
 
 // Millis is a duration that encodes as whole milliseconds.
@@ -89,6 +92,7 @@ func (s *Store) Sessions(ctx context.Context, f SessionFilter) ([]SessionSummary
 				Session: ev.Session, User: ev.Actor, Start: ev.Time, Active: true,
 				Login: bound(ev.Fields["login"]), Target: bound(ev.Fields["target"]),
 				Remote: bound(ev.Fields["remote"]), Kind: ev.Fields["kind"],
+				Gateway: bound(ev.Fields[FieldGateway]),
 			}
 			byID[ev.Session] = sum
 			order = append(order, sum)
@@ -218,8 +222,23 @@ func WriteSessions(w io.Writer, sessions []SessionSummary, asJSON bool) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	// A cluster's sessions name their gateway; one gateway's need not.
+	withGateway := false
+	for _, s := range sessions {
+		withGateway = withGateway || s.Gateway != ""
+	}
+	if withGateway {
+		fmt.Fprint(tw, "GATEWAY\t")
+	}
 	fmt.Fprintln(tw, "SESSION\tUSER\tLOGIN\tTARGET\tSTART\tDURATION\tKIND\tBYTES UP/DOWN\tRECORDED")
 	for _, s := range sessions {
+		if withGateway {
+			gw := s.Gateway
+			if gw == "" {
+				gw = "-"
+			}
+			fmt.Fprintf(tw, "%s\t", gw)
+		}
 		dur := time.Duration(s.Duration).Round(time.Second).String()
 		if s.Active {
 			dur = "active " + dur

@@ -204,7 +204,7 @@ func (s *Store) pruneBatch(limit []byte, cutoff time.Time) (int, Checkpoint, err
 			}
 		}
 		n = len(keys)
-		e, err := appendTx(tx, prunedEvent(n, cutoff, cp), s.now)
+		e, err := appendTx(tx, s.stampGateway(prunedEvent(n, cutoff, cp)), s.now)
 		if err != nil {
 			return err
 		}

@@ -53,6 +53,12 @@ type Options struct {
 	// RecordingFlushEvery is how long a recording's entries may wait in
 	// memory before their chunk is committed (default 1s).
 	RecordingFlushEvery time.Duration
+	// GatewayID, when set (a gateway in a cluster), is written as the
+	// field "gateway" of every event appended that does not name one,
+	// so a cluster's merged logs say which gateway wrote each event. It
+	// is an ordinary field, inside the hash like every other: logs
+	// written without it verify as before.
+	GatewayID string
 }
 
 const (
@@ -105,6 +111,8 @@ type Store struct {
 
 	// created is set when Open initialized a new, empty log.
 	created bool
+	// gatewayID is Options.GatewayID.
+	gatewayID string
 }
 
 // Open opens or creates the audit log at path. A writer records who holds
@@ -121,6 +129,7 @@ func Open(path string, opts Options) (*Store, error) {
 		readOnly:  opts.ReadOnly,
 		now:       opts.Now,
 		log:       opts.Logger,
+		gatewayID: opts.GatewayID,
 	}
 	if s.now == nil {
 		s.now = time.Now

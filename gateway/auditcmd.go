@@ -238,6 +238,10 @@ func (g *Gateway) cmdAuditSessions(ctx context.Context, s *sessionIO, sub string
 		}
 		err = store.Play(ctx, s.stdout, q.Session, opts)
 		if errors.Is(err, audit.ErrNoRecording) {
+			if where := g.heldElsewhere(ctx, q.Session, sub); where != "" {
+				s.errorf("bastion: %s\n", where)
+				return 1
+			}
 			s.errorf("bastion: session %s has no recording (see audit sessions: only record-mode sessions are recorded)\n", q.Session)
 			return 1
 		}

@@ -173,6 +173,7 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 	deps.Authority.State().OnChange(g.stateChanged)
 	if deps.Cluster != nil {
 		g.startCluster()
+		deps.Cluster.OnGatewayLost(g.endLostSessions)
 	}
 	if g.hostKeys, err = loadHostKeys(context.Background(), cfg, deps.Authority); err != nil {
 		return nil, err
@@ -510,6 +511,7 @@ func (g *Gateway) recordOrRefuse(ctx context.Context, ev audit.Event) error {
 	start := time.Now()
 	err := g.spool.write(ctx, boundEvent(ev))
 	g.metrics.auditLatency.Observe(time.Since(start).Seconds())
+	g.registerSession(ev, err)
 	if err != nil {
 		g.log.Error("audit write failed", "type", ev.Type, "err", err)
 	}

@@ -221,7 +221,10 @@ func (g *Gateway) isAdmin(id *Identity) bool {
 // commandList names the commands id may run.
 func (g *Gateway) commandList(id *Identity) string {
 	var names []string
-	for _, n := range []string{"info", "lock", "unlock", "locks", "revoke", "krl", "bans", "unban", "audit"} {
+	for _, n := range []string{"info", "lock", "unlock", "locks", "revoke", "krl", "bans", "unban", "audit", "cluster"} {
+		if n == "cluster" && (g.deps.Cluster == nil || !g.isAdmin(id) && !g.isAuditor(id)) {
+			continue
+		}
 		if c, ok := g.commands[n]; ok && (!c.admin || g.isAdmin(id)) && (!c.auditor || g.isAuditor(id)) {
 			names = append(names, n)
 		}
@@ -231,15 +234,16 @@ func (g *Gateway) commandList(id *Identity) string {
 
 func (g *Gateway) builtinCommands() map[string]command {
 	return map[string]command{
-		"info":   {summary: "who you are and where you may go", run: g.cmdInfo},
-		"lock":   {summary: "lock USER [--reason TEXT]: refuse USER and end their sessions", admin: true, run: g.cmdLock},
-		"unlock": {summary: "unlock USER", admin: true, run: g.cmdUnlock},
-		"locks":  {summary: "list locked users", admin: true, run: g.cmdLocks},
-		"revoke": {summary: "revoke (--serial N | --key-id ID | --user NAME | --key KEY) [--reason TEXT]: revoke certificates and end their sessions", admin: true, run: g.cmdRevoke},
-		"krl":    {summary: "write the revocation list as an OpenSSH KRL to stdout", admin: true, run: g.cmdKRL},
-		"bans":   {summary: "list banned sources and when their bans end", admin: true, run: g.cmdBans},
-		"unban":  {summary: "unban ADDRESS: lift the ban on a source (an IPv4 address or an IPv6 /64)", admin: true, run: g.cmdUnban},
-		"audit":  {summary: "audit export|tail|sessions|play|watch: read the audit log and session recordings (auditor groups)", auditor: true, run: g.cmdAudit},
+		"info":    {summary: "who you are and where you may go", run: g.cmdInfo},
+		"lock":    {summary: "lock USER [--reason TEXT]: refuse USER and end their sessions", admin: true, run: g.cmdLock},
+		"unlock":  {summary: "unlock USER", admin: true, run: g.cmdUnlock},
+		"locks":   {summary: "list locked users", admin: true, run: g.cmdLocks},
+		"revoke":  {summary: "revoke (--serial N | --key-id ID | --user NAME | --key KEY) [--reason TEXT]: revoke certificates and end their sessions", admin: true, run: g.cmdRevoke},
+		"krl":     {summary: "write the revocation list as an OpenSSH KRL to stdout", admin: true, run: g.cmdKRL},
+		"bans":    {summary: "list banned sources and when their bans end", admin: true, run: g.cmdBans},
+		"unban":   {summary: "unban ADDRESS: lift the ban on a source (an IPv4 address or an IPv6 /64)", admin: true, run: g.cmdUnban},
+		"audit":   {summary: "audit export|tail|sessions|play|watch: read the audit log and session recordings (auditor groups)", auditor: true, run: g.cmdAudit},
+		"cluster": {summary: "cluster status [--json]: the gateways of this cluster and their live sessions (admin or auditor groups)", run: g.cmdCluster},
 	}
 }
 

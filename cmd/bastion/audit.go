@@ -31,9 +31,10 @@ func newAuditExportCommand(a *app) *cobra.Command {
 	var (
 		qf auditquery.Flags
 		rf remoteFlags
+		cf clusterFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "export [--format jsonl|csv] [filters] [--gateway HOST:PORT]",
+		Use:   "export [--format jsonl|csv] [filters] [--gateway HOST:PORT] [--cluster]",
 		Short: "Stream audit events to stdout as JSON Lines or CSV",
 		Long: `Stream audit events to stdout as JSON Lines (the verifiable form) or CSV.
 
@@ -41,16 +42,25 @@ Without --gateway it reads the log in --data-dir, which needs the gateway
 stopped (the running gateway holds the file). With --gateway it asks the
 running gateway over SSH, as your certificate's identity, which must be in
 one of the gateway's auditor_groups; the output is byte for byte what the
-offline export of the same log would write.`,
+offline export of the same log would write.
+
+With --cluster it asks every gateway of the cluster (found in etcd with
+--config, or through --gateway) and merges their events by time; each
+event names its gateway. A gateway that cannot be read is named on
+stderr and the exit status is 3.`,
 		Example: `  bastion audit export --format jsonl > audit.jsonl
   bastion audit export --format csv --since 24h --type auth.failed
   bastion audit export --type cert.issued,cert.revoked --actor operator:alice
-  bastion audit export --gateway bastion.example.com:2222 --since 2026-11-01 --type auth.*`,
+  bastion audit export --gateway bastion.example.com:2222 --since 2026-11-01 --type auth.*
+  bastion audit export --cluster --gateway bastion.example.com:2222 --since 24h`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q, err := qf.Query(time.Now())
 			if err != nil {
 				return err
+			}
+			if cf.on {
+				return a.exportCluster(cmd.Context(), cf, rf, q)
 			}
 			if rf.gateway != "" {
 				return a.runRemoteAudit(cmd.Context(), rf, "export", q)
@@ -69,6 +79,7 @@ offline export of the same log would write.`,
 	}
 	qf.Register(cmd.Flags())
 	rf.register(cmd, false)
+	cf.register(cmd, "export the logs")
 	return cmd
 }
 
@@ -188,7 +199,11 @@ func (p *progress) done() {
 }
 
 func newAuditVerifyCommand(a *app) *cobra.Command {
-	var anchorFile string
+	var (
+		anchorFile string
+		rf         remoteFlags
+		cf         clusterFlags
+	)
 	cmd := &cobra.Command{
 		Use:   "verify [--anchor FILE]",
 		Short: "Check the audit log's hash chain; exit 1 at the first edited, deleted or reordered event",
@@ -203,9 +218,19 @@ neither cut back nor rewritten up to that event, which the chain alone
 cannot show.`,
 		Example: `  bastion audit verify --data-dir /var/lib/bastion
   bastion audit verify --data-dir /var/lib/bastion | tail -1 | ssh backup 'cat >> anchors/bastion1'
-  bastion audit verify --data-dir /var/lib/bastion --anchor ./last-anchor`,
+  bastion audit verify --data-dir /var/lib/bastion --anchor ./last-anchor
+  bastion audit verify --cluster --config /etc/bastion/bastion.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cf.on {
+				if anchorFile != "" {
+					return errors.New("--anchor checks one log: use it without --cluster, with that gateway's data dir")
+				}
+				return a.verifyCluster(cmd.Context(), cf, rf)
+			}
+			if rf.gateway != "" {
+				return errors.New("verify reads --data-dir; for a running gateway use --cluster (every gateway) or ssh GATEWAY audit anchor")
+			}
 			var anchor *audit.Anchor
 			if anchorFile != "" {
 				b, err := os.ReadFile(anchorFile)
@@ -253,6 +278,8 @@ cannot show.`,
 		},
 	}
 	cmd.Flags().StringVar(&anchorFile, "anchor", "", "a file holding an anchor line printed by an earlier verify; the log must still contain that event")
+	rf.register(cmd, false)
+	cf.register(cmd, "verify the hash chains (each reported on its own line)")
 	return cmd
 }
 

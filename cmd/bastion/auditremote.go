@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -108,6 +109,12 @@ func (a *app) remoteAudit(ctx context.Context, rf remoteFlags, sub string, args 
 // gateway's host certificate against knownHosts, and relays its output.
 // A non-zero exit status becomes ours, with a message naming the command.
 func (a *app) gatewayExec(ctx context.Context, addr, user string, signer ssh.Signer, knownHosts, command string) error {
+	return a.gatewayExecTo(ctx, addr, user, signer, knownHosts, command, a.stdout, a.stderr)
+}
+
+// gatewayExecTo is gatewayExec writing the command's output to stdout and
+// stderr.
+func (a *app) gatewayExecTo(ctx context.Context, addr, user string, signer ssh.Signer, knownHosts, command string, stdout, stderr io.Writer) error {
 	hc, err := sshclient.NewHostCheck(sshclient.HostCheckConfig{KnownHosts: knownHosts})
 	if err != nil {
 		return err
@@ -117,7 +124,7 @@ func (a *app) gatewayExec(ctx context.Context, addr, user string, signer ssh.Sig
 		return err
 	}
 	defer conn.Close()
-	status, err := conn.Exec(ctx, command, nil, a.stdout, a.stderr)
+	status, err := conn.Exec(ctx, command, nil, stdout, stderr)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,6 +15,7 @@ func newAuditSessionsCommand(a *app) *cobra.Command {
 	var (
 		sf auditquery.SessionFlags
 		rf remoteFlags
+		cf clusterFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "sessions [--since T] [--until T] [--user U] [--target HOST] [--active] [--json] [--gateway HOST:PORT]",
@@ -28,12 +30,16 @@ Without --gateway it reads the log in --data-dir (gateway stopped); with
 which must be in one of its auditor_groups.`,
 		Example: `  bastion audit sessions --since 24h
   bastion audit sessions --user alice --target web1 --json
-  bastion audit sessions --gateway bastion.example.com:2222 --active`,
+  bastion audit sessions --gateway bastion.example.com:2222 --active
+  bastion audit sessions --cluster --gateway bastion.example.com:2222 --active`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q, err := sf.Query(time.Now())
 			if err != nil {
 				return err
+			}
+			if cf.on {
+				return a.sessionsCluster(cmd.Context(), cf, rf, q)
 			}
 			if rf.gateway != "" {
 				return a.runRemoteAuditArgs(cmd.Context(), rf, "sessions", q.Args())
@@ -52,6 +58,7 @@ which must be in one of its auditor_groups.`,
 	}
 	sf.Register(cmd.Flags())
 	rf.register(cmd, false)
+	cf.register(cmd, "list the sessions (with --active: the cluster's live ones)")
 	return cmd
 }
 
@@ -59,6 +66,7 @@ func newAuditPlayCommand(a *app) *cobra.Command {
 	var (
 		pf auditquery.PlayFlags
 		rf remoteFlags
+		cf clusterFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "play SESSION [--speed N] [--idle-limit D] [--format terminal|asciicast|text] [--gateway HOST:PORT]",
@@ -81,6 +89,11 @@ Without --gateway it reads the log in --data-dir (gateway stopped); with
 			if err != nil {
 				return err
 			}
+			if cf.on {
+				if rf, err = a.holderOf(cmd.Context(), cf, rf, q.Session); err != nil {
+					return err
+				}
+			}
 			if rf.gateway != "" {
 				return a.runRemoteAuditArgs(cmd.Context(), rf, "play", q.Args())
 			}
@@ -96,6 +109,7 @@ Without --gateway it reads the log in --data-dir (gateway stopped); with
 	}
 	pf.Register(cmd.Flags())
 	rf.register(cmd, false)
+	cf.registerHolder(cmd)
 	return cmd
 }
 
@@ -103,6 +117,7 @@ func newAuditWatchCommand(a *app) *cobra.Command {
 	var (
 		pf auditquery.PlayFlags
 		rf remoteFlags
+		cf clusterFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "watch SESSION --gateway HOST:PORT [--format terminal|text]",
@@ -119,6 +134,14 @@ Needs membership of one of the gateway's auditor_groups.`,
 			if err != nil {
 				return err
 			}
+			if cf.on {
+				if rf, err = a.holderOf(cmd.Context(), cf, rf, q.Session); err != nil {
+					return err
+				}
+			}
+			if rf.gateway == "" {
+				return errors.New("say which gateway: --gateway HOST:PORT, or --cluster (with --gateway or --config) to find the gateway holding the session")
+			}
 			err = a.runRemoteAuditArgs(cmd.Context(), rf, "watch", q.Args())
 			if err != nil && cmd.Context().Err() != nil {
 				return nil // an interrupted watch is a normal end
@@ -127,7 +150,8 @@ Needs membership of one of the gateway's auditor_groups.`,
 		},
 	}
 	pf.Register(cmd.Flags())
-	rf.register(cmd, true)
+	rf.register(cmd, false)
+	cf.registerHolder(cmd)
 	return cmd
 }
 

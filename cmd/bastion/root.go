@@ -105,6 +105,7 @@ root logins are refused by construction; every attempt is audited.`,
 		newBansCommand(a),
 		newUnbanCommand(a),
 		newAlertsCommand(a),
+		newClusterCommand(a),
 	)
 	return root
 }

@@ -119,8 +119,13 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	if err := ca.SavePolicy(layout, policy); err != nil {
 		return nil, err
 	}
-	store, err := openAuditLog(ctx, layout, audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention),
-		RecordingMaxBytes: int64(f.Recording.MaxBytesPerSession)}, newLog, "gateway", stderr)
+	opts := audit.Options{Timeout: time.Second, Logger: logger, Retention: time.Duration(f.Audit.Retention),
+		RecordingMaxBytes: int64(f.Recording.MaxBytesPerSession)}
+	if f.Cluster != nil {
+		// In a cluster every event names the gateway that wrote it.
+		opts.GatewayID = f.Cluster.GatewayID
+	}
+	store, err := openAuditLog(ctx, layout, opts, newLog, "gateway", stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +176,11 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	// failing, descriptors running out), straight to the webhooks.
 	deps := gateway.Deps{Authority: auth, Audit: store, Registry: reg, Recordings: gateway.StoreRecordings{Store: store}, Cluster: cl}
 	if f.Alerts != nil {
-		if alerts, err = startAlerts(f, store, reg, logger); err != nil {
+		var claimer alert.Claimer
+		if cl != nil {
+			claimer = cl // alerts de-duplicated across the cluster
+		}
+		if alerts, err = startAlerts(f, store, reg, logger, claimer); err != nil {
 			return fail(err)
 		}
 		deps.Alerter = alerts.engine
@@ -224,8 +233,12 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 			_, real, _ := net.SplitHostPort(rt.sshAddr)
 			adv = net.JoinHostPort(host, real)
 		}
-		if err := cl.Join(ctx, cluster.Member{SSHAddr: adv, Started: time.Now().UTC()}); err != nil {
+		m := cluster.Member{SSHAddr: adv, Started: time.Now().UTC()}
+		if err := cl.Join(ctx, m); err != nil {
 			logger.Warn("not yet in the cluster's member list", "err", err)
+		}
+		if err := cl.Remember(ctx, m); err != nil {
+			logger.Warn("not recorded among the cluster's known gateways; cluster-wide audit reads will not miss it while it runs", "err", err)
 		}
 	}
 	return rt, nil
@@ -351,12 +364,12 @@ type alertRuntime struct {
 }
 
 // startAlerts starts the alert engine on the store's live feed.
-func startAlerts(f *config.File, store *audit.Store, reg prometheus.Registerer, logger *slog.Logger) (*alertRuntime, error) {
+func startAlerts(f *config.File, store *audit.Store, reg prometheus.Registerer, logger *slog.Logger, claimer alert.Claimer) (*alertRuntime, error) {
 	cfg, err := alertConfig(f, logger)
 	if err != nil {
 		return nil, err
 	}
-	eng, err := alert.New(cfg, alert.Deps{Store: store, Registry: reg})
+	eng, err := alert.New(cfg, alert.Deps{Store: store, Registry: reg, Cluster: claimer})
 	if err != nil {
 		return nil, err
 	}

@@ -96,3 +96,13 @@ func (d *dedupe) gc(now time.Time) {
 		d.keys.RemoveOldest()
 	}
 }
+
+// window is how long, from now, the key's current cooldown holds back
+// its next alert: the de-duplication window a cluster claims it for.
+func (d *dedupe) window(rule, key string, now time.Time) time.Duration {
+	ks, _ := d.keys.Peek(rule + "\x00" + key)
+	if ks == nil || !ks.next.After(now) {
+		return d.cooldown
+	}
+	return ks.next.Sub(now)
+}

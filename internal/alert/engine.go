@@ -21,7 +21,21 @@ type Deps struct {
 	Store Store
 	// Registry receives the engine's metrics; nil registers nowhere.
 	Registry prometheus.Registerer
+	// Cluster, when set (gateways sharing etcd), de-duplicates alerts
+	// across gateways: an alert that passes this gateway's limits goes
+	// out only if this gateway is the first in the cluster to claim its
+	// rule and key for the key's cooldown. *cluster.Cluster is one.
+	Cluster Claimer
 }
+
+// Claimer claims a key once cluster-wide for ttl (cluster.Cluster.Claim).
+type Claimer interface {
+	Claim(ctx context.Context, kind, id string, ttl time.Duration) (bool, error)
+}
+
+// claimTimeout bounds one cluster claim; past it the alert goes out (a
+// duplicate is better than a lost alert).
+const claimTimeout = 3 * time.Second
 
 // Engine evaluates the rules on audit events and delivers the alerts.
 type Engine struct {
@@ -32,6 +46,9 @@ type Engine struct {
 	dedupe  *dedupe
 	metrics *metrics
 	sinks   []*sink
+	cluster Claimer
+	// claims are alerts waiting for their cluster claim.
+	claims sync.WaitGroup
 
 	// stop ends when Close gives up waiting: in-flight attempts are
 	// canceled and what is left becomes dead letters.
@@ -58,11 +75,12 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 		return nil, fmt.Errorf("alert: read the new_source set: %w", err)
 	}
 	e := &Engine{
-		cfg:    cfg,
-		store:  deps.Store,
-		log:    cfg.Logger,
-		eval:   newEvaluator(cfg.Rules, sources),
-		dedupe: newDedupe(cfg),
+		cfg:     cfg,
+		store:   deps.Store,
+		log:     cfg.Logger,
+		eval:    newEvaluator(cfg.Rules, sources),
+		dedupe:  newDedupe(cfg),
+		cluster: deps.Cluster,
 	}
 	e.stop, e.giveUp = context.WithCancel(context.Background())
 	e.metrics = newMetrics(deps.Registry, e.droppedEvents)
@@ -109,10 +127,46 @@ func (e *Engine) Observe(ev audit.Event) {
 			ID: newAlertID(), Rule: c.rule, Key: c.key, Text: c.text, Source: e.cfg.Source,
 			Time: e.cfg.Now().UTC(), Count: c.count, Suppressed: suppressed, Event: c.ev,
 		}
-		e.metrics.raised.WithLabelValues(c.rule).Inc()
-		e.log.Info("alert raised", "rule", a.Rule, "key", a.Key, "text", a.Text)
-		e.enqueue(a)
+		if e.cluster != nil {
+			// The claim waits on etcd, so it runs beside the feed; the
+			// local limits above already keep these few.
+			window := e.dedupe.window(c.rule, c.key, ev.Time)
+			e.claims.Add(1)
+			go func() {
+				defer e.claims.Done()
+				if e.claimCluster(a, window) {
+					e.raise(a)
+				}
+			}()
+			continue
+		}
+		e.raise(a)
 	}
+}
+
+// raise counts, logs and queues an alert that passed de-duplication.
+func (e *Engine) raise(a Alert) {
+	e.metrics.raised.WithLabelValues(a.Rule).Inc()
+	e.log.Info("alert raised", "rule", a.Rule, "key", a.Key, "text", a.Text)
+	e.enqueue(a)
+}
+
+// claimCluster reports whether this gateway is the first in the cluster
+// to raise a's rule and key within window. When etcd cannot say, the
+// alert goes out.
+func (e *Engine) claimCluster(a Alert, window time.Duration) bool {
+	ctx, cancel := context.WithTimeout(e.stop, claimTimeout)
+	defer cancel()
+	first, err := e.cluster.Claim(ctx, "alert", a.Rule+"\x00"+a.Key, window)
+	if err != nil {
+		e.log.Warn("could not de-duplicate an alert across the cluster; sending it", "rule", a.Rule, "key", a.Key, "err", err)
+		return true
+	}
+	if !first {
+		e.metrics.suppressed.WithLabelValues(a.Rule).Inc()
+		e.log.Debug("alert already raised by another gateway", "rule", a.Rule, "key", a.Key)
+	}
+	return first
 }
 
 // Raise sends an alert that no audit event stands behind straight to the
@@ -149,6 +203,7 @@ func (e *Engine) enqueue(a Alert) {
 // and recorded while the store is open). Call it before closing the
 // store.
 func (e *Engine) Close(ctx context.Context) error {
+	e.claims.Wait() // bounded by claimTimeout
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()

@@ -112,8 +112,12 @@ type Cluster struct {
 	onHealth []func(healthy bool)
 	healthy  bool
 
+	// runCtx lives until Close; the registry's goroutines run under it.
+	runCtx context.Context
 	cancel context.CancelFunc
 	done   sync.WaitGroup
+	// reg is the live-session registry (sessions.go).
+	reg registry
 }
 
 // ErrStale is Admit's error while this gateway cannot vouch for the
@@ -169,10 +173,14 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Cluster, error) {
 	}
 	c.healthy = true
 	runCtx, stop := context.WithCancel(context.Background())
-	c.cancel = stop
-	c.done.Add(2)
+	c.runCtx, c.cancel = runCtx, stop
+	c.reg.init()
+	c.onLease = append(c.onLease, c.resumeSessions)
+	c.done.Add(4)
 	go c.leaseLoop(runCtx)
 	go c.probeLoop(runCtx)
+	go c.registryLoop(runCtx)
+	go c.lostLoop(runCtx)
 	return c, nil
 }
 
