@@ -51,3 +51,40 @@ func TestClusterPropagationFigures(t *testing.T) {
 		return ok
 	})
 }
+
+// TestClusterJumpSetupFigures measures `ssh -J … true` set-up, median of
+// 21, through a gateway without a cluster: block and through one in a
+// cluster (3-member etcd: admission, claims and the session registry on
+// the path), interleaved in one run, and reports the ratio. It fails only
+// when the cluster more than doubles the set-up time.
+func TestClusterJumpSetupFigures(t *testing.T) {
+	single := startGateway(t)
+	tc := startTestCluster(t, clusterOptions{gateways: 1})
+	clustered := tc.gws[0]
+	ctx := t.Context()
+	cs, cc := single.client(ca.Request{KeyID: "fig-single"}), clustered.client(ca.Request{KeyID: "fig-cluster"})
+	var ds, dc []time.Duration
+	for i := range 22 {
+		start := time.Now()
+		if res := cs.Run(ctx, "ssh", single.jumpArgs(single.user, "true")...); res.ExitCode != 0 {
+			t.Fatalf("jump through the single gateway: %s", res)
+		}
+		d1 := time.Since(start)
+		start = time.Now()
+		if res := cc.Run(ctx, "ssh", clustered.jumpArgs(clustered.user, "true")...); res.ExitCode != 0 {
+			t.Fatalf("jump through the clustered gateway: %s", res)
+		}
+		d2 := time.Since(start)
+		if i == 0 {
+			continue // warm-up
+		}
+		ds, dc = append(ds, d1), append(dc, d2)
+	}
+	slices.Sort(ds)
+	slices.Sort(dc)
+	ms, mc := ds[len(ds)/2], dc[len(dc)/2]
+	t.Logf("ssh -J … true set-up, median of %d: without cluster %s, with cluster %s, ratio %.2f×", len(ds), ms.Round(time.Millisecond), mc.Round(time.Millisecond), float64(mc)/float64(ms))
+	if mc > 2*ms {
+		t.Errorf("the cluster more than doubles jump set-up: %s vs %s", mc, ms)
+	}
+}
