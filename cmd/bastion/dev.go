@@ -228,7 +228,8 @@ func (e *devEnv) start(ctx context.Context, o devOptions) error {
 				return err
 			}
 			f.CA.Dir = layout.Dir()
-			f.Cluster = &config.Cluster{GatewayID: id, Etcd: config.Etcd{Endpoints: endpoints}}
+			// No balancer in front of a dev cluster: nothing to drain.
+			f.Cluster = &config.Cluster{GatewayID: id, Etcd: config.Etcd{Endpoints: endpoints}, Drain: config.Duration(time.Millisecond)}
 		}
 		if err := f.Validate(); err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,23 +13,46 @@ import (
 	"time"
 )
 
-// rrProxy is a TCP load balancer for tests: each connection goes to the
-// next backend round robin, and to the one after when a backend refuses
-// the connection (a plain TCP balancer's failover).
+// rrProxy is a TCP load balancer for tests, as HAProxy is configured in
+// the compose demo: each connection goes to the next healthy backend
+// (GET /healthz answers 200, checked every 100ms) round robin, and to the
+// one after when a backend refuses the connection.
 type rrProxy struct {
 	ln       net.Listener
 	backends []string
+	health   []string
+	healthy  []atomic.Bool
 	next     atomic.Uint64
 	wg       sync.WaitGroup
 }
 
-func startRRProxy(t *testing.T, backends []string) *rrProxy {
+func startRRProxy(t *testing.T, backends, health []string) *rrProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &rrProxy{ln: ln, backends: backends}
+	p := &rrProxy{ln: ln, backends: backends, health: health, healthy: make([]atomic.Bool, len(backends))}
+	done := make(chan struct{})
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		hc := &http.Client{Timeout: time.Second}
+		for {
+			for i, u := range p.health {
+				resp, err := hc.Get("http://" + u + "/healthz")
+				p.healthy[i].Store(err == nil && resp.StatusCode == http.StatusOK)
+				if err == nil {
+					resp.Body.Close()
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -41,7 +65,7 @@ func startRRProxy(t *testing.T, backends []string) *rrProxy {
 			go func() { defer p.wg.Done(); p.serve(c) }()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
+	t.Cleanup(func() { close(done); ln.Close(); p.wg.Wait() })
 	return p
 }
 
@@ -49,9 +73,18 @@ func (p *rrProxy) serve(c net.Conn) {
 	defer c.Close()
 	start := p.next.Add(1)
 	var up net.Conn
-	for i := range len(p.backends) {
-		var err error
-		if up, err = net.DialTimeout("tcp", p.backends[(int(start)+i)%len(p.backends)], 2*time.Second); err == nil {
+	for _, healthyOnly := range []bool{true, false} {
+		for i := range len(p.backends) {
+			j := (int(start) + i) % len(p.backends)
+			if healthyOnly && !p.healthy[j].Load() {
+				continue
+			}
+			var err error
+			if up, err = net.DialTimeout("tcp", p.backends[j], 2*time.Second); err == nil {
+				break
+			}
+		}
+		if up != nil {
 			break
 		}
 	}
@@ -68,16 +101,19 @@ func (p *rrProxy) serve(c net.Conn) {
 
 // TestClusterRollingRestart restarts every gateway of a two-gateway
 // cluster (real `bastion serve` processes on a 3-member etcd), one at a
-// time with SIGTERM, behind a round-robin TCP balancer, while a client
-// makes new `ssh -J … true` jumps through the balancer back to back: every
-// jump succeeds, before, during and after each restart.
+// time with SIGTERM, behind a round-robin TCP balancer that health-checks
+// /healthz, while a client makes new `ssh -J … true` jumps through the
+// balancer back to back: every jump succeeds, before, during and after
+// each restart. Without cluster.drain (a stopping gateway answering 503
+// before it closes its listener) a jump that reached a gateway as it
+// stopped was dropped before the SSH banner.
 func TestClusterRollingRestart(t *testing.T) {
 	env := startClusterGateways(t, 2)
-	var addrs []string
+	var addrs, health []string
 	for _, g := range env.gw {
-		addrs = append(addrs, g.SSHAddr)
+		addrs, health = append(addrs, g.SSHAddr), append(health, g.MetricsAddr)
 	}
-	lb := startRRProxy(t, addrs)
+	lb := startRRProxy(t, addrs, health)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -91,6 +92,10 @@ type gatewayRuntime struct {
 	sshAddr     string
 	metricsAddr string
 	served      chan error
+	// drain is how long stop keeps serving with /healthz at 503 first
+	// (cluster.drain), draining is set meanwhile.
+	drain    time.Duration
+	draining atomic.Bool
 }
 
 // startRuntime opens the data dir, builds the gateway and starts serving
@@ -194,6 +199,9 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		return fail(fmt.Errorf("listen on %s: %w%s", gc.Listen, err, gateway.ListenHint(err)))
 	}
 	rt := &gatewayRuntime{gw: gw, auth: auth, store: store, alerts: alerts, cluster: cl, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
+	if f.Cluster != nil {
+		rt.drain = time.Duration(f.Cluster.Drain)
+	}
 	if f.MetricsListen != "" {
 		mln, err := net.Listen("tcp", f.MetricsListen)
 		if err != nil {
@@ -204,6 +212,12 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if rt.draining.Load() {
+				// Stopping: the balancer should send new users elsewhere
+				// before the listener closes (cluster.drain).
+				http.Error(w, "stopping: new connections should go to another gateway", http.StatusServiceUnavailable)
+				return
+			}
 			if !gw.AuditAvailable() {
 				// Load balancers and probes take the gateway out: it
 				// refuses every login until the log takes writes.
@@ -332,6 +346,10 @@ func readSecretFile(path string) (string, error) {
 
 // stop shuts the gateway down gracefully and closes the audit log.
 func (rt *gatewayRuntime) stop() error {
+	if rt.drain > 0 {
+		rt.draining.Store(true)
+		time.Sleep(rt.drain)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	err := rt.gw.Shutdown(ctx)

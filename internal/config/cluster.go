@@ -30,6 +30,12 @@ type Cluster struct {
 	// sessions on the last state it saw while etcd is unreachable
 	// (default 30s).
 	MaxStaleness Duration `yaml:"max_staleness"`
+	// Drain is how long a stopping gateway keeps serving with /healthz
+	// answering 503 before it stops accepting connections, so that load
+	// balancers send new connections to the other gateways first
+	// (default 2s; set it above your balancer's health-check interval
+	// times its failure count).
+	Drain Duration `yaml:"drain"`
 }
 
 // The environment variables that stand in for cluster.gateway_id and
@@ -104,6 +110,12 @@ func (f *File) validateCluster() error {
 	}
 	if time.Duration(c.MaxStaleness) < time.Second {
 		return fmt.Errorf("cluster.max_staleness: %s is too short: use 1s or more (default 30s)", time.Duration(c.MaxStaleness))
+	}
+	if c.Drain == 0 {
+		c.Drain = Duration(2 * time.Second)
+	}
+	if c.Drain < 0 || time.Duration(c.Drain) > 5*time.Minute {
+		return fmt.Errorf("cluster.drain: %s is out of range: use 0s to 5m (default 2s)", time.Duration(c.Drain))
 	}
 	e := &c.Etcd
 	if len(e.Endpoints) == 0 {

@@ -103,3 +103,18 @@ func TestClusterIdentityFromEnvironment(t *testing.T) {
 		t.Errorf("a bad id from the environment: %v", err)
 	}
 }
+
+// TestClusterDrain: cluster.drain defaults to 2s and is bounded.
+func TestClusterDrain(t *testing.T) {
+	block := "data_dir: /d\ncluster:\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n"
+	f, err := Parse([]byte(block))
+	if err != nil || time.Duration(f.Cluster.Drain) != 2*time.Second {
+		t.Fatalf("default drain: %v, %v", f.Cluster.Drain, err)
+	}
+	if f, err := Parse([]byte(block + "  drain: 10s\n")); err != nil || time.Duration(f.Cluster.Drain) != 10*time.Second {
+		t.Errorf("drain 10s: %v", err)
+	}
+	if _, err := Parse([]byte(block + "  drain: 1h\n")); err == nil || !strings.Contains(err.Error(), "cluster.drain") {
+		t.Errorf("drain 1h: %v, want an error naming cluster.drain", err)
+	}
+}
