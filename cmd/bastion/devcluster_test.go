@@ -5,7 +5,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -90,6 +92,14 @@ func TestDevClusterLockStepsVerbatim(t *testing.T) {
 		}
 	}
 
+	// A descriptor the held command inherits (no close-on-exec): once the
+	// session is cut, no process may still hold it (the demo host hangs
+	// up the command; it must not run on as an orphan).
+	marker := filepath.Join(t.TempDir(), "held-marker")
+	fd, err := syscall.Open(marker, syscall.O_CREAT|syscall.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
 	held := make(chan error, 1)
 	var heldOut string
 	go func() {
@@ -130,8 +140,42 @@ func TestDevClusterLockStepsVerbatim(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a lock through gw-2 did not end alice's session through gw-1 within 10s")
 	}
+	syscall.Close(fd)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		holders := markerHolders(marker)
+		if len(holders) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("processes %v still run the cut session's command 5s after the cut", holders)
+			for _, pid := range holders {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	jump := stepLines(t, text, "Jump to the demo host", 1)[0]
 	if out, err := acct.sh(ctx, t, jump+" echo through-the-gateway", nil); err == nil || strings.Contains(out, "through-the-gateway") {
 		t.Errorf("a locked alice jumped through gw-1:\n%s", out)
 	}
+}
+
+// markerHolders are the processes with path open.
+func markerHolders(path string) []int {
+	var pids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		fds, _ := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
+		for _, f := range fds {
+			if l, err := os.Readlink(filepath.Join("/proc", p.Name(), "fd", f.Name())); err == nil && l == path {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
 }
