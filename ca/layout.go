@@ -32,13 +32,25 @@ func (k Kind) fileName() string { return string(k) + "_ca" }
 //	DATA_DIR/ca/user_ca.previous.pub  older user CA keys still trusted after `ca rotate`
 //	DATA_DIR/ca/host_ca, host_ca.pub, host_ca.previous.pub  the same for hosts
 //	DATA_DIR/audit.db                 the audit log (package audit)
+//
+// KeyDir, when set (the configuration's ca.dir), holds the key files
+// instead of DATA_DIR/ca: gateways of a cluster each keep their own data
+// directory (bbolt holds its file locked) and read the same CA key files,
+// such as a Kubernetes Secret copied into a memory volume.
 type Layout struct {
 	// DataDir is bastion's data directory (--data-dir).
 	DataDir string
+	// KeyDir is where the CA key files live; empty means DATA_DIR/ca.
+	KeyDir string
 }
 
-// Dir is DATA_DIR/ca.
-func (l Layout) Dir() string { return filepath.Join(l.DataDir, "ca") }
+// Dir is the directory of the CA key files: KeyDir, or DATA_DIR/ca.
+func (l Layout) Dir() string {
+	if l.KeyDir != "" {
+		return l.KeyDir
+	}
+	return filepath.Join(l.DataDir, "ca")
+}
 
 // PrivateKey is the path of the kind's current private key.
 func (l Layout) PrivateKey(k Kind) string { return filepath.Join(l.Dir(), k.fileName()) }

@@ -13,8 +13,10 @@ import (
 
 // PolicyFile is DATA_DIR/ca/policy.json: the signing policy the gateway
 // last ran with, so that every path that signs (bastion ca sign on the same
-// data dir included) applies the one policy the configuration sets.
-func (l Layout) PolicyFile() string { return filepath.Join(l.Dir(), "policy.json") }
+// data dir included) applies the one policy the configuration sets. It
+// stays in the data dir when the keys live elsewhere (Layout.KeyDir): the
+// key directory may be a read-only mount shared by several gateways.
+func (l Layout) PolicyFile() string { return filepath.Join(l.DataDir, "ca", "policy.json") }
 
 // SavePolicy records p as the data dir's signing policy, atomically
 // (temporary file, fsync, rename, fsync of the directory).
@@ -22,6 +24,9 @@ func SavePolicy(l Layout, p Policy) error {
 	data, err := json.MarshalIndent(p, "", "  ")
 	if err != nil {
 		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(l.PolicyFile()), 0o700); err != nil {
+		return fmt.Errorf("ca: save signing policy: %w", err)
 	}
 	if err := atomicfile.WriteFile(l.PolicyFile(), append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("ca: save signing policy: %w", err)

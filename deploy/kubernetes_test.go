@@ -12,6 +12,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	kjson "sigs.k8s.io/json"
@@ -28,6 +29,7 @@ type manifests struct {
 	services     []*corev1.Service
 	statefulSets []*appsv1.StatefulSet
 	policies     []*networkingv1.NetworkPolicy
+	budgets      []*policyv1.PodDisruptionBudget
 	kustomize    *kustomization
 	files        []string
 }
@@ -59,11 +61,13 @@ func decodeStrict(doc []byte, into any) error {
 	return errors.Join(strictErrs...)
 }
 
-func loadManifests(t *testing.T) *manifests {
+// loadManifests decodes every *.yaml in dir (deploy/kubernetes or its
+// cluster/ variant) strictly.
+func loadManifests(t *testing.T, dir string) *manifests {
 	t.Helper()
-	files, err := filepath.Glob("kubernetes/*.yaml")
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no manifests in deploy/kubernetes: %v", err)
+		t.Fatalf("no manifests in deploy/%s: %v", dir, err)
 	}
 	m := &manifests{}
 	for _, f := range files {
@@ -100,6 +104,9 @@ func loadManifests(t *testing.T) *manifests {
 			case "networking.k8s.io/v1 NetworkPolicy":
 				o := &networkingv1.NetworkPolicy{}
 				m.policies, obj = append(m.policies, o), o
+			case "policy/v1 PodDisruptionBudget":
+				o := &policyv1.PodDisruptionBudget{}
+				m.budgets, obj = append(m.budgets, o), o
 			case "kustomize.config.k8s.io/v1beta1 Kustomization":
 				m.kustomize = &kustomization{}
 				obj = m.kustomize
@@ -143,7 +150,7 @@ func TestKubernetesStrictDecodingCatchesTypos(t *testing.T) {
 }
 
 func TestKubernetesManifests(t *testing.T) {
-	m := loadManifests(t)
+	m := loadManifests(t, "kubernetes")
 	if len(m.statefulSets) != 1 || len(m.configMaps) != 1 || len(m.secrets) != 1 || len(m.policies) != 1 || len(m.namespaces) != 1 {
 		t.Fatalf("want one each of StatefulSet, ConfigMap, Secret, NetworkPolicy, Namespace; got %d %d %d %d %d",
 			len(m.statefulSets), len(m.configMaps), len(m.secrets), len(m.policies), len(m.namespaces))

@@ -141,7 +141,7 @@ func startBenchGateway(b *testing.B, port int) *benchGateway {
 // startBenchGatewayWith is startBenchGateway with a hook that can change
 // the configuration (for example turn on the login service) once the CA
 // exists.
-func startBenchGatewayWith(b *testing.B, port int, configure func(*Config, *ca.Authority)) *benchGateway {
+func startBenchGatewayWith(b *testing.B, port int, configure func(*Config, *ca.Authority), deps ...func(*Deps)) *benchGateway {
 	b.Helper()
 	layout := ca.Layout{DataDir: b.TempDir()}
 	if _, _, err := ca.Init(layout, ca.InitOptions{}); err != nil {
@@ -167,7 +167,11 @@ func startBenchGatewayWith(b *testing.B, port int, configure func(*Config, *ca.A
 	if configure != nil {
 		configure(&cfg, auth)
 	}
-	gw, err := New(cfg, Deps{Authority: auth, Audit: store})
+	d := Deps{Authority: auth, Audit: store}
+	for _, f := range deps {
+		f(&d)
+	}
+	gw, err := New(cfg, d)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -38,6 +38,10 @@ type connState struct {
 	slotOnce    sync.Once
 	closeOnce   sync.Once
 	closeReason atomic.Pointer[string]
+	// bar holds back the end of a connection barred while it runs lock
+	// or revoke (barHold), so that an admin who locks or revokes
+	// themselves gets the reply and exit status first.
+	bar barHold
 	// auditRefused is set when the connection's auth.ok could not be
 	// made durable: every channel and request is refused.
 	auditRefused atomic.Bool
@@ -236,5 +240,46 @@ type trackedConn struct {
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
 	c.onClose()
+	return err
+}
+
+// barHold defers ending a connection barred by a re-check while the
+// connection runs a command that changes the revocation state: the
+// command's own reply comes first, then the connection ends (release).
+// Nothing else of a barred connection runs: the command is one exec, its
+// channel closes with the reply.
+type barHold struct {
+	mu      sync.Mutex
+	held    bool
+	pending error
+}
+
+// hold starts deferring.
+func (b *barHold) hold() {
+	b.mu.Lock()
+	b.held = true
+	b.mu.Unlock()
+}
+
+// deferBar records err for release and reports true while held.
+func (b *barHold) deferBar(err error) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.held {
+		return false
+	}
+	if b.pending == nil {
+		b.pending = err
+	}
+	return true
+}
+
+// release stops deferring and returns the bar that came meanwhile, if any.
+func (b *barHold) release() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.held = false
+	err := b.pending
+	b.pending = nil
 	return err
 }

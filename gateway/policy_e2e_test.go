@@ -333,3 +333,31 @@ func x11Payload(req string) []byte {
 		Screen   uint32
 	}{false, "MIT-MAGIC-COOKIE-1", "00112233445566778899aabbccddeeff", 0})
 }
+
+// TestSelfLockReplies: an admin who locks themselves gets the reply and
+// exit status 0 before the connection ends (the re-check the lock sets
+// off used to cut the connection first: exit 255, no reply), and is
+// refused from then on; the same for a revoke of their own key id.
+func TestSelfLockReplies(t *testing.T) {
+	tg := startGateway(t)
+	ctx := t.Context()
+	for _, tc := range []struct{ keyID, principal, verb string }{
+		{"self-lock", "selflocker", "lock"},
+		{"self-revoke", "selfrevoker", "revoke"},
+	} {
+		t.Run(tc.verb, func(t *testing.T) {
+			admin := tg.client(ca.Request{KeyID: tc.keyID, Principals: []string{tc.principal}, Groups: []string{"admins"}})
+			args := []string{tc.verb, tc.principal}
+			if tc.verb == "revoke" {
+				args = []string{"revoke", "--key-id", tc.keyID}
+			}
+			res := admin.Run(ctx, "ssh", tg.gatewayArgs(tc.principal, args...)...)
+			if res.ExitCode != 0 || res.Stdout == "" {
+				t.Fatalf("%s of oneself: %s", tc.verb, res)
+			}
+			if res := admin.Run(ctx, "ssh", tg.gatewayArgs(tc.principal, "info")...); res.ExitCode == 0 {
+				t.Fatalf("after %s of oneself, the admin still gets in: %s", tc.verb, res)
+			}
+		})
+	}
+}

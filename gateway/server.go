@@ -633,7 +633,7 @@ func (g *Gateway) recheckAll() {
 	g.mu.Unlock()
 	for _, cs := range conns {
 		if id := cs.identity; id != nil {
-			if err := g.checker.recheck(id); err != nil {
+			if err := g.checker.recheck(id); err != nil && !cs.bar.deferBar(err) {
 				g.endBarred(cs, id, err)
 			}
 		}

@@ -124,6 +124,9 @@ func (g *Gateway) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc 
 			}
 			ch.CloseWrite()
 			ch.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{uint32(status)}))
+			if err := cs.bar.release(); err != nil {
+				g.endBarred(cs, id, err)
+			}
 			return
 		default:
 			// auth-agent-req@openssh.com, x11-req, subsystem and the rest.
@@ -145,6 +148,11 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 		name, args = args[0], args[1:]
 	}
 	cmd, ok := g.commands[name]
+	if ok && cmd.admin && (name == "lock" || name == "revoke") && g.isAdmin(id) {
+		// An admin locking or revoking themselves learns that it took
+		// before the connection ends (the caller releases the hold).
+		cs.bar.hold()
+	}
 	status := 127
 	refused := false
 	// A command's output is what it gives the user, so it is held back

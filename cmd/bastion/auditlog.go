@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -21,7 +22,7 @@ import (
 // audit.new_log, says who started it and what was moved.
 func openAuditLog(ctx context.Context, layout ca.Layout, opts audit.Options, newLog bool, actor string, stderr io.Writer) (*audit.Store, error) {
 	path := layout.AuditDB()
-	opts.MustExist = layout.Exists() && !newLog
+	opts.MustExist = logExpected(layout) && !newLog
 	var moved string
 	if fi, err := os.Stat(path); newLog && err == nil && fi.Size() == 0 {
 		// Keep even an empty file in sight: it says the log was wiped.
@@ -51,4 +52,18 @@ func openAuditLog(ctx context.Context, layout ca.Layout, opts audit.Options, new
 		}
 	}
 	return store, nil
+}
+
+// logExpected says whether layout's data dir must already have an audit
+// log. A data dir holding its CA keys got its log with them (`bastion ca
+// init`). With the keys elsewhere (ca.dir, shared by a cluster's
+// gateways) a gateway's first start makes the log, and its host key,
+// written after the log, marks a data dir that has served: from then on a
+// missing log is a wiped one.
+func logExpected(layout ca.Layout) bool {
+	if layout.KeyDir == "" {
+		return layout.Exists()
+	}
+	_, err := os.Stat(filepath.Join(layout.DataDir, "gateway", "ssh_host_ed25519_key"))
+	return err == nil
 }

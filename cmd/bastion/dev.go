@@ -28,10 +28,12 @@ import (
 	"github.com/bastion-ssh/bastion/internal/config"
 	"github.com/bastion-ssh/bastion/internal/devidp"
 	"github.com/bastion-ssh/bastion/internal/devtarget"
+	"github.com/bastion-ssh/bastion/internal/etcdembed"
 )
 
 func newDevCommand(a *app) *cobra.Command {
 	var listen, idpListen, target string
+	var gateways int
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run the whole product on loopback: a CA, a development OIDC provider, the gateway and a demo host",
@@ -42,9 +44,16 @@ service, and a demo host behind it (a local sshd when one can run as you,
 otherwise a built-in SSH host that trusts the user CA and runs commands,
 ptys, scp, sftp, rsync and git; as root, both run them as the account
 bastion-demo, created on first use). It prints the
-commands to try next. Stop it with Ctrl-C.`,
+commands to try next. Stop it with Ctrl-C.
+
+With --gateways N (N > 1) it also starts an embedded etcd under the data
+directory and runs N gateways (gw-1 … gw-N, on consecutive ports from
+--listen) that share it, one CA and one identity provider: a cluster on
+loopback, where a lock through one gateway ends a session held through
+another.`,
 		Example: `  bastion dev
-  bastion dev --listen 127.0.0.1:2200 --data-dir ./dev-data`,
+  bastion dev --listen 127.0.0.1:2200 --data-dir ./dev-data
+  bastion dev --gateways 2`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dataDir := a.dataDir
@@ -57,7 +66,7 @@ commands to try next. Stop it with Ctrl-C.`,
 				fmt.Fprint(a.stderr, tempDataDirNote(dir))
 				dataDir = dir
 			}
-			env, err := startDev(cmd.Context(), devOptions{DataDir: dataDir, Listen: listen, IdPListen: idpListen, Target: target, Log: a.stderr})
+			env, err := startDev(cmd.Context(), devOptions{DataDir: dataDir, Listen: listen, IdPListen: idpListen, Target: target, Gateways: gateways, Log: a.stderr})
 			if err != nil {
 				return err
 			}
@@ -71,6 +80,7 @@ commands to try next. Stop it with Ctrl-C.`,
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:2222", "gateway SSH address")
 	cmd.Flags().StringVar(&idpListen, "idp-listen", "127.0.0.1:0", "development OIDC provider address (port 0: any free port)")
 	cmd.Flags().StringVar(&target, "target", "auto", "demo host: auto, sshd or builtin")
+	cmd.Flags().IntVar(&gateways, "gateways", 1, "number of gateways; more than 1 runs a cluster on an embedded etcd")
 	return cmd
 }
 
@@ -81,20 +91,29 @@ type devOptions struct {
 	Log io.Writer
 	// PollInterval of the device flow; default the IdP's.
 	PollInterval time.Duration
+	// Gateways is how many gateways to run (0 and 1: one, with no
+	// cluster: block). More than one share an embedded etcd.
+	Gateways int
 }
 
 // devEnv is a running `bastion dev`.
 type devEnv struct {
-	IdP        *devidp.Server
-	Users      []devidp.User
+	IdP   *devidp.Server
+	Users []devidp.User
+	// Gateway is the first gateway's SSH address; Gateways all of them
+	// (one unless --gateways asked for more).
 	Gateway    string
+	Gateways   []string
 	TargetAddr string
 	TargetUser string
 	TargetKind string
 	DataDir    string
+	// Etcd is the embedded etcd's client URLs (--gateways > 1).
+	Etcd []string
 	// CLI is how the instructions run bastion: see devCLI.
-	CLI     string
-	closers []func() error
+	CLI         string
+	gatewayDirs []string
+	closers     []func() error
 }
 
 // Close stops everything startDev started, last first. It is safe on a nil
@@ -161,40 +180,106 @@ func (e *devEnv) start(ctx context.Context, o devOptions) error {
 	}
 	e.closers = append(e.closers, func() error { targetLn.Close(); return nil })
 	port := targetLn.Addr().(*net.TCPAddr).Port
-	f := &config.File{
-		Listen:      o.Listen,
-		DataDir:     o.DataDir,
-		HostNames:   []string{"127.0.0.1", "localhost"},
-		AdminGroups: []string{"eng"},
-		// alice (eng) exports the audit log over SSH in the instructions.
-		AuditorGroups: []string{"eng"},
-		Access: []config.Access{
-			{Groups: []string{"eng", "dba"}, Hosts: []string{"127.0.0.1", "localhost"}, Ports: []int{port}},
-		},
-		OIDC: &config.OIDC{Issuer: e.IdP.Issuer(), ClientID: e.IdP.ClientID()},
-		Cert: config.Cert{Groups: map[string]config.CertGroup{"dba": {MaxValidity: config.Duration(time.Hour)}}},
-		Dev:  true,
+	n := max(o.Gateways, 1)
+	if n > maxDevGateways {
+		return fmt.Errorf("--gateways %d: bastion dev runs at most %d gateways", o.Gateways, maxDevGateways)
 	}
-	if err := f.Validate(); err != nil {
+	listens, err := devListens(o.Listen, n)
+	if err != nil {
 		return err
+	}
+	var endpoints []string
+	if n > 1 {
+		// One member is enough on one machine: the dev cluster shows
+		// what the gateways share, not what etcd survives.
+		etcd, err := etcdembed.Start(ctx, filepath.Join(o.DataDir, "etcd"), 1)
+		if err != nil {
+			return err
+		}
+		e.closers = append(e.closers, func() error { etcd.Close(); return nil })
+		endpoints = etcd.Endpoints()
+		e.Etcd = endpoints
 	}
 	logw := o.Log
 	if logw == nil {
 		logw = io.Discard
 	}
-	rt, err := startRuntime(ctx, f, newLogger(logw, config.Log{Level: "warn"}), false, logw)
-	if err != nil {
-		if holder, ok := audit.InUseBy(err); ok {
-			return fmt.Errorf("another bastion (dev or serve) is using %s (%s): stop it, or give this bastion dev another --data-dir (or none, for a temporary one)", o.DataDir, holder)
+	var auth *ca.Authority
+	for i, listen := range listens {
+		f := &config.File{
+			Listen:      listen,
+			DataDir:     o.DataDir,
+			HostNames:   []string{"127.0.0.1", "localhost"},
+			AdminGroups: []string{"eng"},
+			// alice (eng) exports the audit log over SSH in the instructions.
+			AuditorGroups: []string{"eng"},
+			Access: []config.Access{
+				{Groups: []string{"eng", "dba"}, Hosts: []string{"127.0.0.1", "localhost"}, Ports: []int{port}},
+			},
+			OIDC: &config.OIDC{Issuer: e.IdP.Issuer(), ClientID: e.IdP.ClientID()},
+			Cert: config.Cert{Groups: map[string]config.CertGroup{"dba": {MaxValidity: config.Duration(time.Hour)}}},
+			Dev:  true,
 		}
-		if strings.Contains(err.Error(), "address already in use") {
-			return fmt.Errorf("%w; is another bastion dev running? pass --listen 127.0.0.1:0 (or another port)", err)
+		if n > 1 {
+			// Each gateway has its own data dir (bbolt holds its audit
+			// log locked) and reads the one CA from ca.dir.
+			id := fmt.Sprintf("gw-%d", i+1)
+			f.DataDir = filepath.Join(o.DataDir, id)
+			if err := os.MkdirAll(f.DataDir, 0o700); err != nil {
+				return err
+			}
+			f.CA.Dir = layout.Dir()
+			// No balancer in front of a dev cluster: nothing to drain.
+			f.Cluster = &config.Cluster{GatewayID: id, Etcd: config.Etcd{Endpoints: endpoints}, Drain: config.Duration(time.Millisecond)}
 		}
-		return err
+		if err := f.Validate(); err != nil {
+			return err
+		}
+		rt, err := startRuntime(ctx, f, newLogger(logw, config.Log{Level: "warn"}), false, logw)
+		if err != nil {
+			if holder, ok := audit.InUseBy(err); ok {
+				return fmt.Errorf("another bastion (dev or serve) is using %s (%s): stop it, or give this bastion dev another --data-dir (or none, for a temporary one)", o.DataDir, holder)
+			}
+			if strings.Contains(err.Error(), "address already in use") {
+				return fmt.Errorf("%w; is another bastion dev running? pass --listen 127.0.0.1:0 (or another port)", err)
+			}
+			return err
+		}
+		e.closers = append(e.closers, rt.stop)
+		e.Gateways = append(e.Gateways, rt.sshAddr)
+		e.gatewayDirs = append(e.gatewayDirs, f.DataDir)
+		if auth == nil {
+			auth = rt.auth
+		}
 	}
-	e.closers = append(e.closers, rt.stop)
-	e.Gateway = rt.sshAddr
-	return e.startTarget(ctx, o, rt.auth, userCAs, targetLn)
+	e.Gateway = e.Gateways[0]
+	return e.startTarget(ctx, o, auth, userCAs, targetLn)
+}
+
+// maxDevGateways bounds --gateways: enough to see a cluster, few enough
+// for one laptop.
+const maxDevGateways = 9
+
+// devListens are the gateways' listen addresses: listen for the first,
+// then the next ports up (each port 0 when listen's is).
+func devListens(listen string, n int) ([]string, error) {
+	host, p, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %q: %v; use HOST:PORT, such as 127.0.0.1:2222", listen, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port+n-1 > 65535 {
+		return nil, fmt.Errorf("--listen %q: the port must be a number from 0 to %d for %d gateways", listen, 65536-n, n)
+	}
+	out := make([]string, n)
+	for i := range out {
+		q := port
+		if port != 0 {
+			q += i
+		}
+		out[i] = net.JoinHostPort(host, strconv.Itoa(q))
+	}
+	return out, nil
 }
 
 // startTarget starts the demo host on ln: sshd when asked (--target
@@ -401,10 +486,15 @@ func (e *devEnv) Instructions() string {
 	if cli == "" {
 		cli = "bastion"
 	}
-	return fmt.Sprintf(`bastion dev is running (data in %s)
-  gateway:           ssh -p %s %s
+	gateways := fmt.Sprintf(`  gateway:           ssh -p %s %s
                      host key %s (check it when ssh asks on first contact)
-  identity provider: %s
+`, gwPort, gwHost, gatewayFingerprint(e.DataDir))
+	cluster := ""
+	if len(e.Gateways) > 1 {
+		gateways, cluster = e.clusterInstructions(cli, targetUser)
+	}
+	return fmt.Sprintf(`bastion dev is running (data in %s)
+%s  identity provider: %s
 %s  demo host:         %s (%s)
 
 Try it:
@@ -421,11 +511,41 @@ Try it:
        ssh -J alice@%s -p %s %s@%s
   3. Export the audit log of everything you just did:
        ssh -p %s alice@%s audit export --format jsonl
-
+%s
 Press Ctrl-C to stop.
-`, e.DataDir, gwPort, gwHost, gatewayFingerprint(e.DataDir), e.IdP.Issuer(), users.String(), e.TargetAddr, e.TargetKind,
+`, e.DataDir, gateways, e.IdP.Issuer(), users.String(), e.TargetAddr, e.TargetKind,
 		cli, e.Gateway, includeWhy, devKeyStep, devCertStep(gwPort, gwHost),
-		e.Gateway, port, targetUser, host, gwPort, gwHost)
+		e.Gateway, port, targetUser, host, gwPort, gwHost, cluster)
+}
+
+// clusterInstructions are the gateway lines and the extra step of a
+// `bastion dev --gateways N`: a session held through the first gateway
+// that a lock through the second one ends.
+func (e *devEnv) clusterInstructions(cli, targetUser string) (gateways, step string) {
+	var b strings.Builder
+	for i, gw := range e.Gateways {
+		h, p, _ := net.SplitHostPort(gw)
+		label := "gateways:"
+		if i > 0 {
+			label = ""
+		}
+		fmt.Fprintf(&b, "  %-18s gw-%d: ssh -p %s %s\n", label, i+1, p, h)
+		fmt.Fprintf(&b, "                           host key %s\n", gatewayFingerprint(e.gatewayDirs[i]))
+	}
+	fmt.Fprintf(&b, "                     (check each host key when ssh asks on first contact)\n")
+	fmt.Fprintf(&b, "  etcd:              %s (embedded; the gateways share locks and revocations there)\n", strings.Join(e.Etcd, ", "))
+	host, port, _ := net.SplitHostPort(e.TargetAddr)
+	gw2Host, gw2Port, _ := net.SplitHostPort(e.Gateways[1])
+	step = fmt.Sprintf(`  4. See the cluster at work. In one terminal, hold a session through gw-1:
+       ssh -J alice@%s -p %s %s@%s sleep 600
+     In another terminal, lock alice through gw-2:
+       ssh -p %s alice@%s lock alice --reason cluster-demo
+     (or, after the CLI login: %s lock alice --gateway %s)
+     The session in the first terminal ends within a second, and every
+     gateway refuses alice from then on; an admin lifts the lock with
+     `+"`unlock alice`"+` (a temporary data dir forgets it when bastion dev stops).
+`, e.Gateways[0], port, targetUser, host, gw2Port, gw2Host, cli, e.Gateways[1])
+	return b.String(), step
 }
 
 // initDevCA creates a CA and its audit log together, as `bastion ca init`

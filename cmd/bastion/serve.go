@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -130,13 +132,20 @@ type gatewayRuntime struct {
 	sshAddr     string
 	metricsAddr string
 	served      chan error
+	// drain is how long stop keeps serving with /healthz at 503 first
+	// (cluster.drain), draining is set meanwhile.
+	drain    time.Duration
+	draining atomic.Bool
 }
 
 // startRuntime opens the data dir, builds the gateway and starts serving
 // SSH (and metrics, when configured).
 func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newLog bool, stderr io.Writer) (*gatewayRuntime, error) {
-	layout := ca.Layout{DataDir: f.DataDir}
+	layout := ca.Layout{DataDir: f.DataDir, KeyDir: f.CA.Dir}
 	if !layout.Exists() {
+		if f.CA.Dir != "" {
+			return nil, fmt.Errorf("no CA keys in %s (ca.dir): put user_ca, user_ca.pub, host_ca and host_ca.pub there, as `bastion ca init` makes them, or remove ca.dir to use %s", layout.Dir(), filepath.Join(f.DataDir, "ca"))
+		}
 		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), shellWord(f.DataDir))
 	}
 	if len(f.Access) == 0 {
@@ -230,6 +239,9 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		return fail(fmt.Errorf("listen on %s: %w%s", gc.Listen, err, gateway.ListenHint(err)))
 	}
 	rt := &gatewayRuntime{gw: gw, auth: auth, store: store, alerts: alerts, cluster: cl, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
+	if f.Cluster != nil {
+		rt.drain = time.Duration(f.Cluster.Drain)
+	}
 	if f.MetricsListen != "" {
 		mln, err := net.Listen("tcp", f.MetricsListen)
 		if err != nil {
@@ -240,6 +252,12 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if rt.draining.Load() {
+				// Stopping: the balancer should send new users elsewhere
+				// before the listener closes (cluster.drain).
+				http.Error(w, "stopping: new connections should go to another gateway", http.StatusServiceUnavailable)
+				return
+			}
 			if !gw.AuditAvailable() {
 				// Load balancers and probes take the gateway out: it
 				// refuses every login until the log takes writes.
@@ -378,6 +396,10 @@ func (rt *gatewayRuntime) reloadCA(ctx context.Context, logger *slog.Logger) {
 
 // stop shuts the gateway down gracefully and closes the audit log.
 func (rt *gatewayRuntime) stop() error {
+	if rt.drain > 0 {
+		rt.draining.Store(true)
+		time.Sleep(rt.drain)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	err := rt.gw.Shutdown(ctx)

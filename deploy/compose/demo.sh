@@ -2,7 +2,11 @@
 # demo.sh: the compose demo's helper (see docker-compose.yml).
 #   demo setup                 CA, target host keys and certificates, KRL
 #   demo target NAME           install NAME's files and run sshd
-#   demo sign PUBKEY PRINCIPAL print a user certificate (gateway stopped)
+#   demo sign PUBKEY PRINCIPAL [GROUPS]
+#                              print a user certificate (gateway stopped;
+#                              GROUPS: comma-separated, for admin_groups)
+#   demo etcd-certs N...       the cluster demo's etcd mTLS files (cluster/)
+#   demo cluster-setup         setup, then etcd-certs for etcd-1..3
 set -eu
 data=/var/lib/bastion
 shared=/shared
@@ -39,15 +43,50 @@ target)
 	;;
 sign)
 	key=${2:?usage: demo sign "PUBLIC KEY LINE" PRINCIPAL}
-	principal=${3:?usage: demo sign "PUBLIC KEY LINE" PRINCIPAL}
+	principal=${3:?usage: demo sign "PUBLIC KEY LINE" PRINCIPAL [GROUPS]}
+	groups=${4:-}
 	tmp=$(mktemp -d)
 	printf '%s\n' "$key" >"$tmp/key.pub"
-	bastion ca sign --data-dir "$data" -I "$principal" -n "$principal" --out - "$tmp/key.pub"
+	if [ -n "$groups" ]; then
+		bastion ca sign --data-dir "$data" -I "$principal" -n "$principal" --groups "$groups" --out - "$tmp/key.pub"
+	else
+		bastion ca sign --data-dir "$data" -I "$principal" -n "$principal" --out - "$tmp/key.pub"
+	fi
 	chown -R 65532:65532 "$data"
 	rm -rf "$tmp"
 	;;
+cluster-setup)
+	sh "$0" setup
+	exec sh "$0" etcd-certs etcd-1 etcd-2 etcd-3
+	;;
+etcd-certs)
+	# A private CA for etcd, a server certificate per member named in the
+	# arguments, and bastion's client certificate; made once.
+	shift
+	dir=$shared/etcd
+	mkdir -p "$dir"
+	cd "$dir"
+	if [ ! -e ca.pem ]; then
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+			-subj /CN=bastion-demo-etcd-ca -keyout ca-key.pem -out ca.pem
+	fi
+	sign() { # NAME SAN EXT
+		[ -e "$1.pem" ] && return 0
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" -keyout "$1-key.pem" -out "$1.csr"
+		printf 'subjectAltName=%s\nextendedKeyUsage=%s\n' "$2" "$3" >"$1.ext"
+		openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 365 -extfile "$1.ext" -out "$1.pem"
+		rm -f "$1.csr" "$1.ext"
+	}
+	for m in "$@"; do
+		sign "$m" "DNS:$m,DNS:localhost,IP:127.0.0.1" serverAuth,clientAuth
+	done
+	sign client DNS:bastion clientAuth
+	# The gateways run as distroless's nonroot user; etcd as root.
+	chown 65532:65532 client.pem client-key.pem
+	chmod 0600 client-key.pem ca-key.pem
+	;;
 *)
-	echo "usage: demo setup | demo target NAME | demo sign PUBKEY PRINCIPAL" >&2
+	echo "usage: demo setup | demo target NAME | demo sign PUBKEY PRINCIPAL [GROUPS] | demo etcd-certs MEMBER... | demo cluster-setup" >&2
 	exit 2
 	;;
 esac

@@ -17,10 +17,11 @@ import (
 // bbolt file.
 type Cluster struct {
 	// GatewayID names this gateway in every audit event and in the
-	// membership list (default: the host name).
+	// membership list (default: $BASTION_GATEWAY_ID, else the host name).
 	GatewayID string `yaml:"gateway_id"`
 	// Advertise is the SSH address other members and auditors reach this
-	// gateway at (default: listen, with the host name if it has no host).
+	// gateway at (default: $BASTION_ADVERTISE, else listen, with the host
+	// name if it has no host).
 	Advertise string `yaml:"advertise"`
 	Etcd      Etcd   `yaml:"etcd"`
 	// Consistency is best_effort (default) or strict.
@@ -29,7 +30,22 @@ type Cluster struct {
 	// sessions on the last state it saw while etcd is unreachable
 	// (default 30s).
 	MaxStaleness Duration `yaml:"max_staleness"`
+	// Drain is how long a stopping gateway keeps serving with /healthz
+	// answering 503 before it stops accepting connections, so that load
+	// balancers send new connections to the other gateways first
+	// (default 2s; set it above your balancer's health-check interval
+	// times its failure count).
+	Drain Duration `yaml:"drain"`
 }
+
+// The environment variables that stand in for cluster.gateway_id and
+// cluster.advertise when the file leaves them out: one configuration for
+// every replica, each told its own name and address by its runtime
+// (Kubernetes: the pod name through the downward API).
+const (
+	EnvGatewayID = "BASTION_GATEWAY_ID"
+	EnvAdvertise = "BASTION_ADVERTISE"
+)
 
 // Etcd is how a gateway reaches etcd.
 type Etcd struct {
@@ -51,6 +67,13 @@ func (f *File) validateCluster() error {
 	if c == nil {
 		return nil
 	}
+	idFrom := "cluster.gateway_id"
+	if c.GatewayID == "" && os.Getenv(EnvGatewayID) != "" {
+		c.GatewayID, idFrom = os.Getenv(EnvGatewayID), EnvGatewayID+" (cluster.gateway_id is not set)"
+	}
+	if c.Advertise == "" {
+		c.Advertise = os.Getenv(EnvAdvertise)
+	}
 	if c.GatewayID == "" {
 		host, err := os.Hostname()
 		if err != nil || host == "" {
@@ -59,7 +82,7 @@ func (f *File) validateCluster() error {
 		c.GatewayID = host
 	}
 	if err := cluster.ValidateGatewayID(c.GatewayID); err != nil {
-		return fmt.Errorf("cluster.gateway_id: %v", err)
+		return fmt.Errorf("%s: %v", idFrom, err)
 	}
 	if c.Advertise == "" {
 		host, port, _ := net.SplitHostPort(f.Listen)
@@ -87,6 +110,12 @@ func (f *File) validateCluster() error {
 	}
 	if time.Duration(c.MaxStaleness) < time.Second {
 		return fmt.Errorf("cluster.max_staleness: %s is too short: use 1s or more (default 30s)", time.Duration(c.MaxStaleness))
+	}
+	if c.Drain == 0 {
+		c.Drain = Duration(2 * time.Second)
+	}
+	if c.Drain < 0 || time.Duration(c.Drain) > 5*time.Minute {
+		return fmt.Errorf("cluster.drain: %s is out of range: use 0s to 5m (default 2s)", time.Duration(c.Drain))
 	}
 	e := &c.Etcd
 	if len(e.Endpoints) == 0 {

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -48,5 +50,71 @@ func TestClusterBlock(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: err = %v, want it to say %q", tc.block, err, tc.want)
 		}
+	}
+}
+
+// TestCADir: ca.dir names where the CA key files are, relative to the
+// config file like every path; without it the keys stay in DATA_DIR/ca.
+func TestCADir(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "bastion.yaml")
+	if err := os.WriteFile(p, []byte("data_dir: ./gw-1\nca:\n  dir: ./shared-ca\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.CA.Dir != filepath.Join(dir, "shared-ca") {
+		t.Errorf("ca.dir %q, want it relative to the config file", f.CA.Dir)
+	}
+	f, err = Parse([]byte("data_dir: /d\n"))
+	if err != nil || f.CA.Dir != "" {
+		t.Errorf("without ca.dir: %q, %v", f.CA.Dir, err)
+	}
+	if _, err := Parse([]byte("data_dir: /d\nca:\n  dirs: /x\n")); err == nil || !strings.Contains(err.Error(), `unknown key "dirs"`) {
+		t.Errorf("a misspelt ca.dir: %v", err)
+	}
+}
+
+// TestClusterIdentityFromEnvironment: one bastion.yaml for every replica;
+// BASTION_GATEWAY_ID and BASTION_ADVERTISE fill gateway_id and advertise
+// when the file leaves them out, and the file wins when it sets them.
+func TestClusterIdentityFromEnvironment(t *testing.T) {
+	t.Setenv(EnvGatewayID, "bastion-1")
+	t.Setenv(EnvAdvertise, "bastion-1.bastion-internal:2222")
+	block := "listen: 0.0.0.0:2222\ndata_dir: /d\ncluster:\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n"
+	f, err := Parse([]byte(block))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cc := f.ClusterConfig(); cc.GatewayID != "bastion-1" || cc.Advertise != "bastion-1.bastion-internal:2222" {
+		t.Errorf("from the environment: id %q advertise %q", cc.GatewayID, cc.Advertise)
+	}
+	f, err = Parse([]byte(block + "  gateway_id: gw-9\n  advertise: gw9:22\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cc := f.ClusterConfig(); cc.GatewayID != "gw-9" || cc.Advertise != "gw9:22" {
+		t.Errorf("the file must win: id %q advertise %q", cc.GatewayID, cc.Advertise)
+	}
+	t.Setenv(EnvGatewayID, "bad id!")
+	if _, err := Parse([]byte(block)); err == nil || !strings.Contains(err.Error(), "cluster.gateway_id") {
+		t.Errorf("a bad id from the environment: %v", err)
+	}
+}
+
+// TestClusterDrain: cluster.drain defaults to 2s and is bounded.
+func TestClusterDrain(t *testing.T) {
+	block := "data_dir: /d\ncluster:\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n"
+	f, err := Parse([]byte(block))
+	if err != nil || time.Duration(f.Cluster.Drain) != 2*time.Second {
+		t.Fatalf("default drain: %v, %v", f.Cluster.Drain, err)
+	}
+	if f, err := Parse([]byte(block + "  drain: 10s\n")); err != nil || time.Duration(f.Cluster.Drain) != 10*time.Second {
+		t.Errorf("drain 10s: %v", err)
+	}
+	if _, err := Parse([]byte(block + "  drain: 1h\n")); err == nil || !strings.Contains(err.Error(), "cluster.drain") {
+		t.Errorf("drain 1h: %v, want an error naming cluster.drain", err)
 	}
 }

@@ -159,6 +159,11 @@ type Limits struct {
 
 // CA configures the certificate authority the gateway signs with.
 type CA struct {
+	// Dir, when set, is the directory of the CA key files (user_ca,
+	// user_ca.pub, host_ca, host_ca.pub and their .previous.pub) instead
+	// of DATA_DIR/ca: the gateways of a cluster each have their own
+	// data_dir and read the same keys from here.
+	Dir                 string   `yaml:"dir"`
 	PassphraseFile      string   `yaml:"passphrase_file"`
 	ForbiddenPrincipals []string `yaml:"forbidden_principals"`
 	UserMaxValidity     Duration `yaml:"user_max_validity"`
@@ -215,7 +220,7 @@ func Load(path string) (*File, error) {
 	}
 	f.Path = path
 	base := filepath.Dir(path)
-	paths := append([]*string{&f.DataDir, &f.CA.PassphraseFile, &f.KRLFile}, f.webhookSecretPaths()...)
+	paths := append([]*string{&f.DataDir, &f.CA.Dir, &f.CA.PassphraseFile, &f.KRLFile}, f.webhookSecretPaths()...)
 	if f.OIDC != nil {
 		paths = append(paths, &f.OIDC.ClientSecretFile)
 	}

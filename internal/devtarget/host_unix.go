@@ -321,7 +321,9 @@ var signals = map[gliderssh.Signal]syscall.Signal{
 }
 
 // forwardSignals delivers the client's signal requests to the command's
-// process group until stop is called.
+// process group until stop is called, and hangs the group up (SIGHUP) when
+// the client's connection goes: a command whose session was cut (a lock,
+// a dropped network) must not run on as an orphan of the demo host.
 func forwardSignals(s gliderssh.Session, cmd *exec.Cmd) (stop func()) {
 	ch := make(chan gliderssh.Signal, 4)
 	s.Signals(ch)
@@ -333,6 +335,9 @@ func forwardSignals(s gliderssh.Session, cmd *exec.Cmd) (stop func()) {
 				if n, ok := signals[sig]; ok {
 					syscall.Kill(-cmd.Process.Pid, n)
 				}
+			case <-s.Context().Done():
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGHUP)
+				return
 			case <-done:
 				return
 			}
