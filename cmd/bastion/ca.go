@@ -171,17 +171,21 @@ func (a *app) loadAuthority(passFile string) (*ca.Authority, *audit.Store, error
 	return auth, store, nil
 }
 
-// useConfigDataDir makes `ca --config FILE` work on FILE's data_dir, as
-// `bastion serve --config FILE` does; an explicit --data-dir wins.
+// useConfigDataDir makes `ca --config FILE` work on FILE's data_dir and
+// CA key directory (ca.dir), as `bastion serve --config FILE` does; an
+// explicit --data-dir wins over data_dir.
 func (a *app) useConfigDataDir(cmd *cobra.Command) error {
-	if a.configPath == "" || cmd.Flags().Changed("data-dir") {
+	if a.configPath == "" {
 		return nil
 	}
 	f, err := config.Load(a.configPath)
 	if err != nil {
 		return err
 	}
-	a.dataDir = f.DataDir
+	a.keyDir = f.CA.Dir
+	if !cmd.Flags().Changed("data-dir") {
+		a.dataDir = f.DataDir
+	}
 	return nil
 }
 

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-ssh/bastion/ca"
 )
@@ -111,5 +114,36 @@ func TestRetireRefusesWhileCertificatesAreValid(t *testing.T) {
 	_, errOut := mustRun(t, dir, "ca", "retire", "--user", "--force")
 	if !strings.Contains(errOut, "will be refused") {
 		t.Errorf("--force does not warn: %s", errOut)
+	}
+}
+
+// TestCACommandsReadTheConfiguredKeyDir: with ca.dir in the configuration
+// (a cluster's gateways share one CA outside their data dirs), `ca sign
+// --config` signs with the keys there, as serve uses them.
+func TestCACommandsReadTheConfiguredKeyDir(t *testing.T) {
+	shared := t.TempDir()
+	mustRun(t, shared, "ca", "init")
+	dataDir := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "bastion.yaml")
+	if err := os.WriteFile(cfg, []byte("data_dir: "+dataDir+"\nlisten: 127.0.0.1:0\nca:\n  dir: "+filepath.Join(shared, "ca")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := writeUserKey(t, t.TempDir(), "alice")
+	out, _ := mustRun(t, "", "ca", "sign", "--config", cfg, "-I", "x", "-n", "alice", "--out", "-", key)
+	pub, _, _, _, err := gossh.ParseAuthorizedKey([]byte(out))
+	if err != nil {
+		t.Fatalf("ca sign printed no certificate: %v\n%s", err, out)
+	}
+	caPub, err := os.ReadFile(filepath.Join(shared, "ca", "user_ca.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _, _, _, err := gossh.ParseAuthorizedKey(caPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, ok := pub.(*gossh.Certificate)
+	if !ok || !bytes.Equal(cert.SignatureKey.Marshal(), want.Marshal()) {
+		t.Fatalf("ca sign --config with ca.dir did not sign with the user CA in ca.dir")
 	}
 }

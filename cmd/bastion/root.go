@@ -25,6 +25,9 @@ type app struct {
 	// configPath is `ca --config`: the bastion.yaml whose signing policy
 	// the ca commands apply.
 	configPath string
+	// keyDir is the CA key directory (ca.dir of --config), "" for
+	// DATA_DIR/ca.
+	keyDir string
 	// newAuditLog (--new-audit-log) allows starting a new audit log where
 	// the data directory's CA says one should exist.
 	newAuditLog bool
@@ -34,7 +37,7 @@ type app struct {
 }
 
 // layout is the data directory's file layout.
-func (a *app) layout() ca.Layout { return ca.Layout{DataDir: a.dataDir} }
+func (a *app) layout() ca.Layout { return ca.Layout{DataDir: a.dataDir, KeyDir: a.keyDir} }
 
 // hint is a bastion command line to print as a next step: words, then
 // --data-dir with the data dir in use, so it runs verbatim whatever the
