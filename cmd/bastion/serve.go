@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/gateway"
 	"github.com/bastion-ssh/bastion/internal/alert"
+	"github.com/bastion-ssh/bastion/internal/atomicfile"
 	"github.com/bastion-ssh/bastion/internal/cluster"
 	"github.com/bastion-ssh/bastion/internal/config"
 	"github.com/bastion-ssh/bastion/internal/gcpace"
@@ -94,19 +96,19 @@ over SSH instead (ssh -p 2222 carol@bastion lock alice).`,
 	return cmd
 }
 
-// startCPUProfile profiles the process until the returned function runs.
+// startCPUProfile profiles the process until the returned function runs,
+// which writes the profile to path (whole, through atomicfile: a profile
+// is a few hundred KiB at most).
 func startCPUProfile(path string) (func(), error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, fmt.Errorf("--cpu-profile: %w", err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
+	var buf bytes.Buffer
+	if err := pprof.StartCPUProfile(&buf); err != nil {
 		return nil, fmt.Errorf("--cpu-profile: %w", err)
 	}
 	return func() {
 		pprof.StopCPUProfile()
-		_ = f.Close()
+		if err := atomicfile.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+			fmt.Fprintf(os.Stderr, "--cpu-profile: %v\n", usertext.Error(err))
+		}
 	}, nil
 }
 

@@ -64,7 +64,7 @@ func TestDeviceFlowApprovedInBrowser(t *testing.T) {
 	status, body = b.submit(da.VerificationURIComplete, map[string]string{
 		"username": "alice", "password": password(t, users, "alice"), "action": "approve",
 	})
-	if status != http.StatusOK || !strings.Contains(body, "logged in as alice") {
+	if status != http.StatusOK || !strings.Contains(body, "Approved at the identity provider as alice") {
 		t.Fatalf("approve: status %d: %s", status, body)
 	}
 
