@@ -176,3 +176,33 @@ func FuzzParseSource(f *testing.F) {
 		_ = sourceKey(p.Addr())
 	})
 }
+
+// TestRateLimiterMemoryFollowsUse: the login limiter's memory follows the
+// logins a source made, not the configured rate (a high rate once
+// allocated that many timestamps on every login).
+func TestRateLimiterMemoryFollowsUse(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	r := newRateLimiter(1<<30, func() time.Time { return now })
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	src := netip.MustParseAddr("192.0.2.7")
+	for i := range 100 {
+		now = now.Add(time.Millisecond)
+		if !r.allow(src) {
+			t.Fatalf("login %d refused under a rate of 2^30 per minute", i)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+		t.Fatalf("100 logins allocated %d bytes", grew)
+	}
+	r2 := newRateLimiter(3, func() time.Time { return now })
+	for i := range 3 {
+		if !r2.allow(src) {
+			t.Fatalf("login %d of 3 refused", i)
+		}
+	}
+	if r2.allow(src) {
+		t.Fatal("a 4th login within the minute was allowed at 3 per minute")
+	}
+}

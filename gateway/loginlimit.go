@@ -40,7 +40,10 @@ func (r *rateLimiter) allow(a netip.Addr) bool {
 	if p, ok := r.seen.Peek(key); ok {
 		old = *p
 	}
-	recent := make([]int64, 0, r.n)
+	// Sized by what the source used, not by n: n may be large (a
+	// benchmark's, or a generous logins_per_minute) and most sources log
+	// in once.
+	recent := make([]int64, 0, min(len(old)+1, r.n))
 	for _, t := range old {
 		if t > cutoff {
 			recent = append(recent, t)

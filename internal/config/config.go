@@ -312,6 +312,10 @@ func (f *File) Validate() error {
 	return f.validateLogin(policy)
 }
 
+// maxLoginsPerMinute bounds oidc.logins_per_minute: the limiter keeps one
+// timestamp per login per source for a minute.
+const maxLoginsPerMinute = 10000
+
 // validateLogin checks the oidc: and cert: sections.
 func (f *File) validateLogin(policy ca.Policy) error {
 	if f.OIDC == nil {
@@ -332,8 +336,8 @@ func (f *File) validateLogin(policy ca.Policy) error {
 	default:
 		return fmt.Errorf("oidc.username_claim: %q is not one of email, preferred_username, sub", o.UsernameClaim)
 	}
-	if o.LoginsPerMinute < 0 {
-		return fmt.Errorf("oidc.logins_per_minute must not be negative")
+	if o.LoginsPerMinute < 0 || o.LoginsPerMinute > maxLoginsPerMinute {
+		return fmt.Errorf("oidc.logins_per_minute: %d is out of range: use 1 to %d logins per source per minute (default 10)", o.LoginsPerMinute, maxLoginsPerMinute)
 	}
 	max := time.Duration(f.Cert.MaxValidity)
 	if max > policy.UserMaxValidity {

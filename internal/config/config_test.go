@@ -137,3 +137,12 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestLoginsPerMinuteIsBounded(t *testing.T) {
+	for _, n := range []string{"-1", "10001", "1073741824"} {
+		_, err := Parse([]byte("listen: 127.0.0.1:2222\ndata_dir: /d\noidc:\n  issuer: https://idp.example.com\n  client_id: bastion\n  logins_per_minute: " + n + "\n"))
+		if err == nil || !strings.Contains(err.Error(), "logins_per_minute") {
+			t.Errorf("logins_per_minute %s: err = %v", n, err)
+		}
+	}
+}
