@@ -120,6 +120,10 @@ const ReasonRecordingMismatch = "recording_mismatch"
 type recorder struct {
 	maxBytes   int64
 	flushEvery time.Duration
+	// cpChunks and cpEvery bound the chunks and time between checkpoints
+	// (checkpointChunks, checkpointEvery; tests may change them).
+	cpChunks uint64
+	cpEvery  time.Duration
 
 	codecOnce sync.Once
 	enc       *zstd.Encoder
@@ -140,6 +144,7 @@ func (r *recorder) init(opts Options) {
 	if r.maxBytes == 0 {
 		r.maxBytes = DefaultRecordingMaxBytes
 	}
+	r.cpChunks, r.cpEvery = checkpointChunks, checkpointEvery
 	r.flushEvery = opts.RecordingFlushEvery
 	if r.flushEvery <= 0 {
 		r.flushEvery = defaultFlushEvery
@@ -438,7 +443,7 @@ func (r *Recording) flush() error {
 	r.sum.Write(buf)
 	r.done = seq + 1
 	now := r.s.now()
-	due := r.done-r.cpSeq >= checkpointChunks || now.Sub(r.cpAt) >= checkpointEvery
+	due := r.done-r.cpSeq >= r.s.recs.cpChunks || now.Sub(r.cpAt) >= r.s.recs.cpEvery
 	if !due || r.closed {
 		return nil
 	}
