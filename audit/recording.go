@@ -912,6 +912,7 @@ type recordingClaim struct {
 	chunks  int64 // -1: not recorded (all stored chunks are covered)
 	final   bool  // from a session.end
 	crashed bool  // a gateway_crashed session.end: a tail is unverifiable, not forged
+	tail    int64 // its recording_unverified_chunks: the tail's length at restart
 }
 
 // noteRecordingClaim remembers ev's digest if it names one.
@@ -926,6 +927,9 @@ func noteRecordingClaim(claims map[string]recordingClaim, ev Event) {
 	c := recordingClaim{digest: d, chunks: -1, final: ev.Type == TypeSessionEnd, crashed: ev.Fields["reason"] == ReasonGatewayCrashed}
 	if n, err := strconv.ParseInt(ev.Fields[FieldRecordingChunks], 10, 64); err == nil && n >= 0 {
 		c.chunks = n
+	}
+	if n, err := strconv.ParseInt(ev.Fields[FieldRecordingUnverified], 10, 64); err == nil && n >= 0 {
+		c.tail = n
 	}
 	claims[ev.Session] = c
 }
@@ -1017,6 +1021,9 @@ func (s *Store) checkRecording(ctx context.Context, session string, c recordingC
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != c.digest {
 		return fmt.Sprintf("digest mismatch: the stored chunks hash to %s, the audit log records %s (a chunk was edited, added or reordered)", got, c.digest), 0, nil
+	}
+	if c.final && c.crashed && c.chunks >= 0 && int64(extra) != c.tail {
+		return fmt.Sprintf("%d chunks stored after the last checkpoint, but the session.end written at restart counted %d (the tail was cut or added to since)", extra, c.tail), 0, nil
 	}
 	if extra > 0 {
 		if c.final && !c.crashed {

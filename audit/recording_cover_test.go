@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -153,6 +154,14 @@ func TestCrashedRecordingIsCovered(t *testing.T) {
 	if err != nil || v.Recordings != 2 || len(v.Unverified) != 2 || !strings.Contains(v.Unverified[0].Reason, "unverifiable tail: 4 chunks") {
 		t.Fatalf("VerifyChain after the crash = %+v, %v; want 2 recordings verified, each with a 4-chunk unverifiable tail", v, err)
 	}
+	// Cutting the unverifiable tail after the restart is seen too: the
+	// session.end counted it.
+	cut := filepath.Join(t.TempDir(), "cut.db")
+	copyFile(t, path, cut)
+	tamperRec(t, cut, "crash-b", func(b *bbolt.Bucket) error { return b.Delete(chunkKey(uint64(total - 1))) })
+	_, err = verifyFile(t, cut)
+	wantRecordingFailure(t, err, map[string]string{"crash-b": "3 chunks stored after the last checkpoint, but the session.end written at restart counted 4"})
+
 	tamperRec(t, path, "crash-a", func(b *bbolt.Bucket) error { return b.Delete(chunkKey(3)) })
 	tamperRec(t, path, "crash-b", func(b *bbolt.Bucket) error {
 		c := bytes.Clone(b.Get(chunkKey(0)))
@@ -179,5 +188,16 @@ func TestVerifyListsRecordingsWithoutDigest(t *testing.T) {
 	v, err := verifyFile(t, path)
 	if err != nil || len(v.Unverified) != 1 || v.Unverified[0].Session != "nodigest" || !strings.Contains(v.Unverified[0].Reason, "no digest") {
 		t.Fatalf("VerifyChain = %+v, %v; want recording nodigest listed as unverified", v, err)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
