@@ -104,9 +104,14 @@ func (s *Store) OpenSessions() ([]OpenSession, error) {
 // every session the log shows open. Call it when the gateway starts,
 // before it accepts connections: no session is live then, so each open one
 // was cut by a crash. The end carries the start's actor and fields (user,
-// target, ...), "start_id", "duration_ms" up to the last event the log
-// holds (the latest the session can be shown alive) and "bytes_up" /
-// "bytes_down" of "unknown": the relay's counts died with the process.
+// target, ...), "start_id", "duration_ms" up to the latest the session
+// can be shown alive (a recorded session: its last stored entry or
+// session.checkpoint; otherwise the last event the log holds) and
+// "bytes_up" / "bytes_down" of "unknown": the relay's counts died with
+// the process. A recorded session's end carries the recording_sha256 and
+// recording_chunks of its last checkpoint (the digest of no chunk if it
+// had none) and, as recording_unverified_chunks, how many chunks were
+// stored after it: `audit verify` reports those as an unverifiable tail.
 func (s *Store) CloseInterrupted(ctx context.Context) (int, error) {
 	open, err := s.OpenSessions()
 	if err != nil {
@@ -114,6 +119,19 @@ func (s *Store) CloseInterrupted(ctx context.Context) (int, error) {
 	}
 	if len(open) == 0 {
 		return 0, nil
+	}
+	// A session without a recording can be shown alive up to the last
+	// event the log holds; a recorded one up to its last stored entry or
+	// checkpoint, whichever is later.
+	var head time.Time
+	if h, err := s.Head(); err == nil && h.ID != "" {
+		if id, err := parseKey(h.ID); err == nil {
+			var ms uint64
+			for _, b := range id[:6] {
+				ms = ms<<8 | uint64(b)
+			}
+			head = time.UnixMilli(int64(ms)).UTC()
+		}
 	}
 	n := 0
 	for _, o := range open {
@@ -139,11 +157,11 @@ func (s *Store) CloseInterrupted(ctx context.Context) (int, error) {
 			if last.After(lastSeen) {
 				lastSeen = last
 			}
+		} else {
+			lastSeen = head
 		}
 		if lastSeen.After(o.Start) {
 			f["duration_ms"] = strconv.FormatInt(lastSeen.Sub(o.Start).Milliseconds(), 10)
-		} else {
-			f["duration_ms"] = "0"
 		}
 		if _, err := s.Append(ctx, Event{Type: TypeSessionEnd, Actor: o.Actor, Session: o.Session, Fields: f}); err != nil {
 			return n, fmt.Errorf("audit: close the sessions a crash cut (%d of %d closed): %w", n, len(open), err)
