@@ -27,14 +27,19 @@ import (
 // sequence number. A chunk is a run of entries (see appendEntry),
 // compressed with zstd as one frame.
 //
-// The session's digest is the SHA-256 over the uncompressed chunk
-// contents in sequence order. Recording.Close returns it and the gateway
-// writes it into the session's session.end event (field
-// recording_sha256), so the hash chain covers the recording: VerifyChain
-// recomputes the digest of every session whose session.end names one, and
-// an edited, removed, added or reordered chunk breaks it
-// (ReasonRecordingMismatch). The info record is a convenience for listing
-// and is not trusted by verification.
+// The session's digest is the SHA-256 over the uncompressed contents of
+// the committed chunks in sequence order. Recording.Close returns it (and
+// Recording.Committed, also after a failed commit) and the gateway writes
+// it with the chunk count into the session's session.end event (fields
+// recording_sha256, recording_chunks); while the session runs, the store
+// writes the digest so far into session.checkpoint events, and after a
+// crash CloseInterrupted carries the last one into the session.end. So
+// the hash chain covers the recording: VerifyChain checks every stored
+// recording against the newest digest the chain holds for it, reports
+// an edited, removed, added or reordered chunk as a *RecordingsError
+// naming the session, and lists recordings, or crash tails, no digest
+// covers. The info record is a convenience for listing and is not
+// trusted by verification.
 //
 // Durability without an fsync per keystroke: entries collect in memory
 // and are committed, through the same group commit as the events, when a
@@ -111,9 +116,9 @@ var (
 	ErrRecordingClosed = errors.New("audit: recording is closed")
 )
 
-// ReasonRecordingMismatch is the ChainError reason for a recorded session
-// whose stored chunks do not hash to the recording_sha256 its session.end
-// event carries: a chunk was edited, removed, added or reordered.
+// ReasonRecordingMismatch was the ChainError reason for a recording that
+// did not match its digest; VerifyChain now reports those, all of them,
+// as a *RecordingsError, and the chain itself separately.
 const ReasonRecordingMismatch = "recording_mismatch"
 
 // recorder is the Store's recording state.
