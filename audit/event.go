@@ -69,6 +69,10 @@ const (
 	TypeSessionSFTP = "session.sftp"
 	// TypeSessionForward is a port forward opened inside a recorded session.
 	TypeSessionForward = "session.forward"
+	// TypeSessionCheckpoint is the digest and count of the recording
+	// chunks a recorded session has committed so far, written by the
+	// store every few chunks so the chain covers a recording a crash cut.
+	TypeSessionCheckpoint = "session.checkpoint"
 	// TypeRecordingFailed is a recording write that failed.
 	TypeRecordingFailed = "recording.failed"
 	// TypeAuditOutage closes an episode during which the audit log could
@@ -120,7 +124,7 @@ func KnownTypes() []string {
 		TypeCommand, TypeGatewayStart, TypeGatewayStop, TypeLoginStarted, TypeLoginOK, TypeLoginFailed,
 		TypeAuditPruned, TypeAuditNewLog, TypeAuditSalvaged, TypeAlertSent, TypeAlertFailed, TypeSourceSeen,
 		TypeAuditOutage, TypeConnectionEnded, TypeSessionExec, TypeSessionExit, TypeSessionSFTP, TypeSessionForward,
-		TypeRecordingFailed, TypeIdPDown, TypeIdPUp, TypeStateApplied}
+		TypeSessionCheckpoint, TypeRecordingFailed, TypeIdPDown, TypeIdPUp, TypeStateApplied}
 }
 
 // CheckKnownType reports a filter type (a name or a "family.*" prefix)

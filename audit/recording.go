@@ -10,6 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,14 +27,19 @@ import (
 // sequence number. A chunk is a run of entries (see appendEntry),
 // compressed with zstd as one frame.
 //
-// The session's digest is the SHA-256 over the uncompressed chunk
-// contents in sequence order. Recording.Close returns it and the gateway
-// writes it into the session's session.end event (field
-// recording_sha256), so the hash chain covers the recording: VerifyChain
-// recomputes the digest of every session whose session.end names one, and
-// an edited, removed, added or reordered chunk breaks it
-// (ReasonRecordingMismatch). The info record is a convenience for listing
-// and is not trusted by verification.
+// The session's digest is the SHA-256 over the uncompressed contents of
+// the committed chunks in sequence order. Recording.Close returns it (and
+// Recording.Committed, also after a failed commit) and the gateway writes
+// it with the chunk count into the session's session.end event (fields
+// recording_sha256, recording_chunks); while the session runs, the store
+// writes the digest so far into session.checkpoint events, and after a
+// crash CloseInterrupted carries the last one into the session.end. So
+// the hash chain covers the recording: VerifyChain checks every stored
+// recording against the newest digest the chain holds for it, reports
+// an edited, removed, added or reordered chunk as a *RecordingsError
+// naming the session, and lists recordings, or crash tails, no digest
+// covers. The info record is a convenience for listing and is not
+// trusted by verification.
 //
 // Durability without an fsync per keystroke: entries collect in memory
 // and are committed, through the same group commit as the events, when a
@@ -47,6 +55,22 @@ const (
 	FieldRecordingSHA256 = "recording_sha256"
 	// FieldRecordingBytes is the compressed size Recording.Close returned.
 	FieldRecordingBytes = "recording_bytes"
+	// FieldRecordingChunks is how many chunks recording_sha256 covers.
+	FieldRecordingChunks = "recording_chunks"
+	// FieldRecordingUnverified, in a gateway_crashed session.end, is how
+	// many stored chunks came after the last session.checkpoint: no
+	// digest in the chain covers them.
+	FieldRecordingUnverified = "recording_unverified_chunks"
+)
+
+// Checkpoints: while a recording is open, the store appends a
+// session.checkpoint event (fields recording_sha256 and recording_chunks:
+// the digest of the chunks committed so far) after a chunk commit once
+// checkpointChunks chunks or checkpointEvery have passed since the last
+// one, so a crash leaves the chain covering all but the newest chunks.
+const (
+	checkpointChunks = 16
+	checkpointEvery  = 2 * time.Second
 )
 
 // Entry kinds. The gateway writes o, e, i, r and x; the store itself
@@ -92,15 +116,19 @@ var (
 	ErrRecordingClosed = errors.New("audit: recording is closed")
 )
 
-// ReasonRecordingMismatch is the ChainError reason for a recorded session
-// whose stored chunks do not hash to the recording_sha256 its session.end
-// event carries: a chunk was edited, removed, added or reordered.
+// ReasonRecordingMismatch was the ChainError reason for a recording that
+// did not match its digest; VerifyChain now reports those, all of them,
+// as a *RecordingsError, and the chain itself separately.
 const ReasonRecordingMismatch = "recording_mismatch"
 
 // recorder is the Store's recording state.
 type recorder struct {
 	maxBytes   int64
 	flushEvery time.Duration
+	// cpChunks and cpEvery bound the chunks and time between checkpoints
+	// (checkpointChunks, checkpointEvery; tests may change them).
+	cpChunks uint64
+	cpEvery  time.Duration
 
 	codecOnce sync.Once
 	enc       *zstd.Encoder
@@ -121,6 +149,7 @@ func (r *recorder) init(opts Options) {
 	if r.maxBytes == 0 {
 		r.maxBytes = DefaultRecordingMaxBytes
 	}
+	r.cpChunks, r.cpEvery = checkpointChunks, checkpointEvery
 	r.flushEvery = opts.RecordingFlushEvery
 	if r.flushEvery <= 0 {
 		r.flushEvery = defaultFlushEvery
@@ -223,7 +252,10 @@ type Recording struct {
 	stored  int64 // compressed bytes committed
 	dropped int64
 	limited bool
-	err     error // sticky: the first failed commit
+	done    uint64    // chunks committed
+	cpSeq   uint64    // chunks covered by the last checkpoint
+	cpAt    time.Time // when it was written
+	err     error     // sticky: the first failed commit
 	closed  bool
 	timer   *time.Timer
 }
@@ -241,6 +273,7 @@ func (s *Store) StartRecording(ctx context.Context, session string) (*Recording,
 		return nil, fmt.Errorf("audit: recording: %w", err)
 	}
 	rec := &Recording{s: s, session: session, start: s.now().UTC(), sum: sha256.New()}
+	rec.cpAt = rec.start
 	s.recs.mu.Lock()
 	if _, dup := s.recs.active[session]; dup {
 		s.recs.mu.Unlock()
@@ -369,11 +402,11 @@ func (r *Recording) usableLocked() error {
 	return r.err
 }
 
-// appendLocked adds one entry to the buffer and the digest.
+// appendLocked adds one entry to the buffer; the digest takes it when its
+// chunk is committed.
 func (r *Recording) appendLocked(ch uint32, kind string, at time.Duration, data []byte) {
 	n := len(r.buf)
 	r.buf = appendEntry(r.buf, ch, kind, at, data)
-	r.sum.Write(r.buf[n:])
 	r.bytes += int64(len(r.buf) - n)
 }
 
@@ -411,7 +444,35 @@ func (r *Recording) flush() error {
 		}
 		return r.err
 	}
+	// The digest covers exactly the committed chunks, in order (flushMu).
+	r.sum.Write(buf)
+	r.done = seq + 1
+	now := r.s.now()
+	due := r.done-r.cpSeq >= r.s.recs.cpChunks || now.Sub(r.cpAt) >= r.s.recs.cpEvery
+	if !due || r.closed {
+		return nil
+	}
+	digest, chunks := hex.EncodeToString(r.sum.Sum(nil)), r.done
+	r.cpSeq, r.cpAt = chunks, now
+	r.mu.Unlock()
+	_, cerr := r.s.Append(context.Background(), Event{Type: TypeSessionCheckpoint, Session: r.session, Fields: map[string]string{
+		FieldRecordingSHA256: digest, FieldRecordingChunks: strconv.FormatUint(chunks, 10)}})
+	r.mu.Lock()
+	if cerr != nil {
+		// The chunk is stored; only the chain's cover of it is late.
+		r.s.log.Error("audit: recording checkpoint not written", "session", r.session, "err", cerr)
+	}
 	return nil
+}
+
+// Committed returns the digest of the chunks committed so far (what a
+// session.end must carry when the recording failed) and their count.
+func (r *Recording) Committed() (sha256 string, chunks uint64, stored int64) {
+	r.flushMu.Lock()
+	defer r.flushMu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return hex.EncodeToString(r.sum.Sum(nil)), r.done, r.stored
 }
 
 func (r *Recording) commitChunk(seq uint64, buf []byte) error {
@@ -559,6 +620,18 @@ type RecordingEntry struct {
 
 // errBadChunk is a chunk that does not decode as entries.
 var errBadChunk = errors.New("audit: recording chunk is malformed")
+
+// chunkError is a stored chunk that does not decompress.
+type chunkError struct {
+	seq     uint64
+	session string
+}
+
+func (e *chunkError) Error() string {
+	return fmt.Sprintf("recording chunk %d of session %s does not decompress (edited or damaged; run `bastion audit verify`)", e.seq, e.session)
+}
+
+func (e *chunkError) Is(target error) bool { return target == errBadChunk }
 
 // decodeChunk calls fn for each entry of the uncompressed chunk b. The
 // entries' Data alias b.
@@ -749,7 +822,7 @@ func (s *Store) readChunks(ctx context.Context, session string, from uint64, fn 
 		for _, c := range page {
 			raw, err := dec.DecodeAll(c.z, buf[:0])
 			if err != nil || len(raw) > chunkDecodedMax {
-				return next, fmt.Errorf("%w: chunk %d of session %s does not decompress (edited or damaged; run `bastion audit verify`)", errBadChunk, c.seq, session)
+				return next, &chunkError{seq: c.seq, session: session}
 			}
 			if err := fn(c.seq, raw); err != nil {
 				return next, err
@@ -776,45 +849,194 @@ func (s *Store) RecordingDigest(ctx context.Context, session string) (string, er
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// recordedEnd is a session.end event that names a recording digest, as
-// VerifyChain found it.
-type recordedEnd struct {
-	index         int
-	id, session   string
-	digest, bytes string
+// emptyDigest is the digest of a recording with no committed chunk.
+const emptyDigest = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+// recordingTail returns how many chunks session's recording holds and
+// the time of its last stored entry (the recording's start if none).
+func (s *Store) recordingTail(ctx context.Context, session string) (uint64, time.Time, error) {
+	info, err := s.RecordingInfo(session)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	var n, lastSeq uint64
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		b, err := recordingBucket(tx, session)
+		if err != nil {
+			return err
+		}
+		c := b.Cursor()
+		for k, _ := c.Seek([]byte{'c'}); k != nil && len(k) == 9 && k[0] == 'c'; k, _ = c.Next() {
+			n++
+			lastSeq = binary.BigEndian.Uint64(k[1:])
+		}
+		return nil
+	})
+	if err != nil || n == 0 {
+		return n, info.Start, err
+	}
+	var at time.Duration
+	_, err = s.readChunks(ctx, session, lastSeq, func(_ uint64, raw []byte) error {
+		return decodeChunk(raw, func(e RecordingEntry) error { at = max(at, e.At); return nil })
+	})
+	if err != nil {
+		return n, info.Start, nil // verify reports the damaged chunk
+	}
+	return n, info.Start.Add(at), nil
 }
 
-// noteRecordedEnd remembers ev if it is a session.end with a recording
-// digest.
-func noteRecordedEnd(ends []recordedEnd, index int, ev Event) []recordedEnd {
-	if ev.Type != TypeSessionEnd {
-		return ends
+// RecordingProblem is a recording `audit verify` found damaged, or could
+// not verify.
+type RecordingProblem struct {
+	// Session is the session id.
+	Session string
+	// Reason says what is wrong, in words ("chunk 3 missing", "digest
+	// mismatch", "no digest in the audit log", ...).
+	Reason string
+}
+
+// RecordingsError is what VerifyChain returns when the chain is intact
+// but one or more recordings do not match the digests the chain holds.
+type RecordingsError struct {
+	// Failed lists every recording that failed, in session id order.
+	Failed []RecordingProblem
+}
+
+func (e *RecordingsError) Error() string {
+	parts := make([]string, len(e.Failed))
+	for i, p := range e.Failed {
+		parts[i] = fmt.Sprintf("session %s: %s", p.Session, p.Reason)
+	}
+	return fmt.Sprintf("%d session recordings do not match the audit log: %s", len(e.Failed), strings.Join(parts, "; "))
+}
+
+// recordingClaim is the newest digest the chain holds for a session's
+// recording: from its session.end, or its last session.checkpoint.
+type recordingClaim struct {
+	digest  string
+	chunks  int64 // -1: not recorded (all stored chunks are covered)
+	final   bool  // from a session.end
+	crashed bool  // a gateway_crashed session.end: a tail is unverifiable, not forged
+	tail    int64 // its recording_unverified_chunks: the tail's length at restart
+}
+
+// noteRecordingClaim remembers ev's digest if it names one.
+func noteRecordingClaim(claims map[string]recordingClaim, ev Event) {
+	if ev.Type != TypeSessionEnd && ev.Type != TypeSessionCheckpoint {
+		return
 	}
 	d, ok := ev.Fields[FieldRecordingSHA256]
-	if !ok {
-		return ends
+	if !ok || ev.Session == "" {
+		return
 	}
-	return append(ends, recordedEnd{index: index, id: ev.ID, session: ev.Session, digest: d})
+	c := recordingClaim{digest: d, chunks: -1, final: ev.Type == TypeSessionEnd, crashed: ev.Fields["reason"] == ReasonGatewayCrashed}
+	if n, err := strconv.ParseInt(ev.Fields[FieldRecordingChunks], 10, 64); err == nil && n >= 0 {
+		c.chunks = n
+	}
+	if n, err := strconv.ParseInt(ev.Fields[FieldRecordingUnverified], 10, 64); err == nil && n >= 0 {
+		c.tail = n
+	}
+	claims[ev.Session] = c
 }
 
-// verifyRecordings recomputes the digest of each recorded session and
-// compares it with its session.end's. It returns how many it checked.
-func (s *Store) verifyRecordings(ctx context.Context, ends []recordedEnd) (int, error) {
-	for i, e := range ends {
-		got, err := s.RecordingDigest(ctx, e.session)
-		switch {
-		case errors.Is(err, ErrNoRecording):
-			got = "no recording"
-		case errors.Is(err, errBadChunk):
-			got = err.Error()
-		case err != nil:
-			return i, err
-		}
-		if got != e.digest {
-			return i, &ChainError{Index: e.index, ID: e.id, Reason: ReasonRecordingMismatch, Expected: e.digest, Got: got}
+// verifyRecordings checks every stored recording against the newest
+// digest the chain holds for it, and every digest against a stored
+// recording. It returns how many matched, the failures and the
+// recordings it could not (fully) verify, each in session id order.
+func (s *Store) verifyRecordings(ctx context.Context, claims map[string]recordingClaim) (int, []RecordingProblem, []RecordingProblem, error) {
+	stored := map[string]bool{}
+	if err := s.Recordings(func(ri RecordingInfo) error { stored[ri.Session] = true; return nil }); err != nil {
+		return 0, nil, nil, err
+	}
+	sessions := make([]string, 0, len(stored)+len(claims))
+	for k := range stored {
+		sessions = append(sessions, k)
+	}
+	for k := range claims {
+		if !stored[k] {
+			sessions = append(sessions, k)
 		}
 	}
-	return len(ends), nil
+	slices.Sort(sessions)
+	var ok int
+	var failed, unverified []RecordingProblem
+	for _, sess := range sessions {
+		c, claimed := claims[sess]
+		switch {
+		case !claimed:
+			unverified = append(unverified, RecordingProblem{sess, "no digest in the audit log (recorded before digests were written, still open without a checkpoint, or its session.end is missing)"})
+			continue
+		case !stored[sess]:
+			failed = append(failed, RecordingProblem{sess, "recording missing: the audit log records a digest but no chunk is stored"})
+			continue
+		}
+		reason, tail, err := s.checkRecording(ctx, sess, c)
+		if err != nil {
+			return ok, failed, unverified, err
+		}
+		switch {
+		case reason != "":
+			failed = append(failed, RecordingProblem{sess, reason})
+		case tail > 0:
+			ok++
+			unverified = append(unverified, RecordingProblem{sess, fmt.Sprintf("unverifiable tail: %d chunks stored after the last digest in the audit log (%d chunks verified)", tail, c.chunks)})
+		default:
+			ok++
+		}
+	}
+	return ok, failed, unverified, nil
+}
+
+// checkRecording hashes session's stored chunks against c. It returns
+// why they fail ("" if they match) and how many chunks follow those c
+// covers when that is not itself a failure.
+func (s *Store) checkRecording(ctx context.Context, session string, c recordingClaim) (string, uint64, error) {
+	h := sha256.New()
+	var want uint64
+	if c.chunks >= 0 {
+		want = uint64(c.chunks)
+	}
+	var next, extra uint64
+	var reason string
+	_, err := s.readChunks(ctx, session, 0, func(seq uint64, raw []byte) error {
+		if c.chunks >= 0 && seq >= want {
+			extra++
+			return nil
+		}
+		if seq != next {
+			reason = fmt.Sprintf("chunk %d missing", next)
+			return errStopScan
+		}
+		h.Write(raw)
+		next++
+		return nil
+	})
+	var ce *chunkError
+	if errors.As(err, &ce) {
+		return fmt.Sprintf("chunk %d does not decompress (edited or damaged)", ce.seq), 0, nil
+	}
+	if err != nil && !errors.Is(err, errStopScan) {
+		return "", 0, err
+	}
+	if reason != "" {
+		return reason, 0, nil
+	}
+	if c.chunks >= 0 && next < want {
+		return fmt.Sprintf("chunk %d missing (the audit log records %d chunks)", next, want), 0, nil
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != c.digest {
+		return fmt.Sprintf("digest mismatch: the stored chunks hash to %s, the audit log records %s (a chunk was edited, added or reordered)", got, c.digest), 0, nil
+	}
+	if c.final && c.crashed && c.chunks >= 0 && int64(extra) != c.tail {
+		return fmt.Sprintf("%d chunks stored after the last checkpoint, but the session.end written at restart counted %d (the tail was cut or added to since)", extra, c.tail), 0, nil
+	}
+	if extra > 0 {
+		if c.final && !c.crashed {
+			return fmt.Sprintf("%d chunks stored beyond the %d the session.end records (chunks added)", extra, want), 0, nil
+		}
+		return "", extra, nil
+	}
+	return "", 0, nil
 }
 
 // deleteRecordingsTx deletes the recordings of sessions, whose

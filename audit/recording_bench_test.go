@@ -188,3 +188,51 @@ func BenchmarkRecordingWrite(b *testing.B) {
 	b.StopTimer()
 	_, _, _ = rec.Close(context.Background())
 }
+
+// TestRecordingCheckpointCost measures a bulk (incompressible, 64 MiB)
+// recording on a real, fsynced bbolt file with the checkpoints into the
+// chain and without them, and checks the checkpoints stay bounded.
+func TestRecordingCheckpointCost(t *testing.T) {
+	const total = 64 << 20
+	data := make([]byte, total)
+	rand.Read(data)
+	run := func(name string, checkpoints bool) time.Duration {
+		s, _ := newStore(t, Options{})
+		if !checkpoints {
+			s.recs.cpChunks, s.recs.cpEvery = 1<<62, time.Duration(1<<62)
+		}
+		ctx := context.Background()
+		start := time.Now()
+		rec, err := s.StartRecording(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < total; off += 32 << 10 {
+			if err := rec.Write(0, KindOutput, time.Since(start), data[off:off+32<<10]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, _, err := rec.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(start)
+		n := 0
+		if err := s.Iterate(ctx, Filter{}, func(ev Event) error {
+			if ev.Type == TypeSessionCheckpoint {
+				n++
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		_, chunks, _ := rec.Committed()
+		if max := int(chunks/checkpointChunks) + int(took/checkpointEvery) + 1; checkpoints && (n == 0 || n > max) {
+			t.Errorf("%d checkpoints for %d chunks in %s; want 1 to %d", n, chunks, took, max)
+		}
+		t.Logf("%s: 64 MiB in %d chunks, %d checkpoint events, %s (%.0f MiB/s)", name, chunks, n, took, float64(total>>20)/took.Seconds())
+		return took
+	}
+	without := run("without-checkpoints", false)
+	with := run("with-checkpoints", true)
+	t.Logf("checkpoint cost: %+.1f%%", 100*(with.Seconds()-without.Seconds())/without.Seconds())
+}

@@ -447,12 +447,9 @@ func TestVerifyDetectsRecordingTampering(t *testing.T) {
 				return edit(t, b)
 			})
 			_, err := verify(t, path)
-			var ce *ChainError
-			if !errors.As(err, &ce) || ce.Reason != ReasonRecordingMismatch {
-				t.Fatalf("VerifyChain after a chunk was %s = %v; want a %s ChainError", name, err, ReasonRecordingMismatch)
-			}
-			if !strings.Contains(ce.Error(), "recording chunk was edited, removed, added or reordered") {
-				t.Errorf("message does not say what happened: %v", ce)
+			var re *RecordingsError
+			if !errors.As(err, &re) || len(re.Failed) != 1 || re.Failed[0].Session != "sess" {
+				t.Fatalf("VerifyChain after a chunk was %s = %v; want a RecordingsError naming session sess", name, err)
 			}
 		})
 	}
@@ -464,9 +461,9 @@ func TestVerifyDetectsRecordingTampering(t *testing.T) {
 		}
 		_ = db.Update(func(tx *bbolt.Tx) error { return tx.Bucket([]byte(bucketRecordings)).DeleteBucket([]byte("sess")) })
 		db.Close()
-		var ce *ChainError
-		if _, err := verify(t, path); !errors.As(err, &ce) || ce.Reason != ReasonRecordingMismatch {
-			t.Fatalf("VerifyChain after the recording was deleted = %v; want %s", err, ReasonRecordingMismatch)
+		var re *RecordingsError
+		if _, err := verify(t, path); !errors.As(err, &re) || len(re.Failed) != 1 || !strings.Contains(re.Failed[0].Reason, "recording missing") {
+			t.Fatalf("VerifyChain after the recording was deleted = %v; want a RecordingsError saying the recording is missing", err)
 		}
 	})
 }

@@ -35,17 +35,35 @@ type OpenSession struct {
 	Fields map[string]string `json:"fields,omitempty"`
 	// Start is when it started.
 	Start time.Time `json:"start"`
+	// RecSHA256 and RecChunks are the recording digest and chunk count
+	// of the session's last session.checkpoint; LastSeen is its time.
+	RecSHA256 string    `json:"rec_sha256,omitempty"`
+	RecChunks string    `json:"rec_chunks,omitempty"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
 }
 
 // trackSession keeps the sessions bucket in step with ev, inside the
 // transaction that appends it.
 func trackSession(tx *bbolt.Tx, ev Event) error {
-	if ev.Session == "" || (ev.Type != TypeSessionStart && ev.Type != TypeSessionEnd) {
+	if ev.Session == "" || (ev.Type != TypeSessionStart && ev.Type != TypeSessionEnd && ev.Type != TypeSessionCheckpoint) {
 		return nil
 	}
 	b, err := tx.CreateBucketIfNotExists([]byte(bucketSessions))
 	if err != nil {
 		return err
+	}
+	if ev.Type == TypeSessionCheckpoint {
+		var o OpenSession
+		old := b.Get([]byte(ev.Session))
+		if old == nil || json.Unmarshal(old, &o) != nil {
+			return nil // not open (or unreadable): nothing to update
+		}
+		o.RecSHA256, o.RecChunks, o.LastSeen = ev.Fields[FieldRecordingSHA256], ev.Fields[FieldRecordingChunks], ev.Time
+		v, err := json.Marshal(o)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(ev.Session), v)
 	}
 	if ev.Type == TypeSessionEnd {
 		return b.Delete([]byte(ev.Session))
@@ -86,9 +104,14 @@ func (s *Store) OpenSessions() ([]OpenSession, error) {
 // every session the log shows open. Call it when the gateway starts,
 // before it accepts connections: no session is live then, so each open one
 // was cut by a crash. The end carries the start's actor and fields (user,
-// target, ...), "start_id", "duration_ms" up to the last event the log
-// holds (the latest the session can be shown alive) and "bytes_up" /
-// "bytes_down" of "unknown": the relay's counts died with the process.
+// target, ...), "start_id", "duration_ms" up to the latest the session
+// can be shown alive (a recorded session: its last stored entry or
+// session.checkpoint; otherwise the last event the log holds) and
+// "bytes_up" / "bytes_down" of "unknown": the relay's counts died with
+// the process. A recorded session's end carries the recording_sha256 and
+// recording_chunks of its last checkpoint (the digest of no chunk if it
+// had none) and, as recording_unverified_chunks, how many chunks were
+// stored after it: `audit verify` reports those as an unverifiable tail.
 func (s *Store) CloseInterrupted(ctx context.Context) (int, error) {
 	open, err := s.OpenSessions()
 	if err != nil {
@@ -97,10 +120,17 @@ func (s *Store) CloseInterrupted(ctx context.Context) (int, error) {
 	if len(open) == 0 {
 		return 0, nil
 	}
-	var lastSeen time.Time
+	// A session without a recording can be shown alive up to the last
+	// event the log holds; a recorded one up to its last stored entry or
+	// checkpoint, whichever is later.
+	var head time.Time
 	if h, err := s.Head(); err == nil && h.ID != "" {
 		if id, err := parseKey(h.ID); err == nil {
-			lastSeen = time.UnixMilli(int64(bytesTime(id))).UTC()
+			var ms uint64
+			for _, b := range id[:6] {
+				ms = ms<<8 | uint64(b)
+			}
+			head = time.UnixMilli(int64(ms)).UTC()
 		}
 	}
 	n := 0
@@ -111,7 +141,26 @@ func (s *Store) CloseInterrupted(ctx context.Context) (int, error) {
 		}
 		f["reason"], f["start_id"] = ReasonGatewayCrashed, o.StartID
 		f["bytes_up"], f["bytes_down"] = "unknown", "unknown"
-		if !lastSeen.IsZero() && lastSeen.After(o.Start) {
+		lastSeen := o.LastSeen
+		if stored, last, err := s.recordingTail(ctx, o.Session); err == nil {
+			// The chain covers the chunks up to the last checkpoint (none
+			// without one: the digest of nothing); later ones are an
+			// unverifiable tail, said so here and by verify.
+			digest, chunks := o.RecSHA256, o.RecChunks
+			if digest == "" {
+				digest, chunks = emptyDigest, "0"
+			}
+			f[FieldRecordingSHA256], f[FieldRecordingChunks] = digest, chunks
+			if c, _ := strconv.ParseUint(chunks, 10, 64); stored > c {
+				f[FieldRecordingUnverified] = strconv.FormatUint(stored-c, 10)
+			}
+			if last.After(lastSeen) {
+				lastSeen = last
+			}
+		} else {
+			lastSeen = head
+		}
+		if lastSeen.After(o.Start) {
 			f["duration_ms"] = strconv.FormatInt(lastSeen.Sub(o.Start).Milliseconds(), 10)
 		}
 		if _, err := s.Append(ctx, Event{Type: TypeSessionEnd, Actor: o.Actor, Session: o.Session, Fields: f}); err != nil {
@@ -120,15 +169,6 @@ func (s *Store) CloseInterrupted(ctx context.Context) (int, error) {
 		n++
 	}
 	return n, nil
-}
-
-// bytesTime is the millisecond time of a 16-byte ULID key.
-func bytesTime(k []byte) uint64 {
-	var t uint64
-	for _, b := range k[:6] {
-		t = t<<8 | uint64(b)
-	}
-	return t
 }
 
 // rebuildSessions fills the sessions bucket from the whole log, once, for

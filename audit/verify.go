@@ -44,9 +44,14 @@ type Verification struct {
 	// event retention has since pruned: the log is at least as long as the
 	// anchor says, but the anchored hash could not be compared.
 	AnchorPruned bool
-	// Recordings is how many session recordings were checked against the
-	// digest in their session.end event.
+	// Recordings is how many session recordings matched the newest
+	// digest the chain holds for them (session.end or session.checkpoint).
 	Recordings int
+	// Unverified lists the recordings, or recording tails, no digest in
+	// the chain covers, by session id. They are not failures, but
+	// nothing vouches for them. Recordings that fail come back as a
+	// *RecordingsError.
+	Unverified []RecordingProblem
 }
 
 // VerifyChain is Verify, also reporting the checkpoint it started from.
@@ -67,7 +72,7 @@ func (s *Store) VerifyAnchored(ctx context.Context, anchor *Anchor) (Verificatio
 		meta      chainMeta
 		vouched   bool // the newest audit.pruned seen names the checkpoint
 		anchorHit bool
-		ends      []recordedEnd // session.end events naming a recording digest
+		claims    = map[string]recordingClaim{} // newest recording digest per session
 	)
 	// The meta bucket and checkpoint are read in the transaction of the
 	// scan's first page: appends that land after it only add records past
@@ -102,7 +107,7 @@ func (s *Store) VerifyAnchored(ctx context.Context, anchor *Anchor) (Verificatio
 			}
 		}
 		prev, last = ev, k
-		ends = noteRecordedEnd(ends, res.Checked, ev)
+		noteRecordingClaim(claims, ev)
 		res.Checked++
 		return nil
 	})
@@ -140,8 +145,12 @@ func (s *Store) VerifyAnchored(ctx context.Context, anchor *Anchor) (Verificatio
 				Expected: fmt.Sprintf("event %d with hash %s", anchor.Seq, anchor.Hash), Got: "no such event"}
 		}
 	}
-	if res.Recordings, err = s.verifyRecordings(ctx, ends); err != nil {
+	var failed []RecordingProblem
+	if res.Recordings, failed, res.Unverified, err = s.verifyRecordings(ctx, claims); err != nil {
 		return res, err
+	}
+	if len(failed) > 0 {
+		return res, &RecordingsError{Failed: failed}
 	}
 	return res, nil
 }

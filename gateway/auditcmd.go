@@ -145,6 +145,11 @@ func (g *Gateway) cmdAuditAnchor(ctx context.Context, s *sessionIO) int {
 		return 1
 	}
 	v, err := store.VerifyChain(ctx)
+	var re *audit.RecordingsError
+	if errors.As(err, &re) {
+		s.errorf("bastion: the hash chain is intact (%d events) but session recordings are NOT: %v\n", v.Checked, err)
+		return 1
+	}
 	if err != nil {
 		s.errorf("bastion: audit log is NOT intact (%d events checked): %v\n", v.Checked, err)
 		return 1

@@ -397,6 +397,7 @@ type sessionResult struct {
 	payloadUp, payloadDown int64
 	recSHA                 string
 	recStored              int64
+	recChunks              string
 	recErr                 string
 }
 
@@ -411,6 +412,9 @@ func (s *recordedSession) end(r sessionResult) {
 	}
 	if r.recSHA != "" {
 		f["recording_sha256"], f["recording_bytes"] = r.recSHA, strconv.FormatInt(r.recStored, 10)
+		if r.recChunks != "" {
+			f[audit.FieldRecordingChunks] = r.recChunks
+		}
 	}
 	if r.recErr != "" {
 		f["recording_error"] = bounded(r.recErr)
@@ -535,6 +539,12 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 			res.recErr = err.Error()
 		} else {
 			res.recSHA, res.recStored = sum, stored
+		}
+		// Whatever happened, the session.end carries the digest of exactly
+		// what was committed, so the chain covers a recording cut short.
+		if c, ok := rec.(committedRecording); ok {
+			sum, chunks, stored := c.Committed()
+			res.recSHA, res.recStored, res.recChunks = sum, stored, strconv.FormatUint(chunks, 10)
 		}
 	}
 	return res

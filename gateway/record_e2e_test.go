@@ -41,6 +41,7 @@ type memRecording struct {
 	session string
 	inner   Recording
 	n       int
+	failed  bool
 }
 
 func newMemRecordings(store *audit.Store) *memRecordings {
@@ -58,6 +59,7 @@ func (m *memRecordings) StartRecording(ctx context.Context, session string) (Rec
 func (r *memRecording) Write(ch uint32, kind string, at time.Duration, data []byte) error {
 	r.m.mu.Lock()
 	if r.m.failAfter > 0 && r.n >= r.m.failAfter {
+		r.failed = true
 		r.m.mu.Unlock()
 		return errors.New("disk full")
 	}
@@ -67,7 +69,21 @@ func (r *memRecording) Write(ch uint32, kind string, at time.Duration, data []by
 	return r.inner.Write(ch, kind, at, data)
 }
 
-func (r *memRecording) Close(ctx context.Context) (string, int64, error) { return r.inner.Close(ctx) }
+// Close fails, as a real recording's does, once a write has failed.
+func (r *memRecording) Close(ctx context.Context) (string, int64, error) {
+	sum, stored, err := r.inner.Close(ctx)
+	r.m.mu.Lock()
+	defer r.m.mu.Unlock()
+	if err == nil && r.failed {
+		return "", 0, errors.New("disk full")
+	}
+	return sum, stored, err
+}
+
+// Committed is the inner recording's: what was stored.
+func (r *memRecording) Committed() (string, uint64, int64) {
+	return r.inner.(committedRecording).Committed()
+}
 
 // text returns what the store holds of session's recording of kind, each
 // entry followed by a NUL.
@@ -437,7 +453,16 @@ func TestRecordModeRecordingFailure(t *testing.T) {
 			t.Errorf("a session whose recording fails: %s; want it ended with a message", r)
 		}
 		rb.waitEvent(t, audit.TypeRecordingFailed, map[string]string{"key_id": "rec-fail", "policy": OnFailureClose})
-		rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-fail", "reason": ReasonRecordingFailed})
+		end := rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-fail", "reason": ReasonRecordingFailed})
+		// The end still carries the digest of what was stored, so the
+		// chain covers the cut recording.
+		if end.Fields[audit.FieldRecordingSHA256] == "" || end.Fields[audit.FieldRecordingChunks] == "" {
+			t.Errorf("recording_failed session.end = %v; want recording_sha256 and recording_chunks of the stored chunks", end.Fields)
+		}
+		v, err := rb.recs.store.VerifyChain(t.Context())
+		if err != nil || v.Recordings != 1 || len(v.Unverified) != 0 {
+			t.Errorf("VerifyChain = %+v, %v; want the cut recording verified", v, err)
+		}
 	})
 	t.Run("continue", func(t *testing.T) {
 		rb := startRecordGateway(t, "", func(c *Config, _ *Deps) { c.Record.OnFailure = OnFailureContinue })

@@ -20,6 +20,13 @@ type Recording interface {
 	Close(ctx context.Context) (sha256 string, stored int64, err error)
 }
 
+// committedRecording is a Recording that can say what it committed:
+// the digest and count of its stored chunks (*audit.Recording is one).
+// After a failed commit, that is what the session.end must carry.
+type committedRecording interface {
+	Committed() (sha256 string, chunks uint64, stored int64)
+}
+
 // SFTPInspector is fed both byte streams of a `subsystem sftp` channel,
 // in order, so that file-transfer metadata (paths opened, read, written,
 // removed) can be audited.

@@ -255,15 +255,21 @@ cannot show.`,
 			if errors.As(err, &ce) {
 				return &exitError{code: 1, err: fmt.Errorf("audit log is NOT intact (%d events checked before the break): %w", v.Checked, err)}
 			}
-			if err != nil {
+			var re *audit.RecordingsError
+			if err != nil && !errors.As(err, &re) {
 				return err
 			}
-			if v.From.Pruned > 0 {
-				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact from the retention checkpoint (%d older events pruned; the oldest held event chains to %s, the hash of pruned event %s)%s\n",
-					v.Checked, v.From.Pruned, v.From.Hash, v.From.ID, recordingsChecked(v))
-			} else {
-				fmt.Fprintf(a.stdout, "ok: %d events, hash chain intact%s\n", v.Checked, recordingsChecked(v))
+			status := "ok"
+			if re != nil {
+				status = "hash chain ok, recordings NOT intact"
 			}
+			if v.From.Pruned > 0 {
+				fmt.Fprintf(a.stdout, "%s: %d events, hash chain intact from the retention checkpoint (%d older events pruned; the oldest held event chains to %s, the hash of pruned event %s)\n",
+					status, v.Checked, v.From.Pruned, v.From.Hash, v.From.ID)
+			} else {
+				fmt.Fprintf(a.stdout, "%s: %d events, hash chain intact\n", status, v.Checked)
+			}
+			printRecordings(a.stdout, v, re)
 			switch {
 			case anchor != nil && v.AnchorPruned:
 				fmt.Fprintf(a.stdout, "anchor: event %d (%s) has been pruned by retention; the log is at least that long, its hash could not be compared\n", anchor.Seq, anchor.ID)
@@ -275,6 +281,9 @@ cannot show.`,
 			}
 			if v.Head.ID != "" {
 				fmt.Fprintln(a.stdout, v.Head.String())
+			}
+			if re != nil {
+				return &exitError{code: 1, err: fmt.Errorf("%d session recordings are NOT intact (listed above); the hash chain itself is intact", len(re.Failed))}
 			}
 			return nil
 		},
@@ -326,10 +335,20 @@ place of audit.db (keep the damaged one) once you have read the report.`,
 	return cmd
 }
 
-// recordingsChecked says how many session recordings verify checked.
-func recordingsChecked(v audit.Verification) string {
-	if v.Recordings == 0 {
-		return ""
+// printRecordings says how many session recordings verify checked, and
+// lists by session each one that failed or that no digest covers.
+func printRecordings(w io.Writer, v audit.Verification, re *audit.RecordingsError) {
+	failed := 0
+	if re != nil {
+		failed = len(re.Failed)
 	}
-	return fmt.Sprintf("; %d session recordings match the digests in their session.end events", v.Recordings)
+	fmt.Fprintf(w, "recordings: %d session recordings match the digests the audit log holds, %d failed, %d not (fully) verifiable\n", v.Recordings, failed, len(v.Unverified))
+	if re != nil {
+		for _, p := range re.Failed {
+			fmt.Fprintf(w, "  FAILED session %s: %s\n", p.Session, p.Reason)
+		}
+	}
+	for _, p := range v.Unverified {
+		fmt.Fprintf(w, "  unverified session %s: %s\n", p.Session, p.Reason)
+	}
 }

@@ -130,21 +130,26 @@ func TestAuditSessionsAndPlayOffline(t *testing.T) {
 	if !strings.Contains(ok, "2 session recordings match") {
 		t.Errorf("audit verify = %q", ok)
 	}
-	// Edit one chunk: verify fails with exit status 1.
+	// Corrupt the first chunk of both recordings: verify fails with exit
+	// status 1, says the chain itself is intact and names each session
+	// with its reason.
 	db, err := bbolt.Open(filepath.Join(data, "audit.db"), 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte("recordings")).Bucket([]byte("aaaa000000000001"))
-		k, v := b.Cursor().First()
-		v = append([]byte(nil), v...)
-		v[len(v)-1] ^= 1
-		return b.Put(k, v)
-	})
+	for _, sess := range []string{"aaaa000000000001", "bbbb000000000002"} {
+		_ = db.Update(func(tx *bbolt.Tx) error {
+			b := tx.Bucket([]byte("recordings")).Bucket([]byte(sess))
+			k, v := b.Cursor().First()
+			v = append([]byte(nil), v...)
+			v[len(v)-1] ^= 1
+			return b.Put(k, v)
+		})
+	}
 	db.Close()
-	_, _, err = run(t, data, "audit", "verify")
-	if exitCode(err) != 1 || !strings.Contains(err.Error(), "NOT intact") || !strings.Contains(err.Error(), "recording chunk was edited") {
-		t.Errorf("audit verify after a chunk was edited: %v", err)
+	out, _, err = run(t, data, "audit", "verify")
+	if exitCode(err) != 1 || !strings.Contains(err.Error(), "recordings are NOT intact") || !strings.Contains(out, "hash chain ok, recordings NOT intact: ") ||
+		!strings.Contains(out, "FAILED session aaaa000000000001: chunk 0 does not decompress") || !strings.Contains(out, "FAILED session bbbb000000000002: chunk 0 does not decompress") {
+		t.Errorf("audit verify after a chunk of each recording was edited: %v\n%s", err, out)
 	}
 }
