@@ -58,8 +58,10 @@ type RecordConfig struct {
 	// host keys trusted besides host certificates from bastion's host CA.
 	// A target presenting neither is refused (never trusted on first use).
 	KnownHostsFile string
-	// Input records what users type (kind "i"); off by default, since
-	// keystrokes include passwords typed at prompts.
+	// Input records what users type at a terminal (kind "i"); off by
+	// default, since keystrokes include passwords typed at prompts. Input
+	// of sessions without a terminal (a script piped to a shell) is
+	// recorded whatever this says, file transfers' streams never.
 	Input bool
 	// OnFailure is what happens when a recording cannot be written:
 	// "close" (default) ends the session, "continue" lets it go on

@@ -223,6 +223,9 @@ func TestRecordModePTY(t *testing.T) {
 	if out := rb.recs.text(end.Session, "o"); !strings.Contains(out, "pty-42") {
 		t.Errorf("recorded pty output %q lacks pty-42", out)
 	}
+	if i := rb.recs.text(end.Session, "i"); i != "" {
+		t.Errorf("input typed at a terminal was recorded although recording.input is off: %q", i)
+	}
 	if rs := rb.recs.text(end.Session, "r"); !regexpMatch(`^\d+x\d+\x00`, rs) {
 		t.Errorf("recording has no terminal size: %q", rs)
 	}
@@ -243,6 +246,29 @@ func TestRecordModePTY(t *testing.T) {
 		t.Errorf("the transcript lacks the session's output:\n%s", transcript.String())
 	}
 	rb.waitEvent(t, audit.TypeSessionExit, map[string]string{"key_id": "rec-pty", "exit_status": "3"})
+}
+
+// TestRecordModeRecordsPipedInput: commands piped into a shell without a
+// terminal are recorded by default and shown by audit play --format text.
+func TestRecordModeRecordsPipedInput(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	c := rb.client(ca.Request{KeyID: "rec-piped"})
+	script := "echo piped-$((6*7))\nrm -f /tmp/bastion-piped-none\n"
+	r := c.RunInput(t.Context(), strings.NewReader(script), "ssh", append([]string{"-T"}, rb.jumpArgs(rb.user, "bash")...)...)
+	if r.ExitCode != 0 || !strings.Contains(r.Stdout, "piped-42") {
+		t.Fatalf("a script piped to bash through record mode: %s", r)
+	}
+	end := rb.sessionOf(t, "rec-piped")
+	if i := rb.recs.text(end.Session, "i"); !strings.Contains(i, "rm -f /tmp/bastion-piped-none") {
+		t.Errorf("recorded input %q lacks the piped command", i)
+	}
+	var transcript bytes.Buffer
+	if err := rb.store.Play(t.Context(), &transcript, end.Session, audit.PlayOptions{Format: audit.PlayText, Channel: audit.AutoChannel}); err != nil {
+		t.Fatal(err)
+	}
+	if !regexpMatch(`(?m)^# input \(channel \d+\): rm -f /tmp/bastion-piped-none$`, transcript.String()) {
+		t.Errorf("the text transcript does not show the piped command as an input line:\n%s", transcript.String())
+	}
 }
 
 func TestRecordModeTransferTools(t *testing.T) {

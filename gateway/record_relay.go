@@ -252,6 +252,7 @@ type channelState struct {
 	exitSent chan struct{} // closed once exit-status or exit-signal went to the client
 	exitOnce sync.Once
 	noRecord atomic.Bool // a file transfer: payload is counted, not recorded
+	pty      atomic.Bool // a terminal was asked for: input is typed at it
 	sftp     atomic.Pointer[sftpHook]
 	command  atomic.Pointer[string]
 	kind     atomic.Pointer[string]
@@ -375,7 +376,11 @@ func (p *proxy) copyData(dst io.Writer, src io.Reader, st *channelState, kind st
 					h.ServerToClient(data)
 				}
 			}
-			if st.session && !st.noRecord.Load() && (kind != "i" || p.input) {
+			// Input is recorded when it is not typed at a terminal (a
+			// script piped to a shell or command: no prompt, no echo, no
+			// password typed at it), and at a terminal only with
+			// recording.input.
+			if st.session && !st.noRecord.Load() && (kind != "i" || p.input || !st.pty.Load()) {
 				var errw io.Writer
 				if c, ok := dst.(gossh.Channel); ok && kind != "i" {
 					errw = c.Stderr()
@@ -435,6 +440,7 @@ func (p *proxy) channelRequests(reqs <-chan *gossh.Request, tch, cch gossh.Chann
 				Cols, Rows, Width, Height uint32
 				Modes                     string
 			}
+			st.pty.Store(true)
 			if gossh.Unmarshal(req.Payload, &pty) == nil {
 				p.write(st.id, "r", fmt.Appendf(nil, "%dx%d", pty.Cols, pty.Rows), cch.Stderr())
 			}
