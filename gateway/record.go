@@ -349,7 +349,7 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 		g.metrics.jumps.WithLabelValues("refused", reason).Inc()
 		f := id.auditFields()
 		f["target"], f["reason"], f["detail"], f["remote"], f["conn"], f["mode"] = target, reason, bounded(msg), cs.remote.String(), cs.id, ModeRecord
-		g.record(context.Background(), audit.Event{Type: audit.TypeChannelDenied, Actor: id.User, Session: cs.id, Fields: f})
+		g.recordRefusal(cs, audit.Event{Type: audit.TypeChannelDenied, Actor: id.User, Session: cs.id, Fields: f})
 		nc.Reject(rejection, "bastion: "+msg)
 	}
 	signer, err := g.rec.hostSigner(ctx, dest.Host, id.User)
@@ -425,12 +425,24 @@ func (s *recordedSession) end(r sessionResult) {
 
 // event writes a record about this session.
 func (s *recordedSession) event(ctx context.Context, typ string, extra map[string]string) error {
+	return s.g.record(ctx, s.eventOf(typ, extra))
+}
+
+// eventOf is the record of typ in this session, with extra fields.
+func (s *recordedSession) eventOf(typ string, extra map[string]string) audit.Event {
 	f := s.id.auditFields()
 	f["target"], f["remote"], f["conn"], f["mode"] = s.target, s.cs.remote.String(), s.cs.id, ModeRecord
 	for k, v := range extra {
 		f[k] = v
 	}
-	return s.g.record(ctx, audit.Event{Type: typ, Actor: s.id.User, Session: s.id2, Fields: f})
+	return audit.Event{Type: typ, Actor: s.id.User, Session: s.id2, Fields: f}
+}
+
+// refusal audits a refusal the client can provoke at will (a request or
+// channel refused), folded per connection like the gateway's own: the
+// first of each kind at once, repeats counted (see recordRefusal).
+func (s *recordedSession) refusal(typ string, extra map[string]string) {
+	s.g.recordRefusal(s.cs, s.eventOf(typ, extra))
 }
 
 // run serves the inner SSH connection on ch and proxies it to upstream.

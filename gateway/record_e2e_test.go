@@ -777,3 +777,87 @@ func TestRecordModeX11AndEnv(t *testing.T) {
 		rb.waitEvent(t, audit.TypeRequestDenied, map[string]string{"key_id": "rec-x11-env", "request": "env " + k, "reason": ReasonEnvForbidden})
 	}
 }
+
+// TestRecordModeRefusalFlood: thousands of refused global requests,
+// channel requests, env requests and channel opens on one record-mode
+// connection write a bounded number of records, the repeats counted.
+func TestRecordModeRefusalFlood(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	c := rb.client(ca.Request{KeyID: "rec-flood"})
+	signer := certSigner(t, c, rb.certOf(c))
+	outer, err := rb.dialGateway(rb.user, gossh.PublicKeys(signer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outer.Close()
+	tunnel, err := outer.Dial("tcp", rb.target.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tunnel.Close()
+	cc, chans, reqs, err := gossh.NewClientConn(tunnel, rb.target.Addr, &gossh.ClientConfig{
+		User: rb.user, Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)},
+		HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := gossh.NewClient(cc, chans, reqs)
+	const n = 1000
+	for i := range n {
+		if ok, _, err := inner.SendRequest(fmt.Sprintf("junk-%d@example.com", i), true, nil); err != nil || ok {
+			t.Fatalf("global request %d: ok=%v err=%v", i, ok, err)
+		}
+	}
+	ch, _, err := inner.OpenChannel("session", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if ok, err := ch.SendRequest(fmt.Sprintf("junk-%d", i), true, nil); err != nil || ok {
+			t.Fatalf("channel request %d: ok=%v err=%v", i, ok, err)
+		}
+		env := gossh.Marshal(struct{ Name, Value string }{fmt.Sprintf("LD_%d", i), "x"})
+		if _, err := ch.SendRequest("env", true, env); err != nil {
+			t.Fatalf("env request %d: %v", i, err)
+		}
+	}
+	for i := range 200 {
+		if _, _, err := inner.OpenChannel(fmt.Sprintf("junk-chan-%d", i), nil); err == nil {
+			t.Fatalf("junk channel %d opened", i)
+		}
+	}
+	ch.Close()
+	inner.Close()
+	outer.Close()
+	rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-flood"})
+	count := func() (records, stands int) {
+		for _, typ := range []string{audit.TypeRequestDenied, audit.TypeChannelDenied} {
+			for _, ev := range rb.events(typ) {
+				if ev.Fields["key_id"] != "rec-flood" {
+					continue
+				}
+				records++
+				if c, err := strconv.Atoi(ev.Fields["count"]); err == nil {
+					stands += c
+				} else {
+					stands++
+				}
+			}
+		}
+		return
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	records, stands := count()
+	for stands < 3*n+200 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		records, stands = count()
+	}
+	t.Logf("%d refusals: %d records", 3*n+200, records)
+	if records > 2*maxRefusalKinds+4 {
+		t.Errorf("%d refusal records for %d refusals; want them folded to a few", records, 3*n+200)
+	}
+	if stands != 3*n+200 {
+		t.Errorf("the records stand for %d refusals, want %d", stands, 3*n+200)
+	}
+}

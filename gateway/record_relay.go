@@ -170,7 +170,7 @@ func (p *proxy) targetGlobalRequests(reqs <-chan *gossh.Request) {
 
 // refused audits a refused request or channel.
 func (p *proxy) refused(what, reason, detail string) {
-	p.s.event(context.Background(), audit.TypeRequestDenied, map[string]string{"request": bounded(what), "reason": reason, "detail": bounded(detail), "login": p.login})
+	p.s.refusal(audit.TypeRequestDenied, map[string]string{"request": bounded(what), "reason": reason, "detail": bounded(detail), "login": p.login})
 }
 
 // clientChannel proxies a channel the client opened.
@@ -186,13 +186,13 @@ func (p *proxy) clientChannel(nc gossh.NewChannel) {
 		}
 		dest := net2(d.Host, d.Port)
 		if !p.forwarding {
-			p.s.event(context.Background(), audit.TypeChannelDenied, map[string]string{"request": typ, "forward": dest, "reason": ReasonForwardingNotAllowed, "login": p.login})
+			p.s.refusal(audit.TypeChannelDenied, map[string]string{"request": typ, "forward": dest, "reason": ReasonForwardingNotAllowed, "login": p.login})
 			nc.Reject(gossh.Prohibited, "bastion: your certificate does not permit port forwarding")
 			return
 		}
 		p.s.event(context.Background(), audit.TypeSessionForward, map[string]string{"login": p.login, "kind": "local", "forward": dest})
 	default:
-		p.s.event(context.Background(), audit.TypeChannelDenied, map[string]string{"request": bounded(typ), "reason": "not_supported", "login": p.login})
+		p.s.refusal(audit.TypeChannelDenied, map[string]string{"request": bounded(typ), "reason": "not_supported", "login": p.login})
 		nc.Reject(gossh.UnknownChannelType, fmt.Sprintf("bastion: %s channels are not allowed", bounded(typ)))
 		return
 	}
@@ -221,7 +221,7 @@ func (p *proxy) targetChannel(nc gossh.NewChannel) {
 	if typ != "forwarded-tcpip" || !p.forwarding {
 		// auth-agent@openssh.com and x11 are never asked for, so never
 		// legitimately opened.
-		p.s.event(context.Background(), audit.TypeChannelDenied, map[string]string{"request": bounded(typ), "reason": "not_supported", "by": "target", "login": p.login})
+		p.s.refusal(audit.TypeChannelDenied, map[string]string{"request": bounded(typ), "reason": "not_supported", "by": "target", "login": p.login})
 		nc.Reject(gossh.Prohibited, "bastion: channel type not allowed")
 		return
 	}
