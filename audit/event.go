@@ -71,6 +71,9 @@ const (
 	TypeSessionForward = "session.forward"
 	// TypeRecordingFailed is a recording write that failed.
 	TypeRecordingFailed = "recording.failed"
+	// TypeRecordingTruncated records that a session's recording reached
+	// max_bytes_per_session: what follows is counted, not stored.
+	TypeRecordingTruncated = "recording.truncated"
 	// TypeAuditOutage closes an episode during which the audit log could
 	// not be written (the gateway's spool writes it).
 	TypeAuditOutage   = "audit.outage"
@@ -120,7 +123,7 @@ func KnownTypes() []string {
 		TypeCommand, TypeGatewayStart, TypeGatewayStop, TypeLoginStarted, TypeLoginOK, TypeLoginFailed,
 		TypeAuditPruned, TypeAuditNewLog, TypeAuditSalvaged, TypeAlertSent, TypeAlertFailed, TypeSourceSeen,
 		TypeAuditOutage, TypeConnectionEnded, TypeSessionExec, TypeSessionExit, TypeSessionSFTP, TypeSessionForward,
-		TypeRecordingFailed, TypeIdPDown, TypeIdPUp, TypeStateApplied}
+		TypeRecordingFailed, TypeRecordingTruncated, TypeIdPDown, TypeIdPUp, TypeStateApplied}
 }
 
 // CheckKnownType reports a filter type (a name or a "family.*" prefix)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -68,6 +69,13 @@ func (r *memRecording) Write(ch uint32, kind string, at time.Duration, data []by
 }
 
 func (r *memRecording) Close(ctx context.Context) (string, int64, error) { return r.inner.Close(ctx) }
+
+func (r *memRecording) Limited() (bool, int64, int64) {
+	if l, ok := r.inner.(recordingLimit); ok {
+		return l.Limited()
+	}
+	return false, 0, 0
+}
 
 // text returns what the store holds of session's recording of kind, each
 // entry followed by a NUL.
@@ -859,5 +867,35 @@ func TestRecordModeRefusalFlood(t *testing.T) {
 	}
 	if stands != 3*n+200 {
 		t.Errorf("the records stand for %d refusals, want %d", stands, 3*n+200)
+	}
+}
+
+// TestRecordModeRecordingTruncated: a session whose recording reaches
+// max_bytes_per_session writes one recording.truncated record.
+func TestRecordModeRecordingTruncated(t *testing.T) {
+	small, err := audit.Open(filepath.Join(t.TempDir(), "rec.db"), audit.Options{RecordingMaxBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { small.Close() })
+	rb := startRecordGateway(t, "", func(_ *Config, d *Deps) { d.Recordings = StoreRecordings{Store: small} })
+	c := rb.client(ca.Request{KeyID: "rec-big"})
+	r := c.Run(t.Context(), "ssh", rb.jumpArgs(rb.user, "head", "-c", "400000", "/dev/zero", "|", "wc", "-c", ";", "head", "-c", "300000", "/dev/zero")...)
+	if r.ExitCode != 0 || len(r.Stdout) < 300000 {
+		t.Fatalf("a large output through record mode: exit %d, %d bytes", r.ExitCode, len(r.Stdout))
+	}
+	end := rb.sessionOf(t, "rec-big")
+	ev := rb.waitEvent(t, audit.TypeRecordingTruncated, map[string]string{"key_id": "rec-big", "limit": "65536"})
+	if ev.Session != end.Session || ev.Fields["bytes_stored"] == "" || ev.Fields["login"] != rb.user {
+		t.Errorf("recording.truncated: %v", ev)
+	}
+	n := 0
+	for _, e := range rb.events(audit.TypeRecordingTruncated) {
+		if e.Session == end.Session {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d recording.truncated records for one session; want one", n)
 	}
 }

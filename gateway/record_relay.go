@@ -30,10 +30,11 @@ type proxy struct {
 	// forwarding is the user's certificate's permit-port-forwarding.
 	forwarding bool
 
-	up, down atomic.Int64
-	nextCh   atomic.Uint32
-	failed   atomic.Bool // a recording write failed and the session was ended
-	recMu    sync.Mutex  // serialises recording writes; guards rec
+	up, down  atomic.Int64
+	nextCh    atomic.Uint32
+	failed    atomic.Bool // a recording write failed and the session was ended
+	recMu     sync.Mutex  // serialises recording writes; guards rec
+	truncated bool        // recording.truncated written; guarded by recMu
 
 	mu      sync.Mutex
 	closing bool
@@ -110,6 +111,18 @@ func (p *proxy) write(ch uint32, kind string, data []byte, stderr io.Writer) {
 	}
 	err := p.rec.Write(ch, kind, p.s.g.now().Sub(p.s.start), data)
 	if err == nil {
+		if !p.truncated {
+			if l, ok := p.rec.(recordingLimit); ok {
+				if limited, stored, limit := l.Limited(); limited {
+					// Once: from here the session's data is counted,
+					// not stored, and the audit stream says so.
+					p.truncated = true
+					p.s.event(context.Background(), audit.TypeRecordingTruncated, map[string]string{
+						"login": p.login, "channel": strconv.Itoa(int(ch)),
+						"bytes_stored": strconv.FormatInt(stored, 10), "limit": strconv.FormatInt(limit, 10)})
+				}
+			}
+		}
 		return
 	}
 	p.rec = nil
