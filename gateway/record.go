@@ -338,6 +338,21 @@ type recordedSession struct {
 	target string
 
 	lastAuthErr atomic.Pointer[error]
+
+	// attempts are the inner hop's failed attempts (at most
+	// maxAttemptsKept), folded into its auth.ok or, if it never
+	// authenticates, written as auth.failed records.
+	attemptsMu sync.Mutex
+	attempts   []map[string]string
+}
+
+// takeAttempts returns the inner hop's failed attempts and forgets them.
+func (s *recordedSession) takeAttempts() []map[string]string {
+	s.attemptsMu.Lock()
+	defer s.attemptsMu.Unlock()
+	a := s.attempts
+	s.attempts = nil
+	return a
 }
 
 // recordSession runs a record-mode session on a direct-tcpip channel
@@ -472,12 +487,25 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 	timer.Stop()
 	if err != nil {
 		ch.Close()
+		// The inner hop never authenticated: each failed attempt is a
+		// record of its own.
+		for i, f := range s.takeAttempts() {
+			f["attempt"] = strconv.Itoa(i + 1)
+			s.event(context.Background(), audit.TypeAuthFailed, f)
+		}
 		return sessionResult{why: ReasonInnerAuthFailed}
 	}
 	defer sconn.Close()
 	login := sconn.User()
 	res := sessionResult{login: login}
-	s.event(ctx, audit.TypeAuthOK, map[string]string{"hop": "inner", "login": login, "method": "publickey"})
+	okf := map[string]string{"hop": "inner", "login": login, "method": "publickey"}
+	if attempts := s.takeAttempts(); len(attempts) > 0 {
+		// OpenSSH offers the plain key before its certificate: attempts
+		// that preceded success are folded in, as on the outer hop.
+		okf["attempts_failed"] = strconv.Itoa(len(attempts))
+		okf["attempts_reasons"] = attemptReasons(attempts)
+	}
+	s.event(ctx, audit.TypeAuthOK, okf)
 
 	// The rest of the session is refused with this message on every
 	// channel the client opens, for at most a few seconds.
@@ -623,7 +651,11 @@ func (s *recordedSession) authLog(meta gossh.ConnMetadata, method string, err er
 		f["reason"], f["detail"] = methodReason(method), bounded(err.Error())
 	}
 	s.g.metrics.authAttempts.WithLabelValues("failed", f["reason"]).Inc()
-	s.event(context.Background(), audit.TypeAuthFailed, f)
+	s.attemptsMu.Lock()
+	if len(s.attempts) < maxAttemptsKept {
+		s.attempts = append(s.attempts, f)
+	}
+	s.attemptsMu.Unlock()
 }
 
 // mintSessionCert signs a fresh key for login through the CA's pipeline

@@ -170,7 +170,18 @@ func TestRecordModeExec(t *testing.T) {
 	if exec.Session != end.Session || !strings.HasPrefix(exec.Fields["command"], "echo hello-from-$(id -un)") || exec.Fields["kind"] != "exec" {
 		t.Errorf("session.exec: %v", exec.Fields)
 	}
-	rb.waitEvent(t, audit.TypeAuthOK, map[string]string{"key_id": "rec-exec", "hop": "inner", "login": rb.user})
+	innerOK := rb.waitEvent(t, audit.TypeAuthOK, map[string]string{"key_id": "rec-exec", "hop": "inner", "login": rb.user})
+	// OpenSSH offers the plain key before the certificate: that attempt
+	// is folded into the inner hop's auth.ok, not an auth.failed of its own.
+	for _, ev := range rb.events(audit.TypeAuthFailed) {
+		if ev.Fields["key_id"] == "rec-exec" && ev.Fields["hop"] == "inner" {
+			t.Errorf("a session that authenticated wrote an inner auth.failed: %v", ev.Fields)
+		}
+	}
+	if n := innerOK.Fields["attempts_failed"]; n != "" && !strings.Contains(innerOK.Fields["attempts_reasons"], "×") {
+		t.Errorf("inner auth.ok: attempts_failed %s without reasons: %v", n, innerOK.Fields)
+	}
+	t.Logf("inner auth.ok: attempts_failed=%q attempts_reasons=%q", innerOK.Fields["attempts_failed"], innerOK.Fields["attempts_reasons"])
 	// The per-session certificate went through the CA's pipeline.
 	issued := rb.waitEvent(t, audit.TypeCertIssued, map[string]string{"purpose": "session", "key_id": "bastion-session:" + rb.user + ":" + end.Session})
 	if issued.Fields["principals"] != rb.user || issued.Fields["source_address"] != "127.0.0.1" {
@@ -898,4 +909,52 @@ func TestRecordModeRecordingTruncated(t *testing.T) {
 	if n != 1 {
 		t.Errorf("%d recording.truncated records for one session; want one", n)
 	}
+}
+
+// TestRecordModeInnerAttemptsFolded: a client that offers its plain key
+// before its certificate on the inner hop (as OpenSSH does) gets one
+// auth.ok with the failed attempt folded in, no auth.failed; one that
+// never authenticates gets auth.failed records.
+func TestRecordModeInnerAttemptsFolded(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	c := rb.client(ca.Request{KeyID: "rec-fold"})
+	plain, cert := certSigner(t, c, nil), certSigner(t, c, rb.certOf(c))
+	inner := func(auth ...gossh.Signer) error {
+		outer, err := rb.dialGateway(rb.user, gossh.PublicKeys(cert))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer outer.Close()
+		tunnel, err := outer.Dial("tcp", rb.target.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tunnel.Close()
+		cc, chans, reqs, err := gossh.NewClientConn(tunnel, rb.target.Addr, &gossh.ClientConfig{
+			User: rb.user, Auth: []gossh.AuthMethod{gossh.PublicKeys(auth...)},
+			HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second,
+		})
+		if err != nil {
+			return err
+		}
+		gossh.NewClient(cc, chans, reqs).Close()
+		return nil
+	}
+	if err := inner(plain, cert); err != nil {
+		t.Fatalf("inner hop with the plain key then the certificate: %v", err)
+	}
+	ok := rb.waitEvent(t, audit.TypeAuthOK, map[string]string{"key_id": "rec-fold", "hop": "inner"})
+	if ok.Fields["attempts_failed"] != "1" || ok.Fields["attempts_reasons"] != ReasonNotACertificate+"×1" {
+		t.Errorf("inner auth.ok: %v; want attempts_failed 1, attempts_reasons %s×1", ok.Fields, ReasonNotACertificate)
+	}
+	rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-fold"})
+	for _, ev := range rb.events(audit.TypeAuthFailed) {
+		if ev.Fields["hop"] == "inner" {
+			t.Errorf("an inner hop that authenticated wrote auth.failed: %v", ev.Fields)
+		}
+	}
+	if err := inner(plain); err == nil {
+		t.Fatal("the inner hop accepted a plain key")
+	}
+	rb.waitEvent(t, audit.TypeAuthFailed, map[string]string{"key_id": "rec-fold", "hop": "inner", "reason": ReasonNotACertificate})
 }
