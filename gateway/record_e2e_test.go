@@ -676,6 +676,8 @@ func TestRecordModeStateChangeEndsLiveSession(t *testing.T) {
 				args = append([]string{"-tt"}, args...)
 			}
 			cmd := c.Command(ctx, "ssh", args...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
 			stdout, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -702,6 +704,10 @@ func TestRecordModeStateChangeEndsLiveSession(t *testing.T) {
 			case <-time.After(2 * time.Second):
 				_ = cmd.Process.Kill()
 				t.Fatalf("a recorded session outlived its %s by 2 s", tc.reason)
+			}
+			// The user is told why, not only "Connection closed".
+			if !strings.Contains(stderr.String(), "bastion: your access was ended ("+tc.reason) {
+				t.Errorf("ssh's stderr does not say why the session ended:\n%s", stderr.String())
 			}
 			rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": tc.req.KeyID, "mode": ModeRecord, "reason": tc.reason})
 			rb.waitEvent(t, audit.TypeConnectionEnded, map[string]string{"key_id": tc.req.KeyID, "reason": tc.reason})

@@ -281,6 +281,12 @@ func (p *proxy) pipe(typ string, cch gossh.Channel, creqs <-chan *gossh.Request,
 	st := &channelState{id: p.nextCh.Add(1), session: typ == "session", started: make(chan struct{}), exitSent: make(chan struct{})}
 	if !st.session {
 		st.begin()
+	} else {
+		// A lock or revocation that ends the connection says why here.
+		defer p.s.cs.addNotifier(func(msg string) {
+			io.WriteString(cch.Stderr(), msg)
+			p.write(st.id, "e", []byte(msg), nil)
+		})()
 	}
 	var wg sync.WaitGroup
 	// Client to target. For a session, data waits until the program has
