@@ -75,6 +75,9 @@ const (
 	TypeSessionCheckpoint = "session.checkpoint"
 	// TypeRecordingFailed is a recording write that failed.
 	TypeRecordingFailed = "recording.failed"
+	// TypeRecordingTruncated records that a session's recording reached
+	// max_bytes_per_session: what follows is counted, not stored.
+	TypeRecordingTruncated = "recording.truncated"
 	// TypeAuditOutage closes an episode during which the audit log could
 	// not be written (the gateway's spool writes it).
 	TypeAuditOutage   = "audit.outage"
@@ -124,7 +127,7 @@ func KnownTypes() []string {
 		TypeCommand, TypeGatewayStart, TypeGatewayStop, TypeLoginStarted, TypeLoginOK, TypeLoginFailed,
 		TypeAuditPruned, TypeAuditNewLog, TypeAuditSalvaged, TypeAlertSent, TypeAlertFailed, TypeSourceSeen,
 		TypeAuditOutage, TypeConnectionEnded, TypeSessionExec, TypeSessionExit, TypeSessionSFTP, TypeSessionForward,
-		TypeSessionCheckpoint, TypeRecordingFailed, TypeIdPDown, TypeIdPUp, TypeStateApplied}
+		TypeSessionCheckpoint, TypeRecordingFailed, TypeRecordingTruncated, TypeIdPDown, TypeIdPUp, TypeStateApplied}
 }
 
 // CheckKnownType reports a filter type (a name or a "family.*" prefix)

@@ -213,6 +213,14 @@ type recInfo struct {
 	Chunks  uint64    `json:"chunks,omitempty"`
 }
 
+// Limited reports whether the recording reached max_bytes_per_session
+// (later data is counted, not stored), the bytes it stored and the limit.
+func (r *Recording) Limited() (limited bool, stored, limit int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.limited, r.bytes, r.s.recs.maxBytes
+}
+
 // RecordingInfo describes a stored recording.
 type RecordingInfo struct {
 	// Session is the session id.

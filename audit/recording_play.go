@@ -25,7 +25,8 @@ const (
 	PlayAsciicast PlayFormat = "asciicast"
 	// PlayText writes the transcript of every channel with control
 	// sequences stripped, for grep: output to the writer, stderr of exec
-	// sessions to PlayOptions.Stderr, commands as "# exec:" lines.
+	// sessions to PlayOptions.Stderr, commands as "# exec:" lines and
+	// recorded input as "# input:" lines.
 	PlayText PlayFormat = "text"
 )
 
@@ -306,11 +307,19 @@ func playText(ctx context.Context, w io.Writer, session string, read readFunc, c
 		}
 		return strip[key]
 	}
+	in := map[uint32]*inputLines{}
 	err := read(ctx, session, func(e RecordingEntry) error {
 		if ch != AutoChannel && int(e.Channel) != ch && e.Kind != KindMarker {
 			return nil
 		}
 		switch e.Kind {
+		case KindInput:
+			l := in[e.Channel]
+			if l == nil {
+				l = &inputLines{ch: e.Channel}
+				in[e.Channel] = l
+			}
+			l.add(bw, e.Data)
 		case KindOutput:
 			bw.Write(stripOf(e.Channel, e.Kind).strip(e.Data))
 		case KindStderr:
@@ -328,6 +337,9 @@ func playText(ctx context.Context, w io.Writer, session string, read readFunc, c
 		}
 		return nil
 	})
+	for _, l := range in {
+		l.flush(bw)
+	}
 	if ferr := ew.Flush(); err == nil {
 		err = ferr
 	}
@@ -335,6 +347,42 @@ func playText(ctx context.Context, w io.Writer, session string, read readFunc, c
 		err = ferr
 	}
 	return err
+}
+
+// maxInputLine bounds a line of input held back for its end.
+const maxInputLine = 4096
+
+// inputLines renders one channel's recorded input as lines
+// "# input (channel N): ..." so that grep finds the commands sent: a
+// script piped to a shell arrives in pieces cut anywhere, keystrokes one
+// at a time.
+type inputLines struct {
+	ch  uint32
+	buf []byte
+}
+
+func (l *inputLines) add(w io.Writer, b []byte) {
+	for len(b) > 0 {
+		i := strings.IndexAny(string(b), "\r\n")
+		if i < 0 {
+			l.buf = append(l.buf, b...)
+			if len(l.buf) >= maxInputLine {
+				l.flush(w)
+			}
+			return
+		}
+		l.buf = append(l.buf, b[:i]...)
+		l.flush(w)
+		b = b[i+1:]
+	}
+}
+
+func (l *inputLines) flush(w io.Writer) {
+	if len(l.buf) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n# input (channel %d): %s\n", l.ch, printable(l.buf))
+	l.buf = l.buf[:0]
 }
 
 // printable makes marker text one safe line.

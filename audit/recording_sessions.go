@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/bastion-ssh/bastion/internal/textbound"
 )
 
 // typeSessionExec is the event the record-mode proxy writes for each exec
@@ -204,9 +206,7 @@ func hostOf(target string) string {
 
 // bound cuts a client-supplied string for display and makes it one line.
 func bound(s string) string {
-	if len(s) > maxSummaryString {
-		s = strings.ToValidUTF8(s[:maxSummaryString], "") + "..."
-	}
+	s = textbound.Cut(strings.ToValidUTF8(s, "\uFFFD"), maxSummaryString)
 	return printable([]byte(s))
 }
 

@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/internal/textbound"
 )
 
 // Bounds on what a client can make the gateway write. Every audit record
@@ -24,17 +24,11 @@ const (
 	maxCommandLine = 8192
 )
 
-// boundString cuts s to at most max bytes (on a UTF-8 boundary) and says
-// how much was cut.
+// boundString cuts s to at most max bytes (on UTF-8 boundaries), keeping
+// its head and its tail around a note of how much was cut: the end of a
+// long path or command line is often the part that matters.
 func boundString(s string, max int) string {
-	if len(s) <= max {
-		return s
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + fmt.Sprintf("...[%d bytes cut]", len(s)-cut)
+	return textbound.Cut(s, max)
 }
 
 // boundEvent returns ev with every string bounded; ev's own field map is

@@ -21,6 +21,12 @@ const connStateKey contextKey = "bastion-conn"
 
 // connState is what the gateway knows about one connection.
 type connState struct {
+	// notifiers write a last message to the user on the connection's
+	// session channels (record mode), before the gateway ends it.
+	notifyMu  sync.Mutex
+	notifiers map[uint64]func(msg string)
+	notifyID  uint64
+
 	id     string
 	remote netip.Addr
 	conn   net.Conn
@@ -98,6 +104,55 @@ func (cs *connState) holdEnd() (release func()) {
 	return func() {
 		timer.Stop()
 		rel()
+	}
+}
+
+// notifyTimeout bounds how long telling the user why their connection
+// ends may delay ending it (a client that does not read its channel).
+const notifyTimeout = 500 * time.Millisecond
+
+// addNotifier registers f to be told, once, why the connection is being
+// ended; the returned func unregisters it.
+func (cs *connState) addNotifier(f func(msg string)) func() {
+	cs.notifyMu.Lock()
+	defer cs.notifyMu.Unlock()
+	if cs.notifiers == nil {
+		cs.notifiers = map[uint64]func(string){}
+	}
+	cs.notifyID++
+	id := cs.notifyID
+	cs.notifiers[id] = f
+	return func() {
+		cs.notifyMu.Lock()
+		delete(cs.notifiers, id)
+		cs.notifyMu.Unlock()
+	}
+}
+
+// notify tells every registered notifier msg and waits for them, at most
+// notifyTimeout.
+func (cs *connState) notify(msg string) {
+	cs.notifyMu.Lock()
+	fs := make([]func(string), 0, len(cs.notifiers))
+	for _, f := range cs.notifiers {
+		fs = append(fs, f)
+	}
+	cs.notifyMu.Unlock()
+	if len(fs) == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, f := range fs {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(msg) }()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(notifyTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
 	}
 }
 

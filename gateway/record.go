@@ -58,8 +58,10 @@ type RecordConfig struct {
 	// host keys trusted besides host certificates from bastion's host CA.
 	// A target presenting neither is refused (never trusted on first use).
 	KnownHostsFile string
-	// Input records what users type (kind "i"); off by default, since
-	// keystrokes include passwords typed at prompts.
+	// Input records what users type at a terminal (kind "i"); off by
+	// default, since keystrokes include passwords typed at prompts. Input
+	// of sessions without a terminal (a script piped to a shell) is
+	// recorded whatever this says, file transfers' streams never.
 	Input bool
 	// OnFailure is what happens when a recording cannot be written:
 	// "close" (default) ends the session, "continue" lets it go on
@@ -336,6 +338,21 @@ type recordedSession struct {
 	target string
 
 	lastAuthErr atomic.Pointer[error]
+
+	// attempts are the inner hop's failed attempts (at most
+	// maxAttemptsKept), folded into its auth.ok or, if it never
+	// authenticates, written as auth.failed records.
+	attemptsMu sync.Mutex
+	attempts   []map[string]string
+}
+
+// takeAttempts returns the inner hop's failed attempts and forgets them.
+func (s *recordedSession) takeAttempts() []map[string]string {
+	s.attemptsMu.Lock()
+	defer s.attemptsMu.Unlock()
+	a := s.attempts
+	s.attempts = nil
+	return a
 }
 
 // recordSession runs a record-mode session on a direct-tcpip channel
@@ -347,7 +364,7 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 		g.metrics.jumps.WithLabelValues("refused", reason).Inc()
 		f := id.auditFields()
 		f["target"], f["reason"], f["detail"], f["remote"], f["conn"], f["mode"] = target, reason, bounded(msg), cs.remote.String(), cs.id, ModeRecord
-		g.record(context.Background(), audit.Event{Type: audit.TypeChannelDenied, Actor: id.User, Session: cs.id, Fields: f})
+		g.recordRefusal(cs, audit.Event{Type: audit.TypeChannelDenied, Actor: id.User, Session: cs.id, Fields: f})
 		nc.Reject(rejection, "bastion: "+msg)
 	}
 	signer, err := g.rec.hostSigner(ctx, dest.Host, id.User)
@@ -427,12 +444,24 @@ func (s *recordedSession) end(r sessionResult) {
 
 // event writes a record about this session.
 func (s *recordedSession) event(ctx context.Context, typ string, extra map[string]string) error {
+	return s.g.record(ctx, s.eventOf(typ, extra))
+}
+
+// eventOf is the record of typ in this session, with extra fields.
+func (s *recordedSession) eventOf(typ string, extra map[string]string) audit.Event {
 	f := s.id.auditFields()
 	f["target"], f["remote"], f["conn"], f["mode"] = s.target, s.cs.remote.String(), s.cs.id, ModeRecord
 	for k, v := range extra {
 		f[k] = v
 	}
-	return s.g.record(ctx, audit.Event{Type: typ, Actor: s.id.User, Session: s.id2, Fields: f})
+	return audit.Event{Type: typ, Actor: s.id.User, Session: s.id2, Fields: f}
+}
+
+// refusal audits a refusal the client can provoke at will (a request or
+// channel refused), folded per connection like the gateway's own: the
+// first of each kind at once, repeats counted (see recordRefusal).
+func (s *recordedSession) refusal(typ string, extra map[string]string) {
+	s.g.recordRefusal(s.cs, s.eventOf(typ, extra))
 }
 
 // run serves the inner SSH connection on ch and proxies it to upstream.
@@ -462,12 +491,25 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 	timer.Stop()
 	if err != nil {
 		ch.Close()
+		// The inner hop never authenticated: each failed attempt is a
+		// record of its own.
+		for i, f := range s.takeAttempts() {
+			f["attempt"] = strconv.Itoa(i + 1)
+			s.event(context.Background(), audit.TypeAuthFailed, f)
+		}
 		return sessionResult{why: ReasonInnerAuthFailed}
 	}
 	defer sconn.Close()
 	login := sconn.User()
 	res := sessionResult{login: login}
-	s.event(ctx, audit.TypeAuthOK, map[string]string{"hop": "inner", "login": login, "method": "publickey"})
+	okf := map[string]string{"hop": "inner", "login": login, "method": "publickey"}
+	if attempts := s.takeAttempts(); len(attempts) > 0 {
+		// OpenSSH offers the plain key before its certificate: attempts
+		// that preceded success are folded in, as on the outer hop.
+		okf["attempts_failed"] = strconv.Itoa(len(attempts))
+		okf["attempts_reasons"] = attemptReasons(attempts)
+	}
+	s.event(ctx, audit.TypeAuthOK, okf)
 
 	// The rest of the session is refused with this message on every
 	// channel the client opens, for at most a few seconds.
@@ -619,7 +661,11 @@ func (s *recordedSession) authLog(meta gossh.ConnMetadata, method string, err er
 		f["reason"], f["detail"] = methodReason(method), bounded(err.Error())
 	}
 	s.g.metrics.authAttempts.WithLabelValues("failed", f["reason"]).Inc()
-	s.event(context.Background(), audit.TypeAuthFailed, f)
+	s.attemptsMu.Lock()
+	if len(s.attempts) < maxAttemptsKept {
+		s.attempts = append(s.attempts, f)
+	}
+	s.attemptsMu.Unlock()
 }
 
 // mintSessionCert signs a fresh key for login through the CA's pipeline

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -83,6 +84,13 @@ func (r *memRecording) Close(ctx context.Context) (string, int64, error) {
 // Committed is the inner recording's: what was stored.
 func (r *memRecording) Committed() (string, uint64, int64) {
 	return r.inner.(committedRecording).Committed()
+}
+
+func (r *memRecording) Limited() (bool, int64, int64) {
+	if l, ok := r.inner.(recordingLimit); ok {
+		return l.Limited()
+	}
+	return false, 0, 0
 }
 
 // text returns what the store holds of session's recording of kind, each
@@ -178,7 +186,18 @@ func TestRecordModeExec(t *testing.T) {
 	if exec.Session != end.Session || !strings.HasPrefix(exec.Fields["command"], "echo hello-from-$(id -un)") || exec.Fields["kind"] != "exec" {
 		t.Errorf("session.exec: %v", exec.Fields)
 	}
-	rb.waitEvent(t, audit.TypeAuthOK, map[string]string{"key_id": "rec-exec", "hop": "inner", "login": rb.user})
+	innerOK := rb.waitEvent(t, audit.TypeAuthOK, map[string]string{"key_id": "rec-exec", "hop": "inner", "login": rb.user})
+	// OpenSSH offers the plain key before the certificate: that attempt
+	// is folded into the inner hop's auth.ok, not an auth.failed of its own.
+	for _, ev := range rb.events(audit.TypeAuthFailed) {
+		if ev.Fields["key_id"] == "rec-exec" && ev.Fields["hop"] == "inner" {
+			t.Errorf("a session that authenticated wrote an inner auth.failed: %v", ev.Fields)
+		}
+	}
+	if n := innerOK.Fields["attempts_failed"]; n != "" && !strings.Contains(innerOK.Fields["attempts_reasons"], "×") {
+		t.Errorf("inner auth.ok: attempts_failed %s without reasons: %v", n, innerOK.Fields)
+	}
+	t.Logf("inner auth.ok: attempts_failed=%q attempts_reasons=%q", innerOK.Fields["attempts_failed"], innerOK.Fields["attempts_reasons"])
 	// The per-session certificate went through the CA's pipeline.
 	issued := rb.waitEvent(t, audit.TypeCertIssued, map[string]string{"purpose": "session", "key_id": "bastion-session:" + rb.user + ":" + end.Session})
 	if issued.Fields["principals"] != rb.user || issued.Fields["source_address"] != "127.0.0.1" {
@@ -239,6 +258,9 @@ func TestRecordModePTY(t *testing.T) {
 	if out := rb.recs.text(end.Session, "o"); !strings.Contains(out, "pty-42") {
 		t.Errorf("recorded pty output %q lacks pty-42", out)
 	}
+	if i := rb.recs.text(end.Session, "i"); i != "" {
+		t.Errorf("input typed at a terminal was recorded although recording.input is off: %q", i)
+	}
 	if rs := rb.recs.text(end.Session, "r"); !regexpMatch(`^\d+x\d+\x00`, rs) {
 		t.Errorf("recording has no terminal size: %q", rs)
 	}
@@ -259,6 +281,29 @@ func TestRecordModePTY(t *testing.T) {
 		t.Errorf("the transcript lacks the session's output:\n%s", transcript.String())
 	}
 	rb.waitEvent(t, audit.TypeSessionExit, map[string]string{"key_id": "rec-pty", "exit_status": "3"})
+}
+
+// TestRecordModeRecordsPipedInput: commands piped into a shell without a
+// terminal are recorded by default and shown by audit play --format text.
+func TestRecordModeRecordsPipedInput(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	c := rb.client(ca.Request{KeyID: "rec-piped"})
+	script := "echo piped-$((6*7))\nrm -f /tmp/bastion-piped-none\n"
+	r := c.RunInput(t.Context(), strings.NewReader(script), "ssh", append([]string{"-T"}, rb.jumpArgs(rb.user, "bash")...)...)
+	if r.ExitCode != 0 || !strings.Contains(r.Stdout, "piped-42") {
+		t.Fatalf("a script piped to bash through record mode: %s", r)
+	}
+	end := rb.sessionOf(t, "rec-piped")
+	if i := rb.recs.text(end.Session, "i"); !strings.Contains(i, "rm -f /tmp/bastion-piped-none") {
+		t.Errorf("recorded input %q lacks the piped command", i)
+	}
+	var transcript bytes.Buffer
+	if err := rb.store.Play(t.Context(), &transcript, end.Session, audit.PlayOptions{Format: audit.PlayText, Channel: audit.AutoChannel}); err != nil {
+		t.Fatal(err)
+	}
+	if !regexpMatch(`(?m)^# input \(channel \d+\): rm -f /tmp/bastion-piped-none$`, transcript.String()) {
+		t.Errorf("the text transcript does not show the piped command as an input line:\n%s", transcript.String())
+	}
 }
 
 func TestRecordModeTransferTools(t *testing.T) {
@@ -656,6 +701,8 @@ func TestRecordModeStateChangeEndsLiveSession(t *testing.T) {
 				args = append([]string{"-tt"}, args...)
 			}
 			cmd := c.Command(ctx, "ssh", args...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
 			stdout, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -682,6 +729,10 @@ func TestRecordModeStateChangeEndsLiveSession(t *testing.T) {
 			case <-time.After(2 * time.Second):
 				_ = cmd.Process.Kill()
 				t.Fatalf("a recorded session outlived its %s by 2 s", tc.reason)
+			}
+			// The user is told why, not only "Connection closed".
+			if !strings.Contains(stderr.String(), "bastion: your access was ended ("+tc.reason) {
+				t.Errorf("ssh's stderr does not say why the session ended:\n%s", stderr.String())
 			}
 			rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": tc.req.KeyID, "mode": ModeRecord, "reason": tc.reason})
 			rb.waitEvent(t, audit.TypeConnectionEnded, map[string]string{"key_id": tc.req.KeyID, "reason": tc.reason})
@@ -775,4 +826,166 @@ func TestRecordModeX11AndEnv(t *testing.T) {
 	for _, k := range forbidden {
 		rb.waitEvent(t, audit.TypeRequestDenied, map[string]string{"key_id": "rec-x11-env", "request": "env " + k, "reason": ReasonEnvForbidden})
 	}
+}
+
+// TestRecordModeRefusalFlood: thousands of refused global requests,
+// channel requests, env requests and channel opens on one record-mode
+// connection write a bounded number of records, the repeats counted.
+func TestRecordModeRefusalFlood(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	c := rb.client(ca.Request{KeyID: "rec-flood"})
+	signer := certSigner(t, c, rb.certOf(c))
+	outer, err := rb.dialGateway(rb.user, gossh.PublicKeys(signer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outer.Close()
+	tunnel, err := outer.Dial("tcp", rb.target.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tunnel.Close()
+	cc, chans, reqs, err := gossh.NewClientConn(tunnel, rb.target.Addr, &gossh.ClientConfig{
+		User: rb.user, Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)},
+		HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := gossh.NewClient(cc, chans, reqs)
+	const n = 1000
+	for i := range n {
+		if ok, _, err := inner.SendRequest(fmt.Sprintf("junk-%d@example.com", i), true, nil); err != nil || ok {
+			t.Fatalf("global request %d: ok=%v err=%v", i, ok, err)
+		}
+	}
+	ch, _, err := inner.OpenChannel("session", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if ok, err := ch.SendRequest(fmt.Sprintf("junk-%d", i), true, nil); err != nil || ok {
+			t.Fatalf("channel request %d: ok=%v err=%v", i, ok, err)
+		}
+		env := gossh.Marshal(struct{ Name, Value string }{fmt.Sprintf("LD_%d", i), "x"})
+		if _, err := ch.SendRequest("env", true, env); err != nil {
+			t.Fatalf("env request %d: %v", i, err)
+		}
+	}
+	for i := range 200 {
+		if _, _, err := inner.OpenChannel(fmt.Sprintf("junk-chan-%d", i), nil); err == nil {
+			t.Fatalf("junk channel %d opened", i)
+		}
+	}
+	ch.Close()
+	inner.Close()
+	outer.Close()
+	rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-flood"})
+	count := func() (records, stands int) {
+		for _, typ := range []string{audit.TypeRequestDenied, audit.TypeChannelDenied} {
+			for _, ev := range rb.events(typ) {
+				if ev.Fields["key_id"] != "rec-flood" {
+					continue
+				}
+				records++
+				if c, err := strconv.Atoi(ev.Fields["count"]); err == nil {
+					stands += c
+				} else {
+					stands++
+				}
+			}
+		}
+		return
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	records, stands := count()
+	for stands < 3*n+200 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		records, stands = count()
+	}
+	t.Logf("%d refusals: %d records", 3*n+200, records)
+	if records > 2*maxRefusalKinds+4 {
+		t.Errorf("%d refusal records for %d refusals; want them folded to a few", records, 3*n+200)
+	}
+	if stands != 3*n+200 {
+		t.Errorf("the records stand for %d refusals, want %d", stands, 3*n+200)
+	}
+}
+
+// TestRecordModeRecordingTruncated: a session whose recording reaches
+// max_bytes_per_session writes one recording.truncated record.
+func TestRecordModeRecordingTruncated(t *testing.T) {
+	small, err := audit.Open(filepath.Join(t.TempDir(), "rec.db"), audit.Options{RecordingMaxBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { small.Close() })
+	rb := startRecordGateway(t, "", func(_ *Config, d *Deps) { d.Recordings = StoreRecordings{Store: small} })
+	c := rb.client(ca.Request{KeyID: "rec-big"})
+	r := c.Run(t.Context(), "ssh", rb.jumpArgs(rb.user, "head", "-c", "400000", "/dev/zero", "|", "wc", "-c", ";", "head", "-c", "300000", "/dev/zero")...)
+	if r.ExitCode != 0 || len(r.Stdout) < 300000 {
+		t.Fatalf("a large output through record mode: exit %d, %d bytes", r.ExitCode, len(r.Stdout))
+	}
+	end := rb.sessionOf(t, "rec-big")
+	ev := rb.waitEvent(t, audit.TypeRecordingTruncated, map[string]string{"key_id": "rec-big", "limit": "65536"})
+	if ev.Session != end.Session || ev.Fields["bytes_stored"] == "" || ev.Fields["login"] != rb.user {
+		t.Errorf("recording.truncated: %v", ev)
+	}
+	n := 0
+	for _, e := range rb.events(audit.TypeRecordingTruncated) {
+		if e.Session == end.Session {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d recording.truncated records for one session; want one", n)
+	}
+}
+
+// TestRecordModeInnerAttemptsFolded: a client that offers its plain key
+// before its certificate on the inner hop (as OpenSSH does) gets one
+// auth.ok with the failed attempt folded in, no auth.failed; one that
+// never authenticates gets auth.failed records.
+func TestRecordModeInnerAttemptsFolded(t *testing.T) {
+	rb := startRecordGateway(t, "")
+	c := rb.client(ca.Request{KeyID: "rec-fold"})
+	plain, cert := certSigner(t, c, nil), certSigner(t, c, rb.certOf(c))
+	inner := func(auth ...gossh.Signer) error {
+		outer, err := rb.dialGateway(rb.user, gossh.PublicKeys(cert))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer outer.Close()
+		tunnel, err := outer.Dial("tcp", rb.target.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tunnel.Close()
+		cc, chans, reqs, err := gossh.NewClientConn(tunnel, rb.target.Addr, &gossh.ClientConfig{
+			User: rb.user, Auth: []gossh.AuthMethod{gossh.PublicKeys(auth...)},
+			HostKeyCallback: gossh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second,
+		})
+		if err != nil {
+			return err
+		}
+		gossh.NewClient(cc, chans, reqs).Close()
+		return nil
+	}
+	if err := inner(plain, cert); err != nil {
+		t.Fatalf("inner hop with the plain key then the certificate: %v", err)
+	}
+	ok := rb.waitEvent(t, audit.TypeAuthOK, map[string]string{"key_id": "rec-fold", "hop": "inner"})
+	if ok.Fields["attempts_failed"] != "1" || ok.Fields["attempts_reasons"] != ReasonNotACertificate+"×1" {
+		t.Errorf("inner auth.ok: %v; want attempts_failed 1, attempts_reasons %s×1", ok.Fields, ReasonNotACertificate)
+	}
+	rb.waitEvent(t, audit.TypeSessionEnd, map[string]string{"key_id": "rec-fold"})
+	for _, ev := range rb.events(audit.TypeAuthFailed) {
+		if ev.Fields["hop"] == "inner" {
+			t.Errorf("an inner hop that authenticated wrote auth.failed: %v", ev.Fields)
+		}
+	}
+	if err := inner(plain); err == nil {
+		t.Fatal("the inner hop accepted a plain key")
+	}
+	rb.waitEvent(t, audit.TypeAuthFailed, map[string]string{"key_id": "rec-fold", "hop": "inner", "reason": ReasonNotACertificate})
 }

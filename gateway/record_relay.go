@@ -30,10 +30,11 @@ type proxy struct {
 	// forwarding is the user's certificate's permit-port-forwarding.
 	forwarding bool
 
-	up, down atomic.Int64
-	nextCh   atomic.Uint32
-	failed   atomic.Bool // a recording write failed and the session was ended
-	recMu    sync.Mutex  // serialises recording writes; guards rec
+	up, down  atomic.Int64
+	nextCh    atomic.Uint32
+	failed    atomic.Bool // a recording write failed and the session was ended
+	recMu     sync.Mutex  // serialises recording writes; guards rec
+	truncated bool        // recording.truncated written; guarded by recMu
 
 	mu      sync.Mutex
 	closing bool
@@ -110,6 +111,18 @@ func (p *proxy) write(ch uint32, kind string, data []byte, stderr io.Writer) {
 	}
 	err := p.rec.Write(ch, kind, p.s.g.now().Sub(p.s.start), data)
 	if err == nil {
+		if !p.truncated {
+			if l, ok := p.rec.(recordingLimit); ok {
+				if limited, stored, limit := l.Limited(); limited {
+					// Once: from here the session's data is counted,
+					// not stored, and the audit stream says so.
+					p.truncated = true
+					p.s.event(context.Background(), audit.TypeRecordingTruncated, map[string]string{
+						"login": p.login, "channel": strconv.Itoa(int(ch)),
+						"bytes_stored": strconv.FormatInt(stored, 10), "limit": strconv.FormatInt(limit, 10)})
+				}
+			}
+		}
 		return
 	}
 	p.rec = nil
@@ -170,7 +183,7 @@ func (p *proxy) targetGlobalRequests(reqs <-chan *gossh.Request) {
 
 // refused audits a refused request or channel.
 func (p *proxy) refused(what, reason, detail string) {
-	p.s.event(context.Background(), audit.TypeRequestDenied, map[string]string{"request": bounded(what), "reason": reason, "detail": bounded(detail), "login": p.login})
+	p.s.refusal(audit.TypeRequestDenied, map[string]string{"request": bounded(what), "reason": reason, "detail": bounded(detail), "login": p.login})
 }
 
 // clientChannel proxies a channel the client opened.
@@ -186,13 +199,13 @@ func (p *proxy) clientChannel(nc gossh.NewChannel) {
 		}
 		dest := net2(d.Host, d.Port)
 		if !p.forwarding {
-			p.s.event(context.Background(), audit.TypeChannelDenied, map[string]string{"request": typ, "forward": dest, "reason": ReasonForwardingNotAllowed, "login": p.login})
+			p.s.refusal(audit.TypeChannelDenied, map[string]string{"request": typ, "forward": dest, "reason": ReasonForwardingNotAllowed, "login": p.login})
 			nc.Reject(gossh.Prohibited, "bastion: your certificate does not permit port forwarding")
 			return
 		}
 		p.s.event(context.Background(), audit.TypeSessionForward, map[string]string{"login": p.login, "kind": "local", "forward": dest})
 	default:
-		p.s.event(context.Background(), audit.TypeChannelDenied, map[string]string{"request": bounded(typ), "reason": "not_supported", "login": p.login})
+		p.s.refusal(audit.TypeChannelDenied, map[string]string{"request": bounded(typ), "reason": "not_supported", "login": p.login})
 		nc.Reject(gossh.UnknownChannelType, fmt.Sprintf("bastion: %s channels are not allowed", bounded(typ)))
 		return
 	}
@@ -221,7 +234,7 @@ func (p *proxy) targetChannel(nc gossh.NewChannel) {
 	if typ != "forwarded-tcpip" || !p.forwarding {
 		// auth-agent@openssh.com and x11 are never asked for, so never
 		// legitimately opened.
-		p.s.event(context.Background(), audit.TypeChannelDenied, map[string]string{"request": bounded(typ), "reason": "not_supported", "by": "target", "login": p.login})
+		p.s.refusal(audit.TypeChannelDenied, map[string]string{"request": bounded(typ), "reason": "not_supported", "by": "target", "login": p.login})
 		nc.Reject(gossh.Prohibited, "bastion: channel type not allowed")
 		return
 	}
@@ -252,6 +265,7 @@ type channelState struct {
 	exitSent chan struct{} // closed once exit-status or exit-signal went to the client
 	exitOnce sync.Once
 	noRecord atomic.Bool // a file transfer: payload is counted, not recorded
+	pty      atomic.Bool // a terminal was asked for: input is typed at it
 	sftp     atomic.Pointer[sftpHook]
 	command  atomic.Pointer[string]
 	kind     atomic.Pointer[string]
@@ -267,6 +281,12 @@ func (p *proxy) pipe(typ string, cch gossh.Channel, creqs <-chan *gossh.Request,
 	st := &channelState{id: p.nextCh.Add(1), session: typ == "session", started: make(chan struct{}), exitSent: make(chan struct{})}
 	if !st.session {
 		st.begin()
+	} else {
+		// A lock or revocation that ends the connection says why here.
+		defer p.s.cs.addNotifier(func(msg string) {
+			io.WriteString(cch.Stderr(), msg)
+			p.write(st.id, "e", []byte(msg), nil)
+		})()
 	}
 	var wg sync.WaitGroup
 	// Client to target. For a session, data waits until the program has
@@ -375,7 +395,11 @@ func (p *proxy) copyData(dst io.Writer, src io.Reader, st *channelState, kind st
 					h.ServerToClient(data)
 				}
 			}
-			if st.session && !st.noRecord.Load() && (kind != "i" || p.input) {
+			// Input is recorded when it is not typed at a terminal (a
+			// script piped to a shell or command: no prompt, no echo, no
+			// password typed at it), and at a terminal only with
+			// recording.input.
+			if st.session && !st.noRecord.Load() && (kind != "i" || p.input || !st.pty.Load()) {
 				var errw io.Writer
 				if c, ok := dst.(gossh.Channel); ok && kind != "i" {
 					errw = c.Stderr()
@@ -435,6 +459,7 @@ func (p *proxy) channelRequests(reqs <-chan *gossh.Request, tch, cch gossh.Chann
 				Cols, Rows, Width, Height uint32
 				Modes                     string
 			}
+			st.pty.Store(true)
 			if gossh.Unmarshal(req.Payload, &pty) == nil {
 				p.write(st.id, "r", fmt.Appendf(nil, "%dx%d", pty.Cols, pty.Rows), cch.Stderr())
 			}

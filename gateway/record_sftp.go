@@ -32,6 +32,12 @@ func (s *recordedSession) sftpInspector(ch uint32) SFTPInspector {
 		if op.Target != "" {
 			f["target_path"] = bounded(op.Target)
 		}
+		if op.PathClean != "" {
+			f["path_clean"] = bounded(op.PathClean)
+		}
+		if op.TargetClean != "" {
+			f["target_path_clean"] = bounded(op.TargetClean)
+		}
 		if op.Flags != "" {
 			f["flags"] = op.Flags
 		}

@@ -107,3 +107,18 @@ func TestBoundedIsCutOnce(t *testing.T) {
 		t.Error("bounded changed a short string")
 	}
 }
+
+// TestBoundKeepsTheTail: every client string bounded into a record keeps
+// its end, where a padded command line or path hides what it does.
+func TestBoundKeepsTheTail(t *testing.T) {
+	cmd := strings.Repeat(": ; ", 2000) + "rm -rf /srv/data"
+	for name, got := range map[string]string{
+		"bounded":    bounded(cmd),
+		"boundEvent": boundEvent(audit.Event{Fields: map[string]string{"command": cmd}}).Fields["command"],
+		"boundList":  boundedList([]string{cmd})[0],
+	} {
+		if len(got) > maxRecordedString || !strings.HasSuffix(got, "rm -rf /srv/data") || !strings.HasPrefix(got, ": ; ") {
+			t.Errorf("%s: %q; want head and tail kept", name, got)
+		}
+	}
+}

@@ -27,6 +27,13 @@ type committedRecording interface {
 	Committed() (sha256 string, chunks uint64, stored int64)
 }
 
+// recordingLimit is implemented by a Recording with a size limit
+// (*audit.Recording): Limited reports whether it stopped storing, what it
+// stored and the limit.
+type recordingLimit interface {
+	Limited() (limited bool, stored, limit int64)
+}
+
 // SFTPInspector is fed both byte streams of a `subsystem sftp` channel,
 // in order, so that file-transfer metadata (paths opened, read, written,
 // removed) can be audited.

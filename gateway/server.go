@@ -656,7 +656,13 @@ func (g *Gateway) endBarred(cs *connState, id *Identity, err error) {
 	}
 	f["remote"], f["conn"], f["reason"], f["detail"] = cs.remote.String(), cs.id, reason, detail
 	g.record(context.Background(), audit.Event{Type: audit.TypeConnectionEnded, Actor: id.User, Session: cs.id, Fields: f})
-	cs.closeBarred()
+	// The user's open sessions are told why before the connection ends
+	// (else they see only "Connection closed by remote host").
+	msg := fmt.Sprintf("\r\nbastion: your access was ended (%s: %s); this session has ended.\r\n", reason, bounded(detail))
+	go func() {
+		cs.notify(msg)
+		cs.closeBarred()
+	}()
 }
 
 // reasonOf is the stable reason code of a refusal.

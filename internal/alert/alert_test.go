@@ -652,3 +652,18 @@ func TestManySourcesStayBounded(t *testing.T) {
 		t.Error("failures spread over one IPv6 /64 never reached the auth_failures threshold")
 	}
 }
+
+// TestRecordingTruncatedRule: a recording.truncated event raises
+// recording_truncated, naming the session and the limit.
+func TestRecordingTruncatedRule(t *testing.T) {
+	ev := audit.Event{Type: audit.TypeRecordingTruncated, Time: epoch, Actor: "alice", Session: "s1", Fields: map[string]string{"login": "deploy", "target": "db:22", "limit": "65536", "bytes_stored": "65500"}}
+	got := newEvaluator(DefaultRules(), nil).evaluate(ev)
+	if len(got) != 1 || got[0].rule != RuleRecordingTruncated || !strings.Contains(got[0].text, "s1") || !strings.Contains(got[0].text, "65536") {
+		t.Fatalf("recording.truncated raised %+v", got)
+	}
+	off := DefaultRules()
+	off.RecordingTruncated = false
+	if got := newEvaluator(off, nil).evaluate(ev); len(got) != 0 {
+		t.Fatalf("recording_truncated off raised %+v", got)
+	}
+}

@@ -20,6 +20,9 @@ const (
 	RuleCAChange        = "ca_change"
 	RuleLoginRefused    = "login_refused"
 	RuleIdPDown         = "idp_down"
+	// RuleRecordingTruncated: a session's recording reached
+	// max_bytes_per_session and stopped storing.
+	RuleRecordingTruncated = "recording_truncated"
 )
 
 // Threshold configures a rule that fires when Count events for one key
@@ -55,6 +58,10 @@ type Rules struct {
 	// IdPDown: the identity provider stayed unreachable for the gateway's
 	// outage threshold (idp.down): nobody can log in.
 	IdPDown bool
+	// RecordingTruncated: a session's recording reached
+	// max_bytes_per_session (recording.truncated): the rest of the
+	// session is not stored.
+	RecordingTruncated bool
 }
 
 // DefaultRules are the rules on, with the thresholds.
@@ -68,6 +75,8 @@ func DefaultRules() Rules {
 		CAChange:        true,
 		LoginRefused:    Threshold{Count: 5, Window: 10 * time.Minute},
 		IdPDown:         true,
+
+		RecordingTruncated: true,
 	}
 }
 

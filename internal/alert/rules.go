@@ -115,6 +115,11 @@ func (e *evaluator) evaluate(ev audit.Event) []candidate {
 				}
 			}
 		}
+	case audit.TypeRecordingTruncated:
+		if e.rules.RecordingTruncated {
+			raise(RuleRecordingTruncated, ev.Session, 1, "the recording of %s's session %s (login %s on %s) reached max_bytes_per_session (%s bytes): the rest of the session is counted, not stored",
+				firstOf(ev.Actor, "unknown"), ev.Session, f["login"], f["target"], f["limit"])
+		}
 	case audit.TypeSourceBanned:
 		if e.rules.Ban {
 			raise(RuleBan, f["remote"], 1, "source %s was banned until %s after %s failed logins", f["remote"], f["until"], f["after_failures"])

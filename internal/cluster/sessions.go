@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bastion-ssh/bastion/internal/textbound"
+
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -92,10 +94,7 @@ func (r *registry) wake() {
 }
 
 func boundField(s string) string {
-	if len(s) > maxSessionField {
-		return s[:maxSessionField]
-	}
-	return s
+	return textbound.Cut(s, maxSessionField)
 }
 
 // validSessionID is what may be a key segment.

@@ -49,6 +49,8 @@ type AlertRules struct {
 	CAChange        *bool          `yaml:"ca_change"`
 	LoginRefused    *ThresholdRule `yaml:"login_refused"`
 	IdPDown         *bool          `yaml:"idp_down"`
+	// RecordingTruncated is the recording_truncated rule.
+	RecordingTruncated *bool `yaml:"recording_truncated"`
 }
 
 // UnmarshalYAML decodes the rules: mapping, naming the key in every error
@@ -61,6 +63,7 @@ func (r *AlertRules) UnmarshalYAML(n *yaml.Node) error {
 	switches := map[string]**bool{
 		"forbidden_user": &r.ForbiddenUser, "password_attempt": &r.PasswordAttempt, "new_source": &r.NewSource,
 		"ban": &r.Ban, "ca_change": &r.CAChange, "idp_down": &r.IdPDown,
+		"recording_truncated": &r.RecordingTruncated,
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
@@ -198,6 +201,7 @@ func (f *File) AlertRules() alert.Rules {
 	flag(&r.Ban, c.Ban)
 	flag(&r.CAChange, c.CAChange)
 	flag(&r.IdPDown, c.IdPDown)
+	flag(&r.RecordingTruncated, c.RecordingTruncated)
 	return r
 }
 

@@ -14,7 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode"
-	"unicode/utf8"
+
+	"github.com/bastion-ssh/bastion/internal/textbound"
 
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
@@ -269,13 +270,7 @@ func claimSummary(claims map[string]any, m Mapping) map[string]string {
 // bound cuts s to n bytes (at a rune boundary) and replaces control
 // characters, so that a claim cannot forge lines in a log or a report.
 func bound(s string, n int) string {
-	if len(s) > n {
-		cut := n
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "..."
-	}
+	s = textbound.Cut(s, n)
 	return strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {
 			return '?'

@@ -21,8 +21,11 @@ package sftpinspect
 import (
 	"encoding/binary"
 	"fmt"
+	"path"
 	"strings"
 	"sync"
+
+	"github.com/bastion-ssh/bastion/internal/textbound"
 )
 
 // MaxPacket is the largest packet length accepted (OpenSSH's sftp-server
@@ -70,6 +73,10 @@ type Op struct {
 	// Path is the file; Target the new name (rename, hardlink) or what a
 	// symlink points to.
 	Path, Target string
+	// PathClean and TargetClean are path.Clean of Path and Target (before
+	// bounding), set only when that differs from the string sent: what a
+	// "/./././.../etc/passwd" names, whatever its length.
+	PathClean, TargetClean string
 	// Flags are an open's flags: read, write, append, creat, trunc, excl.
 	Flags string
 	// Read and Written are the bytes moved through the handle (close).
@@ -107,8 +114,8 @@ type pending struct {
 
 // handleState is an open file.
 type handleState struct {
-	path, flags   string
-	read, written int64
+	path, pathClean, flags string
+	read, written          int64
 }
 
 // Inspector follows one SFTP session. Its two writers may be used from
@@ -177,7 +184,7 @@ func (in *Inspector) Close() {
 	}
 	for h, st := range in.handles {
 		delete(in.handles, h)
-		in.emit(Op{Op: "close", Path: st.path, Flags: st.flags, Read: st.read, Written: st.written, Status: "no_reply"})
+		in.emit(Op{Op: "close", Path: st.path, PathClean: st.pathClean, Flags: st.flags, Read: st.read, Written: st.written, Status: "no_reply"})
 	}
 }
 
@@ -272,16 +279,27 @@ func (r *reader) str() string {
 // bound makes a client-supplied string safe to log: at most maxString
 // bytes, valid UTF-8, no control characters.
 func bound(s string) string {
-	if len(s) > maxString {
-		s = s[:maxString] + "..."
-	}
-	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = textbound.Cut(strings.ToValidUTF8(s, "\uFFFD"), maxString)
 	return strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f {
 			return '?'
 		}
 		return r
 	}, s)
+}
+
+// cleaned is path.Clean(raw), bounded, or "" when that is raw itself.
+func cleaned(raw string) string {
+	c := path.Clean(raw)
+	if raw == "" || c == raw {
+		return ""
+	}
+	return bound(c)
+}
+
+// pathOp is an operation on one path.
+func pathOp(op, raw string) Op {
+	return Op{Op: op, Path: bound(raw), PathClean: cleaned(raw)}
 }
 
 // request handles a client packet.
@@ -297,12 +315,12 @@ func (in *Inspector) request(kept []byte, length int) {
 	case fxpOpen:
 		path := r.str()
 		flags := r.u32()
-		p = pending{op: Op{Op: "open", Path: bound(path), Flags: openFlags(flags)}, open: true}
+		p = pending{op: Op{Op: "open", Path: bound(path), PathClean: cleaned(path), Flags: openFlags(flags)}, open: true}
 	case fxpClose:
 		h := r.str()
 		if st, ok := in.handles[h]; ok && r.ok {
 			delete(in.handles, h)
-			in.emit(Op{Op: "close", Path: st.path, Flags: st.flags, Read: st.read, Written: st.written, Status: "ok"})
+			in.emit(Op{Op: "close", Path: st.path, PathClean: st.pathClean, Flags: st.flags, Read: st.read, Written: st.written, Status: "ok"})
 		}
 		return
 	case fxpRead:
@@ -319,38 +337,38 @@ func (in *Inspector) request(kept []byte, length int) {
 		}
 		return
 	case fxpRemove:
-		p = pending{op: Op{Op: "remove", Path: bound(r.str())}}
+		p = pending{op: pathOp("remove", r.str())}
 	case fxpMkdir:
-		p = pending{op: Op{Op: "mkdir", Path: bound(r.str())}}
+		p = pending{op: pathOp("mkdir", r.str())}
 	case fxpRmdir:
-		p = pending{op: Op{Op: "rmdir", Path: bound(r.str())}}
+		p = pending{op: pathOp("rmdir", r.str())}
 	case fxpSetstat:
-		p = pending{op: Op{Op: "setstat", Path: bound(r.str())}}
+		p = pending{op: pathOp("setstat", r.str())}
 	case fxpFsetstat:
 		h := r.str()
-		path := "handle"
+		path, clean := "handle", ""
 		if st, ok := in.handles[h]; ok {
-			path = st.path
+			path, clean = st.path, st.pathClean
 		}
-		p = pending{op: Op{Op: "setstat", Path: path}}
+		p = pending{op: Op{Op: "setstat", Path: path, PathClean: clean}}
 	case fxpRename:
 		from, to := r.str(), r.str()
-		p = pending{op: Op{Op: "rename", Path: bound(from), Target: bound(to)}}
+		p = pending{op: Op{Op: "rename", Path: bound(from), Target: bound(to), PathClean: cleaned(from), TargetClean: cleaned(to)}}
 	case fxpSymlink:
 		// OpenSSH sends the target first and the link second, the
 		// reverse of the draft (PROTOCOL, section 4.1).
 		target, link := r.str(), r.str()
-		p = pending{op: Op{Op: "symlink", Path: bound(link), Target: bound(target)}}
+		p = pending{op: Op{Op: "symlink", Path: bound(link), Target: bound(target), PathClean: cleaned(link)}}
 	case fxpExtended:
 		switch name := r.str(); name {
 		case "posix-rename@openssh.com":
 			from, to := r.str(), r.str()
-			p = pending{op: Op{Op: "rename", Path: bound(from), Target: bound(to)}}
+			p = pending{op: Op{Op: "rename", Path: bound(from), Target: bound(to), PathClean: cleaned(from), TargetClean: cleaned(to)}}
 		case "hardlink@openssh.com":
 			from, to := r.str(), r.str()
-			p = pending{op: Op{Op: "hardlink", Path: bound(to), Target: bound(from)}}
+			p = pending{op: Op{Op: "hardlink", Path: bound(to), Target: bound(from), PathClean: cleaned(to), TargetClean: cleaned(from)}}
 		case "lsetstat@openssh.com":
-			p = pending{op: Op{Op: "setstat", Path: bound(r.str())}}
+			p = pending{op: pathOp("setstat", r.str())}
 		default:
 			return
 		}
@@ -404,7 +422,7 @@ func (in *Inspector) reply(kept []byte, length int) {
 		p.op.Status = "ok"
 		in.emit(p.op)
 		if len(in.handles) < maxHandles {
-			in.handles[h] = &handleState{path: p.op.Path, flags: p.op.Flags}
+			in.handles[h] = &handleState{path: p.op.Path, pathClean: p.op.PathClean, flags: p.op.Flags}
 		}
 	case fxpData:
 		if st, ok := in.handles[p.handle]; ok && p.isRead && length >= 1+4+4 {

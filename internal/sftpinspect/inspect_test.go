@@ -336,3 +336,27 @@ func FuzzInspect(f *testing.F) {
 		}
 	})
 }
+
+// TestInspectLongPathKeepsItsEndAndCleanPath: a path padded to past the
+// bound keeps the file it names, and the cleaned path is reported.
+func TestInspectLongPathKeepsItsEndAndCleanPath(t *testing.T) {
+	var ops []Op
+	in := New(func(op Op) { ops = append(ops, op) })
+	cw := in.ClientWriter()
+	long := "/" + strings.Repeat("./", 600) + "etc/passwd"
+	cw.Write(packet(fxpRemove, uint32(7), long))
+	cw.Write(packet(fxpRename, uint32(8), "/tmp/../etc/shadow", "/tmp/x"))
+	in.Close()
+	if len(ops) != 2 {
+		t.Fatalf("ops = %+v; want two", ops)
+	}
+	if p := ops[0].Path; len(p) > maxString || !strings.HasSuffix(p, "/etc/passwd") || !strings.Contains(p, "bytes cut") {
+		t.Errorf("path recorded as %q (%d bytes); want head, cut note and /etc/passwd", p, len(p))
+	}
+	if ops[0].PathClean != "/etc/passwd" {
+		t.Errorf("path_clean %q; want /etc/passwd", ops[0].PathClean)
+	}
+	if ops[1].PathClean != "/etc/shadow" || ops[1].TargetClean != "" {
+		t.Errorf("rename clean paths %q, %q; want /etc/shadow and none", ops[1].PathClean, ops[1].TargetClean)
+	}
+}
