@@ -69,6 +69,9 @@ const (
 	TypeSessionSFTP = "session.sftp"
 	// TypeSessionForward is a port forward opened inside a recorded session.
 	TypeSessionForward = "session.forward"
+	// TypeSessionForwardEnd is one forwarded connection of a recorded
+	// session closing: where it went and the bytes each way.
+	TypeSessionForwardEnd = "session.forward_end"
 	// TypeRecordingFailed is a recording write that failed.
 	TypeRecordingFailed = "recording.failed"
 	// TypeAuditOutage closes an episode during which the audit log could

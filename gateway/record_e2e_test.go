@@ -375,6 +375,9 @@ func TestRecordModeForwarding(t *testing.T) {
 		t.Errorf("ssh -W through a recorded session: %s", r)
 	}
 	rb.waitEvent(t, audit.TypeSessionForward, map[string]string{"key_id": "rec-fwd", "kind": "local", "forward": echo})
+	// Who, to where, bytes each way: once the forwarded connection closes.
+	n := strconv.Itoa(len("ping through the target\n"))
+	rb.waitEvent(t, audit.TypeSessionForwardEnd, map[string]string{"key_id": "rec-fwd", "login": rb.user, "kind": "local", "forward": echo, "bytes_up": n, "bytes_down": n})
 
 	t.Run("refused without permit-port-forwarding", func(t *testing.T) {
 		c := rb.client(ca.Request{KeyID: "rec-nofwd", Options: []string{"no-port-forwarding"}})
