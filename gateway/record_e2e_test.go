@@ -264,6 +264,27 @@ func TestRecordModeTransferTools(t *testing.T) {
 			t.Errorf("%q recorded only %d bytes", ev.Fields["command"], n)
 		}
 	}
+	// SFTP contents are hashed, not stored: the file scp (over SFTP) put
+	// and then got has one digest both ways.
+	written, read := map[string]bool{}, map[string]bool{}
+	for _, ev := range rb.events(audit.TypeSessionSFTP) {
+		if ev.Fields["op"] != "close" {
+			continue
+		}
+		if w := ev.Fields["written_sha256"]; ev.Fields["bytes_written"] == strconv.Itoa(bigTransfer) {
+			written[w] = true
+		}
+		if r := ev.Fields["read_sha256"]; ev.Fields["bytes_read"] == strconv.Itoa(bigTransfer) {
+			read[r] = true
+		}
+	}
+	matched := false
+	for w := range written {
+		matched = matched || (len(w) == 64 && read[w])
+	}
+	if !matched {
+		t.Errorf("SFTP closes of the %d-byte transfers: written digests %v, read digests %v; want one SHA-256 both ways", bigTransfer, written, read)
+	}
 }
 
 func TestRecordModeRefusals(t *testing.T) {

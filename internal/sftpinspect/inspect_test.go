@@ -2,6 +2,8 @@ package sftpinspect
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -205,6 +207,11 @@ func TestInspectOpenSSHSession(t *testing.T) {
 	if len(closes) != 2 || closes[0].Written != n || closes[0].Read != 0 || closes[1].Read != n || closes[1].Written != 0 {
 		t.Errorf("closes of up.bin = %+v; want %d bytes written by put and %d read by get", closes, n, n)
 	}
+	// Contents are hashed as they stream past, not stored.
+	if sum := sha256.Sum256(payload); len(closes) == 2 && (closes[0].WrittenSHA256 != hex.EncodeToString(sum[:]) || closes[1].ReadSHA256 != hex.EncodeToString(sum[:]) ||
+		closes[0].ReadSHA256 != "" || closes[1].WrittenSHA256 != "") {
+		t.Errorf("digests of up.bin: put %q/%q, get %q/%q; want %x for the data put and got", closes[0].WrittenSHA256, closes[0].ReadSHA256, closes[1].ReadSHA256, closes[1].WrittenSHA256, sum)
+	}
 	for _, want := range []Op{
 		{Op: "rename", Path: r("up.bin"), Target: r("moved.bin"), Status: "ok"},
 		{Op: "mkdir", Path: r("sub"), Status: "ok"},
@@ -335,4 +342,37 @@ func FuzzInspect(f *testing.F) {
 			t.Fatalf("cutting the streams every %d bytes changed the ops:\n%v\nwant\n%v", cut%64+1, got, whole)
 		}
 	})
+}
+
+// TestInspectHashesOnlyInOrderData: writes that skip about give
+// "non-sequential" rather than a digest of something that is not the file.
+func TestInspectHashesOnlyInOrderData(t *testing.T) {
+	run := func(offsets ...uint64) Op {
+		var ops []Op
+		in := New(func(op Op) { ops = append(ops, op) })
+		cw, sw := in.ClientWriter(), in.ServerWriter()
+		cw.Write(packet(fxpOpen, uint32(1), "/f", uint32(0x1a), uint32(0)))
+		sw.Write(packet(fxpHandle, uint32(1), "H"))
+		for i, off := range offsets {
+			cw.Write(packet(fxpWrite, uint32(10+i), "H", off, "abcd"))
+		}
+		cw.Write(packet(fxpClose, uint32(99), "H"))
+		in.Close()
+		for _, op := range ops {
+			if op.Op == "close" {
+				return op
+			}
+		}
+		t.Fatalf("no close in %+v", ops)
+		return Op{}
+	}
+	sum := sha256.Sum256([]byte("abcdabcdabcd"))
+	if got := run(0, 4, 8); got.WrittenSHA256 != hex.EncodeToString(sum[:]) || got.Written != 12 {
+		t.Errorf("in-order writes: %+v; want sha256 %x", got, sum)
+	}
+	for _, offs := range [][]uint64{{4, 0, 8}, {0, 4, 4}, {8}} {
+		if got := run(offs...); got.WrittenSHA256 != NonSequential {
+			t.Errorf("writes at %v: sha256 %q, want %q", offs, got.WrittenSHA256, NonSequential)
+		}
+	}
 }
