@@ -468,12 +468,12 @@ func (p *proxy) channelRequests(reqs <-chan *gossh.Request, tch, cch gossh.Chann
 				Modes                     string
 			}
 			if gossh.Unmarshal(req.Payload, &pty) == nil {
-				p.write(st.id, "r", fmt.Appendf(nil, "%dx%d", pty.Cols, pty.Rows), cch.Stderr())
+				p.write(st.id, "r", fmt.Appendf(nil, "%dx%d", termSize(pty.Cols), termSize(pty.Rows)), cch.Stderr())
 			}
 		case "window-change":
 			var wc struct{ Cols, Rows, Width, Height uint32 }
 			if gossh.Unmarshal(req.Payload, &wc) == nil {
-				p.write(st.id, "r", fmt.Appendf(nil, "%dx%d", wc.Cols, wc.Rows), cch.Stderr())
+				p.write(st.id, "r", fmt.Appendf(nil, "%dx%d", termSize(wc.Cols), termSize(wc.Rows)), cch.Stderr())
 			}
 		case "shell", "exec", "subsystem":
 			if !p.startProgram(req, st, cch) {
@@ -672,6 +672,11 @@ func slicesContainsAny(list []string, want ...string) bool {
 		}
 	}
 	return false
+}
+
+// termSize clamps a requested terminal dimension as sshd does.
+func termSize(n uint32) uint32 {
+	return min(n, audit.MaxTermSize)
 }
 
 // net2 renders a host and port for audit fields.
