@@ -580,6 +580,8 @@ func TestRecordModeVSCodePattern(t *testing.T) {
 		t.Fatalf("echo through ssh -D: %q, %v", back, err)
 	}
 	conn.Close() // ssh waits for its forwarded connections to close
+	n11 := strconv.Itoa(len("over socks\n"))
+	rb.waitEvent(t, audit.TypeSessionForwardEnd, map[string]string{"key_id": "rec-vscode", "kind": "local", "forward": echo, "bytes_up": n11, "bytes_down": n11})
 	io.WriteString(stdin, "exit 7\n")
 	stdin.Close()
 	io.Copy(io.Discard, stdout)
@@ -595,6 +597,8 @@ func TestRecordModeVSCodePattern(t *testing.T) {
 			t.Errorf("ssh -R through a recorded session: %s", r)
 		}
 		rb.waitEvent(t, audit.TypeSessionForward, map[string]string{"key_id": "rec-vscode", "kind": "remote"})
+		n12 := strconv.Itoa(len("back-from-R\n"))
+		rb.waitEvent(t, audit.TypeSessionForwardEnd, map[string]string{"key_id": "rec-vscode", "kind": "remote", "bytes_up": n12, "bytes_down": n12})
 	})
 }
 
