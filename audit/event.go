@@ -73,6 +73,9 @@ const (
 	// chunks a recorded session has committed so far, written by the
 	// store every few chunks so the chain covers a recording a crash cut.
 	TypeSessionCheckpoint = "session.checkpoint"
+	// TypeSessionForwardEnd is one forwarded connection of a recorded
+	// session closing: where it went and the bytes each way.
+	TypeSessionForwardEnd = "session.forward_end"
 	// TypeRecordingFailed is a recording write that failed.
 	TypeRecordingFailed = "recording.failed"
 	// TypeRecordingTruncated records that a session's recording reached
@@ -127,7 +130,7 @@ func KnownTypes() []string {
 		TypeCommand, TypeGatewayStart, TypeGatewayStop, TypeLoginStarted, TypeLoginOK, TypeLoginFailed,
 		TypeAuditPruned, TypeAuditNewLog, TypeAuditSalvaged, TypeAlertSent, TypeAlertFailed, TypeSourceSeen,
 		TypeAuditOutage, TypeConnectionEnded, TypeSessionExec, TypeSessionExit, TypeSessionSFTP, TypeSessionForward,
-		TypeSessionCheckpoint, TypeRecordingFailed, TypeRecordingTruncated, TypeIdPDown, TypeIdPUp, TypeStateApplied}
+		TypeSessionForwardEnd, TypeSessionCheckpoint, TypeRecordingFailed, TypeRecordingTruncated, TypeIdPDown, TypeIdPUp, TypeStateApplied}
 }
 
 // CheckKnownType reports a filter type (a name or a "family.*" prefix)

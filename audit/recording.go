@@ -742,7 +742,18 @@ func readRecInfo(session string, b *bbolt.Bucket) (RecordingInfo, error) {
 	if err := json.Unmarshal(b.Get([]byte(recInfoKey)), &ri); err != nil {
 		return RecordingInfo{}, fmt.Errorf("%w: the info record of recording %s is unreadable: %v", ErrCorrupt, session, err)
 	}
-	return RecordingInfo{Session: session, Start: ri.Start, End: ri.End, SHA256: ri.SHA256, Stored: ri.Stored, Bytes: ri.Bytes, Dropped: ri.Dropped, Chunks: ri.Chunks}, nil
+	info := RecordingInfo{Session: session, Start: ri.Start, End: ri.End, SHA256: ri.SHA256, Stored: ri.Stored, Bytes: ri.Bytes, Dropped: ri.Dropped, Chunks: ri.Chunks}
+	if info.SHA256 == "" {
+		// Open, or never closed (disk full, crash): the info record has no
+		// totals, so count what the chunks hold.
+		info.Stored, info.Chunks = 0, 0
+		c := b.Cursor()
+		for k, v := c.Seek([]byte{'c'}); k != nil && len(k) == 9 && k[0] == 'c'; k, v = c.Next() {
+			info.Stored += int64(len(v))
+			info.Chunks++
+		}
+	}
+	return info, nil
 }
 
 // ReadRecording calls fn, in order, with each entry of session's stored

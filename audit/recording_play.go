@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -156,6 +157,10 @@ func (s *Store) pickChannel(ctx context.Context, session string, want int) (int,
 	return ch, width, height, nil
 }
 
+// MaxTermSize is the largest terminal width or height kept: what sshd
+// clamps a pty size to. The gateway records larger requests as this.
+const MaxTermSize = 65520
+
 // parseSize parses "COLSxROWS".
 func parseSize(s string) (int, int, bool) {
 	c, r, ok := strings.Cut(s, "x")
@@ -164,7 +169,7 @@ func parseSize(s string) (int, int, bool) {
 	}
 	cols, err1 := strconv.Atoi(c)
 	rows, err2 := strconv.Atoi(r)
-	if err1 != nil || err2 != nil || cols <= 0 || rows <= 0 || cols > 10000 || rows > 10000 {
+	if err1 != nil || err2 != nil || cols <= 0 || rows <= 0 || cols > MaxTermSize || rows > MaxTermSize {
 		return 0, 0, false
 	}
 	return cols, rows, true
@@ -385,8 +390,13 @@ func (l *inputLines) flush(w io.Writer) {
 	l.buf = l.buf[:0]
 }
 
-// printable makes marker text one safe line.
+// printable makes marker text one safe line: whole escape sequences
+// removed (not just their ESC), then any other control a space.
 func printable(b []byte) string {
+	if bytes.IndexByte(b, 0x1b) >= 0 {
+		var st stripper
+		b = st.strip(b)
+	}
 	return strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
 			return ' '
@@ -463,9 +473,8 @@ func (s *stripper) strip(b []byte) []byte {
 				}
 				s.state = 1
 			case c == '\r':
-				if wasCR {
-					out = append(out, '\n')
-				}
+				// A run of CRs is one (a tty's ONLCR turns a program's
+				// CR LF into CR CR LF): one line break, not a blank line.
 				s.state = 5
 			case c == '\n':
 				out = append(out, '\n')

@@ -178,3 +178,31 @@ func FuzzStrip(f *testing.F) {
 		}
 	})
 }
+
+// TestTextTranscriptLinesAndEscapes: a tty's CR CR LF is one line break,
+// and marker lines lose whole escape sequences, not just their ESC.
+func TestTextTranscriptLinesAndEscapes(t *testing.T) {
+	var st stripper
+	if got := string(st.strip([]byte("$ ls\r\r\nfile\r\n$ "))); got != "$ ls\nfile\n$ " {
+		t.Errorf("strip(CR CR LF) = %q, want no blank line", got)
+	}
+	if got := printable([]byte("exec: ls \x1b[31mred\x1b[0m\x1b]0;title\x07!")); got != "exec: ls red!" {
+		t.Errorf("printable = %q, want the escape sequences gone", got)
+	}
+}
+
+// TestPlayAsciicastKeepsClampedSize: the largest size sshd allows (what
+// the gateway records an absurd pty request as) is the cast's size.
+func TestPlayAsciicastKeepsClampedSize(t *testing.T) {
+	s, _ := newStore(t, Options{})
+	record(t, s, "big", []written{{0, KindResize, 0, "65520x65520"}, {0, KindOutput, time.Millisecond, "x"}})
+	var cast bytes.Buffer
+	if err := s.Play(context.Background(), &cast, "big", PlayOptions{Format: PlayAsciicast, Channel: AutoChannel}); err != nil {
+		t.Fatal(err)
+	}
+	var hdr castHeader
+	line, _, _ := bytes.Cut(cast.Bytes(), []byte("\n"))
+	if err := json.Unmarshal(line, &hdr); err != nil || hdr.Width != MaxTermSize || hdr.Height != MaxTermSize {
+		t.Errorf("header %s (%v); want %dx%d", line, err, MaxTermSize, MaxTermSize)
+	}
+}

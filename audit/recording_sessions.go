@@ -52,11 +52,19 @@ type SessionSummary struct {
 	// Kind is shell, exec, sftp, scp or forward: the session.* events'
 	// kind field when the gateway wrote one, else inferred from the
 	// commands and whether there is a terminal recording.
-	Kind      string   `json:"kind"`
-	Commands  []string `json:"commands,omitempty"`
-	BytesUp   int64    `json:"bytes_up"`
-	BytesDown int64    `json:"bytes_down"`
-	// Recorded is the compressed size of the stored recording (0: none).
+	// A record-mode session's kind comes only from what happened in it:
+	// the first shell, exec or subsystem request's kind, else "forward"
+	// if it forwarded ports, else "none".
+	Kind     string   `json:"kind"`
+	Commands []string `json:"commands,omitempty"`
+	// BytesUp and BytesDown are the session.end's counts; absent (nil)
+	// while the session is active or when the end could not count them
+	// (a crash).
+	BytesUp   *int64 `json:"bytes_up,omitempty"`
+	BytesDown *int64 `json:"bytes_down,omitempty"`
+	// Recorded is the compressed size of the stored recording (0: none):
+	// the session.end's figure, else the chunks stored so far (an active
+	// session, or one whose recording could not be closed).
 	Recorded int64 `json:"recorded_bytes"`
 	// Recording is set when a recording of the session is stored.
 	Recording bool `json:"recording"`
@@ -66,6 +74,9 @@ type SessionSummary struct {
 	// Gateway is the gateway that held the session (its session.start's
 	// "gateway" field; set in a cluster).
 	Gateway string `json:"gateway,omitempty"`
+
+	record, execKind bool // mode record; a session.exec said the kind
+	forwarded        bool // a session.forward was seen
 }
 
 // Millis is a duration that encodes as whole milliseconds.
@@ -94,7 +105,7 @@ func (s *Store) Sessions(ctx context.Context, f SessionFilter) ([]SessionSummary
 				Session: ev.Session, User: ev.Actor, Start: ev.Time, Active: true,
 				Login: bound(ev.Fields["login"]), Target: bound(ev.Fields["target"]),
 				Remote: bound(ev.Fields["remote"]), Kind: ev.Fields["kind"],
-				Gateway: bound(ev.Fields[FieldGateway]),
+				Gateway: bound(ev.Fields[FieldGateway]), record: ev.Fields["mode"] == "record",
 			}
 			byID[ev.Session] = sum
 			order = append(order, sum)
@@ -103,11 +114,17 @@ func (s *Store) Sessions(ctx context.Context, f SessionFilter) ([]SessionSummary
 		if sum == nil {
 			return nil // started before Since
 		}
-		if k := ev.Fields["kind"]; k != "" {
-			sum.Kind = k
+		if sum.Login == "" && ev.Fields["login"] != "" {
+			// Record mode learns the inner login after the start.
+			sum.Login = bound(ev.Fields["login"])
 		}
 		switch ev.Type {
+		case TypeSessionForward:
+			sum.forwarded = true
 		case typeSessionExec:
+			if k := ev.Fields["kind"]; k != "" && !sum.execKind {
+				sum.Kind, sum.execKind = k, true
+			}
 			c := ev.Fields["command"]
 			if sub := ev.Fields["subsystem"]; sub != "" {
 				c = "subsystem " + sub
@@ -123,8 +140,7 @@ func (s *Store) Sessions(ctx context.Context, f SessionFilter) ([]SessionSummary
 			} else {
 				sum.Duration = Millis(ev.Time.Sub(sum.Start))
 			}
-			sum.BytesUp, _ = strconv.ParseInt(ev.Fields["bytes_up"], 10, 64)
-			sum.BytesDown, _ = strconv.ParseInt(ev.Fields["bytes_down"], 10, 64)
+			sum.BytesUp, sum.BytesDown = parseCount(ev.Fields["bytes_up"]), parseCount(ev.Fields["bytes_down"])
 			sum.Reason = bound(ev.Fields["reason"])
 			if n, err := strconv.ParseInt(ev.Fields[FieldRecordingBytes], 10, 64); err == nil {
 				sum.Recorded = n
@@ -171,8 +187,25 @@ func (s *Store) Sessions(ctx context.Context, f SessionFilter) ([]SessionSummary
 	return out, nil
 }
 
+// parseCount is a byte count field, nil when absent or not a number.
+func parseCount(s string) *int64 {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return nil
+	}
+	return &n
+}
+
 // inferKind names a session's kind when no event said it.
 func inferKind(sum *SessionSummary) string {
+	if sum.record && !sum.execKind {
+		// Record mode audits every program it starts: no session.exec
+		// means none ran, whatever channels were opened.
+		if sum.forwarded {
+			return "forward"
+		}
+		return "none"
+	}
 	switch sum.Kind {
 	case "shell", "exec", "sftp", "scp", "forward":
 		return sum.Kind
@@ -246,15 +279,30 @@ func WriteSessions(w io.Writer, sessions []SessionSummary, asJSON bool) error {
 		rec := "-"
 		if s.Recording {
 			rec = humanBytes(s.Recorded)
+			if s.Active {
+				rec += " (live)" // stored so far
+			}
+		}
+		bytesUpDown := countOrDash(s.BytesUp) + "/" + countOrDash(s.BytesDown)
+		if s.Active {
+			bytesUpDown = "- (live)"
 		}
 		login := s.Login
 		if login == "" {
 			login = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\n", s.Session, bound(s.User), login, s.Target,
-			s.Start.UTC().Format(time.RFC3339), dur, s.Kind, humanBytes(s.BytesUp), humanBytes(s.BytesDown), rec)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Session, bound(s.User), login, s.Target,
+			s.Start.UTC().Format(time.RFC3339), dur, s.Kind, bytesUpDown, rec)
 	}
 	return tw.Flush()
+}
+
+// countOrDash is humanBytes of a count, or "-" when it is unknown.
+func countOrDash(n *int64) string {
+	if n == nil {
+		return "-"
+	}
+	return humanBytes(*n)
 }
 
 // humanBytes writes n in B, KiB, MiB or GiB.

@@ -85,7 +85,7 @@ func TestAuditorSessionsPlayWatch(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &sum); err != nil {
 		t.Fatalf("audit sessions --json: %v\n%s", err, out)
 	}
-	if sum.Session != "0123456789abcdef" || sum.Kind != "shell" || !sum.Recording || sum.Recorded == 0 || sum.Active || sum.BytesDown != 345 {
+	if sum.Session != "0123456789abcdef" || sum.Kind != "shell" || !sum.Recording || sum.Recorded == 0 || sum.Active || sum.BytesDown == nil || *sum.BytesDown != 345 {
 		t.Errorf("audit sessions --json = %+v", sum)
 	}
 	table, _ := ssh("audit", "sessions")

@@ -325,6 +325,27 @@ func TestRecordModeTransferTools(t *testing.T) {
 			t.Errorf("%q recorded only %d bytes", ev.Fields["command"], n)
 		}
 	}
+	// SFTP contents are hashed, not stored: the file scp (over SFTP) put
+	// and then got has one digest both ways.
+	written, read := map[string]bool{}, map[string]bool{}
+	for _, ev := range rb.events(audit.TypeSessionSFTP) {
+		if ev.Fields["op"] != "close" {
+			continue
+		}
+		if w := ev.Fields["written_sha256"]; ev.Fields["bytes_written"] == strconv.Itoa(bigTransfer) {
+			written[w] = true
+		}
+		if r := ev.Fields["read_sha256"]; ev.Fields["bytes_read"] == strconv.Itoa(bigTransfer) {
+			read[r] = true
+		}
+	}
+	matched := false
+	for w := range written {
+		matched = matched || (len(w) == 64 && read[w])
+	}
+	if !matched {
+		t.Errorf("SFTP closes of the %d-byte transfers: written digests %v, read digests %v; want one SHA-256 both ways", bigTransfer, written, read)
+	}
 }
 
 func TestRecordModeRefusals(t *testing.T) {
@@ -436,6 +457,9 @@ func TestRecordModeForwarding(t *testing.T) {
 		t.Errorf("ssh -W through a recorded session: %s", r)
 	}
 	rb.waitEvent(t, audit.TypeSessionForward, map[string]string{"key_id": "rec-fwd", "kind": "local", "forward": echo})
+	// Who, to where, bytes each way: once the forwarded connection closes.
+	n := strconv.Itoa(len("ping through the target\n"))
+	rb.waitEvent(t, audit.TypeSessionForwardEnd, map[string]string{"key_id": "rec-fwd", "login": rb.user, "kind": "local", "forward": echo, "bytes_up": n, "bytes_down": n})
 
 	t.Run("refused without permit-port-forwarding", func(t *testing.T) {
 		c := rb.client(ca.Request{KeyID: "rec-nofwd", Options: []string{"no-port-forwarding"}})
@@ -626,6 +650,8 @@ func TestRecordModeVSCodePattern(t *testing.T) {
 		t.Fatalf("echo through ssh -D: %q, %v", back, err)
 	}
 	conn.Close() // ssh waits for its forwarded connections to close
+	n11 := strconv.Itoa(len("over socks\n"))
+	rb.waitEvent(t, audit.TypeSessionForwardEnd, map[string]string{"key_id": "rec-vscode", "kind": "local", "forward": echo, "bytes_up": n11, "bytes_down": n11})
 	io.WriteString(stdin, "exit 7\n")
 	stdin.Close()
 	io.Copy(io.Discard, stdout)
@@ -641,6 +667,8 @@ func TestRecordModeVSCodePattern(t *testing.T) {
 			t.Errorf("ssh -R through a recorded session: %s", r)
 		}
 		rb.waitEvent(t, audit.TypeSessionForward, map[string]string{"key_id": "rec-vscode", "kind": "remote"})
+		n12 := strconv.Itoa(len("back-from-R\n"))
+		rb.waitEvent(t, audit.TypeSessionForwardEnd, map[string]string{"key_id": "rec-vscode", "kind": "remote", "bytes_up": n12, "bytes_down": n12})
 	})
 }
 

@@ -189,6 +189,7 @@ func (p *proxy) refused(what, reason, detail string) {
 // clientChannel proxies a channel the client opened.
 func (p *proxy) clientChannel(nc gossh.NewChannel) {
 	typ := nc.ChannelType()
+	var ch *channelState // set once the channel was relayed
 	switch typ {
 	case "session":
 	case "direct-tcpip":
@@ -204,6 +205,7 @@ func (p *proxy) clientChannel(nc gossh.NewChannel) {
 			return
 		}
 		p.s.event(context.Background(), audit.TypeSessionForward, map[string]string{"login": p.login, "kind": "local", "forward": dest})
+		defer func(start time.Time) { p.forwardEnded(start, "local", dest, ch) }(p.s.g.now())
 	default:
 		p.s.refusal(audit.TypeChannelDenied, map[string]string{"request": bounded(typ), "reason": "not_supported", "login": p.login})
 		nc.Reject(gossh.UnknownChannelType, fmt.Sprintf("bastion: %s channels are not allowed", bounded(typ)))
@@ -224,13 +226,25 @@ func (p *proxy) clientChannel(nc gossh.NewChannel) {
 		go gossh.DiscardRequests(treqs)
 		return
 	}
-	p.pipe(typ, cch, creqs, tch, treqs)
+	ch = p.pipe(typ, cch, creqs, tch, treqs)
 }
 
 // targetChannel proxies a channel the target opened: only the
 // connections of a remote forward the client asked for.
 func (p *proxy) targetChannel(nc gossh.NewChannel) {
 	typ := nc.ChannelType()
+	var ch *channelState
+	if typ == "forwarded-tcpip" && p.forwarding {
+		var f struct {
+			Addr       string
+			Port       uint32
+			OriginAddr string
+			OriginPort uint32
+		}
+		gossh.Unmarshal(nc.ExtraData(), &f)
+		dest := net2(f.Addr, f.Port) + " from " + net2(f.OriginAddr, f.OriginPort)
+		defer func(start time.Time) { p.forwardEnded(start, "remote", dest, ch) }(p.s.g.now())
+	}
 	if typ != "forwarded-tcpip" || !p.forwarding {
 		// auth-agent@openssh.com and x11 are never asked for, so never
 		// legitimately opened.
@@ -253,7 +267,21 @@ func (p *proxy) targetChannel(nc gossh.NewChannel) {
 		go gossh.DiscardRequests(creqs)
 		return
 	}
-	p.pipe(typ, cch, creqs, tch, treqs)
+	ch = p.pipe(typ, cch, creqs, tch, treqs)
+}
+
+// forwardEnded audits one forwarded connection closing: its kind, where
+// it went (dest, bounded) and the bytes each way (up is client to
+// target). ch is nil when it was never relayed.
+func (p *proxy) forwardEnded(start time.Time, kind, dest string, ch *channelState) {
+	if ch == nil {
+		return
+	}
+	p.s.event(context.Background(), audit.TypeSessionForwardEnd, map[string]string{
+		"login": p.login, "kind": kind, "forward": dest, "channel": strconv.Itoa(int(ch.id)),
+		"bytes_up": strconv.FormatInt(ch.up.Load(), 10), "bytes_down": strconv.FormatInt(ch.down.Load(), 10),
+		"duration_ms": strconv.FormatInt(p.s.g.now().Sub(start).Milliseconds(), 10),
+	})
 }
 
 // channelState is what one proxied session channel has seen.
@@ -269,6 +297,7 @@ type channelState struct {
 	sftp     atomic.Pointer[sftpHook]
 	command  atomic.Pointer[string]
 	kind     atomic.Pointer[string]
+	up, down atomic.Int64 // payload bytes each way (up: client to target)
 }
 
 type sftpHook struct{ SFTPInspector }
@@ -277,7 +306,7 @@ func (c *channelState) begin() { c.start.Do(func() { close(c.started) }) }
 
 // pipe relays one open channel both ways until both sides have closed
 // it. cch is the client's side, tch the target's.
-func (p *proxy) pipe(typ string, cch gossh.Channel, creqs <-chan *gossh.Request, tch gossh.Channel, treqs <-chan *gossh.Request) {
+func (p *proxy) pipe(typ string, cch gossh.Channel, creqs <-chan *gossh.Request, tch gossh.Channel, treqs <-chan *gossh.Request) *channelState {
 	st := &channelState{id: p.nextCh.Add(1), session: typ == "session", started: make(chan struct{}), exitSent: make(chan struct{})}
 	if !st.session {
 		st.begin()
@@ -357,6 +386,7 @@ func (p *proxy) pipe(typ string, cch gossh.Channel, creqs <-chan *gossh.Request,
 	if h := st.sftp.Load(); h != nil {
 		h.Close()
 	}
+	return st
 }
 
 // copyData copies src to dst, counting and recording as kind ("i" is
@@ -385,8 +415,10 @@ func (p *proxy) copyData(dst io.Writer, src io.Reader, st *channelState, kind st
 			data := buf[:n]
 			if kind == "i" {
 				p.up.Add(int64(n))
+				st.up.Add(int64(n))
 			} else {
 				p.down.Add(int64(n))
+				st.down.Add(int64(n))
 			}
 			if h := st.sftp.Load(); h != nil {
 				if kind == "i" {
@@ -461,12 +493,12 @@ func (p *proxy) channelRequests(reqs <-chan *gossh.Request, tch, cch gossh.Chann
 			}
 			st.pty.Store(true)
 			if gossh.Unmarshal(req.Payload, &pty) == nil {
-				p.write(st.id, "r", fmt.Appendf(nil, "%dx%d", pty.Cols, pty.Rows), cch.Stderr())
+				p.write(st.id, "r", fmt.Appendf(nil, "%dx%d", termSize(pty.Cols), termSize(pty.Rows)), cch.Stderr())
 			}
 		case "window-change":
 			var wc struct{ Cols, Rows, Width, Height uint32 }
 			if gossh.Unmarshal(req.Payload, &wc) == nil {
-				p.write(st.id, "r", fmt.Appendf(nil, "%dx%d", wc.Cols, wc.Rows), cch.Stderr())
+				p.write(st.id, "r", fmt.Appendf(nil, "%dx%d", termSize(wc.Cols), termSize(wc.Rows)), cch.Stderr())
 			}
 		case "shell", "exec", "subsystem":
 			if !p.startProgram(req, st, cch) {
@@ -665,6 +697,11 @@ func slicesContainsAny(list []string, want ...string) bool {
 		}
 	}
 	return false
+}
+
+// termSize clamps a requested terminal dimension as sshd does.
+func termSize(n uint32) uint32 {
+	return min(n, audit.MaxTermSize)
 }
 
 // net2 renders a host and port for audit fields.

@@ -43,6 +43,14 @@ func (s *recordedSession) sftpInspector(ch uint32) SFTPInspector {
 		}
 		if op.Op == "close" {
 			f["bytes_read"], f["bytes_written"] = strconv.FormatInt(op.Read, 10), strconv.FormatInt(op.Written, 10)
+			// The contents, hashed as they streamed: hex SHA-256, or
+			// "non-sequential" when they did not move in order.
+			if op.ReadSHA256 != "" {
+				f["read_sha256"] = op.ReadSHA256
+			}
+			if op.WrittenSHA256 != "" {
+				f["written_sha256"] = op.WrittenSHA256
+			}
 		}
 		// A record of what already happened: if the log is down it waits
 		// in memory (see auditspool.go).

@@ -122,3 +122,14 @@ func TestBoundKeepsTheTail(t *testing.T) {
 		}
 	}
 }
+
+// TestTermSizeClampsAsSSHD: a pty size of 0x7fffffff is recorded as sshd
+// would use it.
+func TestTermSizeClampsAsSSHD(t *testing.T) {
+	if got := termSize(0x7fffffff); got != audit.MaxTermSize {
+		t.Errorf("termSize(0x7fffffff) = %d, want %d", got, audit.MaxTermSize)
+	}
+	if got := termSize(80); got != 80 {
+		t.Errorf("termSize(80) = %d", got)
+	}
+}

@@ -21,9 +21,10 @@ func newAuditSessionsCommand(a *app) *cobra.Command {
 		Use:   "sessions [--since T] [--until T] [--user U] [--target HOST] [--active] [--json] [--gateway HOST:PORT]",
 		Short: "List sessions: who went where, when, for how long, and what was recorded",
 		Long: `List the sessions of the audit log, one line each: session id, user,
-login on the target, target, start, duration, kind (shell, exec, sftp, scp
-or forward), bytes each way and the size of the stored recording. Play one
-with ` + "`bastion audit play SESSION`" + `.
+login on the target, target, start, duration, kind (shell, exec, sftp, scp,
+forward, or none when no shell, exec or subsystem was asked for), bytes
+each way ("- (live)" while the session is open) and the size of the stored
+recording (so far, for a live one). Play one with ` + "`bastion audit play SESSION`" + `.
 
 Without --gateway it reads the log in --data-dir (gateway stopped); with
 --gateway it asks the running gateway, as your certificate's identity,

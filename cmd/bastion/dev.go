@@ -213,8 +213,12 @@ func (e *devEnv) start(ctx context.Context, o devOptions) error {
 			AdminGroups: []string{"eng"},
 			// alice (eng) exports the audit log over SSH in the instructions.
 			AuditorGroups: []string{"eng"},
+			// Record mode, said outright: the demo host is not on port
+			// 22, where record is the default, and a newcomer should see
+			// recordings. Both demo hosts trust the user CA and present a
+			// host certificate from the host CA, which record mode needs.
 			Access: []config.Access{
-				{Groups: []string{"eng", "dba"}, Hosts: []string{"127.0.0.1", "localhost"}, Ports: []int{port}},
+				{Groups: []string{"eng", "dba"}, Hosts: []string{"127.0.0.1", "localhost"}, Ports: []int{port}, Mode: "record", Logins: devLogins()},
 			},
 			OIDC: &config.OIDC{Issuer: e.IdP.Issuer(), ClientID: e.IdP.ClientID()},
 			Cert: config.Cert{Groups: map[string]config.CertGroup{"dba": {MaxValidity: config.Duration(time.Hour)}}},
@@ -254,6 +258,17 @@ func (e *devEnv) start(ctx context.Context, o devOptions) error {
 	}
 	e.Gateway = e.Gateways[0]
 	return e.startTarget(ctx, o, auth, userCAs, targetLn)
+}
+
+// devLogins are the inner logins the dev rule allows besides the
+// certificate's principals: the sshd demo host's account (demoAccount as
+// root, else the user running bastion dev).
+func devLogins() []string {
+	logins := []string{demoAccount}
+	if u, err := user.Current(); err == nil && u.Username != "root" && u.Username != demoAccount {
+		logins = append(logins, u.Username)
+	}
+	return logins
 }
 
 // maxDevGateways bounds --gateways: enough to see a cluster, few enough
@@ -511,11 +526,17 @@ Try it:
        ssh -J alice@%s -p %s %s@%s
   3. Export the audit log of everything you just did:
        ssh -p %s alice@%s audit export --format jsonl
+  4. The jump was recorded (record mode): list the sessions, then replay
+     one by the id in its first column:
+       ssh -p %s alice@%s audit sessions
+       ssh -t -p %s alice@%s audit play SESSION
+     (--format text prints it as a transcript; --format asciicast > s.cast
+     writes a file for asciinema play)
 %s
 Press Ctrl-C to stop.
 `, e.DataDir, gateways, e.IdP.Issuer(), users.String(), e.TargetAddr, e.TargetKind,
 		cli, e.Gateway, includeWhy, devKeyStep, devCertStep(gwPort, gwHost),
-		e.Gateway, port, targetUser, host, gwPort, gwHost, cluster)
+		e.Gateway, port, targetUser, host, gwPort, gwHost, gwPort, gwHost, gwPort, gwHost, cluster)
 }
 
 // clusterInstructions are the gateway lines and the extra step of a
@@ -536,7 +557,7 @@ func (e *devEnv) clusterInstructions(cli, targetUser string) (gateways, step str
 	fmt.Fprintf(&b, "  etcd:              %s (embedded; the gateways share locks and revocations there)\n", strings.Join(e.Etcd, ", "))
 	host, port, _ := net.SplitHostPort(e.TargetAddr)
 	gw2Host, gw2Port, _ := net.SplitHostPort(e.Gateways[1])
-	step = fmt.Sprintf(`  4. See the cluster at work. In one terminal, hold a session through gw-1:
+	step = fmt.Sprintf(`  5. See the cluster at work. In one terminal, hold a session through gw-1:
        ssh -J alice@%s -p %s %s@%s sleep 600
      In another terminal, lock alice through gw-2:
        ssh -p %s alice@%s lock alice --reason cluster-demo

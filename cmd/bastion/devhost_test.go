@@ -152,6 +152,24 @@ func checkDemoHost(t *testing.T, ctx context.Context, env *devEnv) {
 			t.Errorf("git clone: README %q", b)
 		}
 	})
+	t.Run("recorded", func(t *testing.T) {
+		// The dev rule is record mode: the shell above is a recorded
+		// session under the demo host's login, and replays.
+		_, gwPort, _ := net.SplitHostPort(env.Gateway)
+		res := c.Run(ctx, "ssh", "-p", gwPort, "alice@127.0.0.1", "audit", "sessions")
+		var shell string
+		for _, line := range strings.Split(res.Stdout, "\n") {
+			if f := strings.Fields(line); len(f) > 6 && f[2] == user && f[6] == "shell" {
+				shell = f[0]
+			}
+		}
+		if res.ExitCode != 0 || shell == "" {
+			t.Fatalf("audit sessions lists no recorded shell of login %s: %s", user, res)
+		}
+		if res := c.Run(ctx, "ssh", "-p", gwPort, "alice@127.0.0.1", "audit", "play", shell, "--format", "text"); res.ExitCode != 0 || !strings.Contains(res.Stdout, "answer=42") {
+			t.Errorf("audit play %s --format text: %s", shell, res)
+		}
+	})
 	t.Run("bastion scan", func(t *testing.T) {
 		res := scan.Scan(ctx, env.TargetAddr, scan.Options{HostCAs: hostCAs})
 		if !res.Pass {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -110,6 +111,9 @@ func (a freshAccount) sh(ctx context.Context, t *testing.T, line string, answer 
 // prints, verbatim, on an account with no ~/.ssh: they make the key, log
 // in, jump; a second run keeps the key; a failed login keeps the old
 // certificate.
+// sessionIDRE finds the session ids of an `audit sessions` table.
+var sessionIDRE = regexp.MustCompile(`(?m)^[0-9a-f]{16}\b`)
+
 func TestDevFirstStepsVerbatim(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -163,6 +167,16 @@ func TestDevFirstStepsVerbatim(t *testing.T) {
 	}
 	if out, err := acct.sh(ctx, t, jump+" echo through-the-gateway", nil); err != nil || !strings.Contains(out, "through-the-gateway") {
 		t.Fatalf("%s: %v\n%s", jump, err, out)
+	}
+	// The jump was recorded, and the printed steps show it.
+	play := stepLines(t, text, "one by the id in its first column:", 2)
+	out, err := acct.sh(ctx, t, play[0], nil)
+	ids := sessionIDRE.FindAllString(out, -1)
+	if err != nil || len(ids) == 0 || !strings.Contains(out, " exec ") {
+		t.Fatalf("%s: %v\n%s", play[0], err, out)
+	}
+	if out, err := acct.sh(ctx, t, strings.Replace(play[1], "SESSION", ids[len(ids)-1], 1), nil); err != nil || !strings.Contains(out, "through-the-gateway") {
+		t.Fatalf("%s: %v\n%s", play[1], err, out)
 	}
 
 	// The steps again: the key stays; a denied login keeps the certificate.

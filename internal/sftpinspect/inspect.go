@@ -19,8 +19,11 @@
 package sftpinspect
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
+	"hash"
 	"path"
 	"strings"
 	"sync"
@@ -81,6 +84,11 @@ type Op struct {
 	Flags string
 	// Read and Written are the bytes moved through the handle (close).
 	Read, Written int64
+	// ReadSHA256 and WrittenSHA256 (close, when bytes moved that way) are
+	// the hex SHA-256 of the data, hashed as it streamed past, when it
+	// moved in order from offset 0 (as sftp and scp clients move whole
+	// files); else NonSequential.
+	ReadSHA256, WrittenSHA256 string
 	// Status is "ok", the server's error code name (no_such_file,
 	// permission_denied, failure, ...), "no_reply" when the session ended
 	// first, "reply_not_tracked" when too many requests were in flight to
@@ -100,15 +108,26 @@ func (op Op) String() string {
 	}
 	if op.Op == "close" {
 		fmt.Fprintf(&b, " read=%d written=%d", op.Read, op.Written)
+		if op.ReadSHA256 != "" {
+			fmt.Fprintf(&b, " read_sha256=%s", op.ReadSHA256)
+		}
+		if op.WrittenSHA256 != "" {
+			fmt.Fprintf(&b, " written_sha256=%s", op.WrittenSHA256)
+		}
 	}
 	fmt.Fprintf(&b, " status=%s", op.Status)
 	return b.String()
 }
 
+// NonSequential is the digest of a handle's data that did not move in
+// order from offset 0: the bytes were counted but not hashed.
+const NonSequential = "non-sequential"
+
 // pending is a request awaiting its reply.
 type pending struct {
 	op           Op
 	handle       string // read: the handle the data is for
+	offset       uint64 // read: where
 	isRead, open bool
 }
 
@@ -116,6 +135,49 @@ type pending struct {
 type handleState struct {
 	path, pathClean, flags string
 	read, written          int64
+	// Digests of the data each way while it stays in order: next is the
+	// offset the next data must start at; a nil hash with moved bytes
+	// means the order broke.
+	rd, wr digest
+}
+
+// digest hashes one direction of a handle's data, streamed.
+type digest struct {
+	h       hash.Hash
+	next    uint64
+	broken  bool
+	started bool
+}
+
+// at returns a sink for data at offset off of length n, or nil (and the
+// order is broken) when it is not the next in order.
+func (d *digest) at(off uint64, n int) func([]byte) {
+	if d.broken || off != d.next {
+		d.broken = true
+		return nil
+	}
+	if !d.started {
+		d.h, d.started = sha256.New(), true
+	}
+	d.next += uint64(n)
+	return func(b []byte) { d.h.Write(b) }
+}
+
+// sum is the digest for a close that moved n bytes this way.
+func (d *digest) sum(n int64) string {
+	switch {
+	case n == 0:
+		return ""
+	case d.broken || !d.started || d.next != uint64(n):
+		return NonSequential
+	}
+	return hex.EncodeToString(d.h.Sum(nil))
+}
+
+// closeOp is the close of h.
+func (st *handleState) closeOp(status string) Op {
+	return Op{Op: "close", Path: st.path, PathClean: st.pathClean, Flags: st.flags, Read: st.read, Written: st.written,
+		ReadSHA256: st.rd.sum(st.read), WrittenSHA256: st.wr.sum(st.written), Status: status}
 }
 
 // Inspector follows one SFTP session. Its two writers may be used from
@@ -137,8 +199,8 @@ type Inspector struct {
 // held and must not call back into it.
 func New(emit func(Op)) *Inspector {
 	in := &Inspector{emit: emit, pending: map[uint32]pending{}, handles: map[string]*handleState{}}
-	in.client.packet = in.request
-	in.server.packet = in.reply
+	in.client.packet, in.client.head = in.request, in.requestHead
+	in.server.packet, in.server.head = in.reply, in.replyHead
 	return in
 }
 
@@ -184,7 +246,7 @@ func (in *Inspector) Close() {
 	}
 	for h, st := range in.handles {
 		delete(in.handles, h)
-		in.emit(Op{Op: "close", Path: st.path, PathClean: st.pathClean, Flags: st.flags, Read: st.read, Written: st.written, Status: "no_reply"})
+		in.emit(st.closeOp("no_reply"))
 	}
 }
 
@@ -197,6 +259,12 @@ type framer struct {
 	seen   int    // bytes of the current packet seen
 	keep   []byte // its first bytes
 	packet func(kept []byte, length int)
+	// head, once keepMax bytes or the whole packet are kept, may name
+	// where in the packet its file data starts and a sink that is then
+	// fed that data as it streams past, so that nothing is held.
+	head     func(kept []byte, length int) (start int, sink func([]byte))
+	headDone bool
+	sink     func([]byte)
 }
 
 // feed consumes p; it returns a reason when the stream is malformed.
@@ -215,11 +283,28 @@ func (f *framer) feed(p []byte) string {
 				return fmt.Sprintf("packet length %d outside 1..%d", l, MaxPacket)
 			}
 			f.length, f.seen, f.keep = int(l), 0, f.keep[:0]
+			f.headDone, f.sink = false, nil
 			continue
 		}
 		n := min(len(p), f.length-f.seen)
+		chunk := p[:n]
 		if room := keepMax - len(f.keep); room > 0 {
-			f.keep = append(f.keep, p[:min(n, room)]...)
+			f.keep = append(f.keep, chunk[:min(n, room)]...)
+		}
+		if f.sink != nil {
+			f.sink(chunk) // the keep is full: all of it is past it
+		} else if !f.headDone && f.head != nil && (len(f.keep) == keepMax || f.seen+n == f.length) {
+			f.headDone = true
+			if start, sink := f.head(f.keep, f.length); sink != nil && start >= 0 {
+				kept := len(f.keep)
+				if start < kept {
+					sink(f.keep[start:])
+				}
+				if from := max(kept, start); f.seen+n > from {
+					sink(chunk[from-f.seen:])
+				}
+				f.sink = sink
+			}
 		}
 		f.seen += n
 		p = p[n:]
@@ -245,6 +330,11 @@ func (r *reader) u32() uint32 {
 	v := binary.BigEndian.Uint32(r.b)
 	r.b = r.b[4:]
 	return v
+}
+
+func (r *reader) u64() uint64 {
+	hi := uint64(r.u32())
+	return hi<<32 | uint64(r.u32())
 }
 
 func (r *reader) u8() byte {
@@ -320,12 +410,12 @@ func (in *Inspector) request(kept []byte, length int) {
 		h := r.str()
 		if st, ok := in.handles[h]; ok && r.ok {
 			delete(in.handles, h)
-			in.emit(Op{Op: "close", Path: st.path, PathClean: st.pathClean, Flags: st.flags, Read: st.read, Written: st.written, Status: "ok"})
+			in.emit(st.closeOp("ok"))
 		}
 		return
 	case fxpRead:
 		h := r.str()
-		p = pending{handle: h, isRead: true}
+		p = pending{handle: h, offset: r.u64(), isRead: true}
 	case fxpWrite:
 		h := r.str()
 		r.skip(8)
@@ -389,6 +479,44 @@ func (in *Inspector) request(kept []byte, length int) {
 		return
 	}
 	in.pending[id] = p
+}
+
+// requestHead finds the data of a client's write: it is hashed when it
+// continues the handle's data in order.
+func (in *Inspector) requestHead(kept []byte, length int) (int, func([]byte)) {
+	r := &reader{b: kept, ok: true}
+	if r.u8() != fxpWrite {
+		return 0, nil
+	}
+	r.u32()
+	h := r.str()
+	off := r.u64()
+	r.u32()
+	hdr := 1 + 4 + 4 + len(h) + 8 + 4
+	st, ok := in.handles[h]
+	if !ok || !r.ok || length < hdr {
+		return 0, nil
+	}
+	return hdr, st.wr.at(off, length-hdr)
+}
+
+// replyHead finds the data of a server's reply to a read: it is hashed
+// when it continues the handle's data in order.
+func (in *Inspector) replyHead(kept []byte, length int) (int, func([]byte)) {
+	r := &reader{b: kept, ok: true}
+	if r.u8() != fxpData {
+		return 0, nil
+	}
+	id := r.u32()
+	p, ok := in.pending[id]
+	if !ok || !r.ok || !p.isRead || length < 1+4+4 {
+		return 0, nil
+	}
+	st, ok := in.handles[p.handle]
+	if !ok {
+		return 0, nil
+	}
+	return 1 + 4 + 4, st.rd.at(p.offset, length-1-4-4)
 }
 
 // reply handles a server packet.

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"crypto/sha256"
+	"encoding/hex"
 )
 
 // teeEnv makes the test binary an sftp server for `sftp -D`: it runs
@@ -205,6 +207,11 @@ func TestInspectOpenSSHSession(t *testing.T) {
 	if len(closes) != 2 || closes[0].Written != n || closes[0].Read != 0 || closes[1].Read != n || closes[1].Written != 0 {
 		t.Errorf("closes of up.bin = %+v; want %d bytes written by put and %d read by get", closes, n, n)
 	}
+	// Contents are hashed as they stream past, not stored.
+	if sum := sha256.Sum256(payload); len(closes) == 2 && (closes[0].WrittenSHA256 != hex.EncodeToString(sum[:]) || closes[1].ReadSHA256 != hex.EncodeToString(sum[:]) ||
+		closes[0].ReadSHA256 != "" || closes[1].WrittenSHA256 != "") {
+		t.Errorf("digests of up.bin: put %q/%q, get %q/%q; want %x for the data put and got", closes[0].WrittenSHA256, closes[0].ReadSHA256, closes[1].ReadSHA256, closes[1].WrittenSHA256, sum)
+	}
 	for _, want := range []Op{
 		{Op: "rename", Path: r("up.bin"), Target: r("moved.bin"), Status: "ok"},
 		{Op: "mkdir", Path: r("sub"), Status: "ok"},
@@ -358,5 +365,38 @@ func TestInspectLongPathKeepsItsEndAndCleanPath(t *testing.T) {
 	}
 	if ops[1].PathClean != "/etc/shadow" || ops[1].TargetClean != "" {
 		t.Errorf("rename clean paths %q, %q; want /etc/shadow and none", ops[1].PathClean, ops[1].TargetClean)
+	}
+}
+
+// TestInspectHashesOnlyInOrderData: writes that skip about give
+// "non-sequential" rather than a digest of something that is not the file.
+func TestInspectHashesOnlyInOrderData(t *testing.T) {
+	run := func(offsets ...uint64) Op {
+		var ops []Op
+		in := New(func(op Op) { ops = append(ops, op) })
+		cw, sw := in.ClientWriter(), in.ServerWriter()
+		cw.Write(packet(fxpOpen, uint32(1), "/f", uint32(0x1a), uint32(0)))
+		sw.Write(packet(fxpHandle, uint32(1), "H"))
+		for i, off := range offsets {
+			cw.Write(packet(fxpWrite, uint32(10+i), "H", off, "abcd"))
+		}
+		cw.Write(packet(fxpClose, uint32(99), "H"))
+		in.Close()
+		for _, op := range ops {
+			if op.Op == "close" {
+				return op
+			}
+		}
+		t.Fatalf("no close in %+v", ops)
+		return Op{}
+	}
+	sum := sha256.Sum256([]byte("abcdabcdabcd"))
+	if got := run(0, 4, 8); got.WrittenSHA256 != hex.EncodeToString(sum[:]) || got.Written != 12 {
+		t.Errorf("in-order writes: %+v; want sha256 %x", got, sum)
+	}
+	for _, offs := range [][]uint64{{4, 0, 8}, {0, 4, 4}, {8}} {
+		if got := run(offs...); got.WrittenSHA256 != NonSequential {
+			t.Errorf("writes at %v: sha256 %q, want %q", offs, got.WrittenSHA256, NonSequential)
+		}
 	}
 }
