@@ -2,7 +2,9 @@ package sftpinspect
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -15,8 +17,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"crypto/sha256"
-	"encoding/hex"
 )
 
 // teeEnv makes the test binary an sftp server for `sftp -D`: it runs
