@@ -128,7 +128,10 @@ func (g *Gateway) revokeUser(ctx context.Context, s *sessionIO, rev ca.Revocatio
 
 // krl renders the current revocation list.
 func (g *Gateway) krl() ([]byte, error) {
-	cas := append(g.deps.Authority.TrustedKeys(ca.UserCA), g.deps.Authority.TrustedKeys(ca.HostCA)...)
+	cas, err := g.deps.Authority.RevocationCAs()
+	if err != nil {
+		return nil, err
+	}
 	return g.deps.Authority.State().Revocations.KRL(cas).Marshal()
 }
 

@@ -434,13 +434,9 @@ func newCAKRLCommand(a *app) *cobra.Command {
   ssh-keygen -Q -f /etc/ssh/bastion_revoked.krl ~/.ssh/id_ed25519-cert.pub`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var cas []ssh.PublicKey
-			for _, k := range []ca.Kind{ca.UserCA, ca.HostCA} {
-				keys, err := a.layout().TrustedKeys(k)
-				if err != nil {
-					return err
-				}
-				cas = append(cas, keys...)
+			cas, err := a.layout().RevocationCAs()
+			if err != nil {
+				return err
 			}
 			store, err := a.openAuditReadOnly()
 			if err != nil {
