@@ -109,7 +109,7 @@ func reasonSuffix(r string) string {
 	if r == "" {
 		return ""
 	}
-	return ": " + r
+	return ": " + Printable(r)
 }
 
 // OnChange registers fn to run after every new revocation or lock, so

@@ -63,6 +63,10 @@ func (g *Gateway) cmdRevoke(ctx context.Context, s *sessionIO, id *Identity, arg
 			return 2
 		}
 	}
+	if err := ca.CheckReason(rev.Reason); err != nil {
+		s.errorf("bastion: --reason: %v\n", err)
+		return 2
+	}
 	if rev.Kind == ca.RevokeSerial {
 		if _, err := strconv.ParseUint(rev.Value, 10, 64); err != nil {
 			s.errorf("bastion: --serial wants a number\n")

@@ -346,7 +346,7 @@ func (g *Gateway) cmdLocks(_ context.Context, s *sessionIO, _ *Identity, args []
 
 // FormatLock is a lock as `locks` lists it: target, time, by, reason.
 func FormatLock(lk ca.Lock) string {
-	return fmt.Sprintf("%s\t%s\t%s\t%s", lk.Target, lk.Time.UTC().Format(time.RFC3339), lk.By, lk.Reason)
+	return fmt.Sprintf("%s\t%s\t%s\t%s", ca.Printable(lk.Target), lk.Time.UTC().Format(time.RFC3339), ca.Printable(lk.By), ca.Printable(lk.Reason))
 }
 
 // parseLockArgs reads "USER [--reason TEXT]".
@@ -368,6 +368,9 @@ func parseLockArgs(args []string) (target, reason string, err error) {
 	}
 	if target == "" {
 		return "", "", fmt.Errorf("name the user to lock")
+	}
+	if err := ca.CheckReason(reason); err != nil {
+		return "", "", fmt.Errorf("--reason: %w", err)
 	}
 	return target, reason, nil
 }

@@ -359,6 +359,9 @@ certificates it matched.`,
   bastion ca revoke --key ~/.ssh/id_ed25519.pub`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := ca.CheckReason(reason); err != nil {
+				return fmt.Errorf("--reason: %w", err)
+			}
 			store, err := a.openAudit()
 			if err != nil {
 				return err

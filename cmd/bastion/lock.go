@@ -52,6 +52,9 @@ lock always goes through that gateway.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			target := args[0]
+			if err := ca.CheckReason(reason); err != nil {
+				return fmt.Errorf("--reason: %w", err)
+			}
 			remote := "lock " + quoteArg(target)
 			if reason != "" {
 				remote += " --reason " + quoteArg(reason)
