@@ -34,6 +34,7 @@ type lockChange struct {
 
 func newLockCommand(a *app) *cobra.Command {
 	var reason, gw string
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "lock USER [--reason TEXT]",
 		Short: "Lock a user out of the gateway and end their live sessions",
@@ -59,6 +60,9 @@ lock always goes through that gateway.`,
 			if reason != "" {
 				remote += " --reason " + quoteArg(reason)
 			}
+			if force {
+				remote += " --force"
+			}
 			done := "locked " + target
 			return a.changeLock(cmd, gw, lockChange{
 				local: func(ctx context.Context, l *ca.Locks) error {
@@ -73,6 +77,7 @@ lock always goes through that gateway.`,
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why, for the audit log")
+	cmd.Flags().BoolVar(&force, "force", false, "through a gateway: lock even if the lock bars your own certificate")
 	cmd.Flags().StringVar(&gw, "gateway", "", "lock through this running gateway (HOST:PORT) with your bastion certificate")
 	return cmd
 }
