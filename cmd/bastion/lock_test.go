@@ -182,6 +182,22 @@ func TestLockThroughGateway(t *testing.T) {
 		t.Fatalf("jump after unlock: exit %d: %s", code, out)
 	}
 
+	// ops locking ops needs --force; afterwards the gateway refuses ops's
+	// certificate, and unlock says so plainly.
+	useHome(t, opsHome)
+	if _, errOut, err := run(t, e.layout.DataDir, "lock", "ops", "--gateway", e.addr); err == nil || !strings.Contains(errOut, "would bar you too") {
+		t.Errorf("self-lock without --force: %v\n%s", err, errOut)
+	}
+	if _, errOut, err := run(t, e.layout.DataDir, "lock", "ops", "--force", "--gateway", e.addr); err != nil {
+		t.Fatalf("self-lock with --force: %v\n%s", err, errOut)
+	}
+	if _, _, err := run(t, e.layout.DataDir, "unlock", "ops", "--gateway", e.addr); err == nil || !strings.Contains(err.Error(), "refused your certificate") || !strings.Contains(err.Error(), "another admin") {
+		t.Errorf("unlock after a self-lock: %v", err)
+	}
+	if err := e.locks.Unlock(t.Context(), "ops", "test"); err != nil {
+		t.Fatal(err)
+	}
+
 	// Held, and no gateway known: say how.
 	newHome(t)
 	_, _, err = run(t, e.layout.DataDir, "lock", e.user)
