@@ -84,8 +84,15 @@ func kindFlags(cmd *cobra.Command) func() ca.Kind {
 	var user, host bool
 	cmd.Flags().BoolVar(&user, "user", false, "the user CA")
 	cmd.Flags().BoolVar(&host, "host", false, "the host CA")
-	cmd.MarkFlagsMutuallyExclusive("user", "host")
-	cmd.MarkFlagsOneRequired("user", "host")
+	// Checked here rather than with cobra's flag groups, whose messages
+	// ("at least one of the flags in the group [user host] is required")
+	// do not say what to do.
+	cmd.PreRunE = func(cmd *cobra.Command, _ []string) error {
+		if user == host {
+			return fmt.Errorf("name the CA to %s: --user or --host (one at a time)", cmd.Name())
+		}
+		return nil
+	}
 	return func() ca.Kind {
 		if host {
 			return ca.HostCA

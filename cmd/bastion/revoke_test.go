@@ -177,3 +177,16 @@ func TestKRLKeepsRevokingAfterRetire(t *testing.T) {
 	mustRun(t, dir, "ca", "retire", "--user", "--force")
 	check("after a second retire")
 }
+
+// TestCAKindFlagsSayWhatToName: rotate, retire and export without (or
+// with both of) --user and --host say which flags to pass.
+func TestCAKindFlagsSayWhatToName(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, dir, "ca", "init")
+	for _, args := range [][]string{{"ca", "rotate"}, {"ca", "retire"}, {"ca", "export"}, {"ca", "rotate", "--user", "--host"}} {
+		_, _, err := run(t, dir, args...)
+		if err == nil || !strings.Contains(err.Error(), "name the CA to "+args[1]+": --user or --host") {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+}
