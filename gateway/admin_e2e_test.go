@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,5 +116,23 @@ func TestAdminBarsThemselves(t *testing.T) {
 				t.Errorf("after barring themselves: %s", res)
 			}
 		})
+	}
+}
+
+// TestListenCauseNamesTheAddressOnce: a taken address is named once in
+// the listen error, not again in net's "listen tcp ADDR:" prefix.
+func TestListenCauseNamesTheAddressOnce(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = net.Listen("tcp", l.Addr().String())
+	if err == nil {
+		t.Fatal("listening twice on one address succeeded")
+	}
+	msg := fmt.Sprintf("listen on %s: %v", l.Addr(), ListenCause(err))
+	if strings.Count(msg, l.Addr().String()) != 1 || !strings.Contains(msg, "address already in use") {
+		t.Errorf("listen error %q", msg)
 	}
 }
