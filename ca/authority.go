@@ -152,6 +152,10 @@ func (a *Authority) TrustedKeys(k Kind) []ssh.PublicKey {
 	return append([]ssh.PublicKey(nil), a.trusted[k]...)
 }
 
+// RevocationCAs returns every CA key a KRL must cover: the trusted keys of
+// both kinds and the retired ones (see Layout.RevocationCAs).
+func (a *Authority) RevocationCAs() ([]ssh.PublicKey, error) { return a.layout.RevocationCAs() }
+
 // IsTrusted reports whether key is one of the kind's trusted CA keys,
 // comparing marshalled bytes. A certificate is never a trusted CA key.
 func (a *Authority) IsTrusted(k Kind, key ssh.PublicKey) bool {

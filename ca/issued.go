@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,6 +78,9 @@ func IssuedUnexpired(ctx context.Context, r EventReader, now time.Time) ([]Issue
 // to user (see Issued.holder), and returns them. It does not stop user
 // from getting new ones: that is what a lock is for.
 func (s *State) RevokeUser(ctx context.Context, r EventReader, user, reason, by string, now time.Time) ([]Issued, error) {
+	if err := CheckReason(reason); err != nil {
+		return nil, fmt.Errorf("ca: revoke: %w", err)
+	}
 	issued, err := IssuedUnexpired(ctx, r, now)
 	if err != nil {
 		return nil, err

@@ -30,7 +30,8 @@ func (k Kind) fileName() string { return string(k) + "_ca" }
 //	DATA_DIR/ca/user_ca               user CA private key (OpenSSH, 0600)
 //	DATA_DIR/ca/user_ca.pub           its public key
 //	DATA_DIR/ca/user_ca.previous.pub  older user CA keys still trusted after `ca rotate`
-//	DATA_DIR/ca/host_ca, host_ca.pub, host_ca.previous.pub  the same for hosts
+//	DATA_DIR/ca/user_ca.retired.pub   user CA keys retired by `ca retire`, kept for KRLs
+//	DATA_DIR/ca/host_ca, host_ca.pub, host_ca.previous.pub, host_ca.retired.pub  the same for hosts
 //	DATA_DIR/audit.db                 the audit log (package audit)
 //
 // KeyDir, when set (the configuration's ca.dir), holds the key files
@@ -60,6 +61,30 @@ func (l Layout) PublicKey(k Kind) string { return l.PrivateKey(k) + ".pub" }
 
 // PreviousKeys is the path of the kind's older, still trusted public keys.
 func (l Layout) PreviousKeys(k Kind) string { return l.PrivateKey(k) + ".previous.pub" }
+
+// RetiredKeys is the path of the kind's retired public keys: no longer
+// trusted, but still named in every KRL so that certificates they signed
+// and bastion revoked stay revoked on hosts that trust them still.
+func (l Layout) RetiredKeys(k Kind) string { return l.PrivateKey(k) + ".retired.pub" }
+
+// RevocationCAs returns every CA public key, of both kinds, whose
+// certificates a KRL must cover: the trusted keys (current and previous)
+// and the retired ones. Duplicates are harmless (KRL.Marshal merges them).
+func (l Layout) RevocationCAs() ([]ssh.PublicKey, error) {
+	var cas []ssh.PublicKey
+	for _, k := range []Kind{UserCA, HostCA} {
+		keys, err := l.TrustedKeys(k)
+		if err != nil {
+			return nil, err
+		}
+		retired, err := readPublicKeys(l.RetiredKeys(k))
+		if err != nil {
+			return nil, err
+		}
+		cas = append(append(cas, keys...), retired...)
+	}
+	return cas, nil
+}
 
 // AuditDB is the path of the audit log.
 func (l Layout) AuditDB() string { return filepath.Join(l.DataDir, "audit.db") }

@@ -82,6 +82,9 @@ func (l *Locks) Lock(ctx context.Context, lk Lock) error {
 	if err := validLockTarget(lk.Target); err != nil {
 		return err
 	}
+	if err := CheckReason(lk.Reason); err != nil {
+		return fmt.Errorf("ca: lock: %w", err)
+	}
 	if lk.Time.IsZero() {
 		lk.Time = l.now().UTC()
 	}

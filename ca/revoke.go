@@ -141,6 +141,9 @@ func (r *Revocations) add(rev Revocation) error {
 // every gateway; ErrPending means it is in effect here but could not be
 // published yet.
 func (r *Revocations) Revoke(ctx context.Context, rev Revocation) error {
+	if err := CheckReason(rev.Reason); err != nil {
+		return fmt.Errorf("ca: revoke: %w", err)
+	}
 	if rev.Time.IsZero() {
 		rev.Time = r.now().UTC()
 	}

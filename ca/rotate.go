@@ -99,6 +99,15 @@ func (a *Authority) Retire(ctx context.Context, k Kind, fp, actor string) ([]ssh
 	if _, err := a.rec.Append(ctx, ev); err != nil {
 		return nil, fmt.Errorf("ca: retire: not retired, the audit record could not be written: %w", err)
 	}
+	// Keep the retired keys on record first: the KRL must go on revoking
+	// what they signed, because hosts may still trust them.
+	retired, err := readPublicKeys(a.layout.RetiredKeys(k))
+	if err != nil {
+		return nil, fmt.Errorf("ca: retire: %w", err)
+	}
+	if err := replaceFile(a.layout.RetiredKeys(k), keyLinesNamed(k, append(retired, gone...), "retired"), 0o644); err != nil {
+		return nil, err
+	}
 	if len(keep) == 0 {
 		if err := os.Remove(a.layout.PreviousKeys(k)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("ca: retire: %w", err)
@@ -121,10 +130,19 @@ func keyTypeOf(k ssh.PublicKey) KeyType {
 }
 
 // keyLines renders keys as authorized_keys lines for a .previous.pub file.
-func keyLines(k Kind, keys []ssh.PublicKey) []byte {
+func keyLines(k Kind, keys []ssh.PublicKey) []byte { return keyLinesNamed(k, keys, "previous") }
+
+// keyLinesNamed renders keys as authorized_keys lines with the comment
+// bastion-KIND-ca-WHAT, skipping repeated keys.
+func keyLinesNamed(k Kind, keys []ssh.PublicKey, what string) []byte {
 	var b strings.Builder
+	seen := map[string]bool{}
 	for _, key := range keys {
-		fmt.Fprintf(&b, "%s bastion-%s-ca-previous\n", strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))), k)
+		if seen[string(key.Marshal())] {
+			continue
+		}
+		seen[string(key.Marshal())] = true
+		fmt.Fprintf(&b, "%s bastion-%s-ca-%s\n", strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key))), k, what)
 	}
 	return []byte(b.String())
 }

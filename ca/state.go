@@ -65,6 +65,11 @@ func SubjectOf(cert *ssh.Certificate, user string) Subject {
 // names are the names a lock may bar: the login user, every principal,
 // the key id, and the key id's owner (the part of a login certificate's
 // key id "alice@example.com sub=..." before " sub=").
+// LockedBy reports whether a lock on target would bar s.
+func (s Subject) LockedBy(target string) bool {
+	return target != "" && slices.Contains(s.names(), target)
+}
+
 func (s Subject) names() []string {
 	names := make([]string, 0, len(s.Principals)+3)
 	names = append(names, s.User, s.KeyID)
@@ -109,7 +114,7 @@ func reasonSuffix(r string) string {
 	if r == "" {
 		return ""
 	}
-	return ": " + r
+	return ": " + Printable(r)
 }
 
 // OnChange registers fn to run after every new revocation or lock, so

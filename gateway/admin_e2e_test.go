@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,6 +80,18 @@ func TestRevokeAndKRLThroughTheGateway(t *testing.T) {
 func TestAdminBarsThemselves(t *testing.T) {
 	tg := startGateway(t)
 	ctx := t.Context()
+	// Without --force, a lock that would bar the caller is refused, says
+	// why, and leaves the caller able to connect.
+	for _, target := range []string{"opsadmin", "admin"} {
+		admin := tg.client(ca.Request{KeyID: "admin", Serial: 5353, Principals: []string{"opsadmin"}, Groups: []string{"admins"}})
+		res := admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "lock", target)...)
+		if res.ExitCode != 1 || !strings.Contains(res.Stderr, "would bar you too") || !strings.Contains(res.Stderr, "--force") {
+			t.Errorf("self-lock of %s without --force: %s", target, res)
+		}
+		if res := admin.Run(ctx, "ssh", tg.gatewayArgs("opsadmin", "info")...); res.ExitCode != 0 {
+			t.Fatalf("a refused self-lock of %s still barred the admin: %s", target, res)
+		}
+	}
 	for _, tc := range []struct {
 		name   string
 		serial uint64
@@ -85,7 +99,7 @@ func TestAdminBarsThemselves(t *testing.T) {
 		want   []string
 	}{
 		{"revoke own serial", 5151, []string{"revoke", "--serial", "5151"}, []string{"revoked serial 5151", "this also bars you (certificate revoked by serial 5151)", "ends now"}},
-		{"lock self", 5252, []string{"lock", "opsadmin", "--reason", "test"}, []string{"locked opsadmin", "this also bars you (certificate opsadmin is locked: test)", "ends now"}},
+		{"lock self", 5252, []string{"lock", "opsadmin", "--reason", "test", "--force"}, []string{"locked opsadmin", "this also bars you (certificate opsadmin is locked: test)", "ends now"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			admin := tg.client(ca.Request{KeyID: "admin", Serial: tc.serial, Principals: []string{"opsadmin"}, Groups: []string{"admins"}})
@@ -102,5 +116,23 @@ func TestAdminBarsThemselves(t *testing.T) {
 				t.Errorf("after barring themselves: %s", res)
 			}
 		})
+	}
+}
+
+// TestListenCauseNamesTheAddressOnce: a taken address is named once in
+// the listen error, not again in net's "listen tcp ADDR:" prefix.
+func TestListenCauseNamesTheAddressOnce(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = net.Listen("tcp", l.Addr().String())
+	if err == nil {
+		t.Fatal("listening twice on one address succeeded")
+	}
+	msg := fmt.Sprintf("listen on %s: %v", l.Addr(), ListenCause(err))
+	if strings.Count(msg, l.Addr().String()) != 1 || !strings.Contains(msg, "address already in use") {
+		t.Errorf("listen error %q", msg)
 	}
 }

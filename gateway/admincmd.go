@@ -63,6 +63,10 @@ func (g *Gateway) cmdRevoke(ctx context.Context, s *sessionIO, id *Identity, arg
 			return 2
 		}
 	}
+	if err := ca.CheckReason(rev.Reason); err != nil {
+		s.errorf("bastion: --reason: %v\n", err)
+		return 2
+	}
 	if rev.Kind == ca.RevokeSerial {
 		if _, err := strconv.ParseUint(rev.Value, 10, 64); err != nil {
 			s.errorf("bastion: --serial wants a number\n")
@@ -128,7 +132,10 @@ func (g *Gateway) revokeUser(ctx context.Context, s *sessionIO, rev ca.Revocatio
 
 // krl renders the current revocation list.
 func (g *Gateway) krl() ([]byte, error) {
-	cas := append(g.deps.Authority.TrustedKeys(ca.UserCA), g.deps.Authority.TrustedKeys(ca.HostCA)...)
+	cas, err := g.deps.Authority.RevocationCAs()
+	if err != nil {
+		return nil, err
+	}
 	return g.deps.Authority.State().Revocations.KRL(cas).Marshal()
 }
 

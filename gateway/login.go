@@ -171,6 +171,14 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, meta gossh.ConnMe
 	if len(args) > 0 {
 		cmd = args[0]
 	}
+	if len(args) > 1 {
+		// No login command takes arguments: refuse, rather than let the
+		// user believe --principals or --user changed the certificate.
+		extra := sanitized(strings.Join(args[1:], " "), 64)
+		sio.errorf("bastion: `%s` takes no arguments; %q was refused (the certificate's user and principals come from your identity provider and the gateway's policy)\n", sanitized(cmd, 32), extra)
+		g.auditRefusal(cs, audit.TypeRequestDenied, "exec "+sanitized(line, 64), ReasonLoginOnly, "login commands take no arguments")
+		return 2
+	}
 	var flow string
 	switch cmd {
 	case loginCmdConfig:

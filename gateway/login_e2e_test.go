@@ -275,6 +275,14 @@ func TestLoginUserCanOnlyLogIn(t *testing.T) {
 		t.Fatalf("the login user ran a command: %s", res)
 	}
 	lg.waitEvent(t, "request.refused", map[string]string{"reason": ReasonLoginOnly, "user": LoginUser})
+	// Arguments to a login command are refused, not ignored.
+	for _, cmd := range []string{"login", "login-config", "login-code"} {
+		res = c.Run(ctx, "ssh", lg.gatewayArgs(LoginUser, cmd, "--user", "root", "--principals", "root")...)
+		if res.ExitCode != 2 || !strings.Contains(res.Stderr, "takes no arguments") || strings.Contains(res.Stdout, "cert") {
+			t.Errorf("%s with extra arguments: %s", cmd, res)
+		}
+	}
+	lg.waitEvent(t, "request.refused", map[string]string{"reason": ReasonLoginOnly, "request": "exec login --user root --principals root"})
 	res = c.Run(ctx, "ssh", "-o", "LogLevel=INFO", "-W", lg.target.Addr, "-p", strconv.Itoa(lg.port), LoginUser+"@127.0.0.1")
 	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "open failed") {
 		t.Fatalf("the login user opened a jump: %s", res)

@@ -575,7 +575,7 @@ func (g *Gateway) Serve(ln net.Listener) error {
 func (g *Gateway) ListenAndServe() error {
 	ln, err := net.Listen("tcp", g.cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("gateway: listen on %s: %w%s", g.cfg.Listen, err, ListenHint(err))
+		return fmt.Errorf("gateway: listen on %s: %w%s", g.cfg.Listen, ListenCause(err), ListenHint(err))
 	}
 	return g.Serve(ln)
 }
@@ -739,6 +739,17 @@ func newID() string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// ListenCause strips the "listen tcp ADDR:" that net puts in front of a
+// listen error, for messages that already name the address; other errors
+// are returned as they are.
+func ListenCause(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "listen" && op.Err != nil {
+		return op.Err
+	}
+	return err
+}
 
 // ListenHint is the hint for a listen error that means the address is
 // taken, and nothing for other errors (permission, no such address).

@@ -295,10 +295,14 @@ func (g *Gateway) cmdInfo(_ context.Context, s *sessionIO, id *Identity, _ []str
 }
 
 func (g *Gateway) cmdLock(ctx context.Context, s *sessionIO, id *Identity, args []string) int {
-	target, reason, err := parseLockArgs(args)
+	target, reason, force, err := parseLockArgs(args)
 	if err != nil {
-		s.errorf("bastion: %v\nusage: lock USER [--reason TEXT]\n", err)
+		s.errorf("bastion: %v\nusage: lock USER [--reason TEXT] [--force]\n", err)
 		return 2
+	}
+	if !force && id.subject().LockedBy(target) {
+		s.errorf("bastion: locking %s would bar you too (your certificate names %s): this session would end and you could not unlock it through the gateway; pass --force to lock anyway\n", target, target)
+		return 1
 	}
 	locks := g.deps.Authority.State().Locks
 	was := locks.IsLocked(target)
@@ -346,30 +350,35 @@ func (g *Gateway) cmdLocks(_ context.Context, s *sessionIO, _ *Identity, args []
 
 // FormatLock is a lock as `locks` lists it: target, time, by, reason.
 func FormatLock(lk ca.Lock) string {
-	return fmt.Sprintf("%s\t%s\t%s\t%s", lk.Target, lk.Time.UTC().Format(time.RFC3339), lk.By, lk.Reason)
+	return fmt.Sprintf("%s\t%s\t%s\t%s", ca.Printable(lk.Target), lk.Time.UTC().Format(time.RFC3339), ca.Printable(lk.By), ca.Printable(lk.Reason))
 }
 
 // parseLockArgs reads "USER [--reason TEXT]".
-func parseLockArgs(args []string) (target, reason string, err error) {
+func parseLockArgs(args []string) (target, reason string, force bool, err error) {
 	for i := 0; i < len(args); i++ {
 		switch a := args[i]; {
+		case a == "--force":
+			force = true
 		case a == "--reason" && i+1 < len(args):
 			reason = args[i+1]
 			i++
 		case strings.HasPrefix(a, "--reason="):
 			reason = strings.TrimPrefix(a, "--reason=")
 		case strings.HasPrefix(a, "-"):
-			return "", "", fmt.Errorf("unknown flag %s", a)
+			return "", "", false, fmt.Errorf("unknown flag %s", a)
 		case target == "":
 			target = a
 		default:
-			return "", "", fmt.Errorf("one user at a time")
+			return "", "", false, fmt.Errorf("one user at a time")
 		}
 	}
 	if target == "" {
-		return "", "", fmt.Errorf("name the user to lock")
+		return "", "", false, fmt.Errorf("name the user to lock")
 	}
-	return target, reason, nil
+	if err := ca.CheckReason(reason); err != nil {
+		return "", "", false, fmt.Errorf("--reason: %w", err)
+	}
+	return target, reason, force, nil
 }
 
 func joinInts(ns []int) string {

@@ -121,7 +121,7 @@ func (a *app) gatewayExecTo(ctx context.Context, addr, user string, signer ssh.S
 	}
 	conn, err := sshclient.Dial(ctx, addr, user, signer, hc)
 	if err != nil {
-		return err
+		return adminDialError(addr, err)
 	}
 	defer conn.Close()
 	status, err := conn.Exec(ctx, command, nil, stdout, stderr)
@@ -208,4 +208,18 @@ func agentSigner(pub ssh.PublicKey, keyPath string) (ssh.Signer, func(), error) 
 // quoteArg quotes s for the gateway's POSIX-style command line parser.
 func quoteArg(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// adminDialError explains the two ways a gateway turns an admin's SSH
+// connection away, which golang.org/x/crypto/ssh reports only as
+// "unable to authenticate" and EOF; other errors pass through.
+func adminDialError(addr string, err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "unable to authenticate"):
+		return fmt.Errorf("the gateway %s refused your certificate: it may be locked, revoked, expired or from a retired CA (`bastion status` says which); unlock or re-issue from the data dir with the gateway stopped, or from another admin's session (%w)", addr, err)
+	case errors.Is(err, io.EOF) || strings.HasSuffix(msg, ": EOF"):
+		return fmt.Errorf("the gateway %s closed the connection before authentication: your address may be banned (bans end after limits.ban_duration); ask another admin to `unban` it, or connect from another address (%w)", addr, err)
+	}
+	return err
 }

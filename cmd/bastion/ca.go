@@ -84,8 +84,15 @@ func kindFlags(cmd *cobra.Command) func() ca.Kind {
 	var user, host bool
 	cmd.Flags().BoolVar(&user, "user", false, "the user CA")
 	cmd.Flags().BoolVar(&host, "host", false, "the host CA")
-	cmd.MarkFlagsMutuallyExclusive("user", "host")
-	cmd.MarkFlagsOneRequired("user", "host")
+	// Checked here rather than with cobra's flag groups, whose messages
+	// ("at least one of the flags in the group [user host] is required")
+	// do not say what to do.
+	cmd.PreRunE = func(cmd *cobra.Command, _ []string) error {
+		if user == host {
+			return fmt.Errorf("name the CA to %s: --user or --host (one at a time)", cmd.Name())
+		}
+		return nil
+	}
 	return func() ca.Kind {
 		if host {
 			return ca.HostCA
@@ -359,6 +366,9 @@ certificates it matched.`,
   bastion ca revoke --key ~/.ssh/id_ed25519.pub`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := ca.CheckReason(reason); err != nil {
+				return fmt.Errorf("--reason: %w", err)
+			}
 			store, err := a.openAudit()
 			if err != nil {
 				return err
@@ -434,13 +444,9 @@ func newCAKRLCommand(a *app) *cobra.Command {
   ssh-keygen -Q -f /etc/ssh/bastion_revoked.krl ~/.ssh/id_ed25519-cert.pub`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var cas []ssh.PublicKey
-			for _, k := range []ca.Kind{ca.UserCA, ca.HostCA} {
-				keys, err := a.layout().TrustedKeys(k)
-				if err != nil {
-					return err
-				}
-				cas = append(cas, keys...)
+			cas, err := a.layout().RevocationCAs()
+			if err != nil {
+				return err
 			}
 			store, err := a.openAuditReadOnly()
 			if err != nil {

@@ -11,11 +11,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -56,6 +58,11 @@ another.`,
   bastion dev --gateways 2`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// `bastion dev 2>&1 | tee log` and Ctrl-C: tee dies first, and
+			// writing "stopping" to its closed pipe would kill this process
+			// with SIGPIPE before it deletes the temporary data directory
+			// (CA private keys included). Ignored, such writes just fail.
+			signal.Ignore(syscall.SIGPIPE)
 			dataDir := a.dataDir
 			if !cmd.Flags().Changed("data-dir") && os.Getenv("BASTION_DATA_DIR") == "" {
 				dir, err := os.MkdirTemp("", "bastion-dev-")

@@ -34,6 +34,7 @@ type lockChange struct {
 
 func newLockCommand(a *app) *cobra.Command {
 	var reason, gw string
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "lock USER [--reason TEXT]",
 		Short: "Lock a user out of the gateway and end their live sessions",
@@ -52,9 +53,15 @@ lock always goes through that gateway.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			target := args[0]
+			if err := ca.CheckReason(reason); err != nil {
+				return fmt.Errorf("--reason: %w", err)
+			}
 			remote := "lock " + quoteArg(target)
 			if reason != "" {
 				remote += " --reason " + quoteArg(reason)
+			}
+			if force {
+				remote += " --force"
 			}
 			done := "locked " + target
 			return a.changeLock(cmd, gw, lockChange{
@@ -70,6 +77,7 @@ lock always goes through that gateway.`,
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why, for the audit log")
+	cmd.Flags().BoolVar(&force, "force", false, "through a gateway: lock even if the lock bars your own certificate")
 	cmd.Flags().StringVar(&gw, "gateway", "", "lock through this running gateway (HOST:PORT) with your bastion certificate")
 	return cmd
 }

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
+
+	"go.etcd.io/bbolt"
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
@@ -179,10 +182,78 @@ func TestLockThroughGateway(t *testing.T) {
 		t.Fatalf("jump after unlock: exit %d: %s", code, out)
 	}
 
+	// ops locking ops needs --force; afterwards the gateway refuses ops's
+	// certificate, and unlock says so plainly.
+	useHome(t, opsHome)
+	if _, errOut, err := run(t, e.layout.DataDir, "lock", "ops", "--gateway", e.addr); err == nil || !strings.Contains(errOut, "would bar you too") {
+		t.Errorf("self-lock without --force: %v\n%s", err, errOut)
+	}
+	if _, errOut, err := run(t, e.layout.DataDir, "lock", "ops", "--force", "--gateway", e.addr); err != nil {
+		t.Fatalf("self-lock with --force: %v\n%s", err, errOut)
+	}
+	if _, _, err := run(t, e.layout.DataDir, "unlock", "ops", "--gateway", e.addr); err == nil || !strings.Contains(err.Error(), "refused your certificate") || !strings.Contains(err.Error(), "another admin") {
+		t.Errorf("unlock after a self-lock: %v", err)
+	}
+	if err := e.locks.Unlock(t.Context(), "ops", "test"); err != nil {
+		t.Fatal(err)
+	}
+
 	// Held, and no gateway known: say how.
 	newHome(t)
 	_, _, err = run(t, e.layout.DataDir, "lock", e.user)
 	if err == nil || !strings.Contains(err.Error(), "held by a running gateway") || !strings.Contains(err.Error(), "--gateway") {
 		t.Errorf("lock with the log held and no gateway: %v", err)
+	}
+}
+
+// TestReasonsRefuseAndEscapeControlCharacters: a free-text reason with
+// control characters is refused at input (lock, ca revoke), and one stored
+// before that check (written here straight into the audit database) is
+// printed escaped by `locks` and `status`, never raw.
+func TestReasonsRefuseAndEscapeControlCharacters(t *testing.T) {
+	newHome(t)
+	dir := t.TempDir()
+	mustRun(t, dir, "ca", "init")
+	evil := "x\x1b]0;PWNED\a\x1b[2J\rfake\nINJECTED"
+	for _, args := range [][]string{
+		{"lock", "bob", "--reason", evil},
+		{"lock", "bob", "--reason", "bidi \u202e reversed"},
+		{"lock", "bob", "--reason", strings.Repeat("a", ca.MaxReasonLen+1)},
+		{"ca", "revoke", "--key-id", "bob", "--reason", evil},
+		{"ca", "revoke", "--user", "bob", "--reason", evil},
+	} {
+		if _, _, err := run(t, dir, args...); err == nil || !strings.Contains(err.Error(), "reason") {
+			t.Errorf("%q: accepted or unclear: %v", args[:2], err)
+		}
+	}
+	if evs := auditEvents(t, dir, audit.TypeUserLocked); len(evs) != 0 {
+		t.Fatalf("a refused lock was recorded: %+v", evs)
+	}
+
+	// An older record holding control characters.
+	store, err := audit.Open(ca.Layout{DataDir: dir}.AuditDB(), audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := json.Marshal(ca.Lock{Target: "alice", Reason: evil, By: "old", Time: time.Now().UTC()})
+	err = store.UpdateState(context.Background(), func(tx *bbolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("locks"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("alice"), rec)
+	})
+	store.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := mustRun(t, dir, "locks")
+	if strings.ContainsAny(out, "\x1b\a\r") || strings.Count(out, "\n") != 1 || !strings.Contains(out, `\x1b]0;PWNED`) {
+		t.Errorf("locks prints a stored reason raw: %q", out)
+	}
+	key := writeUserKey(t, t.TempDir(), "alice")
+	_, _, err = run(t, dir, "ca", "sign", "-I", "alice-key", "-n", "alice", "-V", "+1h", key)
+	if err == nil || strings.ContainsAny(err.Error(), "\x1b\a\r\n") || !strings.Contains(err.Error(), "locked") {
+		t.Errorf("signing for a user locked with a raw reason: %q", err)
 	}
 }

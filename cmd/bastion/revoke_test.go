@@ -147,3 +147,46 @@ func TestCACommandsReadTheConfiguredKeyDir(t *testing.T) {
 		t.Fatalf("ca sign --config with ca.dir did not sign with the user CA in ca.dir")
 	}
 }
+
+// TestKRLKeepsRevokingAfterRetire: retiring a CA key must not drop the
+// revocations of certificates it signed from the KRL — hosts may still
+// trust the retired key. Checked with the real `ssh-keygen -Q`.
+func TestKRLKeepsRevokingAfterRetire(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, dir, "ca", "init")
+	keys := t.TempDir()
+	key := writeUserKey(t, keys, "k1")
+	mustRun(t, dir, "ca", "sign", "-I", "k1", "-n", "alice", "-V", "+1h", key)
+	cert := strings.TrimSuffix(key, ".pub") + "-cert.pub"
+	mustRun(t, dir, "ca", "rotate", "--user")
+	mustRun(t, dir, "ca", "revoke", "--user", "alice", "--reason", "left")
+	check := func(when string) {
+		t.Helper()
+		krl := filepath.Join(keys, "revoked.krl")
+		mustRun(t, dir, "ca", "krl", "--out", krl)
+		out, _ := exec.Command("ssh-keygen", "-Q", "-f", krl, cert).CombinedOutput()
+		if !strings.Contains(string(out), "REVOKED") {
+			t.Errorf("%s: ssh-keygen -Q does not report the revoked certificate: %s", when, out)
+		}
+	}
+	check("before retire")
+	mustRun(t, dir, "ca", "retire", "--user", "--force")
+	check("after retire")
+	// A later rotation and retirement keeps the first retired key too.
+	mustRun(t, dir, "ca", "rotate", "--user")
+	mustRun(t, dir, "ca", "retire", "--user", "--force")
+	check("after a second retire")
+}
+
+// TestCAKindFlagsSayWhatToName: rotate, retire and export without (or
+// with both of) --user and --host say which flags to pass.
+func TestCAKindFlagsSayWhatToName(t *testing.T) {
+	dir := t.TempDir()
+	mustRun(t, dir, "ca", "init")
+	for _, args := range [][]string{{"ca", "rotate"}, {"ca", "retire"}, {"ca", "export"}, {"ca", "rotate", "--user", "--host"}} {
+		_, _, err := run(t, dir, args...)
+		if err == nil || !strings.Contains(err.Error(), "name the CA to "+args[1]+": --user or --host") {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+}

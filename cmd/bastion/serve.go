@@ -238,7 +238,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	}
 	ln, err := net.Listen("tcp", gc.Listen)
 	if err != nil {
-		return fail(fmt.Errorf("listen on %s: %w%s", gc.Listen, err, gateway.ListenHint(err)))
+		return fail(fmt.Errorf("listen on %s: %w%s", gc.Listen, gateway.ListenCause(err), gateway.ListenHint(err)))
 	}
 	rt := &gatewayRuntime{gw: gw, auth: auth, store: store, alerts: alerts, cluster: cl, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
 	if f.Cluster != nil {

@@ -209,7 +209,7 @@ func askGateway(ctx context.Context, s *certStatus, addr string, paths sshclient
 	}
 	s.Checked = append(s.Checked, "gateway "+addr)
 	if !cs.OK {
-		s.barred(cs.Reason, fmt.Sprintf("the gateway at %s refuses it (%s): %s", addr, cs.Reason, cs.Detail))
+		s.barred(cs.Reason, fmt.Sprintf("the gateway at %s refuses it (%s): %s", addr, ca.Printable(cs.Reason), ca.Printable(cs.Detail)))
 	}
 }
 
