@@ -567,12 +567,14 @@ func (e *devEnv) clusterInstructions(cli, targetUser string) (gateways, step str
 	step = fmt.Sprintf(`  5. See the cluster at work. In one terminal, hold a session through gw-1:
        ssh -J alice@%s -p %s %s@%s sleep 600
      In another terminal, lock alice through gw-2:
-       ssh -p %s alice@%s lock alice --reason cluster-demo
-     (or, after the CLI login: %s lock alice --gateway %s)
+       ssh -p %s alice@%s lock alice --force --reason cluster-demo
+     (or, after the CLI login: %s lock alice --force --gateway %s)
      The session in the first terminal ends within a second, and every
-     gateway refuses alice from then on; an admin lifts the lock with
-     `+"`unlock alice`"+` (a temporary data dir forgets it when bastion dev stops).
-`, e.Gateways[0], port, targetUser, host, gw2Port, gw2Host, cli, e.Gateways[1])
+     gateway refuses alice from then on. alice is this demo's only admin,
+     hence --force: she locks herself out. A temporary data dir forgets the
+     lock when bastion dev stops; with --data-dir DIR, stop bastion dev and
+     run `+"`%s unlock alice --data-dir DIR/gw-1`"+` (published at the next start).
+`, e.Gateways[0], port, targetUser, host, gw2Port, gw2Host, cli, e.Gateways[1], cli)
 	return b.String(), step
 }
 
