@@ -99,6 +99,9 @@ type Gateway struct {
 	// authenticates, so a handshake that fails can be accounted for.
 	handshaking map[string]*connState
 	stopping    bool
+	// listener is the listener Serve serves (closed by Shutdown, so that
+	// a Serve that starts after Shutdown, or races it, returns).
+	listener net.Listener
 	sessions    sync.WaitGroup
 }
 
@@ -562,6 +565,14 @@ func (g *Gateway) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
 
 // Serve accepts connections on ln until Shutdown.
 func (g *Gateway) Serve(ln net.Listener) error {
+	g.mu.Lock()
+	if g.stopping {
+		g.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	g.listener = ln
+	g.mu.Unlock()
 	g.record(context.Background(), audit.Event{Type: audit.TypeGatewayStart, Actor: "gateway", Fields: map[string]string{"listen": ln.Addr().String()}})
 	g.startJanitor()
 	err := g.srv.Serve(fdListener{Listener: ln, w: g.fds})
@@ -586,10 +597,16 @@ func (g *Gateway) ListenAndServe() error {
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
 	g.stopping = true
+	ln := g.listener
 	g.mu.Unlock()
 	graceCtx, cancel := context.WithTimeout(ctx, g.cfg.ShutdownGrace)
 	defer cancel()
 	err := g.srv.Shutdown(graceCtx)
+	if ln != nil {
+		// The server closes the listeners it tracks; one whose Serve had
+		// not reached tracking yet is closed here, so Serve returns.
+		ln.Close()
+	}
 	if err != nil {
 		// Grace is over: end what is left.
 		g.mu.Lock()

@@ -103,7 +103,8 @@ func TestAuditSessionsAndPlayOffline(t *testing.T) {
 	}
 
 	text, _ := mustRun(t, data, "audit", "play", "aaaa000000000001", "--format", "text")
-	if !strings.Contains(text, "alice@web1:~$ cat /etc/passwd\nroot:x:0:0:root:/root:/bin/bash\nlogout\n") || strings.Contains(text, "\x1b") {
+	// The recorded input is shown as its own line, then the terminal's echo.
+	if !strings.Contains(text, "alice@web1:~$ \n# input (channel 0): cat /etc/passwd\ncat /etc/passwd\nroot:x:0:0:root:/root:/bin/bash\nlogout\n") || strings.Contains(text, "\x1b") {
 		t.Errorf("audit play --format text = %q", text)
 	}
 	out, errOut := mustRun(t, data, "audit", "play", "bbbb000000000002", "--format", "text")
