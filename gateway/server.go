@@ -102,7 +102,7 @@ type Gateway struct {
 	// listener is the listener Serve serves (closed by Shutdown, so that
 	// a Serve that starts after Shutdown, or races it, returns).
 	listener net.Listener
-	sessions    sync.WaitGroup
+	sessions sync.WaitGroup
 }
 
 // New builds a gateway; it loads (or creates) its host key and host
