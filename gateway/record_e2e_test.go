@@ -996,8 +996,16 @@ func TestRecordModeInnerAttemptsFolded(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		gossh.NewClient(cc, chans, reqs).Close()
-		return nil
+		// Run a command, as a client does: the gateway finishes the inner
+		// hop (minting the target certificate) before the client leaves.
+		client := gossh.NewClient(cc, chans, reqs)
+		defer client.Close()
+		sess, err := client.NewSession()
+		if err != nil {
+			return err
+		}
+		defer sess.Close()
+		return sess.Run("true")
 	}
 	if err := inner(plain, cert); err != nil {
 		t.Fatalf("inner hop with the plain key then the certificate: %v", err)
