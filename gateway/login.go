@@ -61,7 +61,55 @@ const (
 	ReasonLoginRateLimited = "rate_limited"
 	ReasonCertRefused      = "cert_refused"
 	ReasonLoginOnly        = "login_only"
+	// ReasonShutdown: the gateway stopped (a restart) before the login
+	// finished.
+	ReasonShutdown = "shutdown"
 )
+
+// errLoginShutdown is what a login cut by the gateway's shutdown tells
+// the user. The login cannot continue on another gateway: its device
+// code or PKCE verifier lives here, and the one-time claim in etcd keeps
+// any other gateway from taking it over.
+var errLoginShutdown = errors.New("this gateway is shutting down (a restart or maintenance) before your login finished: run `bastion login` again (another gateway takes it); the code or browser page of this attempt no longer works")
+
+// loginEndWait bounds how long Shutdown waits, after its grace, for the
+// logins it ended to send their reason and exit status.
+const loginEndWait = 2 * time.Second
+
+// trackLogin registers a login session until end is called.
+func (g *Gateway) trackLogin() (end func()) {
+	done := make(chan struct{})
+	g.mu.Lock()
+	g.logins[done] = struct{}{}
+	g.mu.Unlock()
+	return func() {
+		g.mu.Lock()
+		delete(g.logins, done)
+		g.mu.Unlock()
+		close(done)
+	}
+}
+
+// endLogins ends every login session (and any that starts later) with
+// ReasonShutdown, and waits up to within for them to say so.
+func (g *Gateway) endLogins(within time.Duration) {
+	g.loginsEndOnce.Do(func() { close(g.loginsEnd) })
+	g.mu.Lock()
+	waits := make([]chan struct{}, 0, len(g.logins))
+	for done := range g.logins {
+		waits = append(waits, done)
+	}
+	g.mu.Unlock()
+	timer := time.NewTimer(within)
+	defer timer.Stop()
+	for _, done := range waits {
+		select {
+		case <-done:
+		case <-timer.C:
+			return
+		}
+	}
+}
 
 // loginKey checks a key offered for the reserved login user. Any key may
 // log in (that is how one gets a certificate), but only when the login
@@ -213,6 +261,9 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, meta gossh.ConnMe
 		return f
 	}
 	fail := func(reason string, err error) int {
+		if errors.Is(context.Cause(ctx), errLoginShutdown) {
+			reason, err = ReasonShutdown, errLoginShutdown
+		}
 		extra := map[string]string{"reason": reason, "detail": sanitized(err.Error(), 512)}
 		// Who was refused: the verified claims that led to the refusal.
 		if e, ok := errors.AsType[*oidc.Error](err); ok {
@@ -238,6 +289,17 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, meta gossh.ConnMe
 	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	// A shutdown past its grace ends the login with its reason (rather
+	// than a dropped connection the client cannot explain).
+	ctx, stopLogin := context.WithCancelCause(ctx)
+	defer stopLogin(nil)
+	go func() {
+		select {
+		case <-g.loginsEnd:
+			stopLogin(errLoginShutdown)
+		case <-ctx.Done():
+		}
+	}()
 
 	var ident *oidc.Identity
 	var err error

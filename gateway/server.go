@@ -103,6 +103,12 @@ type Gateway struct {
 	// a Serve that starts after Shutdown, or races it, returns).
 	listener net.Listener
 	sessions sync.WaitGroup
+	// logins are the login sessions running (each closes its channel
+	// once its exit status is sent); loginsEnd is closed when Shutdown's
+	// grace is over, and ends them with ReasonShutdown (login.go).
+	logins        map[chan struct{}]struct{}
+	loginsEnd     chan struct{}
+	loginsEndOnce sync.Once
 }
 
 // New builds a gateway; it loads (or creates) its host key and host
@@ -139,6 +145,8 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		return nil, err
 	}
 	g := &Gateway{
+		logins:     map[chan struct{}]struct{}{},
+		loginsEnd:  make(chan struct{}),
 		cfg:        cfg,
 		deps:       deps,
 		log:        cfg.Logger,
@@ -608,7 +616,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	if err != nil {
-		// Grace is over: end what is left.
+		// Grace is over: logins still waiting are told why first (they
+		// cannot move to another gateway), then what is left ends.
+		g.endLogins(loginEndWait)
 		g.mu.Lock()
 		for cs := range g.live {
 			cs.closeReason.CompareAndSwap(nil, ptr("shutdown"))

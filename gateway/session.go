@@ -110,6 +110,9 @@ func (g *Gateway) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc 
 			req.Reply(true, nil)
 			var status int
 			if id.Login {
+				// Until its exit status is sent, Shutdown waits for it.
+				endLogin := g.trackLogin()
+				defer endLogin()
 				status = g.runLogin(ctx, cs, conn, id, sio, line)
 			} else {
 				if id.ForceCommand != "" {

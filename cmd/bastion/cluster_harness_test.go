@@ -50,6 +50,9 @@ type clusterEnv struct {
 	auditor, knownHosts string
 	// observer reads etcd for the test (it never joins).
 	observer *cluster.Cluster
+	// extraConfig is YAML appended to every gateway's configuration (an
+	// oidc: section, ...).
+	extraConfig string
 }
 
 // clusterGateway is one `bastion serve` of the cluster, on fixed
@@ -69,13 +72,20 @@ func (g *clusterGateway) Addr() string { return g.SSHAddr }
 // CA, and waits until all n are in the member list.
 func startClusterGateways(t *testing.T, n int) *clusterEnv {
 	t.Helper()
+	return startClusterGatewaysWith(t, n, "")
+}
+
+// startClusterGatewaysWith is startClusterGateways with extraConfig
+// appended to every gateway's configuration.
+func startClusterGatewaysWith(t *testing.T, n int, extraConfig string) *clusterEnv {
+	t.Helper()
 	testbed.RequireOpenSSH(t)
 	bin, err := faultBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	e := &clusterEnv{t: t, bin: bin, user: testbed.LoginUser(t)}
+	e := &clusterEnv{t: t, bin: bin, user: testbed.LoginUser(t), extraConfig: extraConfig}
 	if e.etcd, err = etcdembed.Start(ctx, t.TempDir(), 3); err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +173,7 @@ cluster:
   etcd:
     endpoints: [%s]
     prefix: %s
-`, g.SSHAddr, g.Data, g.MetricsAddr, e.user, e.target.Port, g.ID, g.SSHAddr, strings.Join(e.etcd.Endpoints(), ", "), clusterPrefix)
+`, g.SSHAddr, g.Data, g.MetricsAddr, e.user, e.target.Port, g.ID, g.SSHAddr, strings.Join(e.etcd.Endpoints(), ", "), clusterPrefix) + e.extraConfig
 	if err := os.WriteFile(g.Cfg, []byte(conf), 0o600); err != nil {
 		e.t.Fatal(err)
 	}
