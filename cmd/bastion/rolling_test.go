@@ -294,6 +294,21 @@ func TestClusterRollingRestart(t *testing.T) {
 	if len(certs) < 2*len(env.gw) {
 		t.Errorf("only %d logins yielded a certificate that was tried for a jump", len(certs))
 	}
+	// Every gateway signed some of them, and the cluster signed one
+	// certificate per login.
+	signed := map[string]int{}
+	total := 0
+	for _, g := range env.gw {
+		n := len(env.remoteEvents(g, "login.ok"))
+		signed[g.ID], total = n, total+n
+		if n == 0 {
+			t.Errorf("%s signed no login certificate: the balancer never sent it a login", g.ID)
+		}
+	}
+	t.Logf("login certificates signed per gateway: %v", signed)
+	if total != len(logins) {
+		t.Errorf("%d logins, %d login.ok records across the cluster", len(logins), total)
+	}
 }
 
 // TestClusterLoginCutByRestart: a `bastion login` waiting for approval
