@@ -96,6 +96,13 @@ func (g *Gateway) startCluster() {
 					}
 					return 1
 				}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "bastion_cluster_id_conflict", Help: "1 while another live gateway holds this gateway's cluster.gateway_id (this one is then out of the member list)."},
+				func() float64 {
+					if c.IDConflict() != nil {
+						return 1
+					}
+					return 0
+				}),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "bastion_cluster_staleness_seconds", Help: "Seconds since this gateway last had a quorum answer from etcd."},
 				func() float64 { return c.Staleness().Seconds() }),
 			l.caMismatch,
