@@ -105,6 +105,10 @@ type Cluster struct {
 	lastContact atomic.Int64
 	// lease is the gateway's current lease (0 while it has none).
 	lease atomic.Int64
+	// lostGate is held while the gateway_lost watch (re)starts; lostWatch
+	// ends the current one. Tests hold the gate to keep the watch behind.
+	lostGate  sync.Mutex
+	lostWatch context.CancelFunc
 	// resyncs counts the gateway_lost watch's reads of the whole
 	// registry after a compaction.
 	resyncs atomic.Int64

@@ -556,6 +556,9 @@ func (c *Cluster) lostLoop(ctx context.Context) {
 		}
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithPrevKV(), clientv3.WithRev(rev + 1)}
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		c.lostGate.Lock()
+		c.lostWatch = cancel
+		c.lostGate.Unlock()
 		for resp := range c.client.Watch(wctx, from, opts...) {
 			if resp.CompactRevision > 0 {
 				c.log.Warn("the gateway_lost watch fell behind a compaction of etcd's history; reading the registry again to find sessions lost meanwhile", "gateway", c.cfg.GatewayID, "from", rev+1, "compacted", resp.CompactRevision)
