@@ -123,6 +123,8 @@ type Cluster struct {
 	healthy  bool
 	// conflict is set while another live gateway holds this one's id.
 	conflict *IDInUseError
+	// joining is set while Join waits out a record holding the id.
+	joining bool
 	// dropKeepAlive ends the current lease's keepalive stream (tests: a
 	// lease the client gives up on while etcd still holds it).
 	dropKeepAlive context.CancelFunc
@@ -452,7 +454,13 @@ func (c *Cluster) Join(ctx context.Context, m Member) error {
 	}
 	c.mu.Lock()
 	c.member = m
+	c.joining = true
 	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.joining = false
+		c.mu.Unlock()
+	}()
 	lease := c.Lease()
 	if lease == 0 {
 		return fmt.Errorf("join the cluster: no etcd lease yet (etcd unreachable); the gateway will join when it reaches etcd")
@@ -470,6 +478,7 @@ func (c *Cluster) Join(ctx context.Context, m Member) error {
 		// a crash left behind (its lease runs out).
 		if inUse.holderLease != held {
 			held, lastTTL = inUse.holderLease, -2
+			c.log.Info("this gateway's id is held by another record; joining if it expires (a crashed gateway's), refusing if its lease is renewed (a live one)", "gateway", c.cfg.GatewayID, "holder_addr", inUse.Holder.SSHAddr, "holder_started", inUse.Holder.Started)
 		}
 		ttl := c.leaseTTL(ctx, held)
 		if (lastTTL >= 0 && ttl > lastTTL) || !c.now().Before(deadline) {
@@ -584,7 +593,7 @@ func (c *Cluster) setConflict(e *IDInUseError) {
 	c.mu.Lock()
 	was := c.conflict
 	c.conflict = e
-	joined := c.member.ID != ""
+	joined := c.member.ID != "" && !c.joining
 	c.mu.Unlock()
 	switch {
 	case e != nil && was == nil && joined:

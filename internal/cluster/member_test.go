@@ -236,3 +236,33 @@ func TestLostThenResumed(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinWaitsOutCrashedPredecessor: a gateway restarted at once after
+// kill -9 finds its own previous record, bound to a lease nobody renews:
+// Join waits for it to expire (within LeaseTTL) and joins, rather than
+// refusing the id.
+func TestJoinWaitsOutCrashedPredecessor(t *testing.T) {
+	e := startEtcd(t, 1)
+	obs := open(t, e, "observer", BestEffort)
+	before := open(t, e, "gw-a", BestEffort)
+	join(t, before)
+	old := before.Lease()
+	// kill -9: nothing revoked, the record stays until the lease expires.
+	before.cancel()
+	before.done.Wait()
+	before.client.Close()
+	after := open(t, e, "gw-a", BestEffort)
+	waitFor(t, 5*time.Second, "no lease", func() bool { return after.Lease() != 0 })
+	t0 := time.Now()
+	if err := after.Join(context.Background(), Member{SSHAddr: "127.0.0.1:22", Started: time.Now()}); err != nil {
+		t.Fatalf("Join after the predecessor crashed: %v", err)
+	}
+	took := time.Since(t0)
+	if got := memberLease(t, obs, "gw-a"); got != after.Lease() || got == old {
+		t.Fatalf("the record's lease is %x, want the restarted gateway's %x", int64(got), int64(after.Lease()))
+	}
+	if took > LeaseTTL+2*time.Second {
+		t.Errorf("Join took %s, more than the lease TTL %s", took, LeaseTTL)
+	}
+	t.Logf("joined %s after the predecessor's crash left its record", took.Round(10*time.Millisecond))
+}
