@@ -394,18 +394,18 @@ func (c *Cluster) leaseLoop(ctx context.Context) {
 // regranted runs when lease replaces old, lost cutOff after its last
 // keepalive: it settles the sessions registered under old, then revokes
 // old (best effort: usually it has expired already) so that no record of
-// this gateway is left bound to it.
+// this gateway is left bound to it to block the new one.
 func (c *Cluster) regranted(ctx context.Context, old, lease clientv3.LeaseID, cutOff time.Duration) {
 	c.queueSettle(old, cutOff)
 	sctx, cancel := context.WithTimeout(ctx, 2*opTimeout)
 	err := c.settleLost(sctx)
 	cancel()
 	if err != nil {
-		// The old lease is left to expire: revoking it now would hand the
-		// unsettled sessions to the peers as lost. settleLost is tried
-		// again from the registry loop.
+		// Revoked all the same (a record left under it would block this
+		// gateway's own): peers may then end the unsettled sessions as
+		// lost, and settleLost, tried again from the registry loop, finds
+		// their claims and records the sessions resumed.
 		c.log.Warn("could not settle the sessions of the lost lease yet; retrying", "gateway", c.cfg.GatewayID, "err", err)
-		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, opTimeout)
 	_, _ = c.client.Revoke(rctx, old)

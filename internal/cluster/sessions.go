@@ -30,6 +30,14 @@ import (
 // callbacks, which write the session.end. A member that ends its own
 // sessions deletes their entries itself, in other revisions, so they are
 // never taken for lost.
+//
+// A gateway that was only cut off (frozen, partitioned) past LeaseTTL
+// races its peers for the same claims once it has a new lease, before it
+// revokes the old one (settleLost): a session it claims first is not
+// ended by anyone; one a peer claimed first, and that still lives, is
+// handed to the OnSessionsResumed callbacks (session.resumed). The claim
+// names the lease the entry was lost with, so a session lost twice is
+// settled twice.
 
 // Session is one live session in the registry.
 type Session struct {
@@ -79,8 +87,11 @@ type registry struct {
 	// settle are the entries written under a lost lease whose fate (a
 	// peer ended them as gateway_lost, or not) is not settled yet.
 	settle map[string]settleItem
-	kick   chan struct{}
-	lost   []func(ctx context.Context, gateway string, sessions []Session)
+	// settling is held by settleLost, so that its callers (the lease and
+	// registry loops) never settle one entry twice.
+	settling sync.Mutex
+	kick     chan struct{}
+	lost     []func(ctx context.Context, gateway string, sessions []Session)
 	// resumed are the OnSessionsResumed callbacks.
 	resumed []func(ctx context.Context, sessions []ResumedSession)
 	// lastCount is when the member record's count was last written.
@@ -225,6 +236,8 @@ func (c *Cluster) queueSettle(old clientv3.LeaseID, cutOff time.Duration) {
 // lease by resumeSessions either way.
 func (c *Cluster) settleLost(ctx context.Context) error {
 	r := &c.reg
+	r.settling.Lock()
+	defer r.settling.Unlock()
 	r.mu.Lock()
 	if len(r.settle) == 0 {
 		r.mu.Unlock()
