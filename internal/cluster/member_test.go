@@ -266,3 +266,30 @@ func TestJoinWaitsOutCrashedPredecessor(t *testing.T) {
 	}
 	t.Logf("joined %s after the predecessor's crash left its record", took.Round(10*time.Millisecond))
 }
+
+// TestSessionEntryNeverClobbered: a registry entry belongs to the lease
+// that created it: another gateway registering (or ending) a session
+// under the same id neither overwrites nor deletes it.
+func TestSessionEntryNeverClobbered(t *testing.T) {
+	e := startEtcd(t, 1)
+	a, b := open(t, e, "gw-a", BestEffort), open(t, e, "gw-b", BestEffort)
+	join(t, a)
+	join(t, b)
+	ctx := context.Background()
+	a.SessionStarted(Session{ID: "s1", User: "alice", Target: "web1:22", Start: time.Now(), Kind: "tunnel"})
+	waitFor(t, 5*time.Second, "s1 never registered", func() bool { _, f, _ := b.LookupSession(ctx, "s1"); return f })
+	b.SessionStarted(Session{ID: "s1", User: "mallory", Target: "web9:22", Start: time.Now(), Kind: "tunnel"})
+	b.SessionStarted(Session{ID: "s2", User: "bob", Target: "web2:22", Start: time.Now(), Kind: "tunnel"})
+	waitFor(t, 5*time.Second, "b's own s2 never registered", func() bool { _, f, _ := a.LookupSession(ctx, "s2"); return f })
+	time.Sleep(2 * retryEvery) // b's writes of s1 are done (or retried) by now
+	if s, f, err := a.LookupSession(ctx, "s1"); err != nil || !f || s.Gateway != "gw-a" || s.User != "alice" {
+		t.Fatalf("s1 after gw-b registered the same id = %+v, %v, %v; want gw-a's entry untouched", s, f, err)
+	}
+	b.SessionEnded("s1")
+	time.Sleep(2 * retryEvery)
+	if s, f, err := a.LookupSession(ctx, "s1"); err != nil || !f || s.Gateway != "gw-a" {
+		t.Fatalf("s1 after gw-b ended the same id = %+v, %v, %v; want gw-a's entry still there", s, f, err)
+	}
+	a.SessionEnded("s1")
+	waitFor(t, 5*time.Second, "a could not end its own s1", func() bool { _, f, err := b.LookupSession(ctx, "s1"); return err == nil && !f })
+}
