@@ -37,6 +37,9 @@ const (
 	// AlertCAMismatch is raised when this gateway's CA key files differ
 	// from those another gateway publishes.
 	AlertCAMismatch = "ca_mismatch"
+	// AlertClusterIDConflict is raised when another live gateway holds
+	// this gateway's cluster.gateway_id.
+	AlertClusterIDConflict = "cluster_id_conflict"
 )
 
 // clusterOpTimeout bounds the etcd requests the gateway makes itself.
@@ -85,6 +88,11 @@ func (g *Gateway) startCluster() {
 	c.OnHealth(func(healthy bool) {
 		if !healthy && g.deps.Alerter != nil {
 			g.deps.Alerter.Raise(AlertClusterUnreachable, c.GatewayID(), fmt.Sprintf("gateway %s cannot reach etcd: locks and revocations made elsewhere do not reach it; new sessions are refused past cluster.max_staleness (%s mode)", c.GatewayID(), c.Config().Consistency))
+		}
+	})
+	c.OnIDConflict(func(err error) {
+		if g.deps.Alerter != nil {
+			g.deps.Alerter.Raise(AlertClusterIDConflict, c.GatewayID(), fmt.Sprintf("gateway %s is out of the member list: %v", c.GatewayID(), err))
 		}
 	})
 	if g.deps.Registry != nil {

@@ -123,6 +123,8 @@ type Cluster struct {
 	healthy  bool
 	// conflict is set while another live gateway holds this one's id.
 	conflict *IDInUseError
+	// onConflict are the OnIDConflict callbacks.
+	onConflict []func(error)
 	// joining is set while Join waits out a record holding the id.
 	joining bool
 	// dropKeepAlive ends the current lease's keepalive stream (tests: a
@@ -514,6 +516,14 @@ func (c *Cluster) leaseTTL(ctx context.Context, lease clientv3.LeaseID) int64 {
 	return resp.TTL
 }
 
+// OnIDConflict registers fn to run when this gateway, a member already,
+// finds its id held by another live gateway (see IDConflict).
+func (c *Cluster) OnIDConflict(fn func(err error)) {
+	c.mu.Lock()
+	c.onConflict = append(c.onConflict, fn)
+	c.mu.Unlock()
+}
+
 // IDConflict is nil, or the error naming the live gateway that holds this
 // gateway's id (this one then stays out of the member list, and keeps
 // trying; the metric bastion_cluster_id_conflict shows it).
@@ -594,11 +604,15 @@ func (c *Cluster) setConflict(e *IDInUseError) {
 	was := c.conflict
 	c.conflict = e
 	joined := c.member.ID != "" && !c.joining
+	fns := append([]func(error){}, c.onConflict...)
 	c.mu.Unlock()
 	switch {
 	case e != nil && was == nil && joined:
+		for _, fn := range fns {
+			fn(e)
+		}
 		c.log.Error("ANOTHER LIVE GATEWAY HOLDS THIS GATEWAY'S ID: this one stays out of the member list and leaves the other's records alone", "gateway", c.cfg.GatewayID, "holder_addr", e.Holder.SSHAddr, "holder_started", e.Holder.Started, "err", e)
-	case e == nil && was != nil:
+	case e == nil && was != nil && joined:
 		c.log.Info("this gateway's id is no longer held by another gateway; back in the member list", "gateway", c.cfg.GatewayID)
 	}
 }

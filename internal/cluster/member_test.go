@@ -90,6 +90,9 @@ func TestRuntimeIDConflictLeavesOtherAlone(t *testing.T) {
 	obs := open(t, e, "observer", BestEffort)
 	ctx := context.Background()
 	join(t, a)
+	var mu sync.Mutex
+	var told []error
+	a.OnIDConflict(func(err error) { mu.Lock(); told = append(told, err); mu.Unlock() })
 	// a is cut off past its TTL (its lease revoked), and b, given the
 	// same id, joins meanwhile.
 	if _, err := obs.Client().Revoke(ctx, a.Lease()); err != nil {
@@ -104,6 +107,11 @@ func TestRuntimeIDConflictLeavesOtherAlone(t *testing.T) {
 		t.Errorf("a's conflict %q does not name the holder's address", a.IDConflict())
 	}
 	time.Sleep(2 * countEvery) // a keeps trying meanwhile
+	mu.Lock()
+	if len(told) != 1 || !errors.Is(told[0], ErrIDInUse) {
+		t.Errorf("OnIDConflict callbacks got %v, want the conflict once", told)
+	}
+	mu.Unlock()
 	if got := memberLease(t, obs, "gw-x"); got != b.Lease() {
 		t.Fatalf("the record's lease is %x, want b's %x: a overwrote b's record", int64(got), int64(b.Lease()))
 	}
