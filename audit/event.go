@@ -118,6 +118,12 @@ const (
 	// target, from_gateway); the gateway that took it recorded the
 	// command itself.
 	TypeStateApplied = "state.applied"
+	// TypeSessionResumed records, in the log of the gateway holding a
+	// session, that a peer had ended it as gateway_lost while this gateway
+	// was cut off from etcd, and that it lives on (fields lost_by,
+	// cut_off_ms): the holder's own later session.end is the one that
+	// counts.
+	TypeSessionResumed = "session.resumed"
 )
 
 // KnownTypes lists every event type bastion writes, for checking the
@@ -130,7 +136,7 @@ func KnownTypes() []string {
 		TypeCommand, TypeGatewayStart, TypeGatewayStop, TypeLoginStarted, TypeLoginOK, TypeLoginFailed,
 		TypeAuditPruned, TypeAuditNewLog, TypeAuditSalvaged, TypeAlertSent, TypeAlertFailed, TypeSourceSeen,
 		TypeAuditOutage, TypeConnectionEnded, TypeSessionExec, TypeSessionExit, TypeSessionSFTP, TypeSessionForward,
-		TypeSessionForwardEnd, TypeSessionCheckpoint, TypeRecordingFailed, TypeRecordingTruncated, TypeIdPDown, TypeIdPUp, TypeStateApplied}
+		TypeSessionForwardEnd, TypeSessionCheckpoint, TypeRecordingFailed, TypeRecordingTruncated, TypeIdPDown, TypeIdPUp, TypeStateApplied, TypeSessionResumed}
 }
 
 // CheckKnownType reports a filter type (a name or a "family.*" prefix)

@@ -37,6 +37,9 @@ const (
 	// AlertCAMismatch is raised when this gateway's CA key files differ
 	// from those another gateway publishes.
 	AlertCAMismatch = "ca_mismatch"
+	// AlertClusterIDConflict is raised when another live gateway holds
+	// this gateway's cluster.gateway_id.
+	AlertClusterIDConflict = "cluster_id_conflict"
 )
 
 // clusterOpTimeout bounds the etcd requests the gateway makes itself.
@@ -87,6 +90,11 @@ func (g *Gateway) startCluster() {
 			g.deps.Alerter.Raise(AlertClusterUnreachable, c.GatewayID(), fmt.Sprintf("gateway %s cannot reach etcd: locks and revocations made elsewhere do not reach it; new sessions are refused past cluster.max_staleness (%s mode)", c.GatewayID(), c.Config().Consistency))
 		}
 	})
+	c.OnIDConflict(func(err error) {
+		if g.deps.Alerter != nil {
+			g.deps.Alerter.Raise(AlertClusterIDConflict, c.GatewayID(), fmt.Sprintf("gateway %s is out of the member list: %v", c.GatewayID(), err))
+		}
+	})
 	if g.deps.Registry != nil {
 		g.deps.Registry.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "bastion_cluster_healthy", Help: "1 while this gateway admits new sessions under cluster.consistency, 0 while it refuses them."},
@@ -95,6 +103,13 @@ func (g *Gateway) startCluster() {
 						return 0
 					}
 					return 1
+				}),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "bastion_cluster_id_conflict", Help: "1 while another live gateway holds this gateway's cluster.gateway_id (this one is then out of the member list)."},
+				func() float64 {
+					if c.IDConflict() != nil {
+						return 1
+					}
+					return 0
 				}),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "bastion_cluster_staleness_seconds", Help: "Seconds since this gateway last had a quorum answer from etcd."},
 				func() float64 { return c.Staleness().Seconds() }),

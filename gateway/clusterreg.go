@@ -66,6 +66,25 @@ func (g *Gateway) endLostSessions(ctx context.Context, gw string, sessions []clu
 	}
 }
 
+// resumeSessions writes, in this gateway's log, a session.resumed for each
+// of its sessions that a peer ended as gateway_lost while this gateway
+// was cut off from etcd (frozen, or its network down, past the lease's
+// TTL) and that lives on: who ended it (lost_by), how long this gateway
+// was cut off (cut_off_ms, from its last keepalive answer to its new
+// lease). The session's own session.end, when it comes, is the one that
+// counts; `audit sessions` goes by it.
+func (g *Gateway) resumeSessions(ctx context.Context, sessions []cluster.ResumedSession) {
+	for _, s := range sessions {
+		f := map[string]string{
+			"lost_by": s.LostBy, "lost_reason": cluster.ReasonGatewayLost, "cut_off_ms": strconv.FormatInt(s.CutOff.Milliseconds(), 10),
+			"user": s.User, "target": s.Target, "mode": s.Kind, "start": s.Start.UTC().Format(time.RFC3339Nano),
+		}
+		if err := g.record(ctx, audit.Event{Type: audit.TypeSessionResumed, Actor: s.User, Session: s.ID, Fields: f}); err != nil {
+			g.log.Error("could not record that a session ended as gateway_lost lives on", "session", s.ID, "lost_by", s.LostBy, "err", err)
+		}
+	}
+}
+
 // cmdCluster runs `cluster status [--json]`: the members of the cluster
 // (id, SSH address, version, start, live sessions, last update) and this
 // gateway's view of etcd. Admins and auditors may run it (auditors find

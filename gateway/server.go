@@ -185,6 +185,7 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 	if deps.Cluster != nil {
 		g.startCluster()
 		deps.Cluster.OnGatewayLost(g.endLostSessions)
+		deps.Cluster.OnSessionsResumed(g.resumeSessions)
 	}
 	if g.hostKeys, err = loadHostKeys(context.Background(), cfg, deps.Authority); err != nil {
 		return nil, err

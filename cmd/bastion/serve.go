@@ -291,6 +291,12 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		}
 		m := cluster.Member{SSHAddr: adv, Started: time.Now().UTC()}
 		if err := cl.Join(ctx, m); err != nil {
+			if errors.Is(err, cluster.ErrIDInUse) {
+				// Another live gateway has this id: serving under it would
+				// mix up both gateways' records.
+				_ = rt.stop()
+				return nil, err
+			}
 			logger.Warn("not yet in the cluster's member list", "err", err)
 		}
 		if err := cl.Remember(ctx, m); err != nil {

@@ -105,12 +105,31 @@ type Cluster struct {
 	lastContact atomic.Int64
 	// lease is the gateway's current lease (0 while it has none).
 	lease atomic.Int64
+	// lostGate is held while the gateway_lost watch (re)starts; lostWatch
+	// ends the current one. Tests hold the gate to keep the watch behind.
+	lostGate  sync.Mutex
+	lostWatch context.CancelFunc
+	// resyncs counts the gateway_lost watch's reads of the whole
+	// registry after a compaction.
+	resyncs atomic.Int64
+	// lastKeepAlive is the UnixNano time of the last keepalive answer of
+	// the current lease.
+	lastKeepAlive atomic.Int64
 
 	mu       sync.Mutex
 	member   Member
 	onLease  []func(ctx context.Context, lease clientv3.LeaseID)
 	onHealth []func(healthy bool)
 	healthy  bool
+	// conflict is set while another live gateway holds this one's id.
+	conflict *IDInUseError
+	// onConflict are the OnIDConflict callbacks.
+	onConflict []func(error)
+	// joining is set while Join waits out a record holding the id.
+	joining bool
+	// dropKeepAlive ends the current lease's keepalive stream (tests: a
+	// lease the client gives up on while etcd still holds it).
+	dropKeepAlive context.CancelFunc
 
 	// runCtx lives until Close; the registry's goroutines run under it.
 	runCtx context.Context
@@ -313,10 +332,16 @@ func (c *Cluster) Healthy() bool {
 }
 
 // leaseLoop holds the gateway's lease: it grants one, tells OnLease
-// callbacks, keeps it alive, and grants a new one when it is lost.
+// callbacks, keeps it alive, and grants a new one when it is lost. Before
+// the new lease's records are written it settles the sessions registered
+// under the old one (see settleLost) and revokes the old lease, so that
+// neither a peer nor this gateway's own stale record mistakes it for
+// another.
 func (c *Cluster) leaseLoop(ctx context.Context) {
 	defer c.done.Done()
 	backoff := 200 * time.Millisecond
+	var old clientv3.LeaseID
+	var lostAt time.Time
 	for ctx.Err() == nil {
 		gctx, cancel := context.WithTimeout(ctx, opTimeout)
 		resp, err := c.client.Grant(gctx, int64(LeaseTTL/time.Second))
@@ -333,6 +358,10 @@ func (c *Cluster) leaseLoop(ctx context.Context) {
 		}
 		backoff = 200 * time.Millisecond
 		c.touch()
+		if old != 0 {
+			c.regranted(ctx, old, resp.ID, c.now().Sub(lostAt))
+			old = 0
+		}
 		c.lease.Store(int64(resp.ID))
 		c.mu.Lock()
 		fns := append([]func(context.Context, clientv3.LeaseID){c.putMember}, c.onLease...)
@@ -342,22 +371,84 @@ func (c *Cluster) leaseLoop(ctx context.Context) {
 			fn(fctx, resp.ID)
 			cancel()
 		}
+		c.lastKeepAlive.Store(c.now().UnixNano())
 		kctx, kcancel := context.WithCancel(ctx)
+		c.mu.Lock()
+		c.dropKeepAlive = kcancel
+		c.mu.Unlock()
 		ch, err := c.client.KeepAlive(kctx, resp.ID)
 		if err == nil {
 			for range ch {
 				c.touch()
+				c.lastKeepAlive.Store(c.now().UnixNano())
 			}
 		}
 		kcancel()
 		if ctx.Err() == nil {
-			c.log.Warn("etcd lease lost; granting a new one", "gateway", c.cfg.GatewayID, "lease", fmt.Sprintf("%x", int64(resp.ID)))
+			// Nothing is written under a lease being given up.
+			c.lease.Store(0)
+			old, lostAt = resp.ID, time.Unix(0, c.lastKeepAlive.Load())
+			c.log.Warn("etcd lease lost; granting a new one", "gateway", c.cfg.GatewayID, "lease", fmt.Sprintf("%x", int64(resp.ID)), "last_keepalive", lostAt.UTC())
 		}
 	}
 }
 
+// regranted runs when lease replaces old, lost cutOff after its last
+// keepalive: it settles the sessions registered under old, then revokes
+// old (best effort: usually it has expired already) so that no record of
+// this gateway is left bound to it to block the new one.
+func (c *Cluster) regranted(ctx context.Context, old, lease clientv3.LeaseID, cutOff time.Duration) {
+	c.queueSettle(old, cutOff)
+	sctx, cancel := context.WithTimeout(ctx, 2*opTimeout)
+	err := c.settleLost(sctx)
+	cancel()
+	if err != nil {
+		// Revoked all the same (a record left under it would block this
+		// gateway's own): peers may then end the unsettled sessions as
+		// lost, and settleLost, tried again from the registry loop, finds
+		// their claims and records the sessions resumed.
+		c.log.Warn("could not settle the sessions of the lost lease yet; retrying", "gateway", c.cfg.GatewayID, "err", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, opTimeout)
+	_, _ = c.client.Revoke(rctx, old)
+	cancel()
+}
+
+// ErrIDInUse is the error (wrapped in an *IDInUseError) of a gateway
+// whose gateway_id another live gateway holds.
+var ErrIDInUse = errors.New("gateway id already in use")
+
+// IDInUseError says which live gateway holds the id this one was given.
+type IDInUseError struct {
+	// ID is the contested gateway id; Holder the record of the gateway
+	// that holds it.
+	ID     string
+	Holder Member
+
+	holderLease clientv3.LeaseID
+}
+
+func (e *IDInUseError) Error() string {
+	return fmt.Sprintf("gateway id %q is already held by a live gateway at %s (started %s); give each gateway its own cluster.gateway_id or BASTION_GATEWAY_ID; if that gateway is gone, its record expires within %s",
+		e.ID, e.Holder.SSHAddr, e.Holder.Started.UTC().Format(time.RFC3339), LeaseTTL)
+}
+
+// Unwrap makes errors.Is(err, ErrIDInUse) true.
+func (e *IDInUseError) Unwrap() error { return ErrIDInUse }
+
+// holderAliveWait is how long Join watches the lease of a record that
+// holds its id before it refuses: a live holder renews its lease every
+// LeaseTTL/3, a crashed one's record expires within LeaseTTL.
+const holderAliveWait = LeaseTTL + 2*time.Second
+
 // Join writes this gateway's membership record (bound to its lease, and
-// written again under each new lease).
+// written again under each new lease). The record <prefix>members/<id>
+// belongs to one lease: when another live gateway holds it, Join refuses
+// with an *IDInUseError (errors.Is ErrIDInUse). A record left by a
+// gateway that crashed with this id (kill -9, then a restart) is waited
+// out: Join returns once it expires, within LeaseTTL; a holder whose
+// lease is renewed meanwhile is live, and Join refuses as soon as it
+// sees that (about LeaseTTL/3).
 func (c *Cluster) Join(ctx context.Context, m Member) error {
 	m.ID = c.cfg.GatewayID
 	if m.Version == "" {
@@ -365,19 +456,91 @@ func (c *Cluster) Join(ctx context.Context, m Member) error {
 	}
 	c.mu.Lock()
 	c.member = m
+	c.joining = true
 	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.joining = false
+		c.mu.Unlock()
+	}()
 	lease := c.Lease()
 	if lease == 0 {
 		return fmt.Errorf("join the cluster: no etcd lease yet (etcd unreachable); the gateway will join when it reaches etcd")
 	}
-	return c.writeMember(ctx, lease)
+	deadline := c.now().Add(holderAliveWait)
+	var lastTTL int64 = -2
+	var held clientv3.LeaseID
+	for {
+		err := c.writeMember(ctx, lease)
+		var inUse *IDInUseError
+		if !errors.As(err, &inUse) {
+			return err
+		}
+		// Held: by a live gateway (its lease is renewed), or by a record
+		// a crash left behind (its lease runs out).
+		if inUse.holderLease != held {
+			held, lastTTL = inUse.holderLease, -2
+			c.log.Info("this gateway's id is held by another record; joining if it expires (a crashed gateway's), refusing if its lease is renewed (a live one)", "gateway", c.cfg.GatewayID, "holder_addr", inUse.Holder.SSHAddr, "holder_started", inUse.Holder.Started)
+		}
+		ttl := c.leaseTTL(ctx, held)
+		if (lastTTL >= 0 && ttl > lastTTL) || !c.now().Before(deadline) {
+			c.mu.Lock()
+			c.member = Member{}
+			c.mu.Unlock()
+			return inUse
+		}
+		lastTTL = ttl
+		select {
+		case <-ctx.Done():
+			c.mu.Lock()
+			c.member = Member{}
+			c.mu.Unlock()
+			return fmt.Errorf("%w (gave up waiting for it to expire: %v)", inUse, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+		if lease = c.Lease(); lease == 0 {
+			return fmt.Errorf("join the cluster: no etcd lease (etcd unreachable); the gateway will join when it reaches etcd")
+		}
+	}
+}
+
+// leaseTTL is the remaining TTL in seconds of lease, -1 when it is gone
+// (or cannot be read).
+func (c *Cluster) leaseTTL(ctx context.Context, lease clientv3.LeaseID) int64 {
+	tctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	resp, err := c.client.TimeToLive(tctx, lease)
+	if err != nil {
+		return -1
+	}
+	return resp.TTL
+}
+
+// OnIDConflict registers fn to run when this gateway, a member already,
+// finds its id held by another live gateway (see IDConflict).
+func (c *Cluster) OnIDConflict(fn func(err error)) {
+	c.mu.Lock()
+	c.onConflict = append(c.onConflict, fn)
+	c.mu.Unlock()
+}
+
+// IDConflict is nil, or the error naming the live gateway that holds this
+// gateway's id (this one then stays out of the member list, and keeps
+// trying; the metric bastion_cluster_id_conflict shows it).
+func (c *Cluster) IDConflict() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conflict == nil {
+		return nil
+	}
+	return c.conflict
 }
 
 // SetLiveSessions updates the live-session count in the membership
 // record.
 func (c *Cluster) SetLiveSessions(ctx context.Context, n int) error {
 	c.mu.Lock()
-	if c.member.ID == "" || c.member.LiveSessions == n {
+	if c.member.ID == "" || (c.member.LiveSessions == n && c.conflict == nil) {
 		c.mu.Unlock()
 		return nil
 	}
@@ -387,11 +550,17 @@ func (c *Cluster) SetLiveSessions(ctx context.Context, n int) error {
 }
 
 func (c *Cluster) putMember(ctx context.Context, lease clientv3.LeaseID) {
-	if err := c.writeMember(ctx, lease); err != nil {
+	if err := c.writeMember(ctx, lease); err != nil && !errors.Is(err, ErrIDInUse) {
 		c.log.Warn("could not write the membership record", "gateway", c.cfg.GatewayID, "err", err)
 	}
 }
 
+// writeMember writes the membership record under lease, unless another
+// lease holds it: the key is created if absent and overwritten only when
+// its lease is ours, in one transaction, so two gateways given the same
+// id never take turns at one record (nor does one delete the other's).
+// A refusal is an *IDInUseError, logged (loudly, once per episode) and
+// kept for IDConflict.
 func (c *Cluster) writeMember(ctx context.Context, lease clientv3.LeaseID) error {
 	c.mu.Lock()
 	m := c.member
@@ -404,11 +573,48 @@ func (c *Cluster) writeMember(ctx context.Context, lease clientv3.LeaseID) error
 	if err != nil {
 		return err
 	}
-	_, err = c.client.Put(ctx, c.Key("members", m.ID), string(data), clientv3.WithLease(lease))
+	key := c.Key("members", m.ID)
+	put := clientv3.OpPut(key, string(data), clientv3.WithLease(lease))
+	resp, err := c.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(put).
+		Else(clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", lease)}, []clientv3.Op{put}, []clientv3.Op{clientv3.OpGet(key)})).
+		Commit()
 	if err != nil {
 		return fmt.Errorf("write membership record: %w", err)
 	}
-	return nil
+	c.touch()
+	if resp.Succeeded || resp.Responses[0].GetResponseTxn().Succeeded {
+		c.setConflict(nil)
+		return nil
+	}
+	inUse := &IDInUseError{ID: m.ID}
+	if kvs := resp.Responses[0].GetResponseTxn().Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		_ = json.Unmarshal(kvs[0].Value, &inUse.Holder)
+		inUse.holderLease = clientv3.LeaseID(kvs[0].Lease)
+	}
+	c.setConflict(inUse)
+	return inUse
+}
+
+// setConflict records (nil: clears) a conflict over this gateway's id,
+// logging the change.
+func (c *Cluster) setConflict(e *IDInUseError) {
+	c.mu.Lock()
+	was := c.conflict
+	c.conflict = e
+	joined := c.member.ID != "" && !c.joining
+	fns := append([]func(error){}, c.onConflict...)
+	c.mu.Unlock()
+	switch {
+	case e != nil && was == nil && joined:
+		for _, fn := range fns {
+			fn(e)
+		}
+		c.log.Error("ANOTHER LIVE GATEWAY HOLDS THIS GATEWAY'S ID: this one stays out of the member list and leaves the other's records alone", "gateway", c.cfg.GatewayID, "holder_addr", e.Holder.SSHAddr, "holder_started", e.Holder.Started, "err", e)
+	case e == nil && was != nil && joined:
+		c.log.Info("this gateway's id is no longer held by another gateway; back in the member list", "gateway", c.cfg.GatewayID)
+	}
 }
 
 // Members lists the live members, sorted by id.
@@ -440,8 +646,7 @@ func (c *Cluster) Members(ctx context.Context) ([]Member, error) {
 func (c *Cluster) Claim(ctx context.Context, kind, id string, ttl time.Duration) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	sum := sha256.Sum256([]byte(id))
-	key := c.Key("claims", kind, hex.EncodeToString(sum[:]))
+	key := c.claimKey(kind, id)
 	secs := int64((ttl + time.Second - 1) / time.Second)
 	if secs < 1 {
 		secs = 1
@@ -465,6 +670,12 @@ func (c *Cluster) Claim(ctx context.Context, kind, id string, ttl time.Duration)
 	return resp.Succeeded, nil
 }
 
+// claimKey is the key of Claim(kind, id).
+func (c *Cluster) claimKey(kind, id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return c.Key("claims", kind, hex.EncodeToString(sum[:]))
+}
+
 // Close leaves the cluster: the membership record and every key bound to
 // the gateway's lease are removed at once (a graceful stop), then the
 // client closes.
@@ -473,6 +684,10 @@ func (c *Cluster) Close() error {
 	c.done.Wait()
 	if lease := c.Lease(); lease != 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		// Say the lease ends by a clean stop, for peers whose watch missed
+		// the revoke (compacted away): they do not take this gateway's
+		// last sessions for lost (lostLoop's resync).
+		_, _ = c.client.Put(ctx, c.Key("left", c.cfg.GatewayID), fmt.Sprintf("%x", int64(lease)))
 		_, _ = c.client.Revoke(ctx, lease)
 		cancel()
 	}

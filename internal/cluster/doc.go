@@ -11,6 +11,13 @@
 // Key layout under Config.Prefix (default /bastion/):
 //
 //	members/<gateway id>           Member JSON, bound to the gateway's lease
+//	                               (one lease owns it: a second gateway
+//	                               given the same id is refused)
+//	sessions/<session id>          live-session registry entry, bound to
+//	                               the holding gateway's lease
+//	gateways/<gateway id>          Known: every gateway that joined
+//	left/<gateway id>              the lease a gateway gave up at its last
+//	                               clean stop
 //	claims/<kind>/<hex sha-256>    one-time claims (login tokens, codes),
 //	                               bound to a lease of the claim's lifetime
 //

@@ -209,3 +209,67 @@ func TestRegistryFootprint(t *testing.T) {
 		t.Errorf("%d bytes for %d sessions: more than 250 bytes each", bytes, n)
 	}
 }
+
+// TestLostWatchBehindCompaction: while a member's gateway_lost watch is
+// behind (down, as over a network cut), one gateway crashes with live
+// sessions, one stops cleanly, one ends a session and lives on, and etcd
+// compacts its history past all of it. When the watch resumes it finds
+// its events compacted away, reads the registry again, and hands out the
+// crashed gateway's sessions (once), and nothing else.
+func TestLostWatchBehindCompaction(t *testing.T) {
+	e := startEtcd(t, 1)
+	w := open(t, e, "gw-w", BestEffort)
+	a, f := open(t, e, "gw-a", BestEffort), open(t, e, "gw-f", BestEffort)
+	d, err := Open(context.Background(), Config{GatewayID: "gw-d", Endpoints: e.Endpoints()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*Cluster{w, a, f, d} {
+		join(t, m)
+	}
+	var lost lostLog
+	lost.watch(w) // the only member that ends lost sessions here
+	ctx := context.Background()
+	for _, s := range []struct {
+		c  *Cluster
+		id string
+	}{{a, "a1"}, {a, "a2"}, {d, "d1"}, {f, "f1"}, {f, "f2"}} {
+		s.c.SessionStarted(Session{ID: s.id, User: "u-" + s.id, Target: "web1:22", Start: time.Now(), Kind: "tunnel"})
+	}
+	waitFor(t, 5*time.Second, "the registry never held every session", func() bool {
+		ss, err := w.Sessions(ctx)
+		return err == nil && sessionIDs(ss) == "gw-a/a1,gw-a/a2,gw-d/d1,gw-f/f1,gw-f/f2"
+	})
+	time.Sleep(500 * time.Millisecond) // w's watch has seen the puts
+
+	// w's watch goes down and stays down.
+	w.lostGate.Lock()
+	w.lostWatch()
+	d.SessionEnded("d1")
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.SessionEnded("f1")
+	crash(t, a, f)
+	waitFor(t, 5*time.Second, "the registry never settled", func() bool {
+		ss, err := f.Sessions(ctx)
+		return err == nil && sessionIDs(ss) == "gw-f/f2"
+	})
+	resp, err := f.Client().Get(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Client().Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	w.lostGate.Unlock()
+
+	waitFor(t, 10*time.Second, "the watch never read the registry again after the compaction", func() bool { return w.resyncs.Load() > 0 })
+	waitFor(t, 10*time.Second, "the crashed gateway's sessions were never handed out", func() bool { return len(lost.list()) >= 2 })
+	time.Sleep(time.Second) // anything more would arrive by now
+	got := lost.list()
+	sort.Strings(got)
+	if strings.Join(got, ",") != "gw-w:gw-a/a1,gw-w:gw-a/a2" {
+		t.Fatalf("handed out after the compaction: %v; want gw-a's a1 and a2 only (d1 ended before a clean stop, f1 ended on a live gateway)", got)
+	}
+}

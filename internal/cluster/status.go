@@ -88,6 +88,7 @@ func (c *Cluster) Forget(ctx context.Context, id string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("forget gateway %s: %w", id, err)
 	}
+	_, _ = c.client.Delete(ctx, c.Key("left", id))
 	return resp.Deleted > 0, nil
 }
 
