@@ -211,29 +211,42 @@ func TestLostThenResumed(t *testing.T) {
 		ss, err := b.Sessions(ctx)
 		return err == nil && sessionIDs(ss) == "gw-a/s1,gw-a/s2"
 	})
-	for round := 1; round <= 2; round++ {
+	// The holder and its peers race for each session's claim: the peers
+	// learn of the expiry from their watch at once, the holder at its next
+	// keepalive, so the peers nearly always win. A round the holder wins
+	// must record nothing on either side; two rounds of loss are required.
+	losses := 0
+	for round := 1; round <= 5 && losses < 2; round++ {
+		prevLost, prevRes, oldLease := len(lost.list()), len(resumed.list()), a.Lease()
 		// The lease expires as it would while a is frozen or cut off: a's
 		// client learns at its next keepalive.
-		if _, err := b.Client().Revoke(ctx, a.Lease()); err != nil {
+		if _, err := b.Client().Revoke(ctx, oldLease); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 10*time.Second, "the lost sessions were never handed to a peer", func() bool { return len(lost.list()) >= 2*round })
-		waitFor(t, 10*time.Second, "a never recorded the resumption", func() bool { return len(resumed.list()) >= 2*round })
-		waitFor(t, 10*time.Second, "a's sessions were not registered again", func() bool {
+		waitFor(t, 15*time.Second, "a never settled its sessions under a new lease", func() bool {
+			if l := a.Lease(); l == 0 || l == oldLease {
+				return false
+			}
 			ss, err := b.Sessions(ctx)
-			return err == nil && sessionIDs(ss) == "gw-a/s1,gw-a/s2"
+			return err == nil && sessionIDs(ss) == "gw-a/s1,gw-a/s2" &&
+				len(lost.list())-prevLost == len(resumed.list())-prevRes
 		})
-		time.Sleep(time.Second) // a duplicate would arrive by now
-		got, res := lost.list(), resumed.list()
-		if len(got) != 2*round || len(res) != 2*round {
+		time.Sleep(time.Second) // a duplicate or a late hand-out would arrive by now
+		got, res := lost.list()[prevLost:], resumed.list()[prevRes:]
+		if len(got) == 0 && len(res) == 0 {
+			t.Logf("round %d: the holder claimed its sessions first; nothing recorded on either side", round)
+			continue
+		}
+		if len(got) != 2 || len(res) != 2 {
 			t.Fatalf("round %d: handed out %v, resumed %d; want each session once per loss", round, got, len(res))
 		}
-		for _, r := range res[2*(round-1):] {
+		losses++
+		for _, r := range res {
 			if r.Gateway != "gw-a" || (r.LostBy != "gw-b" && r.LostBy != "gw-c") || r.CutOff <= 0 || r.CutOff > LeaseTTL || r.User == "" {
 				t.Errorf("round %d: resumed %+v", round, r)
 			}
 			var by string
-			for _, g := range got[2*(round-1):] {
+			for _, g := range got {
 				if strings.HasSuffix(g, ":gw-a/"+r.ID) {
 					by = strings.TrimSuffix(g, ":gw-a/"+r.ID)
 				}
@@ -242,6 +255,9 @@ func TestLostThenResumed(t *testing.T) {
 				t.Errorf("round %d: %s resumed as lost by %q, but %q ended it", round, r.ID, r.LostBy, by)
 			}
 		}
+	}
+	if losses < 2 {
+		t.Fatalf("the sessions were handed to a peer in %d of the rounds; want 2", losses)
 	}
 }
 
