@@ -166,6 +166,13 @@ func newRecorder(cfg RecordConfig, auth *ca.Authority, now func() time.Time) (*r
 // hostSigner returns a host certificate signer for exactly name, minting
 // (and caching) one from the host CA. Callers have already checked that
 // the policy lets the user reach name.
+//
+// The certificate is re-signed every HostCertCache, but its key is not
+// new: it is derived from the host CA key and the name (see
+// ca.Authority.DeriveHostKey), so a user who trusts the target's key on
+// first use, rather than through the @cert-authority line, sees the same
+// key from every gateway sharing the CA files, after restarts and after
+// the cache expires, until the host CA is rotated.
 func (r *recorder) hostSigner(ctx context.Context, name, requester string) (gossh.Signer, error) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	now := r.now()
@@ -175,11 +182,7 @@ func (r *recorder) hostSigner(ctx context.Context, name, requester string) (goss
 		return e.signer, nil
 	}
 	r.mu.Unlock()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	signer, err := gossh.NewSignerFromKey(priv)
+	signer, err := r.auth.DeriveHostKey(name)
 	if err != nil {
 		return nil, err
 	}
