@@ -6,8 +6,10 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,6 +46,15 @@ const (
 	ReasonInnerAuthFailed      = "inner_auth_failed"
 	ReasonEnvForbidden         = "env_forbidden"
 	ReasonForwardingNotAllowed = "port_forwarding_not_permitted"
+	// ReasonClientDisconnected ends a recorded session whose client left
+	// while the gateway was still setting up the inner hop (before or
+	// after it authenticated: minting the target's certificate, logging
+	// in to the target, starting the recording). It is the client's doing,
+	// not a failure of the CA or the target, and nothing is refused.
+	ReasonClientDisconnected = "client_disconnected"
+	// ReasonInnerHandshakeTimeout ends a recorded session whose inner hop
+	// did not finish its handshake within limits.handshake_timeout.
+	ReasonInnerHandshakeTimeout = "inner_handshake_timeout"
 )
 
 // Recording failure policies (RecordConfig.OnFailure).
@@ -371,6 +382,14 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 		nc.Reject(rejection, "bastion: "+msg)
 	}
 	signer, err := g.rec.hostSigner(ctx, dest.Host, id.User)
+	if err != nil && clientLeft(ctx, err) {
+		// The client went while the certificate was being signed: no
+		// one to refuse, and nothing failed.
+		upstream.Close()
+		g.metrics.jumps.WithLabelValues("refused", ReasonClientDisconnected).Inc()
+		cs.log.Info("client left before the recorded session started", "target", target)
+		return
+	}
 	if err != nil {
 		refuse(ReasonHostCertUnavailable, fmt.Sprintf("cannot present a host certificate for %s: %v", dest.Host, err), gossh.ConnectionFailed)
 		return
@@ -489,20 +508,32 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 		AuthLogCallback:         s.authLog,
 	}
 	scfg.AddHostKey(hostKey)
-	timer := time.AfterFunc(g.cfg.Limits.HandshakeTimeout, func() { ch.Close() })
+	var timedOut atomic.Bool
+	timer := time.AfterFunc(g.cfg.Limits.HandshakeTimeout, func() { timedOut.Store(true); ch.Close() })
 	sconn, chans, greqs, err := gossh.NewServerConn(conn, scfg)
 	timer.Stop()
 	if err != nil {
 		ch.Close()
 		// The inner hop never authenticated: each failed attempt is a
 		// record of its own.
-		for i, f := range s.takeAttempts() {
+		attempts := s.takeAttempts()
+		for i, f := range attempts {
 			f["attempt"] = strconv.Itoa(i + 1)
 			s.event(context.Background(), audit.TypeAuthFailed, f)
 		}
-		return sessionResult{why: ReasonInnerAuthFailed}
+		return sessionResult{why: innerHandshakeReason(err, len(attempts), timedOut.Load())}
 	}
 	defer sconn.Close()
+	// ictx ends when the inner client leaves (or the outer connection
+	// ends): minting, the target's login and the recording's start stop
+	// then, and their errors are the client leaving (clientLeft), not
+	// failures of the CA or the target.
+	ictx, leave := context.WithCancel(ctx)
+	defer leave()
+	go func() {
+		sconn.Wait()
+		leave()
+	}()
 	login := sconn.User()
 	res := sessionResult{login: login}
 	okf := map[string]string{"hop": "inner", "login": login, "method": "publickey"}
@@ -528,7 +559,15 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 		return res
 	}
 
-	cert, signer, err := s.mintSessionCert(ctx, sconn, login, upstream)
+	left := func(phase string) sessionResult {
+		s.cs.log.Info("client left while the recorded session was being set up", "session", s.id2, "phase", phase)
+		res.why = ReasonClientDisconnected
+		return res
+	}
+	cert, signer, err := s.mintSessionCert(ictx, sconn, login, upstream)
+	if clientLeft(ictx, err) {
+		return left("session_cert")
+	}
 	if err != nil {
 		return fail(ReasonSessionCertFailed, fmt.Sprintf("cannot mint a session certificate: %v", err))
 	}
@@ -550,9 +589,14 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 		Timeout:       g.cfg.DialTimeout,
 	}
 	upstream.SetDeadline(g.now().Add(g.cfg.DialTimeout))
+	// A client that leaves cuts the target's login short.
+	unhook := context.AfterFunc(ictx, func() { upstream.SetDeadline(time.Unix(1, 0)) })
 	tconn, tchans, treqs, err := gossh.NewClientConn(upstream, net.JoinHostPort(s.dest.Host, strconv.Itoa(s.dest.Port)), ccfg)
+	unhook()
 	upstream.SetDeadline(time.Time{})
 	switch {
+	case clientLeft(ictx, err):
+		return left("target_login")
 	case err != nil && keyErr != nil:
 		return fail(ReasonTargetHostKeyUnknown, hostKeyErr.detail+"; ask an administrator to give the target a host certificate (bastion ca sign --host) or add it to recording.known_hosts")
 	case err != nil:
@@ -562,7 +606,10 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 
 	var rec Recording
 	if g.deps.Recordings != nil {
-		rec, err = g.deps.Recordings.StartRecording(ctx, s.id2)
+		rec, err = g.deps.Recordings.StartRecording(ictx, s.id2)
+		if clientLeft(ictx, err) {
+			return left("recording_start")
+		}
 		if err != nil {
 			s.event(context.Background(), audit.TypeRecordingFailed, map[string]string{"detail": bounded(err.Error()), "login": login})
 			if g.rec.cfg.OnFailure != OnFailureContinue {
@@ -593,6 +640,35 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 		}
 	}
 	return res
+}
+
+// clientLeft reports whether err, from a step of setting up a recorded
+// session, is the client leaving rather than a failure: ctx (the inner
+// or outer connection) has ended, and the step failed because it did
+// (cancelled, or cut short by a deadline set when it ended). A real
+// failure, of the CA say, that races the client's leaving is still one.
+func clientLeft(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() == nil {
+		return false
+	}
+	return errors.Is(err, context.Canceled) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed)
+}
+
+// innerHandshakeReason is why an inner hop that never authenticated
+// ended: the handshake deadline; failed attempts (auth.failed records
+// say which); or, with no attempt failed, the client going away (an
+// OpenSSH client killed, or one that opened the hop and left).
+func innerHandshakeReason(err error, failedAttempts int, timedOut bool) string {
+	switch {
+	case timedOut:
+		return ReasonInnerHandshakeTimeout
+	case failedAttempts > 0:
+		return ReasonInnerAuthFailed
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed),
+		strings.HasPrefix(err.Error(), "ssh: disconnect, reason"):
+		return ReasonClientDisconnected
+	}
+	return ReasonInnerAuthFailed
 }
 
 // verifyInner authenticates the inner connection: the full certificate
