@@ -28,6 +28,8 @@ const (
 	// deriveInfo prefixes the canonical name in HKDF's info; the NUL
 	// keeps a name from ever extending the prefix.
 	deriveInfo = "bastion record-mode host key v1\x00"
+	// deriveGatewayInfo is HKDF's info for a gateway's own host key.
+	deriveGatewayInfo = "bastion gateway host key v1"
 	// maxDeriveName bounds a name (no valid host name is longer).
 	maxDeriveName = 255
 )
@@ -86,15 +88,35 @@ func (a *Authority) DeriveHostKey(name string) (ssh.Signer, error) {
 	if name == "" || len(name) > maxDeriveName {
 		return nil, fmt.Errorf("ca: cannot derive a host key for a name of %d bytes (1 to %d)", len(name), maxDeriveName)
 	}
+	priv, err := a.derive(deriveInfo + name)
+	if err != nil {
+		return nil, err
+	}
+	return ssh.NewSignerFromKey(priv)
+}
+
+// DeriveGatewayHostKey returns the ed25519 key a gateway takes as its own
+// host key when it has none yet: derived from the host CA key like
+// DeriveHostKey (in another domain), so gateways started from the same CA
+// key files behind one load balancer show users one host key. The
+// gateway keeps it in its data directory, so it stays when the host CA
+// is rotated later.
+func (a *Authority) DeriveGatewayHostKey() (ed25519.PrivateKey, error) {
+	return a.derive(deriveGatewayInfo)
+}
+
+// derive expands the host CA's derivation secret into an ed25519 key for
+// info.
+func (a *Authority) derive(info string) (ed25519.PrivateKey, error) {
 	a.mu.RLock()
 	secret, deriveErr := a.hostSecret, a.hostSecretErr
 	a.mu.RUnlock()
 	if secret == nil {
 		return nil, deriveErr
 	}
-	seed, err := hkdf.Expand(sha256.New, secret, deriveInfo+name, ed25519.SeedSize)
+	seed, err := hkdf.Expand(sha256.New, secret, info, ed25519.SeedSize)
 	if err != nil {
 		return nil, fmt.Errorf("ca: derive host key: %w", err)
 	}
-	return ssh.NewSignerFromKey(ed25519.NewKeyFromSeed(seed))
+	return ed25519.NewKeyFromSeed(seed), nil
 }

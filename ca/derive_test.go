@@ -93,6 +93,20 @@ func TestDeriveHostKeyStable(t *testing.T) {
 				}
 				seen[k] = n
 			}
+			gw, err := c.auth.DeriveGatewayHostKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			gwOther, err := other.DeriveGatewayHostKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !gw.Equal(gwOther) {
+				t.Error("two gateways of one CA derive different gateway host keys")
+			}
+			if gwPub, _ := ssh.NewPublicKey(gw.Public()); seen[string(gwPub.Marshal())] != "" {
+				t.Errorf("the gateway host key is the record-mode key of %q", seen[string(gwPub.Marshal())])
+			}
 			for _, kind := range []Kind{HostCA, UserCA} {
 				if string(c.auth.PublicKey(kind).Marshal()) == web1 {
 					t.Errorf("the derived key is the %s CA key", kind)

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"os"
 	"strconv"
 	"strings"
@@ -159,9 +161,11 @@ func TestRecordModeHostKeyPinnedAcrossGateways(t *testing.T) {
 	}
 
 	c := testbed.NewClient(t)
-	// The gateways' own keys are pinned; no host CA is trusted anywhere.
+	// No host CA is trusted anywhere. The key pinned from gateway A is
+	// pinned for B's address too, as behind a load balancer (one name):
+	// fresh gateways of one CA make one host key.
 	c.TrustHostKey(a.addr, a.gw.HostKeys()[0].PublicKey())
-	c.TrustHostKey(b.addr, b.gw.HostKeys()[0].PublicKey())
+	c.TrustHostKey(b.addr, a.gw.HostKeys()[0].PublicKey())
 	cert, err := a.auth.Sign(t.Context(), ca.Request{Kind: ca.UserCA, Key: c.PublicKey(), KeyID: "rec-tofu", Principals: []string{a.user}, Requester: "test"})
 	if err != nil {
 		t.Fatal(err)
@@ -196,5 +200,51 @@ func TestRecordModeHostKeyPinnedAcrossGateways(t *testing.T) {
 		if r := c.Run(ctx, "ssh", via(gw)...); r.ExitCode != 0 || strings.TrimSpace(r.Stdout) != "reached" {
 			t.Fatalf("connection %d (through %s) with the key pinned on first use: %s", i+2, gw.addr, r)
 		}
+	}
+}
+
+// TestGatewayHostKeyCreation: a gateway without a host key takes the one
+// derived from the host CA (the same on every gateway of that CA), keeps
+// one it already has, and makes a random one when the CA cannot derive.
+func TestGatewayHostKeyCreation(t *testing.T) {
+	auth, _ := caFiles(t, t.TempDir(), true)
+	derived, err := auth.DeriveGatewayHostKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	fresh, err := loadOrCreateHostKey(dir+"/a/key", auth.DeriveGatewayHostKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := gossh.NewSignerFromKey(derived)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameKey(fresh.PublicKey(), want.PublicKey()) {
+		t.Error("a new gateway host key is not the one derived from the host CA")
+	}
+	if again, err := loadOrCreateHostKey(dir+"/a/key", auth.DeriveGatewayHostKey); err != nil || !sameKey(again.PublicKey(), fresh.PublicKey()) {
+		t.Errorf("reloading the host key: %v, same key %v", err, err == nil && sameKey(again.PublicKey(), fresh.PublicKey()))
+	}
+	// A key the gateway already has stays, whatever the CA derives.
+	other := func() (ed25519.PrivateKey, error) {
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		return k, err
+	}
+	if kept, err := loadOrCreateHostKey(dir+"/a/key", other); err != nil || !sameKey(kept.PublicKey(), fresh.PublicKey()) {
+		t.Errorf("an existing host key was replaced (err %v)", err)
+	}
+	underivable := func() (ed25519.PrivateKey, error) { return nil, ca.ErrHostKeyNotDerivable }
+	r1, err := loadOrCreateHostKey(dir+"/b/key", underivable)
+	if err != nil {
+		t.Fatalf("a CA that cannot derive must not stop the gateway: %v", err)
+	}
+	r2, err := loadOrCreateHostKey(dir+"/c/key", underivable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sameKey(r1.PublicKey(), r2.PublicKey()) || sameKey(r1.PublicKey(), fresh.PublicKey()) {
+		t.Error("without derivation the host keys are not random")
 	}
 }
