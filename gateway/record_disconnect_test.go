@@ -209,3 +209,79 @@ func TestRecordModeInnerHopLeftBeforeAuth(t *testing.T) {
 		t.Errorf("session.end reason %q; want %s", end.Fields["reason"], ReasonClientDisconnected)
 	}
 }
+
+// TestJumpClientLeftWhileDialling: a client whose connection ends while
+// the gateway dials its target is not refused (no dial_failed record).
+func TestJumpClientLeftWhileDialling(t *testing.T) {
+	dialling, gaveUp := make(chan struct{}, 1), make(chan struct{}, 1)
+	rb := startRecordGateway(t, "", func(_ *Config, d *Deps) {
+		d.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dialling <- struct{}{}
+			select {
+			case <-ctx.Done():
+				gaveUp <- struct{}{}
+				return nil, ctx.Err()
+			case <-time.After(time.Minute):
+				return nil, errors.New("test dialer: held a minute")
+			}
+		}
+	})
+	c := rb.client(ca.Request{KeyID: "rec-dial-left"})
+	outer, err := rb.dialGateway(rb.user, gossh.PublicKeys(certSigner(t, c, rb.certOf(c))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go outer.Dial("tcp", rb.target.Addr)
+	select {
+	case <-dialling:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the gateway did not dial the target within 10s")
+	}
+	outer.Close()
+	select {
+	case <-gaveUp:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the dial did not end within 10s of the client leaving")
+	}
+	// The jump is counted as the client leaving, not as a dial failure
+	// (which alerts on target outages read), and no refusal is written.
+	var reasons map[string]float64
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if reasons = jumpReasons(t, rb.testGateway); reasons[ReasonClientDisconnected] > 0 || reasons[ReasonDialFailed] > 0 {
+			break
+		}
+	}
+	if reasons[ReasonClientDisconnected] != 1 || reasons[ReasonDialFailed] != 0 {
+		t.Errorf("refused jumps by reason %v; want %s 1 and no %s", reasons, ReasonClientDisconnected, ReasonDialFailed)
+	}
+	for _, ev := range rb.events(audit.TypeChannelDenied) {
+		if ev.Fields["key_id"] == "rec-dial-left" {
+			t.Errorf("a client that left while its target was dialled was refused: %v", ev.Fields)
+		}
+	}
+}
+
+// jumpReasons reads bastion_jumps_total{result="refused"} by reason.
+func jumpReasons(t testing.TB, tg *testGateway) map[string]float64 {
+	t.Helper()
+	mfs, err := tg.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "bastion_jumps_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["result"] == "refused" {
+				out[labels["reason"]] += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return out
+}
