@@ -149,8 +149,8 @@ type recorder struct {
 }
 
 type hostCertEntry struct {
-	signer gossh.Signer
-	until  time.Time
+	signers []gossh.Signer // the certificate, then its plain key
+	until   time.Time
 }
 
 func newRecorder(cfg RecordConfig, auth *ca.Authority, now func() time.Time) (*recorder, error) {
@@ -174,9 +174,11 @@ func newRecorder(cfg RecordConfig, auth *ca.Authority, now func() time.Time) (*r
 	return r, nil
 }
 
-// hostSigner returns a host certificate signer for exactly name, minting
-// (and caching) one from the host CA. Callers have already checked that
-// the policy lets the user reach name.
+// hostSigners returns the host keys to present for exactly name: a host
+// certificate minted (and cached) from the host CA, then its plain key,
+// for clients that take no host certificates (the plain key is pinned on
+// first use either way). Callers have already checked that the policy
+// lets the user reach name.
 //
 // The certificate is re-signed every HostCertCache, but its key is not
 // new: it is derived from the host CA key and the name (see
@@ -184,13 +186,13 @@ func newRecorder(cfg RecordConfig, auth *ca.Authority, now func() time.Time) (*r
 // first use, rather than through the @cert-authority line, sees the same
 // key from every gateway sharing the CA files, after restarts and after
 // the cache expires, until the host CA is rotated.
-func (r *recorder) hostSigner(ctx context.Context, name, requester string) (gossh.Signer, error) {
+func (r *recorder) hostSigners(ctx context.Context, name, requester string) ([]gossh.Signer, error) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	now := r.now()
 	r.mu.Lock()
 	if e, ok := r.hostCerts[name]; ok && now.Before(e.until) {
 		r.mu.Unlock()
-		return e.signer, nil
+		return e.signers, nil
 	}
 	r.mu.Unlock()
 	signer, err := r.auth.DeriveHostKey(name)
@@ -219,9 +221,10 @@ func (r *recorder) hostSigner(ctx context.Context, name, requester string) (goss
 			delete(r.hostCerts, k)
 		}
 	}
-	r.hostCerts[name] = hostCertEntry{signer: cs, until: now.Add(r.cfg.HostCertCache)}
+	signers := []gossh.Signer{cs, signer}
+	r.hostCerts[name] = hostCertEntry{signers: signers, until: now.Add(r.cfg.HostCertCache)}
 	r.mu.Unlock()
-	return cs, nil
+	return signers, nil
 }
 
 // hostKeyError is a target host key the gateway does not trust.
@@ -381,7 +384,7 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 		g.recordRefusal(cs, audit.Event{Type: audit.TypeChannelDenied, Actor: id.User, Session: cs.id, Fields: f})
 		nc.Reject(rejection, "bastion: "+msg)
 	}
-	signer, err := g.rec.hostSigner(ctx, dest.Host, id.User)
+	hostKeys, err := g.rec.hostSigners(ctx, dest.Host, id.User)
 	if err != nil && clientLeft(ctx, err) {
 		// The client went while the certificate was being signed: no
 		// one to refuse, and nothing failed.
@@ -419,7 +422,7 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 	go gossh.DiscardRequests(reqs)
 	cs.log.Info("recorded session started", "session", s.id2, "target", target, "addr", dest.Addr.String())
 
-	res := s.run(ctx, ch, signer, upstream)
+	res := s.run(ctx, ch, hostKeys, upstream)
 	if r := cs.reason(); r != "" {
 		res.why = r
 	}
@@ -487,16 +490,16 @@ func (s *recordedSession) refusal(typ string, extra map[string]string) {
 }
 
 // run serves the inner SSH connection on ch and proxies it to upstream.
-func (s *recordedSession) run(ctx context.Context, ch gossh.Channel, hostKey gossh.Signer, upstream net.Conn) sessionResult {
+func (s *recordedSession) run(ctx context.Context, ch gossh.Channel, hostKeys []gossh.Signer, upstream net.Conn) sessionResult {
 	defer upstream.Close()
 	conn := &channelConn{Channel: ch, local: s.cs.conn.LocalAddr(), remote: s.cs.conn.RemoteAddr()}
-	res := s.serve(ctx, conn, hostKey, upstream)
+	res := s.serve(ctx, conn, hostKeys, upstream)
 	res.up, res.down = conn.up.Load(), conn.down.Load()
 	return res
 }
 
 // serve runs the inner server on conn, then the proxy.
-func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey gossh.Signer, upstream net.Conn) sessionResult {
+func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKeys []gossh.Signer, upstream net.Conn) sessionResult {
 	g := s.g
 	ch := conn.Channel
 	scfg := &gossh.ServerConfig{
@@ -507,7 +510,9 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 		PublicKeyCallback:       s.verifyInner,
 		AuthLogCallback:         s.authLog,
 	}
-	scfg.AddHostKey(hostKey)
+	for _, k := range hostKeys {
+		scfg.AddHostKey(k)
+	}
 	var timedOut atomic.Bool
 	timer := time.AfterFunc(g.cfg.Limits.HandshakeTimeout, func() { timedOut.Store(true); ch.Close() })
 	sconn, chans, greqs, err := gossh.NewServerConn(conn, scfg)

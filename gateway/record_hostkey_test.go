@@ -65,13 +65,16 @@ func caFiles(t *testing.T, dir string, create bool) (*ca.Authority, func()) {
 // presented is the host certificate a recorder presents for name.
 func presented(t *testing.T, r *recorder, name string) *gossh.Certificate {
 	t.Helper()
-	s, err := r.hostSigner(t.Context(), name, "test")
+	signers, err := r.hostSigners(t.Context(), name, "test")
 	if err != nil {
-		t.Fatalf("host signer for %s: %v", name, err)
+		t.Fatalf("host keys for %s: %v", name, err)
 	}
-	cert, ok := s.PublicKey().(*gossh.Certificate)
+	cert, ok := signers[0].PublicKey().(*gossh.Certificate)
 	if !ok {
-		t.Fatalf("the signer for %s presents %s, not a certificate", name, s.PublicKey().Type())
+		t.Fatalf("the first host key for %s is %s, not a certificate", name, signers[0].PublicKey().Type())
+	}
+	if len(signers) != 2 || !sameKey(signers[1].PublicKey(), cert.Key) {
+		t.Fatalf("the host keys for %s are not a certificate and its plain key", name)
 	}
 	if len(cert.ValidPrincipals) != 1 || cert.ValidPrincipals[0] != name {
 		t.Fatalf("the certificate for %s names %v", name, cert.ValidPrincipals)
@@ -200,6 +203,10 @@ func TestRecordModeHostKeyPinnedAcrossGateways(t *testing.T) {
 		if r := c.Run(ctx, "ssh", via(gw)...); r.ExitCode != 0 || strings.TrimSpace(r.Stdout) != "reached" {
 			t.Fatalf("connection %d (through %s) with the key pinned on first use: %s", i+2, gw.addr, r)
 		}
+	}
+	// A client that takes no host certificates gets the plain key.
+	if r := c.Run(ctx, "ssh", append([]string{"-o", "HostKeyAlgorithms=ssh-ed25519"}, via(b)...)...); r.ExitCode != 0 || strings.TrimSpace(r.Stdout) != "reached" {
+		t.Fatalf("through gateway B with HostKeyAlgorithms=ssh-ed25519: %s", r)
 	}
 }
 
