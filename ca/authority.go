@@ -54,6 +54,11 @@ type Authority struct {
 	mu      sync.RWMutex
 	signers map[Kind]ssh.Signer
 	trusted map[Kind][]ssh.PublicKey
+	// hostSecret is what DeriveHostKey derives from (extracted from the
+	// current host CA key, never the key itself); nil, with hostSecretErr
+	// saying why, when that key's kind cannot be derived from.
+	hostSecret    []byte
+	hostSecretErr error
 }
 
 // New loads the CA keys from cfg.Layout. rec receives an audit record for
@@ -110,10 +115,19 @@ func (a *Authority) Reload() error { return a.reload() }
 func (a *Authority) reload() error {
 	signers := map[Kind]ssh.Signer{}
 	trusted := map[Kind][]ssh.PublicKey{}
+	var hostSecret []byte
+	var hostSecretErr error
 	for _, k := range []Kind{UserCA, HostCA} {
-		s, err := loadSigner(a.layout.PrivateKey(k), a.passphrase)
+		raw, err := loadPrivateKey(a.layout.PrivateKey(k), a.passphrase)
 		if err != nil {
 			return err
+		}
+		s, err := newCASigner(raw)
+		if err != nil {
+			return err
+		}
+		if k == HostCA {
+			hostSecret, hostSecretErr = derivationSecret(raw)
 		}
 		keys, err := a.layout.TrustedKeys(k)
 		if err != nil {
@@ -126,6 +140,7 @@ func (a *Authority) reload() error {
 	}
 	a.mu.Lock()
 	a.signers, a.trusted = signers, trusted
+	a.hostSecret, a.hostSecretErr = hostSecret, hostSecretErr
 	a.mu.Unlock()
 	return nil
 }

@@ -104,6 +104,16 @@ func replaceFile(path string, data []byte, mode os.FileMode) error {
 // loadSigner reads an OpenSSH private key, refusing files that group or
 // others can read (as ssh does), and decrypting with passphrase if needed.
 func loadSigner(path string, passphrase []byte) (ssh.Signer, error) {
+	raw, err := loadPrivateKey(path, passphrase)
+	if err != nil {
+		return nil, err
+	}
+	return newCASigner(raw)
+}
+
+// loadPrivateKey reads and decrypts the raw private key at path (see
+// loadSigner).
+func loadPrivateKey(path string, passphrase []byte) (any, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("ca: read CA key: %w (run `bastion ca init` to create the CA)", err)
@@ -130,7 +140,7 @@ func loadSigner(path string, passphrase []byte) (ssh.Signer, error) {
 	case err != nil:
 		return nil, fmt.Errorf("ca: parse CA key %s: %w", path, err)
 	}
-	return newCASigner(raw)
+	return raw, nil
 }
 
 // newCASigner wraps a raw private key so RSA keys sign with rsa-sha2-512

@@ -18,11 +18,12 @@ import (
 )
 
 // loadHostKeys loads the gateway's ed25519 host key (creating it, 0600,
-// when missing) and a host certificate for it from the host CA (signing a
+// when missing: derived from the host CA, so that gateways sharing the CA
+// key files present one key to users who trust it on first use) and a host certificate for it from the host CA (signing a
 // new one when it is missing, from another CA, or past half its life).
 // It returns the plain signer and the certificate signer.
 func loadHostKeys(ctx context.Context, cfg Config, auth *ca.Authority) ([]gossh.Signer, error) {
-	signer, err := loadOrCreateHostKey(cfg.HostKeyPath)
+	signer, err := loadOrCreateHostKey(cfg.HostKeyPath, auth.DeriveGatewayHostKey)
 	if err != nil {
 		return nil, err
 	}
@@ -49,10 +50,15 @@ func loadHostKeys(ctx context.Context, cfg Config, auth *ca.Authority) ([]gossh.
 	return []gossh.Signer{signer, certSigner}, nil
 }
 
-func loadOrCreateHostKey(path string) (gossh.Signer, error) {
+// loadOrCreateHostKey reads the host key at path, or creates it from
+// derive (a fresh random key when the CA cannot derive one).
+func loadOrCreateHostKey(path string, derive func() (ed25519.PrivateKey, error)) (gossh.Signer, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		priv, err := derive()
+		if errors.Is(err, ca.ErrHostKeyNotDerivable) {
+			_, priv, err = ed25519.GenerateKey(rand.Reader)
+		}
 		if err != nil {
 			return nil, err
 		}

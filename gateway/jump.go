@@ -85,6 +85,14 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		return
 	}
 	upstream, addr, failed, err := g.dialTarget(openCtx, dest)
+	if err != nil && ctx.Err() != nil {
+		// The connection ended while the target was dialled: the client
+		// left (SSH cannot withdraw a channel open otherwise), nothing
+		// was refused.
+		g.metrics.jumps.WithLabelValues("refused", ReasonClientDisconnected).Inc()
+		cs.log.Info("client left while its target was dialled", "target", target)
+		return
+	}
 	if err != nil {
 		var ae *accessError
 		if errors.As(err, &ae) {

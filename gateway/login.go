@@ -355,8 +355,22 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, meta gossh.ConnMe
 		sio.errorf("; groups %s", strings.Join(ident.Groups, ", "))
 	}
 	sio.errorf("), valid until %s.\n", ca.FormatCertTime(cert.ValidBefore))
+	if len(args) == 0 {
+		// Plain `ssh login@gateway`: no `bastion login` writes the host
+		// CA into known_hosts, so say the line, or the user is left to
+		// trust the gateway and every record-mode target on first use.
+		sio.errorf("%s", hostCAHint(g.deps.Authority.TrustedKeys(ca.HostCA)))
+	}
 	sio.stdout.Write(gossh.MarshalAuthorizedKey(cert))
 	return 0
+}
+
+// hostCAHint tells a user of the OpenSSH-only login how to trust the
+// host CA: the gateway and the targets record mode answers for present
+// certificates from it.
+func hostCAHint(keys []gossh.PublicKey) string {
+	return "To trust this gateway and the hosts behind it without being asked (once), add to ~/.ssh/known_hosts:\n" +
+		ca.ExportLines(ca.HostCA, keys, "*")
 }
 
 // asUser is a connection's metadata with another user name: the login

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/internal/devidp"
@@ -124,9 +126,9 @@ var userCodeRE = regexp.MustCompile(`enter the code (\S+)`)
 
 // deviceLogin runs `ssh login@gateway` with c's plain key, answers the
 // device prompt with approve(userCode), and returns the ssh result.
-func (lg *loginGateway) deviceLogin(t *testing.T, c *testbed.Client, approve func(code string) error) (stdout string, stderr string, exit int, approvedToCert time.Duration) {
+func (lg *loginGateway) deviceLogin(t *testing.T, c *testbed.Client, approve func(code string) error, command ...string) (stdout string, stderr string, exit int, approvedToCert time.Duration) {
 	t.Helper()
-	cmd := c.Command(t.Context(), "ssh", lg.gatewayArgs(LoginUser)...)
+	cmd := c.Command(t.Context(), "ssh", lg.gatewayArgs(LoginUser, command...)...)
 	errPipe, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -190,9 +192,23 @@ func TestDeviceLoginThenJump(t *testing.T) {
 	if !strings.Contains(stderr, "To log in, open ") || strings.Contains(stdout, "To log in") {
 		t.Errorf("prompts must go to stderr and only the certificate to stdout:\nstdout %q\nstderr %q", stdout, stderr)
 	}
+	// No `bastion login` writes known_hosts here: the login says the
+	// @cert-authority line, on stderr, and with only that line (and the
+	// tunnelled target's own key) ssh trusts the gateway strictly.
+	caLines := ca.ExportLines(ca.HostCA, lg.auth.TrustedKeys(ca.HostCA), "*")
+	if !strings.Contains(stderr, "~/.ssh/known_hosts:\n"+caLines) || strings.Contains(stdout, "cert-authority") {
+		t.Errorf("the OpenSSH-only login does not print the host CA line %q on stderr:\nstdout %q\nstderr %q", caLines, stdout, stderr)
+	}
+	if err := os.WriteFile(c.KnownHosts, []byte(caLines+knownhosts.Line([]string{lg.target.Addr}, lg.target.HostKeyPub)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	c.SetCertificate([]byte(stdout))
 	if res := c.Run(t.Context(), "ssh", lg.jumpArgs(lg.user, "echo", "jumped")...); res.ExitCode != 0 || strings.TrimSpace(res.Stdout) != "jumped" {
-		t.Fatalf("jump with the login certificate: %s", res)
+		t.Fatalf("jump with the login certificate and the printed host CA line: %s", res)
+	}
+	// `bastion login` runs `login` and writes the line itself: not said.
+	if _, stderr2, exit, _ := lg.deviceLogin(t, c, func(code string) error { return lg.idp.ApproveDevice(code, "eng") }, "login"); exit != 0 || strings.Contains(stderr2, "cert-authority") {
+		t.Errorf("exec login: exit %d, stderr %q; want success without the host CA line", exit, stderr2)
 	}
 	lg.waitEvent(t, "login.started", map[string]string{"flow": "device", "key_fp": gossh.FingerprintSHA256(c.PublicKey())})
 	ok := lg.waitEvent(t, "login.ok", map[string]string{"subject": "sub-eng", "groups": "eng", "serial": strconv.FormatUint(cert.Serial, 10)})

@@ -6,8 +6,10 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,6 +46,15 @@ const (
 	ReasonInnerAuthFailed      = "inner_auth_failed"
 	ReasonEnvForbidden         = "env_forbidden"
 	ReasonForwardingNotAllowed = "port_forwarding_not_permitted"
+	// ReasonClientDisconnected ends a recorded session whose client left
+	// while the gateway was still setting up the inner hop (before or
+	// after it authenticated: minting the target's certificate, logging
+	// in to the target, starting the recording). It is the client's doing,
+	// not a failure of the CA or the target, and nothing is refused.
+	ReasonClientDisconnected = "client_disconnected"
+	// ReasonInnerHandshakeTimeout ends a recorded session whose inner hop
+	// did not finish its handshake within limits.handshake_timeout.
+	ReasonInnerHandshakeTimeout = "inner_handshake_timeout"
 )
 
 // Recording failure policies (RecordConfig.OnFailure).
@@ -138,8 +149,8 @@ type recorder struct {
 }
 
 type hostCertEntry struct {
-	signer gossh.Signer
-	until  time.Time
+	signers []gossh.Signer // the certificate, then its plain key
+	until   time.Time
 }
 
 func newRecorder(cfg RecordConfig, auth *ca.Authority, now func() time.Time) (*recorder, error) {
@@ -163,23 +174,28 @@ func newRecorder(cfg RecordConfig, auth *ca.Authority, now func() time.Time) (*r
 	return r, nil
 }
 
-// hostSigner returns a host certificate signer for exactly name, minting
-// (and caching) one from the host CA. Callers have already checked that
-// the policy lets the user reach name.
-func (r *recorder) hostSigner(ctx context.Context, name, requester string) (gossh.Signer, error) {
+// hostSigners returns the host keys to present for exactly name: a host
+// certificate minted (and cached) from the host CA, then its plain key,
+// for clients that take no host certificates (the plain key is pinned on
+// first use either way). Callers have already checked that the policy
+// lets the user reach name.
+//
+// The certificate is re-signed every HostCertCache, but its key is not
+// new: it is derived from the host CA key and the name (see
+// ca.Authority.DeriveHostKey), so a user who trusts the target's key on
+// first use, rather than through the @cert-authority line, sees the same
+// key from every gateway sharing the CA files, after restarts and after
+// the cache expires, until the host CA is rotated.
+func (r *recorder) hostSigners(ctx context.Context, name, requester string) ([]gossh.Signer, error) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	now := r.now()
 	r.mu.Lock()
 	if e, ok := r.hostCerts[name]; ok && now.Before(e.until) {
 		r.mu.Unlock()
-		return e.signer, nil
+		return e.signers, nil
 	}
 	r.mu.Unlock()
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	signer, err := gossh.NewSignerFromKey(priv)
+	signer, err := r.auth.DeriveHostKey(name)
 	if err != nil {
 		return nil, err
 	}
@@ -205,9 +221,10 @@ func (r *recorder) hostSigner(ctx context.Context, name, requester string) (goss
 			delete(r.hostCerts, k)
 		}
 	}
-	r.hostCerts[name] = hostCertEntry{signer: cs, until: now.Add(r.cfg.HostCertCache)}
+	signers := []gossh.Signer{cs, signer}
+	r.hostCerts[name] = hostCertEntry{signers: signers, until: now.Add(r.cfg.HostCertCache)}
 	r.mu.Unlock()
-	return cs, nil
+	return signers, nil
 }
 
 // hostKeyError is a target host key the gateway does not trust.
@@ -367,7 +384,15 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 		g.recordRefusal(cs, audit.Event{Type: audit.TypeChannelDenied, Actor: id.User, Session: cs.id, Fields: f})
 		nc.Reject(rejection, "bastion: "+msg)
 	}
-	signer, err := g.rec.hostSigner(ctx, dest.Host, id.User)
+	hostKeys, err := g.rec.hostSigners(ctx, dest.Host, id.User)
+	if err != nil && clientLeft(ctx, err) {
+		// The client went while the certificate was being signed: no
+		// one to refuse, and nothing failed.
+		upstream.Close()
+		g.metrics.jumps.WithLabelValues("refused", ReasonClientDisconnected).Inc()
+		cs.log.Info("client left before the recorded session started", "target", target)
+		return
+	}
 	if err != nil {
 		refuse(ReasonHostCertUnavailable, fmt.Sprintf("cannot present a host certificate for %s: %v", dest.Host, err), gossh.ConnectionFailed)
 		return
@@ -397,7 +422,7 @@ func (g *Gateway) recordSession(ctx context.Context, cs *connState, id *Identity
 	go gossh.DiscardRequests(reqs)
 	cs.log.Info("recorded session started", "session", s.id2, "target", target, "addr", dest.Addr.String())
 
-	res := s.run(ctx, ch, signer, upstream)
+	res := s.run(ctx, ch, hostKeys, upstream)
 	if r := cs.reason(); r != "" {
 		res.why = r
 	}
@@ -465,16 +490,16 @@ func (s *recordedSession) refusal(typ string, extra map[string]string) {
 }
 
 // run serves the inner SSH connection on ch and proxies it to upstream.
-func (s *recordedSession) run(ctx context.Context, ch gossh.Channel, hostKey gossh.Signer, upstream net.Conn) sessionResult {
+func (s *recordedSession) run(ctx context.Context, ch gossh.Channel, hostKeys []gossh.Signer, upstream net.Conn) sessionResult {
 	defer upstream.Close()
 	conn := &channelConn{Channel: ch, local: s.cs.conn.LocalAddr(), remote: s.cs.conn.RemoteAddr()}
-	res := s.serve(ctx, conn, hostKey, upstream)
+	res := s.serve(ctx, conn, hostKeys, upstream)
 	res.up, res.down = conn.up.Load(), conn.down.Load()
 	return res
 }
 
 // serve runs the inner server on conn, then the proxy.
-func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey gossh.Signer, upstream net.Conn) sessionResult {
+func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKeys []gossh.Signer, upstream net.Conn) sessionResult {
 	g := s.g
 	ch := conn.Channel
 	scfg := &gossh.ServerConfig{
@@ -485,21 +510,35 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 		PublicKeyCallback:       s.verifyInner,
 		AuthLogCallback:         s.authLog,
 	}
-	scfg.AddHostKey(hostKey)
-	timer := time.AfterFunc(g.cfg.Limits.HandshakeTimeout, func() { ch.Close() })
+	for _, k := range hostKeys {
+		scfg.AddHostKey(k)
+	}
+	var timedOut atomic.Bool
+	timer := time.AfterFunc(g.cfg.Limits.HandshakeTimeout, func() { timedOut.Store(true); ch.Close() })
 	sconn, chans, greqs, err := gossh.NewServerConn(conn, scfg)
 	timer.Stop()
 	if err != nil {
 		ch.Close()
 		// The inner hop never authenticated: each failed attempt is a
 		// record of its own.
-		for i, f := range s.takeAttempts() {
+		attempts := s.takeAttempts()
+		for i, f := range attempts {
 			f["attempt"] = strconv.Itoa(i + 1)
 			s.event(context.Background(), audit.TypeAuthFailed, f)
 		}
-		return sessionResult{why: ReasonInnerAuthFailed}
+		return sessionResult{why: innerHandshakeReason(err, len(attempts), timedOut.Load())}
 	}
 	defer sconn.Close()
+	// ictx ends when the inner client leaves (or the outer connection
+	// ends): minting, the target's login and the recording's start stop
+	// then, and their errors are the client leaving (clientLeft), not
+	// failures of the CA or the target.
+	ictx, leave := context.WithCancel(ctx)
+	defer leave()
+	go func() {
+		sconn.Wait()
+		leave()
+	}()
 	login := sconn.User()
 	res := sessionResult{login: login}
 	okf := map[string]string{"hop": "inner", "login": login, "method": "publickey"}
@@ -525,7 +564,15 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 		return res
 	}
 
-	cert, signer, err := s.mintSessionCert(ctx, sconn, login, upstream)
+	left := func(phase string) sessionResult {
+		s.cs.log.Info("client left while the recorded session was being set up", "session", s.id2, "phase", phase)
+		res.why = ReasonClientDisconnected
+		return res
+	}
+	cert, signer, err := s.mintSessionCert(ictx, sconn, login, upstream)
+	if clientLeft(ictx, err) {
+		return left("session_cert")
+	}
 	if err != nil {
 		return fail(ReasonSessionCertFailed, fmt.Sprintf("cannot mint a session certificate: %v", err))
 	}
@@ -547,9 +594,14 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 		Timeout:       g.cfg.DialTimeout,
 	}
 	upstream.SetDeadline(g.now().Add(g.cfg.DialTimeout))
+	// A client that leaves cuts the target's login short.
+	unhook := context.AfterFunc(ictx, func() { upstream.SetDeadline(time.Unix(1, 0)) })
 	tconn, tchans, treqs, err := gossh.NewClientConn(upstream, net.JoinHostPort(s.dest.Host, strconv.Itoa(s.dest.Port)), ccfg)
+	unhook()
 	upstream.SetDeadline(time.Time{})
 	switch {
+	case clientLeft(ictx, err):
+		return left("target_login")
 	case err != nil && keyErr != nil:
 		return fail(ReasonTargetHostKeyUnknown, hostKeyErr.detail+"; ask an administrator to give the target a host certificate (bastion ca sign --host) or add it to recording.known_hosts")
 	case err != nil:
@@ -559,7 +611,10 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 
 	var rec Recording
 	if g.deps.Recordings != nil {
-		rec, err = g.deps.Recordings.StartRecording(ctx, s.id2)
+		rec, err = g.deps.Recordings.StartRecording(ictx, s.id2)
+		if clientLeft(ictx, err) {
+			return left("recording_start")
+		}
 		if err != nil {
 			s.event(context.Background(), audit.TypeRecordingFailed, map[string]string{"detail": bounded(err.Error()), "login": login})
 			if g.rec.cfg.OnFailure != OnFailureContinue {
@@ -590,6 +645,35 @@ func (s *recordedSession) serve(ctx context.Context, conn *channelConn, hostKey 
 		}
 	}
 	return res
+}
+
+// clientLeft reports whether err, from a step of setting up a recorded
+// session, is the client leaving rather than a failure: ctx (the inner
+// or outer connection) has ended, and the step failed because it did
+// (cancelled, or cut short by a deadline set when it ended). A real
+// failure, of the CA say, that races the client's leaving is still one.
+func clientLeft(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() == nil {
+		return false
+	}
+	return errors.Is(err, context.Canceled) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed)
+}
+
+// innerHandshakeReason is why an inner hop that never authenticated
+// ended: the handshake deadline; failed attempts (auth.failed records
+// say which); or, with no attempt failed, the client going away (an
+// OpenSSH client killed, or one that opened the hop and left).
+func innerHandshakeReason(err error, failedAttempts int, timedOut bool) string {
+	switch {
+	case timedOut:
+		return ReasonInnerHandshakeTimeout
+	case failedAttempts > 0:
+		return ReasonInnerAuthFailed
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed),
+		strings.HasPrefix(err.Error(), "ssh: disconnect, reason"):
+		return ReasonClientDisconnected
+	}
+	return ReasonInnerAuthFailed
 }
 
 // verifyInner authenticates the inner connection: the full certificate

@@ -120,8 +120,15 @@ type recordBed struct {
 // record mode, with recordings in its audit store.
 func startRecordGateway(t *testing.T, extraSSHD string, opts ...gatewayOption) *recordBed {
 	t.Helper()
+	return startRecordGatewayWithCA(t, "", extraSSHD, opts...)
+}
+
+// startRecordGatewayWithCA is startRecordGateway with the CA files of the
+// data directory caFrom (see startGatewayWithCA).
+func startRecordGatewayWithCA(t *testing.T, caFrom, extraSSHD string, opts ...gatewayOption) *recordBed {
+	t.Helper()
 	var recs *memRecordings
-	tg := startGateway(t, append([]gatewayOption{func(_ *Config, d *Deps) {
+	tg := startGatewayWithCA(t, caFrom, append([]gatewayOption{func(_ *Config, d *Deps) {
 		recs = newMemRecordings(d.Audit.(*audit.Store))
 		d.Recordings = recs
 	}}, opts...)...)

@@ -118,7 +118,10 @@ type devEnv struct {
 	// Etcd is the embedded etcd's client URLs (--gateways > 1).
 	Etcd []string
 	// CLI is how the instructions run bastion: see devCLI.
-	CLI         string
+	CLI string
+	// HostCAs are the host CA keys the gateways and the demo host's
+	// certificates are signed with (current first).
+	HostCAs     []gossh.PublicKey
 	gatewayDirs []string
 	closers     []func() error
 }
@@ -264,6 +267,7 @@ func (e *devEnv) start(ctx context.Context, o devOptions) error {
 		}
 	}
 	e.Gateway = e.Gateways[0]
+	e.HostCAs = auth.TrustedKeys(ca.HostCA)
 	return e.startTarget(ctx, o, auth, userCAs, targetLn)
 }
 
@@ -529,6 +533,9 @@ Try it:
      keeps your old certificate if the login fails):
        %s
        %s
+     and, once, trust bastion's host CA for the gateway and the demo host,
+     so ssh never asks about them (nor about the host key record mode shows):
+       %s
   2. Jump to the demo host through the gateway:
        ssh -J alice@%s -p %s %s@%s
   3. Export the audit log of everything you just did:
@@ -542,7 +549,7 @@ Try it:
 %s
 Press Ctrl-C to stop.
 `, e.DataDir, gateways, e.IdP.Issuer(), users.String(), e.TargetAddr, e.TargetKind,
-		cli, e.Gateway, includeWhy, devKeyStep, devCertStep(gwPort, gwHost),
+		cli, e.Gateway, includeWhy, devKeyStep, devCertStep(gwPort, gwHost), devKnownHostsStep(e.HostCAs, gwHost, host),
 		e.Gateway, port, targetUser, host, gwPort, gwHost, gwPort, gwHost, gwPort, gwHost, cluster)
 }
 

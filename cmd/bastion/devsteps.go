@@ -6,8 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/ca"
 )
 
 // includeWhy is the one reason given, in the README and by `bastion login`
@@ -25,6 +29,34 @@ const devKeyStep = `mkdir -p -m 700 ~/.ssh && { test -f ~/.ssh/id_ed25519 || ssh
 func devCertStep(port, host string) string {
 	const cert, next = "~/.ssh/id_ed25519-cert.pub", "~/.ssh/id_ed25519-cert.pub.new"
 	return fmt.Sprintf("ssh -p %s login@%s > %s && mv %s %s || { rm -f %s; false; }", port, host, next, next, cert, next)
+}
+
+// devKnownHostsStep appends the @cert-authority line(s) for the host CA
+// keys to ~/.ssh/known_hosts unless they are there, for the OpenSSH-only
+// path, which has no `bastion login` to write them: without them ssh asks
+// about the gateway and, in record mode, about each target on first use.
+// The pattern names only the demo's hosts (any port), not "*": the dev CA
+// is a throwaway whose line outlives it in the user's own known_hosts.
+func devKnownHostsStep(hostCAs []gossh.PublicKey, hosts ...string) string {
+	var names []string
+	for _, h := range hosts {
+		if h == "" || slices.Contains(names, h) {
+			continue
+		}
+		names = append(names, h)
+	}
+	var pattern []string
+	for _, h := range names {
+		pattern = append(pattern, h, "["+h+"]:*")
+	}
+	var steps []string
+	for _, line := range strings.Split(strings.TrimSpace(ca.ExportLines(ca.HostCA, hostCAs, strings.Join(pattern, ","))), "\n") {
+		if line == "" {
+			continue
+		}
+		steps = append(steps, fmt.Sprintf("grep -qsxF '%s' ~/.ssh/known_hosts || echo '%s' >> ~/.ssh/known_hosts", line, line))
+	}
+	return strings.Join(steps, " && ")
 }
 
 // devCLI is how the printed steps run bastion: "bastion" when it is on

@@ -50,6 +50,13 @@ type freshAccount struct {
 
 func newFreshAccount(t *testing.T) freshAccount {
 	t.Helper()
+	return newAccount(t, "accept-new", "")
+}
+
+// newAccount is newFreshAccount with the given StrictHostKeyChecking and
+// known_hosts file ("": one outside the home).
+func newAccount(t *testing.T, strict, knownHosts string) freshAccount {
+	t.Helper()
 	testbed.RequireOpenSSH(t)
 	dir := t.TempDir()
 	a := freshAccount{home: filepath.Join(dir, "home"), bin: filepath.Join(dir, "bin")}
@@ -63,7 +70,11 @@ func newFreshAccount(t *testing.T) freshAccount {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "ssh_config")
-	if err := os.WriteFile(cfg, []byte("Host *\n  IdentityFile "+a.home+"/.ssh/id_ed25519\n  UserKnownHostsFile "+dir+"/known_hosts\n  StrictHostKeyChecking accept-new\n  BatchMode yes\n"), 0o600); err != nil {
+	if knownHosts == "" {
+		knownHosts = dir + "/known_hosts"
+	}
+	knownHosts = strings.Replace(knownHosts, "~", a.home, 1)
+	if err := os.WriteFile(cfg, []byte("Host *\n  IdentityFile "+a.home+"/.ssh/id_ed25519\n  UserKnownHostsFile "+knownHosts+"\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking "+strict+"\n  BatchMode yes\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	wrapper := "#!/bin/sh\nexec " + sshBin + " -F " + cfg + " \"$@\"\n"
@@ -386,5 +397,62 @@ func TestDevRestartExplainsTheChangedHostCA(t *testing.T) {
 	}
 	if _, errOut, err := runLoginCLI(t, addr, approve(second)); err != nil {
 		t.Fatalf("login after deleting %s: %v\n%s", known, err, errOut)
+	}
+}
+
+// TestDevKnownHostsStepVerbatim: the OpenSSH-only steps include the host
+// CA line for ~/.ssh/known_hosts; with it, and nothing trusted on first
+// use, the printed jump (record mode: the gateway answers for the demo
+// host) works with strict host key checking; the step is idempotent.
+func TestDevKnownHostsStepVerbatim(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	env, err := startDev(ctx, devOptions{DataDir: t.TempDir(), Listen: "127.0.0.1:0", IdPListen: "127.0.0.1:0", Target: "auto", PollInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	text := env.Instructions()
+	login := stepLines(t, text, "with nothing but OpenSSH", 2)
+	known := stepLines(t, text, "so ssh never asks about them", 1)[0]
+	if !strings.Contains(known, "@cert-authority ") || !strings.Contains(known, strings.TrimSpace(string(gossh.MarshalAuthorizedKey(env.HostCAs[0])))) {
+		t.Fatalf("the known_hosts step does not add the host CA line: %s", known)
+	}
+	jump := stepLines(t, text, "Jump to the demo host", 1)[0]
+	acct := newAccount(t, "yes", "~/.ssh/known_hosts")
+	approve := func(l string) {
+		if m := devCodeRE.FindStringSubmatch(l); m != nil {
+			if err := env.IdP.ApproveDevice(m[1], "alice"); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	if out, err := acct.sh(ctx, t, login[0], nil); err != nil {
+		t.Fatalf("%s: %v\n%s", login[0], err, out)
+	}
+	// Strict checking before the line: the login itself is refused.
+	if out, err := acct.sh(ctx, t, login[1], approve); err == nil || !strings.Contains(out, "Host key verification failed") {
+		t.Fatalf("%s without the host CA line: %v\n%s; want a host key verification failure", login[1], err, out)
+	}
+	for range 2 {
+		if out, err := acct.sh(ctx, t, known, nil); err != nil {
+			t.Fatalf("%s: %v\n%s", known, err, out)
+		}
+	}
+	kh, err := os.ReadFile(filepath.Join(acct.home, ".ssh", "known_hosts"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(kh), "@cert-authority"); n != len(env.HostCAs) {
+		t.Errorf("known_hosts after the step twice has %d @cert-authority lines; want %d:\n%s", n, len(env.HostCAs), kh)
+	}
+	if out, err := acct.sh(ctx, t, login[1], approve); err != nil {
+		t.Fatalf("%s with the host CA line: %v\n%s", login[1], err, out)
+	}
+	if out, err := acct.sh(ctx, t, jump+" echo through-the-gateway", nil); err != nil || !strings.Contains(out, "through-the-gateway") {
+		t.Fatalf("%s with strict host key checking: %v\n%s", jump, err, out)
+	}
+	if kh2, _ := os.ReadFile(filepath.Join(acct.home, ".ssh", "known_hosts")); !bytes.Equal(kh, kh2) {
+		t.Errorf("ssh added host keys of its own; the CA line should have covered every host:\n%s", kh2)
 	}
 }
