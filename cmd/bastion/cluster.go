@@ -41,15 +41,7 @@ func (c *clusterSource) registerConfig(cmd *cobra.Command, help string) {
 // certificate's identity, which must be an admin or an auditor).
 func (a *app) clusterStatus(ctx context.Context, src clusterSource) (cluster.Status, error) {
 	if src.config != "" {
-		f, err := config.Load(src.config)
-		if err != nil {
-			return cluster.Status{}, err
-		}
-		cc := f.ClusterConfig()
-		if cc == nil {
-			return cluster.Status{}, fmt.Errorf("%s has no cluster: block: pass the bastion.yaml of a gateway in a cluster, or --gateway HOST:PORT", src.config)
-		}
-		cl, err := cluster.Open(ctx, *cc, nil)
+		cl, err := openClusterCLI(ctx, src.config)
 		if err != nil {
 			return cluster.Status{}, err
 		}
@@ -145,15 +137,7 @@ archived), forget it. A gateway that runs again is known again.`,
 			if src.config == "" {
 				return errors.New("--config is required: the bastion.yaml whose cluster: block reaches etcd")
 			}
-			f, err := config.Load(src.config)
-			if err != nil {
-				return err
-			}
-			cc := f.ClusterConfig()
-			if cc == nil {
-				return fmt.Errorf("%s has no cluster: block", src.config)
-			}
-			cl, err := cluster.Open(cmd.Context(), *cc, nil)
+			cl, err := openClusterCLI(cmd.Context(), src.config)
 			if err != nil {
 				return err
 			}
@@ -185,18 +169,29 @@ archived), forget it. A gateway that runs again is known again.`,
 // clusterSessionsEtcd lists the cluster's live sessions from etcd with
 // the bastion.yaml's cluster: block.
 func (a *app) clusterSessionsEtcd(ctx context.Context, configPath string) ([]cluster.Session, error) {
-	f, err := config.Load(configPath)
-	if err != nil {
-		return nil, err
-	}
-	cc := f.ClusterConfig()
-	if cc == nil {
-		return nil, fmt.Errorf("%s has no cluster: block", configPath)
-	}
-	cl, err := cluster.Open(ctx, *cc, nil)
+	cl, err := openClusterCLI(ctx, configPath)
 	if err != nil {
 		return nil, err
 	}
 	defer cl.Close()
 	return cl.Sessions(ctx)
+}
+
+// openClusterCLI connects the CLI to etcd with the cluster: block of the
+// bastion.yaml at path. When etcd does not answer, the error says what to
+// check and that a running gateway still answers with its own view.
+func openClusterCLI(ctx context.Context, path string) (*cluster.Cluster, error) {
+	f, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	cc := f.ClusterConfig()
+	if cc == nil {
+		return nil, fmt.Errorf("%s has no cluster: block: pass the bastion.yaml of a gateway in a cluster, or --gateway HOST:PORT", path)
+	}
+	cl, err := cluster.Open(ctx, *cc, nil)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the cluster from etcd with %s's cluster: block: %w; meanwhile each running gateway answers with its own view (its last-known members, its own sessions): bastion cluster status --gateway HOST:PORT", path, err)
+	}
+	return cl, nil
 }
