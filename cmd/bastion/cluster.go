@@ -73,7 +73,7 @@ func (a *app) gatewayCommand(ctx context.Context, rf remoteFlags, addr, command 
 	}
 	n, err := sshclient.NormalizeAddr(addr)
 	if err != nil {
-		return fmt.Errorf("gateway address %q: %w", addr, err)
+		return fmt.Errorf("gateway address: %w", err)
 	}
 	signer, cert, closeAgent, err := loadIdentity(rf.identity)
 	if err != nil {

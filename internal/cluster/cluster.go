@@ -20,6 +20,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/bastion-ssh/bastion/internal/textbound"
 )
 
 // Consistency modes (Config.Consistency).
@@ -78,7 +80,7 @@ var gatewayIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 // etcd key segment and appears in every audit event).
 func ValidateGatewayID(id string) error {
 	if !gatewayIDRE.MatchString(id) {
-		return fmt.Errorf("%q is not a gateway id: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", id)
+		return fmt.Errorf("%q is not a gateway id: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", textbound.Cut(id, 80))
 	}
 	return nil
 }
