@@ -298,5 +298,5 @@ func (a *app) holderOf(ctx context.Context, cf clusterFlags, rf remoteFlags, id 
 			return rf, nil
 		}
 	}
-	return rf, fmt.Errorf("session %s is held by gateway %s, which is not in the member list now", id, s.Gateway)
+	return rf, fmt.Errorf("session %s is held by gateway %s, which is not in the member list now: it may have just stopped or crashed (its sessions are then ended as gateway_lost within 10s); see `bastion cluster status`, and find the session's gateway later with `bastion audit sessions --cluster`", id, s.Gateway)
 }

@@ -140,17 +140,26 @@ func (a *app) gatewayExecTo(ctx context.Context, addr, user string, signer ssh.S
 	defer conn.Close()
 	status, err := conn.Exec(ctx, command, nil, stdout, stderr)
 	if err != nil {
-		return err
+		if ctx.Err() != nil {
+			return err // interrupted here
+		}
+		return fmt.Errorf("the gateway at %s broke the connection before `%s` finished (%v): it may be stopping or restarting; run the command again, or through another gateway", addr, commandVerb(command), err)
 	}
 	if status != 0 {
-		words := strings.Fields(command)
-		if len(words) > 2 {
-			words = words[:2] // "lock alice", "audit export"
-		}
-		verb := strings.Join(words, " ")
+		verb := commandVerb(command)
 		return &exitError{code: status, err: fmt.Errorf("%s on the gateway %s as %s failed (exit status %d; its reason is above)", verb, addr, user, status)}
 	}
 	return nil
+}
+
+// commandVerb is the first two words of a gateway command line, as
+// messages name it: "lock alice", "audit export".
+func commandVerb(command string) string {
+	words := strings.Fields(command)
+	if len(words) > 2 {
+		words = words[:2]
+	}
+	return strings.Join(words, " ")
 }
 
 // loadIdentity returns a signer for the certificate FILE-cert.pub and the
