@@ -260,7 +260,7 @@ func (g *Gateway) builtinCommands() map[string]command {
 		"bans":    {summary: "bans [--json]: list banned sources and when their bans end", admin: true, run: g.cmdBans},
 		"unban":   {summary: "unban ADDRESS: lift the ban on a source (an IPv4 address or an IPv6 /64)", admin: true, run: g.cmdUnban},
 		"audit":   {summary: "audit export|tail|sessions|play|watch: read the audit log and session recordings (auditor groups)", auditor: true, run: g.cmdAudit},
-		"cluster": {summary: "cluster status [--json]: the gateways of this cluster and their live sessions (admin or auditor groups)", run: g.cmdCluster},
+		"cluster": {summary: "cluster status|sessions [--json]: the gateways of this cluster, their live sessions, this gateway's view of etcd (admin or auditor groups; cluster forget and audit --cluster are CLI commands)", run: g.cmdCluster},
 	}
 }
 

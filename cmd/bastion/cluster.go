@@ -103,7 +103,12 @@ reachable or not, and how stale the last quorum read is.
 With --config it reads etcd with the bastion.yaml's cluster: block; with
 --gateway it asks that gateway over SSH, as your certificate's identity
 (an admin or an auditor). A crashed gateway leaves the member list when
-its lease expires (10 s).`,
+its lease expires (10 s).
+
+While etcd is unreachable, --gateway still answers with that gateway's
+own view: how long since it last reached etcd, whether it still admits
+new sessions, the last member list it read (and how old it is), its own
+live sessions, and what to check. --config needs etcd, and says so.`,
 		Example: `  bastion cluster status --config /etc/bastion/bastion.yaml
   bastion cluster status --gateway bastion.example.com:2222 --json
   ssh -p 2222 carol@bastion cluster status`,
