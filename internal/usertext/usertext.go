@@ -15,10 +15,15 @@ var internalPrefixRE = regexp.MustCompile(`(^|: |\n)(?:sshclient|devidp|devtarge
 // around them names.
 var rawTimeoutRE = regexp.MustCompile(`(?:rpc error: code = DeadlineExceeded desc = )?context deadline exceeded`)
 
+// grpcCodeRE matches gRPC's framing of an error (etcd's client passes
+// them on): the description after it is what says something.
+var grpcCodeRE = regexp.MustCompile(`rpc error: code = \w+ desc = `)
+
 // Clean drops every internal package prefix from msg, and says "timed
 // out" where Go's "context deadline exceeded" would reach a user.
 func Clean(msg string) string {
 	msg = rawTimeoutRE.ReplaceAllString(msg, "timed out")
+	msg = grpcCodeRE.ReplaceAllString(msg, "")
 	for {
 		next := internalPrefixRE.ReplaceAllString(msg, "$1")
 		if next == msg {

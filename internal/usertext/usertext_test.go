@@ -16,6 +16,7 @@ func TestClean(t *testing.T) {
 		"cluster: list cluster members: context deadline exceeded":                  "list cluster members: timed out",
 		"read: rpc error: code = DeadlineExceeded desc = context deadline exceeded": "read: timed out",
 		"sshclient: SSH handshake with 127.0.0.1:1: ssh: handshake failed: EOF":     "SSH handshake with 127.0.0.1:1: handshake failed: EOF",
+		"list: rpc error: code = Unavailable desc = etcdserver: no leader":          "list: etcdserver: no leader",
 		"clusterstate: publish: etcdclient: no leader":                              "publish: no leader",
 	} {
 		if got := Clean(in); got != want {
