@@ -20,7 +20,14 @@ import (
 // and never with a raw "context deadline exceeded".
 func TestClusterCommandsOverSSH(t *testing.T) {
 	withAuditors := func(c *Config, _ *Deps) { c.AuditorGroups = []string{"auditors"} }
-	tc := startTestCluster(t, clusterOptions{gateways: 2, opts: []gatewayOption{withAuditors}})
+	// gw-0 best_effort (it keeps admitting for a while), gw-1 strict (it
+	// refuses new connections at once).
+	tc := startTestEtcd(t)
+	for i, mode := range []string{cluster.BestEffort, cluster.Strict} {
+		tc.addGateway(t, i, clusterOptions{consistency: mode, opts: []gatewayOption{withAuditors}}, func(opts ...gatewayOption) *testGateway {
+			return startGatewayWithCA(t, tc.caDir, opts...)
+		})
+	}
 	ctx := t.Context()
 	for i, tg := range tc.gws {
 		m := cluster.Member{SSHAddr: tg.addr, Started: time.Now()}
@@ -105,6 +112,16 @@ func TestClusterCommandsOverSSH(t *testing.T) {
 	if st.Gateway != "gw-0" || st.Healthy || !st.MembersCached || len(st.Members) != 2 || len(st.OwnSessions) != 1 ||
 		!st.Admitting || st.EtcdError == "" || st.MembersAsOf.IsZero() || st.LastContact.IsZero() || st.Consistency != cluster.BestEffort {
 		t.Errorf("cluster status --json with etcd down: %+v", st)
+	}
+
+	// A gateway that refuses new sessions (strict at once) refuses an
+	// admin's connection too: it cannot check locks. The client is told
+	// why before authentication.
+	strict := tc.gws[1]
+	waitFor(t, 15*time.Second, "gw-1 (strict) to refuse new sessions", func() bool { return tc.cls[1].Admit() != nil })
+	res = strict.client(ca.Request{KeyID: "carol", Groups: []string{"auditors"}}).Run(ctx, "ssh", append([]string{"-o", "LogLevel=INFO"}, strict.gatewayArgs(strict.user, "cluster", "status")...)...)
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "cannot reach the cluster's shared state (etcd)") {
+		t.Errorf("cluster status on the strict gateway with etcd down: %s", res)
 	}
 
 	res = auditor.Run(ctx, "ssh", gw.gatewayArgs(gw.user, "cluster", "sessions")...)
