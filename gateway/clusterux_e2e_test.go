@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/internal/cluster"
 )
@@ -21,7 +22,7 @@ import (
 func TestClusterCommandsOverSSH(t *testing.T) {
 	withAuditors := func(c *Config, _ *Deps) { c.AuditorGroups = []string{"auditors"} }
 	// gw-0 best_effort (it keeps admitting for a while), gw-1 strict (it
-	// refuses new connections at once).
+	// refuses new sessions at once).
 	tc := startTestEtcd(t)
 	for i, mode := range []string{cluster.BestEffort, cluster.Strict} {
 		tc.addGateway(t, i, clusterOptions{consistency: mode, opts: []gatewayOption{withAuditors}}, func(opts ...gatewayOption) *testGateway {
@@ -114,14 +115,28 @@ func TestClusterCommandsOverSSH(t *testing.T) {
 		t.Errorf("cluster status --json with etcd down: %+v", st)
 	}
 
-	// A gateway that refuses new sessions (strict at once) refuses an
-	// admin's connection too: it cannot check locks. The client is told
-	// why before authentication.
+	// A gateway that refuses new sessions (strict at once) still lets an
+	// admin or auditor in for its own view, and for nothing else: no
+	// jump, no other command. A plain user is refused as before.
 	strict := tc.gws[1]
 	waitFor(t, 15*time.Second, "gw-1 (strict) to refuse new sessions", func() bool { return tc.cls[1].Admit() != nil })
-	res = strict.client(ca.Request{KeyID: "carol", Groups: []string{"auditors"}}).Run(ctx, "ssh", append([]string{"-o", "LogLevel=INFO"}, strict.gatewayArgs(strict.user, "cluster", "status")...)...)
-	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "cannot reach the cluster's shared state (etcd)") {
+	op := strict.client(ca.Request{KeyID: "carol", Groups: []string{"auditors", "admins"}})
+	res = op.Run(ctx, "ssh", strict.gatewayArgs(strict.user, "cluster", "status")...)
+	if res.ExitCode != 0 || !strings.Contains(res.Stdout, "new sessions: REFUSED on this gateway until it reaches etcd (consistency strict") ||
+		!strings.Contains(res.Stdout, "gateway gw-1's own live sessions: 0") {
 		t.Errorf("cluster status on the strict gateway with etcd down: %s", res)
+	}
+	res = op.Run(ctx, "ssh", strict.gatewayArgs(strict.user, "locks")...)
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "serves admins and auditors only `cluster status` and `cluster sessions`") {
+		t.Errorf("another admin command on the stale strict gateway: %s", res)
+	}
+	if res = op.Run(ctx, "ssh", strict.jumpArgs(strict.user, "true")...); res.ExitCode == 0 {
+		t.Errorf("an admin jumped through the stale strict gateway: %s", res)
+	}
+	strict.waitEvent(t, audit.TypeChannelDenied, map[string]string{"reason": ReasonClusterStale})
+	res = strict.client(ca.Request{KeyID: "worker"}).Run(ctx, "ssh", append([]string{"-o", "LogLevel=INFO"}, strict.gatewayArgs(strict.user, "info")...)...)
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "cannot reach the cluster's shared state (etcd)") {
+		t.Errorf("a plain user on the stale strict gateway: %s", res)
 	}
 
 	res = auditor.Run(ctx, "ssh", gw.gatewayArgs(gw.user, "cluster", "sessions")...)

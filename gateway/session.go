@@ -173,6 +173,9 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 		// record of the refusal for when the log takes writes again.
 		sio.errorf("bastion: %s\n", MsgAuditUnavailable)
 		status = 1
+	case cs.staleOnly.Load() && !staleCommand(name, args):
+		sio.errorf("bastion: %s\nWhile it cannot reach etcd this gateway serves admins and auditors only `cluster status` and `cluster sessions` (its own view); run %s through a gateway that reaches etcd.\n", MsgClusterStale, bounded(name))
+		status = 1
 	case !ok:
 		sio.errorf("bastion: the gateway runs no shell and has no command %q.\nTo reach a host: ssh -J %s@<gateway> %s@HOST\nCommands here: %s\n", name, id.User, id.User, g.commandList(id))
 	case cmd.admin && !g.isAdmin(id):
@@ -218,6 +221,13 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 		_, _ = io.Copy(sio.stderr, &held.stderr)
 	}
 	return status
+}
+
+// staleCommand reports whether a command is served to an admin or
+// auditor let in while the gateway cannot reach etcd: the read-only
+// views of its own state.
+func staleCommand(name string, args []string) bool {
+	return name == "info" || name == "cluster" && len(args) > 0 && (args[0] == "status" || args[0] == "sessions")
 }
 
 // heldOutput is a built-in command's output, held until its record is
