@@ -273,3 +273,33 @@ func (s *Store) follow(ctx context.Context, f Filter, fromEnd bool, n int, fn fu
 		}
 	}
 }
+
+// Last is the last event in the log matching f; found is false when none
+// does. It reads backwards from the end, so it costs what the events
+// after the match cost, not the whole log.
+func (s *Store) Last(ctx context.Context, f Filter) (ev Event, found bool, err error) {
+	if err := f.Validate(); err != nil {
+		return Event{}, false, err
+	}
+	k, err := s.startOfLast(ctx, f, 1)
+	if err != nil || k == nil {
+		return Event{}, false, err
+	}
+	err = s.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket([]byte(bucketEvents))
+		if b == nil {
+			return nil
+		}
+		v := b.Get(k)
+		if v == nil {
+			return nil
+		}
+		e, err := DecodeEvent(v)
+		if err != nil {
+			return err
+		}
+		ev, found = e, f.Match(e)
+		return nil
+	})
+	return ev, found, err
+}

@@ -354,3 +354,28 @@ func TestFollowLastStartsNBack(t *testing.T) {
 		t.Errorf("no matches: %v", got)
 	}
 }
+
+// TestLast: Last finds the newest matching event, reading from the end,
+// and reports none in a log without one.
+func TestLast(t *testing.T) {
+	s, _ := newStore(t, Options{GatewayID: "gw-3"})
+	ctx := context.Background()
+	if _, found, err := s.Last(ctx, Filter{Types: []string{TypeGatewayStart}}); found || err != nil {
+		t.Fatalf("empty log: found %v, %v", found, err)
+	}
+	var want Event
+	for i := range 3 {
+		ev, err := s.Append(ctx, Event{Type: TypeGatewayStart, Actor: fmt.Sprint("start-", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = ev
+		if _, err := s.Append(ctx, Event{Type: TypeCommand, Actor: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, found, err := s.Last(ctx, Filter{Types: []string{TypeGatewayStart}})
+	if err != nil || !found || got.ID != want.ID || got.Fields[FieldGateway] != "gw-3" {
+		t.Errorf("Last = %+v, %v, %v; want %s", got, found, err, want.ID)
+	}
+}

@@ -87,6 +87,18 @@ func (m Millis) MarshalJSON() ([]byte, error) {
 	return []byte(strconv.FormatInt(time.Duration(m).Milliseconds(), 10)), nil
 }
 
+// UnmarshalJSON reads the milliseconds MarshalJSON wrote, so a summary
+// that crossed the wire (`audit sessions --cluster` merges the gateways'
+// --json lists) keeps its duration.
+func (m *Millis) UnmarshalJSON(b []byte) error {
+	ms, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil {
+		return fmt.Errorf("audit: duration_ms %.40q is not a whole number of milliseconds", b)
+	}
+	*m = Millis(time.Duration(ms) * time.Millisecond)
+	return nil
+}
+
 // Sessions lists the sessions that match f, in order of their start. The
 // durations of active sessions run to now.
 func (s *Store) Sessions(ctx context.Context, f SessionFilter) ([]SessionSummary, error) {

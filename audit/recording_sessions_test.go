@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -105,5 +106,43 @@ func TestSessionsSummariseWhatHappened(t *testing.T) {
 	var js map[string]any
 	if err := json.Unmarshal(out.Bytes(), &js); err != nil || js["login"] != "deploy" {
 		t.Errorf("JSON %s: want login deploy (%v)", out.String(), err)
+	}
+}
+
+// TestSessionSummaryJSONRoundTrip: a session summary written with
+// --json and read back (as `audit sessions --cluster` reads each
+// gateway's list) is the same summary: every column, the duration too.
+func TestSessionSummaryJSONRoundTrip(t *testing.T) {
+	up, down := int64(1200), int64(34000)
+	start := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	in := SessionSummary{
+		Session: "3f9a0c1d2e4b5a69", User: "alice", Login: "deploy", Target: "web1:22", Remote: "192.0.2.7:5555",
+		Start: start, End: start.Add(95 * time.Second), Duration: Millis(95*time.Second + 250*time.Millisecond),
+		Kind: "shell", Commands: []string{"ls"}, BytesUp: &up, BytesDown: &down, Recorded: 4096,
+		Recording: true, Reason: "client_closed", Gateway: "gw-2",
+	}
+	data, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out SessionSummary
+	if err := json.Unmarshal(data, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(in, out) {
+		t.Errorf("round trip changed the summary:\n in  %+v\n out %+v", in, out)
+	}
+	var a, b strings.Builder
+	if err := WriteSessions(&a, []SessionSummary{in}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteSessions(&b, []SessionSummary{out}, false); err != nil {
+		t.Fatal(err)
+	}
+	if a.String() != b.String() || !strings.Contains(b.String(), "1m35s") {
+		t.Errorf("the table differs after the round trip:\n%s\n%s", a.String(), b.String())
+	}
+	if err := json.Unmarshal([]byte(`{"duration_ms":"x"}`), &out); err == nil {
+		t.Error("a duration_ms that is not a number was accepted")
 	}
 }

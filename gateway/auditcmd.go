@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 
@@ -91,6 +92,10 @@ func (g *Gateway) cmdAudit(ctx context.Context, s *sessionIO, _ *Identity, args 
 		return 0
 	}
 	sub, args := args[0], args[1:]
+	if hint := g.cliOnlyHint(sub, args); hint != "" {
+		s.errorf("%s", hint)
+		return 2
+	}
 	switch sub {
 	case "sessions", "play", "watch":
 		return g.cmdAuditSessions(ctx, s, sub, args)
@@ -127,6 +132,42 @@ func (g *Gateway) cmdAudit(ctx context.Context, s *sessionIO, _ *Identity, args 
 		return 1
 	}
 	return 0
+}
+
+// cliOnlyHint is, for `audit SUB --cluster ...` over SSH, why it is not
+// served here and the exact CLI command that does it; "" otherwise. A
+// gateway answers for its own log: the cluster-wide reads are the CLI's
+// fan-out, which asks every gateway with the auditor's own certificate.
+func (g *Gateway) cliOnlyHint(sub string, args []string) string {
+	rest := make([]string, 0, len(args))
+	cluster := false
+	for _, a := range args {
+		if a == "--cluster" || strings.HasPrefix(a, "--cluster=") {
+			cluster = true
+			continue
+		}
+		rest = append(rest, shellQuote(bounded(a)))
+	}
+	if !cluster {
+		return ""
+	}
+	addr := "HOST:PORT"
+	if cl := g.deps.Cluster; cl != nil && cl.Config().Advertise != "" {
+		addr = cl.Config().Advertise
+	}
+	if sub == "anchor" {
+		sub = "verify"
+	}
+	cmd := strings.Join(append([]string{"bastion audit", bounded(sub), "--cluster --gateway", addr}, rest...), " ")
+	return fmt.Sprintf("bastion: audit %s --cluster is not served over SSH: each gateway answers for its own log, and the bastion CLI asks every gateway of the cluster with your certificate and merges them. Run on your machine:\n  %s\n", bounded(sub), cmd)
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.,:/=@%+") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // chainVerifier is what `audit anchor` needs; *audit.Store is one.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -85,15 +86,23 @@ func (g *Gateway) resumeSessions(ctx context.Context, sessions []cluster.Resumed
 	}
 }
 
-// cmdCluster runs `cluster status [--json]`: the members of the cluster
-// (id, SSH address, version, start, live sessions, last update) and this
-// gateway's view of etcd. Admins and auditors may run it (auditors find
-// the members to fan `bastion audit ... --cluster` out to).
+// cmdCluster runs `cluster status [--json]` and `cluster sessions
+// [--json]`: the members of the cluster (id, SSH address, version,
+// start, live sessions, last update) and this gateway's view of etcd, or
+// the cluster's live sessions. Admins and auditors may run it (auditors
+// find the members to fan `bastion audit ... --cluster` out to). While
+// etcd is unreachable both still answer, with this gateway's own view:
+// its staleness, whether it admits new sessions, the last member list it
+// read and its own live sessions, and what to check.
 func (g *Gateway) cmdCluster(ctx context.Context, s *sessionIO, id *Identity, args []string) int {
 	const usage = "usage: cluster status [--json]   the gateways, their live sessions, this gateway's view of etcd\n       cluster sessions [--json] the cluster's live sessions and the gateway holding each\n"
 	if !g.isAdmin(id) && !g.isAuditor(id) {
-		s.errorf("bastion: cluster needs membership of an admin or auditor group\n")
+		s.errorf("bastion: cluster needs membership of %s; %s is not a member\n", g.clusterGroups(), bounded(id.User))
 		return 126
+	}
+	if len(args) > 0 && args[0] == "forget" {
+		s.errorf("bastion: cluster forget is not served over SSH: it changes etcd directly, from a host with the cluster's bastion.yaml:\n  bastion cluster forget GATEWAY_ID --config /etc/bastion/bastion.yaml\n(the gateway must be stopped; bastion cluster status lists the known gateways)\n")
+		return 2
 	}
 	asJSON := false
 	if len(args) == 0 || args[0] != "status" && args[0] != "sessions" {
@@ -102,7 +111,7 @@ func (g *Gateway) cmdCluster(ctx context.Context, s *sessionIO, id *Identity, ar
 	}
 	for _, a := range args[1:] {
 		if a != "--json" {
-			s.errorf("bastion: unknown argument %q\n%s", a, usage)
+			s.errorf("bastion: unknown argument %q\n%s", bounded(a), usage)
 			return 2
 		}
 		asJSON = true
@@ -117,25 +126,54 @@ func (g *Gateway) cmdCluster(ctx context.Context, s *sessionIO, id *Identity, ar
 		out = crlfWriter{s.stdout}
 	}
 	if args[0] == "sessions" {
-		list, err := cl.Sessions(ctx)
+		rctx, cancel := context.WithTimeout(ctx, clusterReadTimeout(cl))
+		list, err := cl.Sessions(rctx)
+		cancel()
 		if err != nil {
-			s.errorf("bastion: %v\n", err)
-			return 1
+			// This gateway's own sessions are known without etcd.
+			list = cl.OwnSessions()
+			st, _ := cl.Status(ctx)
+			s.errorf("bastion: WARNING: etcd is unreachable from gateway %s (last contact %s ago): these are only its own %d live session(s); the other gateways' are unknown until etcd answers\n  what to check: %s\n",
+				cl.GatewayID(), (time.Duration(st.StalenessMS) * time.Millisecond).Round(time.Second), len(list), cluster.EtcdAdvice(cl.Config().Endpoints))
 		}
 		if err := writeClusterSessions(out, list, asJSON, g.now()); err != nil {
 			return 1
 		}
 		return 0
 	}
-	st, err := cl.Status(ctx)
-	if err != nil {
-		s.errorf("bastion: %v\n", err)
-		return 1
-	}
+	// A status while etcd is unreachable is this gateway's own view (it
+	// says so itself), which is what the operator asked for.
+	st, _ := cl.Status(ctx)
 	if err := cluster.WriteStatus(out, st, asJSON, g.now()); err != nil {
 		return 1
 	}
 	return 0
+}
+
+// clusterReadTimeout bounds a read of etcd for an admin command: short
+// while this gateway already knows etcd is unreachable, so the answer
+// comes at once from what it knows itself.
+func clusterReadTimeout(cl *cluster.Cluster) time.Duration {
+	if cl.Healthy() {
+		return 3 * time.Second
+	}
+	return time.Second
+}
+
+// clusterGroups names the groups that may run `cluster`, as the refusal
+// says them.
+func (g *Gateway) clusterGroups() string {
+	var parts []string
+	if len(g.cfg.AdminGroups) > 0 {
+		parts = append(parts, "an admin group ("+strings.Join(g.cfg.AdminGroups, ", ")+")")
+	}
+	if len(g.cfg.AuditorGroups) > 0 {
+		parts = append(parts, "an auditor group ("+strings.Join(g.cfg.AuditorGroups, ", ")+")")
+	}
+	if len(parts) == 0 {
+		return "an admin or auditor group (none are configured: set admin_groups or auditor_groups in bastion.yaml)"
+	}
+	return strings.Join(parts, " or ")
 }
 
 // writeClusterSessions writes the registry's live sessions as a table or

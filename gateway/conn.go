@@ -51,6 +51,11 @@ type connState struct {
 	// auditRefused is set when the connection's auth.ok could not be
 	// made durable: every channel and request is refused.
 	auditRefused atomic.Bool
+	// staleOnly is set when an admin or auditor was let in while the
+	// gateway admits no new session (it cannot vouch for the cluster's
+	// shared state): only `cluster status|sessions` and `info` are
+	// served, no jump and no other command.
+	staleOnly atomic.Bool
 	// guard holds the connection's channel count and pending refusal
 	// records (connguard.go).
 	guard *connGuard

@@ -38,6 +38,11 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		nc.Reject(gossh.Prohibited, "bastion: "+err.Error())
 		return
 	}
+	if cs.staleOnly.Load() {
+		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", ReasonClusterStale, "admitted for cluster status only: the gateway cannot reach etcd")
+		nc.Reject(gossh.Prohibited, "bastion: "+MsgClusterStale)
+		return
+	}
 	if id.Login {
 		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", ReasonLoginOnly, "the login user cannot jump")
 		nc.Reject(gossh.Prohibited, "bastion: the login user can only log in; use the certificate it gives you")

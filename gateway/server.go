@@ -370,7 +370,11 @@ func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.
 	}
 	// A gateway that cannot vouch for the cluster's shared state admits
 	// no new session (cluster.consistency); live ones keep running.
-	if err := g.admitCluster(); err != nil {
+	if err := g.admitCluster(); err != nil && !id.Login && (g.isAdmin(id) || g.isAuditor(id)) {
+		// An operator asking why the gateway is stale gets its own view
+		// (cluster status|sessions) and nothing else: no jump, no change.
+		cs.staleOnly.Store(true)
+	} else if err != nil {
 		ae := clusterRefusal(err)
 		ae.keyFP, ae.serial, ae.keyID = id.KeyFP, id.Serial, bounded(id.KeyID)
 		var rerr error = ae

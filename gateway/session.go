@@ -176,6 +176,9 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 		// record of the refusal for when the log takes writes again.
 		sio.errorf("bastion: %s\n", MsgAuditUnavailable)
 		status = 1
+	case cs.staleOnly.Load() && !staleCommand(name, args):
+		sio.errorf("bastion: %s\nWhile it cannot reach etcd this gateway serves admins and auditors only `cluster status` and `cluster sessions` (its own view); run %s through a gateway that reaches etcd.\n", MsgClusterStale, bounded(name))
+		status = 1
 	case !ok:
 		sio.errorf("bastion: the gateway runs no shell and has no command %q.\nTo reach a host: ssh -J %s@<gateway> %s@HOST\nCommands here: %s\n", name, id.User, id.User, g.commandList(id))
 	case cmd.admin && !g.isAdmin(id):
@@ -223,6 +226,13 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 	return status
 }
 
+// staleCommand reports whether a command is served to an admin or
+// auditor let in while the gateway cannot reach etcd: the read-only
+// views of its own state.
+func staleCommand(name string, args []string) bool {
+	return name == "info" || name == "cluster" && len(args) > 0 && (args[0] == "status" || args[0] == "sessions")
+}
+
 // heldOutput is a built-in command's output, held until its record is
 // durable.
 type heldOutput struct {
@@ -263,7 +273,7 @@ func (g *Gateway) builtinCommands() map[string]command {
 		"bans":    {summary: "bans [--json]: list banned sources and when their bans end", admin: true, run: g.cmdBans},
 		"unban":   {summary: "unban ADDRESS: lift the ban on a source (an IPv4 address or an IPv6 /64)", admin: true, run: g.cmdUnban},
 		"audit":   {summary: "audit export|tail|sessions|play|watch: read the audit log and session recordings (auditor groups)", auditor: true, run: g.cmdAudit},
-		"cluster": {summary: "cluster status [--json]: the gateways of this cluster and their live sessions (admin or auditor groups)", run: g.cmdCluster},
+		"cluster": {summary: "cluster status|sessions [--json]: the gateways of this cluster, their live sessions, this gateway's view of etcd (admin or auditor groups; cluster forget and audit --cluster are CLI commands)", run: g.cmdCluster},
 	}
 }
 

@@ -10,12 +10,14 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/internal/auditquery"
 	"github.com/bastion-ssh/bastion/internal/cluster"
+	"github.com/bastion-ssh/bastion/internal/usertext"
 )
 
 // Cluster-wide audit reads are a fan-out, not a shared log: each gateway
@@ -59,6 +61,15 @@ func (a *app) fanOut(ctx context.Context, cf clusterFlags, rf remoteFlags, comma
 	if err != nil {
 		return nil, fmt.Errorf("find the cluster's gateways: %w", err)
 	}
+	if st.MembersCached {
+		// etcd is unreachable from the gateway asked: it gave the last
+		// member list it read, which is the best there is.
+		if st.MembersAsOf.IsZero() {
+			return nil, fmt.Errorf("etcd is unreachable from gateway %s and it has no member list to go on; %s", st.Gateway, cluster.EtcdAdvice(st.Endpoints))
+		}
+		fmt.Fprintf(a.stderr, "bastion: WARNING: etcd is unreachable from gateway %s; asking the gateways in the last member list it read, %s ago (a gateway that joined since is missed); %s\n",
+			st.Gateway, time.Since(st.MembersAsOf).Round(time.Second), cluster.EtcdAdvice(st.Endpoints))
+	}
 	if len(st.Members) == 0 && len(st.Down) == 0 {
 		return nil, errors.New("the cluster has no members: no gateway runs with this cluster: block (bastion cluster status)")
 	}
@@ -93,10 +104,10 @@ func (a *app) reportUnread(reads []*memberRead, what string) error {
 			continue
 		}
 		bad = append(bad, r.id)
-		fmt.Fprintf(a.stderr, "bastion: gateway %s (%s) could not be read: %v\n", r.id, r.addr, r.err)
+		fmt.Fprintf(a.stderr, "bastion: gateway %s (%s) could not be read: %s\n", r.id, r.addr, userError(r.err))
 		for _, line := range strings.Split(strings.TrimSpace(r.stderr.String()), "\n") {
 			if line != "" {
-				fmt.Fprintf(a.stderr, "  %s: %s\n", r.id, line)
+				fmt.Fprintf(a.stderr, "  %s: %s\n", r.id, usertext.Clean(line))
 			}
 		}
 	}
@@ -287,5 +298,5 @@ func (a *app) holderOf(ctx context.Context, cf clusterFlags, rf remoteFlags, id 
 			return rf, nil
 		}
 	}
-	return rf, fmt.Errorf("session %s is held by gateway %s, which is not in the member list now", id, s.Gateway)
+	return rf, fmt.Errorf("session %s is held by gateway %s, which is not in the member list now: it may have just stopped or crashed (its sessions are then ended as gateway_lost within 10s); see `bastion cluster status`, and find the session's gateway later with `bastion audit sessions --cluster`", id, s.Gateway)
 }

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ssh"
@@ -119,24 +121,45 @@ func (a *app) gatewayExecTo(ctx context.Context, addr, user string, signer ssh.S
 	if err != nil {
 		return err
 	}
-	conn, err := sshclient.Dial(ctx, addr, user, signer, hc)
+	// A gateway that accepts the connection and never answers (stopped,
+	// overloaded, a half-open load balancer) is given up on after
+	// gatewayAnswerTimeout, and named, instead of holding the command.
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	timer := time.AfterFunc(gatewayAnswerTimeout, cancel)
+	conn, err := sshclient.Dial(dctx, addr, user, signer, hc)
+	if !timer.Stop() && ctx.Err() == nil {
+		if conn != nil {
+			conn.Close()
+		}
+		return fmt.Errorf("the gateway at %s did not answer within %s: is it running and reachable from here? check its /healthz (metrics_listen) and the network between", addr, gatewayAnswerTimeout)
+	}
 	if err != nil {
 		return adminDialError(addr, err)
 	}
 	defer conn.Close()
 	status, err := conn.Exec(ctx, command, nil, stdout, stderr)
 	if err != nil {
-		return err
+		if ctx.Err() != nil {
+			return err // interrupted here
+		}
+		return fmt.Errorf("the gateway at %s broke the connection before `%s` finished (%v): it may be stopping or restarting; run the command again, or through another gateway", addr, commandVerb(command), err)
 	}
 	if status != 0 {
-		words := strings.Fields(command)
-		if len(words) > 2 {
-			words = words[:2] // "lock alice", "audit export"
-		}
-		verb := strings.Join(words, " ")
+		verb := commandVerb(command)
 		return &exitError{code: status, err: fmt.Errorf("%s on the gateway %s as %s failed (exit status %d; its reason is above)", verb, addr, user, status)}
 	}
 	return nil
+}
+
+// commandVerb is the first two words of a gateway command line, as
+// messages name it: "lock alice", "audit export".
+func commandVerb(command string) string {
+	words := strings.Fields(command)
+	if len(words) > 2 {
+		words = words[:2]
+	}
+	return strings.Join(words, " ")
 }
 
 // loadIdentity returns a signer for the certificate FILE-cert.pub and the
@@ -210,11 +233,29 @@ func quoteArg(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// adminDialError explains the two ways a gateway turns an admin's SSH
+// gatewayAnswerTimeout bounds how long the CLI waits for a gateway to
+// accept its connection and finish the SSH handshake.
+const gatewayAnswerTimeout = 10 * time.Second
+
+// adminDialError says what went wrong reaching the gateway at addr and
+// what to do: nothing listening, no answer in time, a name that does not
+// resolve, no route; and the two ways a gateway turns an admin's SSH
 // connection away, which golang.org/x/crypto/ssh reports only as
-// "unable to authenticate" and EOF; other errors pass through.
+// "unable to authenticate" and EOF. Other errors pass through.
 func adminDialError(addr string, err error) error {
 	msg := err.Error()
+	var dnsErr *net.DNSError
+	var netErr net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("nothing answers at %s (connection refused): is the gateway running? check its /healthz (metrics_listen) and that %s is its SSH address (listen, or cluster.advertise)", addr, addr)
+	case errors.As(err, &dnsErr):
+		return fmt.Errorf("the host name of %s does not resolve (%s): check the address", addr, dnsErr.Err)
+	case errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH):
+		return fmt.Errorf("no route to %s: check the address and the network between", addr)
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout():
+		return fmt.Errorf("the gateway at %s did not answer in time: is it running and reachable from here? check its /healthz (metrics_listen) and the network between", addr)
+	}
 	switch {
 	case strings.Contains(msg, "unable to authenticate"):
 		return fmt.Errorf("the gateway %s refused your certificate: it may be locked, revoked, expired or from a retired CA (`bastion status` says which); unlock or re-issue from the data dir with the gateway stopped, or from another admin's session (%w)", addr, err)

@@ -45,7 +45,43 @@ func newCACommand(a *app) *cobra.Command {
 // openAudit opens the audit log for writing, failing fast (not hanging)
 // when a running gateway holds it.
 func (a *app) openAudit() (*audit.Store, error) {
-	return openAuditLog(context.Background(), a.layout(), audit.Options{Timeout: time.Second}, a.newAuditLog, a.operator(), a.stderr)
+	store, _, err := a.openAuditOffline()
+	return store, err
+}
+
+// openAuditOffline opens the audit log of a stopped gateway to write to
+// it, as openAudit does. When the log belongs to a gateway of a cluster
+// (its last gateway.start names the gateway), the events written carry
+// that gateway's id, as the gateway's own do, and gatewayID is it ("":
+// not in a cluster).
+func (a *app) openAuditOffline() (store *audit.Store, gatewayID string, err error) {
+	ctx := context.Background()
+	opts := audit.Options{Timeout: time.Second}
+	store, err = openAuditLog(ctx, a.layout(), opts, a.newAuditLog, a.operator(), a.stderr)
+	if err != nil {
+		return nil, "", err
+	}
+	ev, found, err := store.Last(ctx, audit.Filter{Types: []string{audit.TypeGatewayStart}})
+	if err != nil || !found || ev.Fields[audit.FieldGateway] == "" {
+		return store, "", nil // no cluster gateway wrote this log last
+	}
+	if err := store.Close(); err != nil {
+		return nil, "", err
+	}
+	opts.GatewayID = ev.Fields[audit.FieldGateway]
+	store, err = audit.Open(a.layout().AuditDB(), opts)
+	if err != nil {
+		return nil, "", err
+	}
+	return store, opts.GatewayID, nil
+}
+
+// offlineClusterNote tells the operator that a change written to a
+// stopped cluster gateway's data dir reaches the other gateways only
+// when this one starts again, and how to change the whole cluster now.
+func (a *app) offlineClusterNote(gatewayID, throughGateway string) {
+	fmt.Fprintf(a.stderr, "note: this data dir belongs to gateway %s of a cluster, which is stopped: the change is recorded in its log and takes effect on the other gateways only when %s starts again and publishes it to etcd. To change the whole cluster now, run it through a running gateway: %s\n",
+		gatewayID, gatewayID, throughGateway)
 }
 
 // openAuditReadOnly opens the audit log to read.
@@ -365,15 +401,22 @@ certificates it matched.`,
   bastion ca revoke --key-id 'alice@example.com sub=8d2f'
   bastion ca revoke --key ~/.ssh/id_ed25519.pub`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) (retErr error) {
 			if err := ca.CheckReason(reason); err != nil {
 				return fmt.Errorf("--reason: %w", err)
 			}
-			store, err := a.openAudit()
+			store, gatewayID, err := a.openAuditOffline()
 			if err != nil {
 				return err
 			}
 			defer store.Close()
+			if gatewayID != "" {
+				defer func() {
+					if retErr == nil {
+						a.offlineClusterNote(gatewayID, "ssh -p PORT YOUR_USER@HOST revoke ... (as a member of an admin group)")
+					}
+				}()
+			}
 			state, err := ca.LoadState(store, nil)
 			if err != nil {
 				return err

@@ -41,15 +41,7 @@ func (c *clusterSource) registerConfig(cmd *cobra.Command, help string) {
 // certificate's identity, which must be an admin or an auditor).
 func (a *app) clusterStatus(ctx context.Context, src clusterSource) (cluster.Status, error) {
 	if src.config != "" {
-		f, err := config.Load(src.config)
-		if err != nil {
-			return cluster.Status{}, err
-		}
-		cc := f.ClusterConfig()
-		if cc == nil {
-			return cluster.Status{}, fmt.Errorf("%s has no cluster: block: pass the bastion.yaml of a gateway in a cluster, or --gateway HOST:PORT", src.config)
-		}
-		cl, err := cluster.Open(ctx, *cc, nil)
+		cl, err := openClusterCLI(ctx, src.config)
 		if err != nil {
 			return cluster.Status{}, err
 		}
@@ -81,7 +73,7 @@ func (a *app) gatewayCommand(ctx context.Context, rf remoteFlags, addr, command 
 	}
 	n, err := sshclient.NormalizeAddr(addr)
 	if err != nil {
-		return fmt.Errorf("gateway address %q: %w", addr, err)
+		return fmt.Errorf("gateway address: %w", err)
 	}
 	signer, cert, closeAgent, err := loadIdentity(rf.identity)
 	if err != nil {
@@ -111,7 +103,12 @@ reachable or not, and how stale the last quorum read is.
 With --config it reads etcd with the bastion.yaml's cluster: block; with
 --gateway it asks that gateway over SSH, as your certificate's identity
 (an admin or an auditor). A crashed gateway leaves the member list when
-its lease expires (10 s).`,
+its lease expires (10 s).
+
+While etcd is unreachable, --gateway still answers with that gateway's
+own view: how long since it last reached etcd, whether it still admits
+new sessions, the last member list it read (and how old it is), its own
+live sessions, and what to check. --config needs etcd, and says so.`,
 		Example: `  bastion cluster status --config /etc/bastion/bastion.yaml
   bastion cluster status --gateway bastion.example.com:2222 --json
   ssh -p 2222 carol@bastion cluster status`,
@@ -145,15 +142,7 @@ archived), forget it. A gateway that runs again is known again.`,
 			if src.config == "" {
 				return errors.New("--config is required: the bastion.yaml whose cluster: block reaches etcd")
 			}
-			f, err := config.Load(src.config)
-			if err != nil {
-				return err
-			}
-			cc := f.ClusterConfig()
-			if cc == nil {
-				return fmt.Errorf("%s has no cluster: block", src.config)
-			}
-			cl, err := cluster.Open(cmd.Context(), *cc, nil)
+			cl, err := openClusterCLI(cmd.Context(), src.config)
 			if err != nil {
 				return err
 			}
@@ -185,18 +174,29 @@ archived), forget it. A gateway that runs again is known again.`,
 // clusterSessionsEtcd lists the cluster's live sessions from etcd with
 // the bastion.yaml's cluster: block.
 func (a *app) clusterSessionsEtcd(ctx context.Context, configPath string) ([]cluster.Session, error) {
-	f, err := config.Load(configPath)
-	if err != nil {
-		return nil, err
-	}
-	cc := f.ClusterConfig()
-	if cc == nil {
-		return nil, fmt.Errorf("%s has no cluster: block", configPath)
-	}
-	cl, err := cluster.Open(ctx, *cc, nil)
+	cl, err := openClusterCLI(ctx, configPath)
 	if err != nil {
 		return nil, err
 	}
 	defer cl.Close()
 	return cl.Sessions(ctx)
+}
+
+// openClusterCLI connects the CLI to etcd with the cluster: block of the
+// bastion.yaml at path. When etcd does not answer, the error says what to
+// check and that a running gateway still answers with its own view.
+func openClusterCLI(ctx context.Context, path string) (*cluster.Cluster, error) {
+	f, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	cc := f.ClusterConfig()
+	if cc == nil {
+		return nil, fmt.Errorf("%s has no cluster: block: pass the bastion.yaml of a gateway in a cluster, or --gateway HOST:PORT", path)
+	}
+	cl, err := cluster.Open(ctx, *cc, nil)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the cluster from etcd with %s's cluster: block: %w; meanwhile each running gateway answers with its own view (its last-known members, its own sessions): bastion cluster status --gateway HOST:PORT", path, err)
+	}
+	return cl, nil
 }

@@ -523,7 +523,7 @@ func TestClusterStatus(t *testing.T) {
 		t.Errorf("ssh carol@gw-1 cluster status: %v\n%s", err, res)
 	}
 	denied, err := e.client.Command(ctx, "ssh", "-p", portOf(e.gw[0].SSHAddr), e.user+"@127.0.0.1", "cluster", "status").CombinedOutput()
-	if err == nil || !strings.Contains(string(denied), "admin or auditor") {
+	if err == nil || !strings.Contains(string(denied), "an admin group (admins) or an auditor group (auditors)") {
 		t.Errorf("a plain user ran cluster status: %v\n%s", err, denied)
 	}
 

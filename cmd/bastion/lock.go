@@ -175,7 +175,7 @@ func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error
 	held := false
 	if !cmd.Flags().Changed("gateway") {
 		if _, err := os.Stat(db); err == nil {
-			store, err := a.openAudit()
+			store, gatewayID, err := a.openAuditOffline()
 			switch {
 			case err == nil:
 				defer store.Close()
@@ -191,6 +191,9 @@ func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error
 				}
 				if ch.done != nil {
 					fmt.Fprintln(a.stdout, *ch.done)
+					if gatewayID != "" {
+						a.offlineClusterNote(gatewayID, "bastion "+ch.remote+" --gateway HOST:PORT")
+					}
 				}
 				return nil
 			case errors.Is(err, audit.ErrInUse):

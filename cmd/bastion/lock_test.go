@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -255,5 +256,55 @@ func TestReasonsRefuseAndEscapeControlCharacters(t *testing.T) {
 	_, _, err = run(t, dir, "ca", "sign", "-I", "alice-key", "-n", "alice", "-V", "+1h", key)
 	if err == nil || strings.ContainsAny(err.Error(), "\x1b\a\r\n") || !strings.Contains(err.Error(), "locked") {
 		t.Errorf("signing for a user locked with a raw reason: %q", err)
+	}
+}
+
+// TestOfflineChangeOnClusterGatewayLog: lock, unlock and ca revoke run
+// on the data dir of a stopped gateway of a cluster write events that
+// name that gateway (as its own events do), and tell the operator the
+// change reaches the other gateways only when it starts again, with how
+// to change the whole cluster now. On a log no cluster gateway wrote,
+// neither happens.
+func TestOfflineChangeOnClusterGatewayLog(t *testing.T) {
+	for _, tc := range []struct {
+		name, gateway string
+	}{{"cluster gateway", "gw-7"}, {"single gateway", ""}} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := filepath.Join(t.TempDir(), "data")
+			mustRun(t, data, "ca", "init")
+			// The log as a gateway (of a cluster, or not) leaves it.
+			store, err := audit.Open(ca.Layout{DataDir: data}.AuditDB(), audit.Options{GatewayID: tc.gateway})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := store.Append(t.Context(), audit.Event{Type: audit.TypeGatewayStart, Actor: "gateway"}); err != nil {
+				t.Fatal(err)
+			}
+			store.Close()
+			for _, args := range [][]string{{"lock", "alice", "--reason", "stolen laptop"}, {"unlock", "alice"}, {"ca", "revoke", "--serial", "4242"}} {
+				_, errOut := mustRun(t, data, args...)
+				note := strings.Contains(errOut, "belongs to gateway gw-7 of a cluster") && strings.Contains(errOut, "only when gw-7 starts again and publishes it to etcd") &&
+					strings.Contains(errOut, "run it through a running gateway")
+				if note != (tc.gateway != "") {
+					t.Errorf("bastion %s: note shown %v, want %v:\n%s", strings.Join(args, " "), note, tc.gateway != "", errOut)
+				}
+			}
+			store, err = audit.Open(ca.Layout{DataDir: data}.AuditDB(), audit.Options{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			seen := 0
+			err = store.Iterate(t.Context(), audit.Filter{Types: []string{audit.TypeUserLocked, audit.TypeUserUnlocked, audit.TypeCertRevoked}}, func(ev audit.Event) error {
+				seen++
+				if ev.Fields[audit.FieldGateway] != tc.gateway {
+					t.Errorf("%s written offline has gateway %q, want %q", ev.Type, ev.Fields[audit.FieldGateway], tc.gateway)
+				}
+				return nil
+			})
+			if err != nil || seen != 3 {
+				t.Errorf("%d lock/unlock/revoke events, %v; want 3", seen, err)
+			}
+		})
 	}
 }

@@ -203,7 +203,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	if cc := f.ClusterConfig(); cc != nil {
 		cc.Version = version
 		if cl, err = cluster.Open(ctx, *cc, logger); err != nil {
-			return fail(err)
+			return fail(clusterStartError(err))
 		}
 	}
 	auth, err := ca.New(ca.Config{Layout: layout, Policy: policy, Passphrase: pass}, store)
@@ -481,4 +481,13 @@ func noAccessWarning(path string) string {
 		path = "the configuration"
 	}
 	return "bastion: warning: " + path + " has no access: rules, so nobody can jump through this gateway; add rules naming principals or groups, hosts and ports (README, bastion serve)"
+}
+
+// clusterStartError is why a gateway of a cluster did not start: it
+// starts only once it reaches etcd, because until it has read the
+// cluster's locks and revocations it cannot tell whom to refuse (a
+// running gateway that loses etcd keeps what it read, which a starting
+// one never had).
+func clusterStartError(err error) error {
+	return fmt.Errorf("this gateway did not start: %w.\nA gateway of a cluster starts only once it reaches etcd: until it has read the cluster's locks and revocations it cannot tell whom to refuse. Start it again once etcd answers (etcdctl endpoint health --cluster); the gateways already running keep serving as cluster.consistency allows", err)
 }

@@ -16,9 +16,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/bastion-ssh/bastion/internal/textbound"
 )
 
 // Consistency modes (Config.Consistency).
@@ -77,7 +80,7 @@ var gatewayIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 // etcd key segment and appears in every audit event).
 func ValidateGatewayID(id string) error {
 	if !gatewayIDRE.MatchString(id) {
-		return fmt.Errorf("%q is not a gateway id: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", id)
+		return fmt.Errorf("%q is not a gateway id: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", textbound.Cut(id, 80))
 	}
 	return nil
 }
@@ -137,6 +140,8 @@ type Cluster struct {
 	done   sync.WaitGroup
 	// reg is the live-session registry (sessions.go).
 	reg registry
+	// view is the last member list read from etcd (status.go).
+	view memberView
 }
 
 // ErrStale is Admit's error while this gateway cannot vouch for the
@@ -278,11 +283,13 @@ func (c *Cluster) Admit() error {
 
 func (c *Cluster) touch() { c.lastContact.Store(c.now().UnixNano()) }
 
-// probe makes one quorum (linearizable) read.
+// probe makes one quorum (linearizable) read: the member list, kept as
+// the last-known members for a status while etcd is unreachable.
 func (c *Cluster) probe(ctx context.Context) error {
-	_, err := c.client.Get(ctx, c.Key("members")+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err := c.client.Get(ctx, c.Key("members")+"/", clientv3.WithPrefix())
 	if err == nil {
 		c.touch()
+		c.view.remember(c.decodeMembers(resp.Kvs), c.now())
 	}
 	return err
 }
@@ -626,17 +633,24 @@ func (c *Cluster) Members(ctx context.Context) ([]Member, error) {
 		return nil, fmt.Errorf("list cluster members: %w", err)
 	}
 	c.touch()
-	out := make([]Member, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
+	out := c.decodeMembers(resp.Kvs)
+	c.view.remember(out, c.now())
+	return out, nil
+}
+
+// decodeMembers parses membership records, sorted by id.
+func (c *Cluster) decodeMembers(kvs []*mvccpb.KeyValue) []Member {
+	out := make([]Member, 0, len(kvs))
+	for _, kv := range kvs {
 		var m Member
 		if err := json.Unmarshal(kv.Value, &m); err != nil {
-			c.log.Warn("ignoring a corrupt membership record", "key", string(kv.Key), "err", err)
+			c.log.Warn("ignoring a corrupt membership record", "key", fmt.Sprintf("%.80q", kv.Key), "err", err)
 			continue
 		}
 		out = append(out, m)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, nil
+	return out
 }
 
 // Claim records (kind, id) as used for ttl and reports whether this call

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -13,7 +15,10 @@ import (
 )
 
 // Status is what `bastion cluster status` shows: the members, and how
-// the gateway (or CLI) that asked sees etcd.
+// the gateway (or CLI) that asked sees etcd. While etcd is unreachable a
+// gateway still answers with its own view: its staleness, whether it
+// admits new sessions, the last member list it read (MembersCached, and
+// how old: MembersAsOf) and its own live sessions.
 type Status struct {
 	// Gateway is the id of the gateway that answered ("" from the CLI).
 	Gateway string `json:"gateway,omitempty"`
@@ -22,15 +27,110 @@ type Status struct {
 	LastContact time.Time `json:"etcd_last_contact"`
 	// StalenessMS is how long ago LastContact was, in milliseconds.
 	StalenessMS int64 `json:"etcd_staleness_ms"`
+	// Endpoints are the etcd client URLs the answerer uses (no userinfo).
+	Endpoints []string `json:"etcd_endpoints,omitempty"`
+	// EtcdError says why etcd could not be read for this status ("" when
+	// it was).
+	EtcdError string `json:"etcd_error,omitempty"`
 	// Consistency and MaxStaleness are the answerer's configured mode.
-	Consistency  string   `json:"consistency"`
-	MaxStaleness string   `json:"max_staleness"`
-	Admit        string   `json:"admit"` // "ok", or why new sessions are refused
+	Consistency  string `json:"consistency"`
+	MaxStaleness string `json:"max_staleness"`
+	Admit        string `json:"admit"` // "ok", or why new sessions are refused
+	// Admitting is whether the answerer admits new sessions now;
+	// AdmitLimitMS is how stale its state may grow before it stops.
+	Admitting    bool     `json:"admitting"`
+	AdmitLimitMS int64    `json:"admit_limit_ms"`
 	Members      []Member `json:"members"`
+	// MembersAsOf is when Members and Down were read from etcd; with
+	// MembersCached they are the last list read before etcd became
+	// unreachable, and may be out of date.
+	MembersAsOf   time.Time `json:"members_as_of,omitzero"`
+	MembersCached bool      `json:"members_cached,omitempty"`
 	// Down are the gateways that joined once and are not members now:
 	// stopped, crashed, or cut off from etcd. Their audit logs cannot be
 	// read until they run again (or are forgotten when retired).
 	Down []Known `json:"down,omitempty"`
+	// OwnSessions are the answering gateway's own live sessions, known
+	// without etcd.
+	OwnSessions []Session `json:"own_sessions,omitempty"`
+}
+
+// memberView is the last member list (and known gateways) a gateway read
+// from etcd, for a status while etcd is unreachable.
+type memberView struct {
+	mu          sync.Mutex
+	members     []Member
+	at          time.Time
+	known       []Known
+	haveMembers bool
+}
+
+func (v *memberView) remember(ms []Member, at time.Time) {
+	v.mu.Lock()
+	v.members, v.at, v.haveMembers = append([]Member(nil), ms...), at, true
+	v.mu.Unlock()
+}
+
+func (v *memberView) rememberKnown(ks []Known) {
+	v.mu.Lock()
+	v.known = append([]Known(nil), ks...)
+	v.mu.Unlock()
+}
+
+// last is the remembered members (ok false when none were ever read),
+// and the known gateways that are not among them.
+func (v *memberView) last() (ms []Member, at time.Time, down []Known, ok bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]Member(nil), v.members...), v.at, downOf(v.members, v.known), v.haveMembers
+}
+
+// downOf is the known gateways that are not members.
+func downOf(ms []Member, known []Known) []Known {
+	live := map[string]bool{}
+	for _, m := range ms {
+		live[m.ID] = true
+	}
+	var down []Known
+	for _, k := range known {
+		if !live[k.ID] {
+			down = append(down, k)
+		}
+	}
+	return down
+}
+
+// OwnSessions is this gateway's own live sessions, oldest first: known
+// without etcd.
+func (c *Cluster) OwnSessions() []Session {
+	c.reg.mu.Lock()
+	out := make([]Session, 0, len(c.reg.own))
+	for id, s := range c.reg.own {
+		s.ID = id
+		out = append(out, s)
+	}
+	c.reg.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
+	return out
+}
+
+// admitLimit is how stale the state may be before Admit refuses.
+func (c *Cluster) admitLimit() time.Duration {
+	if c.cfg.Consistency == Strict {
+		return StrictStaleness
+	}
+	return c.cfg.MaxStaleness
+}
+
+// unhealthyReadTimeout bounds the etcd reads of a status while the
+// gateway already knows etcd is unreachable: the operator gets the
+// gateway's own view at once instead of waiting on etcd.
+const unhealthyReadTimeout = time.Second
+
+// EtcdAdvice is what to check when etcd cannot be reached from here.
+func EtcdAdvice(endpoints []string) string {
+	return fmt.Sprintf("check that a quorum of the etcd members runs (etcdctl endpoint health --cluster), that this host reaches cluster.etcd.endpoints (%s), and the TLS files cluster.etcd.ca_file, cert_file and key_file",
+		strings.Join(redact(endpoints), ", "))
 }
 
 // Known is a gateway that joined the cluster at least once. Its record,
@@ -93,34 +193,52 @@ func (c *Cluster) Forget(ctx context.Context, id string) (bool, error) {
 }
 
 // Status reads the member list and reports this gateway's view of etcd.
-// An error reading the members is returned with the view filled in.
+// When etcd cannot be read it still returns the gateway's own view, with
+// the last member list it read (MembersCached) and EtcdError set, and
+// the error.
 func (c *Cluster) Status(ctx context.Context) (Status, error) {
-	st := Status{Gateway: c.cfg.GatewayID, Consistency: c.cfg.Consistency, MaxStaleness: c.cfg.MaxStaleness.String(), Admit: "ok"}
-	ms, err := c.Members(ctx)
-	st.Members = ms
+	st := Status{Gateway: c.cfg.GatewayID, Consistency: c.cfg.Consistency, MaxStaleness: c.cfg.MaxStaleness.String(),
+		Admit: "ok", Admitting: true, AdmitLimitMS: c.admitLimit().Milliseconds(), Endpoints: redact(c.cfg.Endpoints)}
+	timeout := opTimeout
+	if !c.Healthy() {
+		timeout = unhealthyReadTimeout
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ms, err := c.Members(rctx)
+	var known []Known
 	if err == nil {
-		var known []Known
-		known, err = c.KnownGateways(ctx)
-		live := map[string]bool{}
-		for _, m := range ms {
-			live[m.ID] = true
-		}
-		for _, k := range known {
-			if !live[k.ID] {
-				st.Down = append(st.Down, k)
-			}
-		}
+		known, err = c.KnownGateways(rctx)
 	}
-	st.Healthy, st.LastContact, st.StalenessMS = c.Healthy(), c.LastContact().UTC(), c.Staleness().Milliseconds()
+	if err == nil {
+		c.view.rememberKnown(known)
+		st.Members, st.Down, st.MembersAsOf = ms, downOf(ms, known), c.now().UTC()
+	} else {
+		st.EtcdError = fmt.Sprintf("etcd could not be read (%v)", err)
+		if rctx.Err() != nil {
+			st.EtcdError = fmt.Sprintf("etcd did not answer within %s", timeout)
+		}
+		if last, at, down, ok := c.view.last(); ok {
+			st.Members, st.MembersAsOf, st.Down = last, at.UTC(), down
+		}
+		st.MembersCached = true
+	}
+	st.Healthy, st.LastContact, st.StalenessMS = c.Healthy() && err == nil, c.LastContact().UTC(), c.Staleness().Milliseconds()
 	if aerr := c.Admit(); aerr != nil {
-		st.Admit = aerr.Error()
+		st.Admit, st.Admitting = aerr.Error(), false
 	}
+	st.OwnSessions = c.OwnSessions()
 	return st, err
 }
 
 // WriteStatus writes st as a table for people, or as one JSON object.
+// While etcd is unreachable the table says so first, with what to check,
+// and marks the member list as the last one known and how old it is.
 func WriteStatus(w io.Writer, st Status, asJSON bool, now time.Time) error {
 	if asJSON {
+		if st.Members == nil {
+			st.Members = []Member{}
+		}
 		return json.NewEncoder(w).Encode(st)
 	}
 	who := "this CLI"
@@ -131,8 +249,33 @@ func WriteStatus(w io.Writer, st Status, asJSON bool, now time.Time) error {
 	if !st.Healthy {
 		health = "UNREACHABLE"
 	}
+	stale := (time.Duration(st.StalenessMS) * time.Millisecond).Round(time.Millisecond)
 	fmt.Fprintf(w, "etcd as seen by %s: %s, last quorum read %s ago (consistency %s, max_staleness %s); new sessions: %s\n",
-		who, health, (time.Duration(st.StalenessMS) * time.Millisecond).Round(time.Millisecond), st.Consistency, st.MaxStaleness, st.Admit)
+		who, health, stale, st.Consistency, st.MaxStaleness, st.Admit)
+	if !st.Healthy || st.EtcdError != "" {
+		why := st.EtcdError
+		if why == "" {
+			why = "its quorum reads fail"
+		}
+		fmt.Fprintf(w, "WARNING: etcd is unreachable from %s: %s; last contact %s (%s ago)\n", who, why, st.LastContact.UTC().Format(time.RFC3339), stale)
+		if st.Gateway != "" {
+			limit := time.Duration(st.AdmitLimitMS) * time.Millisecond
+			if st.Admitting {
+				fmt.Fprintf(w, "  new sessions: still admitted on the last state seen, for at most %s more (consistency %s allows %s without etcd); locks and revocations made elsewhere meanwhile do not reach this gateway until etcd answers\n",
+					(limit - time.Duration(st.StalenessMS)*time.Millisecond).Round(time.Second), st.Consistency, limit)
+			} else {
+				fmt.Fprintf(w, "  new sessions: REFUSED on this gateway until it reaches etcd (consistency %s allows %s without etcd); live sessions go on\n", st.Consistency, limit)
+			}
+		}
+		if st.MembersCached {
+			if st.MembersAsOf.IsZero() {
+				fmt.Fprintln(w, "  members: unknown (no member list was read from etcd since this started)")
+			} else {
+				fmt.Fprintf(w, "  members: the last list read from etcd, %s ago (%s); their state now is unknown\n", now.Sub(st.MembersAsOf).Round(time.Second), st.MembersAsOf.UTC().Format(time.RFC3339))
+			}
+		}
+		fmt.Fprintf(w, "  what to check: %s\n", EtcdAdvice(st.Endpoints))
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "GATEWAY\tSSH ADDRESS\tVERSION\tSTARTED\tLIVE SESSIONS\tUPDATED")
 	for _, m := range st.Members {
@@ -148,6 +291,13 @@ func WriteStatus(w io.Writer, st Status, asJSON bool, now time.Time) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "%d member(s) up, %d down\n", len(st.Members), len(st.Down))
+	if st.Gateway != "" {
+		fmt.Fprintf(w, "%s's own live sessions: %d (cluster sessions lists them)\n", who, len(st.OwnSessions))
+	}
+	asOf := ""
+	if st.MembersCached {
+		asOf = " (last known)"
+	}
+	_, err := fmt.Fprintf(w, "%d member(s) up, %d down%s\n", len(st.Members), len(st.Down), asOf)
 	return err
 }

@@ -77,7 +77,7 @@ func (r *AlertRules) UnmarshalYAML(n *yaml.Node) error {
 		}
 		dst, ok := switches[k.Value]
 		if !ok {
-			return fmt.Errorf("line %d: alerts.rules: unknown key %q: the rules are auth_failures, forbidden_user, password_attempt, new_source, ban, ca_change, login_refused", k.Line, k.Value)
+			return fmt.Errorf("line %d: alerts.rules: unknown key %s: the rules are auth_failures, forbidden_user, password_attempt, new_source, ban, ca_change, login_refused", k.Line, shown(k.Value))
 		}
 		var on bool
 		if err := v.Decode(&on); err != nil {
@@ -119,7 +119,7 @@ func (t *ThresholdRule) UnmarshalYAML(n *yaml.Node) error {
 			case "window":
 				err = v.Decode(&t.Window)
 			default:
-				return fmt.Errorf("line %d: unknown key %q: %s", k.Line, k.Value, want)
+				return fmt.Errorf("line %d: unknown key %s: %s", k.Line, shown(k.Value), want)
 			}
 			if err != nil {
 				return fmt.Errorf("line %d: %s: %v", v.Line, k.Value, err)

@@ -96,14 +96,14 @@ func (f *File) validateCluster() error {
 		c.Advertise = net.JoinHostPort(host, port)
 	}
 	if _, _, err := net.SplitHostPort(c.Advertise); err != nil {
-		return fmt.Errorf("cluster.advertise: %q is not HOST:PORT", c.Advertise)
+		return fmt.Errorf("cluster.advertise: %s is not HOST:PORT", shown(c.Advertise))
 	}
 	switch c.Consistency {
 	case "":
 		c.Consistency = cluster.BestEffort
 	case cluster.BestEffort, cluster.Strict:
 	default:
-		return fmt.Errorf("cluster.consistency: %q is not best_effort or strict", c.Consistency)
+		return fmt.Errorf("cluster.consistency: %s is not best_effort or strict", shown(c.Consistency))
 	}
 	if c.MaxStaleness == 0 {
 		c.MaxStaleness = Duration(30 * time.Second)
@@ -125,12 +125,12 @@ func (f *File) validateCluster() error {
 	for _, ep := range e.Endpoints {
 		u, err := url.Parse(ep)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("cluster.etcd.endpoints: %q is not an http(s)://HOST:PORT URL", ep)
+			return fmt.Errorf("cluster.etcd.endpoints: %s is not an http(s)://HOST:PORT URL", shown(ep))
 		}
 		if u.Scheme == "http" {
 			ip := net.ParseIP(u.Hostname())
 			if !(u.Hostname() == "localhost" || (ip != nil && ip.IsLoopback())) {
-				return fmt.Errorf("cluster.etcd.endpoints: %q is plain http to a non-loopback host: use https with ca_file, cert_file and key_file (bastion's shared state must not cross a network unauthenticated)", ep)
+				return fmt.Errorf("cluster.etcd.endpoints: %s is plain http to a non-loopback host: use https with ca_file, cert_file and key_file (bastion's shared state must not cross a network unauthenticated)", shown(ep))
 			}
 		} else {
 			plainOK = false
@@ -143,7 +143,7 @@ func (f *File) validateCluster() error {
 		e.Prefix = "/bastion/"
 	}
 	if !strings.HasPrefix(e.Prefix, "/") || !strings.HasSuffix(e.Prefix, "/") {
-		return fmt.Errorf("cluster.etcd.prefix: %q must start and end with /", e.Prefix)
+		return fmt.Errorf("cluster.etcd.prefix: %s must start and end with /", shown(e.Prefix))
 	}
 	if e.DialTimeout == 0 {
 		e.DialTimeout = Duration(5 * time.Second)

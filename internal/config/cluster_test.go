@@ -118,3 +118,37 @@ func TestClusterDrain(t *testing.T) {
 		t.Errorf("drain 1h: %v, want an error naming cluster.drain", err)
 	}
 }
+
+// TestEchoedValuesAreBounded: a configuration or environment value an
+// error echoes (an over-long BASTION_GATEWAY_ID, gateway_id, advertise,
+// endpoint, prefix, listen address, duration, size, key, ...) is cut to a
+// bound keeping both ends, never printed in full.
+func TestEchoedValuesAreBounded(t *testing.T) {
+	long := "head-" + strings.Repeat("x", 5000) + "-tail"
+	cl := "data_dir: /d\ncluster:\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n"
+	for _, tc := range []struct{ name, yaml, env, want string }{
+		{"BASTION_GATEWAY_ID", cl, long, EnvGatewayID},
+		{"gateway_id", cl + "  gateway_id: " + long + "\n", "", "cluster.gateway_id"},
+		{"advertise", cl + "  advertise: " + long + "\n", "", "cluster.advertise"},
+		{"consistency", cl + "  consistency: " + long + "\n", "", "cluster.consistency"},
+		{"prefix", cl + "    prefix: " + long + "\n", "", "cluster.etcd.prefix"},
+		{"endpoint", "data_dir: /d\ncluster:\n  etcd:\n    endpoints: [" + long + "]\n", "", "cluster.etcd.endpoints"},
+		{"listen", "data_dir: /d\nlisten: " + long + "\n", "", "listen"},
+		{"log.level", "data_dir: /d\nlog:\n  level: " + long + "\n", "", "log.level"},
+		{"duration", "data_dir: /d\nshutdown_grace: " + long + "\n", "", "is not a duration"},
+		{"unknown key", "data_dir: /d\n? " + long + "\n: 1\n", "", "unknown key"},
+		{"size", "data_dir: /d\nrecording:\n  max_bytes_per_session: " + long + "\n", "", "is not a size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(EnvGatewayID, tc.env)
+			_, err := Parse([]byte(tc.yaml))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			msg := err.Error()
+			if len(msg) > 600 || !strings.Contains(msg, tc.want) || !strings.Contains(msg, "bytes cut") || !strings.Contains(msg, "head-") {
+				t.Errorf("%d bytes: %.700s", len(msg), msg)
+			}
+		})
+	}
+}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/gateway"
+	"github.com/bastion-ssh/bastion/internal/textbound"
 )
 
 // File is bastion.yaml.
@@ -194,14 +195,14 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if m := dayRE.FindStringSubmatch(s); m != nil {
 		days, err := strconv.Atoi(m[1])
 		if err != nil || days > 100*366 {
-			return fmt.Errorf("line %d: %q is too long", n.Line, s)
+			return fmt.Errorf("line %d: %s is too long", n.Line, shown(s))
 		}
 		*d = Duration(time.Duration(days) * 24 * time.Hour)
 		return nil
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil || v < 0 {
-		return fmt.Errorf("line %d: %q is not a duration: use forms such as 15m, 8h or 90d", n.Line, s)
+		return fmt.Errorf("line %d: %s is not a duration: use forms such as 15m, 8h or 90d", n.Line, shown(s))
 	}
 	*d = Duration(v)
 	return nil
@@ -254,7 +255,10 @@ var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type \S+`)
 // explain rewrites yaml's errors into ones that name the key to fix.
 func explain(err error) error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
-	msg = unknownFieldRE.ReplaceAllString(msg, `unknown key "$1" (check its spelling and indentation; the README lists every key)`)
+	msg = unknownFieldRE.ReplaceAllStringFunc(msg, func(m string) string {
+		key := unknownFieldRE.FindStringSubmatch(m)[1]
+		return "unknown key " + shown(key) + " (check its spelling and indentation; the README lists every key)"
+	})
 	return errors.New(strings.TrimSpace(msg))
 }
 
@@ -268,18 +272,18 @@ func (f *File) Validate() error {
 	}
 	for _, m := range f.AuthMethods {
 		if m != "publickey" {
-			return fmt.Errorf("auth_methods: %q is not allowed: bastion accepts only publickey (certificates); passwords and keyboard-interactive are never enabled", m)
+			return fmt.Errorf("auth_methods: %s is not allowed: bastion accepts only publickey (certificates); passwords and keyboard-interactive are never enabled", shown(m))
 		}
 	}
 	switch f.Log.Level {
 	case "", "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("log.level: %q is not one of debug, info, warn, error", f.Log.Level)
+		return fmt.Errorf("log.level: %s is not one of debug, info, warn, error", shown(f.Log.Level))
 	}
 	switch f.Log.Format {
 	case "", "json", "text":
 	default:
-		return fmt.Errorf("log.format: %q is not json or text", f.Log.Format)
+		return fmt.Errorf("log.format: %s is not json or text", shown(f.Log.Format))
 	}
 	if err := validateListen("listen", f.Listen); err != nil {
 		return err
@@ -334,7 +338,7 @@ func (f *File) validateLogin(policy ca.Policy) error {
 	switch o.UsernameClaim {
 	case "", "email", "preferred_username", "sub":
 	default:
-		return fmt.Errorf("oidc.username_claim: %q is not one of email, preferred_username, sub", o.UsernameClaim)
+		return fmt.Errorf("oidc.username_claim: %s is not one of email, preferred_username, sub", shown(o.UsernameClaim))
 	}
 	if o.LoginsPerMinute < 0 || o.LoginsPerMinute > maxLoginsPerMinute {
 		return fmt.Errorf("oidc.logins_per_minute: %d is out of range: use 1 to %d logins per source per minute (default 10)", o.LoginsPerMinute, maxLoginsPerMinute)
@@ -349,7 +353,7 @@ func (f *File) validateLogin(policy ca.Policy) error {
 	for g, cg := range f.Cert.Groups {
 		for _, p := range cg.Principals {
 			if policy.Forbidden(p) {
-				return fmt.Errorf("cert.groups.%s.principals: %q is forbidden and is never signed", g, p)
+				return fmt.Errorf("cert.groups.%s.principals: %s is forbidden and is never signed", textbound.Cut(g, maxShown), shown(p))
 			}
 			if err := ca.ValidateUserPrincipal(p); err != nil {
 				return fmt.Errorf("cert.groups.%s.principals: %v", g, err)
@@ -445,11 +449,19 @@ func (f *File) Gateway() gateway.Config {
 func validateListen(key, addr string) error {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("%s: %q is not HOST:PORT, such as 127.0.0.1:2222 or :2222", key, addr)
+		return fmt.Errorf("%s: %s is not HOST:PORT, such as 127.0.0.1:2222 or :2222", key, shown(addr))
 	}
 	n, err := strconv.Atoi(port)
 	if err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%s: %q has invalid port %q: use 1-65535 (0 picks a free one)", key, addr, port)
+		return fmt.Errorf("%s: %s has invalid port %s: use 1-65535 (0 picks a free one)", key, shown(addr), shown(port))
 	}
 	return nil
 }
+
+// maxShown bounds a configuration or environment value an error echoes:
+// enough to recognise it, never a screenful.
+const maxShown = 80
+
+// shown is s as an error shows it: quoted, and cut to maxShown bytes
+// keeping both ends.
+func shown(s string) string { return strconv.Quote(textbound.Cut(s, maxShown)) }

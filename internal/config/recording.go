@@ -26,12 +26,12 @@ func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 	}
 	m := sizeRE.FindStringSubmatch(s)
 	if m == nil {
-		return fmt.Errorf("line %d: %q is not a size: use forms such as 65536, 512KiB, 64MiB or 1GiB", n.Line, s)
+		return fmt.Errorf("line %d: %s is not a size: use forms such as 65536, 512KiB, 64MiB or 1GiB", n.Line, shown(s))
 	}
 	v, err := strconv.ParseInt(m[1], 10, 64)
 	shift := map[string]uint{"": 0, "B": 0, "KiB": 10, "MiB": 20, "GiB": 30}[m[2]]
 	if err != nil || v > (1<<40)>>shift {
-		return fmt.Errorf("line %d: %q is too large (at most 1024GiB)", n.Line, s)
+		return fmt.Errorf("line %d: %s is too large (at most 1024GiB)", n.Line, shown(s))
 	}
 	*b = ByteSize(v << shift)
 	return nil

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/bastion-ssh/bastion/internal/textbound"
 )
 
 // DefaultPort is the gateway's SSH port when an address names none.
@@ -44,10 +46,10 @@ func NormalizeAddr(addr string) (string, error) {
 	}
 	n, perr := strconv.Atoi(port)
 	if perr != nil || n < 1 || n > 65535 {
-		return "", fmt.Errorf("sshclient: gateway address %q: port %q is not a number from 1 to 65535", addr, port)
+		return "", fmt.Errorf("sshclient: gateway address %q: port %q is not a number from 1 to 65535", textbound.Cut(addr, 80), textbound.Cut(port, 20))
 	}
 	if host == "" || strings.ContainsAny(host, " \t\r\n\"'\\#,@%/") {
-		return "", fmt.Errorf("sshclient: gateway address %q: %q is not a host name or address", addr, host)
+		return "", fmt.Errorf("sshclient: gateway address %q: %q is not a host name or address", textbound.Cut(addr, 80), textbound.Cut(host, 80))
 	}
 	return net.JoinHostPort(host, port), nil
 }

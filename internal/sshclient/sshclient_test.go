@@ -580,3 +580,15 @@ func agentClient(t *testing.T, sock string) agent.ExtendedAgent {
 	t.Cleanup(func() { _ = c.Close() })
 	return agent.NewClient(c)
 }
+
+// TestNormalizeAddrBoundsEcho: an over-long address (from --gateway,
+// $BASTION_GATEWAY or the state file) is echoed cut, never in full.
+func TestNormalizeAddrBoundsEcho(t *testing.T) {
+	long := strings.Repeat("h", 5000)
+	for _, addr := range []string{long + " x:2222", "host:" + long, long + ":99999"} {
+		_, err := NormalizeAddr(addr)
+		if err == nil || len(err.Error()) > 400 || !strings.Contains(err.Error(), "bytes cut") {
+			t.Errorf("NormalizeAddr(%d bytes): %.500v", len(addr), err)
+		}
+	}
+}

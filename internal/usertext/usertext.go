@@ -8,10 +8,22 @@ import "regexp"
 
 // internalPrefixRE matches a bastion package prefix at the start of a
 // message or after the ": " that wraps it.
-var internalPrefixRE = regexp.MustCompile(`(^|: |\n)(?:sshclient|devidp|devtarget|gateway|ca|audit|auditquery|config|oidc|scan|alert|atomicfile|sftpinspect): `)
+var internalPrefixRE = regexp.MustCompile(`(^|: |\n)(?:sshclient|devidp|devtarget|gateway|ca|audit|auditquery|config|oidc|scan|alert|atomicfile|sftpinspect|cluster|clusterstate|etcdembed|ssh|etcdclient): `)
 
-// Clean drops every internal package prefix from msg.
+// rawTimeoutRE matches the words Go and gRPC use for a deadline that
+// passed: they say nothing about what was waited for, which the message
+// around them names.
+var rawTimeoutRE = regexp.MustCompile(`(?:rpc error: code = DeadlineExceeded desc = )?context deadline exceeded`)
+
+// grpcCodeRE matches gRPC's framing of an error (etcd's client passes
+// them on): the description after it is what says something.
+var grpcCodeRE = regexp.MustCompile(`rpc error: code = \w+ desc = `)
+
+// Clean drops every internal package prefix from msg, and says "timed
+// out" where Go's "context deadline exceeded" would reach a user.
 func Clean(msg string) string {
+	msg = rawTimeoutRE.ReplaceAllString(msg, "timed out")
+	msg = grpcCodeRE.ReplaceAllString(msg, "")
 	for {
 		next := internalPrefixRE.ReplaceAllString(msg, "$1")
 		if next == msg {
