@@ -51,7 +51,8 @@ type clusterEnv struct {
 	// observer reads etcd for the test (it never joins).
 	observer *cluster.Cluster
 	// extraConfig is YAML appended to every gateway's configuration (an
-	// oidc: section, ...).
+	// oidc: section, ...); $GATEWAY_ID in it becomes the gateway's id
+	// (krl_file: krl-$GATEWAY_ID.krl).
 	extraConfig string
 }
 
@@ -101,20 +102,8 @@ func startClusterGatewaysWith(t *testing.T, n int, extraConfig string) *clusterE
 	// One CA for the fleet: every gateway gets the first one's key files
 	// (as configuration management or a Kubernetes Secret would).
 	first := ca.Layout{DataDir: e.gw[0].Data}
-	files, err := os.ReadDir(first.Dir())
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, g := range e.gw[1:] {
-		for _, f := range files {
-			if f.IsDir() {
-				continue
-			}
-			b := mustRead(t, filepath.Join(first.Dir(), f.Name()))
-			if err := os.WriteFile(filepath.Join(ca.Layout{DataDir: g.Data}.Dir(), f.Name()), b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
+		copyCAFiles(t, e.gw[0].Data, g.Data)
 	}
 	// Certificates, signed before any gateway holds the first data dir.
 	e.client = testbed.NewClient(t)
@@ -145,6 +134,36 @@ func startClusterGatewaysWith(t *testing.T, n int, extraConfig string) *clusterE
 	return e
 }
 
+// copyCAFiles copies the CA key files of data dir from into data dir to
+// (made by `ca init`), as configuration management would.
+func copyCAFiles(t *testing.T, from, to string) {
+	t.Helper()
+	src := ca.Layout{DataDir: from}.Dir()
+	files, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if f.IsDir() {
+			continue
+		}
+		b := mustRead(t, filepath.Join(src, f.Name()))
+		if err := os.WriteFile(filepath.Join(ca.Layout{DataDir: to}.Dir(), f.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// signer is a data dir holding the fleet's CA, for `ca sign` while the
+// gateways run (each holds its own audit.db).
+func (e *clusterEnv) signer() string {
+	e.t.Helper()
+	dir := filepath.Join(e.t.TempDir(), "signer")
+	mustRun(e.t, dir, "ca", "init")
+	copyCAFiles(e.t, e.gw[0].Data, dir)
+	return dir
+}
+
 func (e *clusterEnv) ids() []string {
 	var ids []string
 	for _, g := range e.gw {
@@ -173,7 +192,7 @@ cluster:
   etcd:
     endpoints: [%s]
     prefix: %s
-`, g.SSHAddr, g.Data, g.MetricsAddr, e.user, e.target.Port, g.ID, g.SSHAddr, strings.Join(e.etcd.Endpoints(), ", "), clusterPrefix) + e.extraConfig
+`, g.SSHAddr, g.Data, g.MetricsAddr, e.user, e.target.Port, g.ID, g.SSHAddr, strings.Join(e.etcd.Endpoints(), ", "), clusterPrefix) + strings.ReplaceAll(e.extraConfig, "$GATEWAY_ID", g.ID)
 	if err := os.WriteFile(g.Cfg, []byte(conf), 0o600); err != nil {
 		e.t.Fatal(err)
 	}
@@ -260,8 +279,13 @@ func (e *clusterEnv) waitMembersInclude(d time.Duration, id string) {
 // jumpCommand is the real ssh client jumping through g to the target and
 // running command there.
 func (e *clusterEnv) jumpCommand(ctx context.Context, g *clusterGateway, command ...string) *exec.Cmd {
+	return e.jumpCommandAs(ctx, e.client, g, command...)
+}
+
+// jumpCommandAs is jumpCommand with client c (another certificate).
+func (e *clusterEnv) jumpCommandAs(ctx context.Context, c *testbed.Client, g *clusterGateway, command ...string) *exec.Cmd {
 	args := append([]string{"-J", e.user + "@" + g.SSHAddr, "-p", fmt.Sprint(e.target.Port), e.user + "@127.0.0.1"}, command...)
-	return e.client.Command(ctx, "ssh", args...)
+	return c.Command(ctx, "ssh", args...)
 }
 
 // jump runs command on the target through g and fails the test unless it
