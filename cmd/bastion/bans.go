@@ -19,7 +19,8 @@ the running gateway has banned for failing authentication too often, and
 when each ban ends. Bans live in the gateway's memory, so this asks the
 gateway over SSH with your bastion certificate (from bastion login; it
 must carry an admin group): --gateway, $BASTION_GATEWAY, or the gateway of
-your last bastion login. A stopped gateway has no bans. With none, it says
+your last bastion login. A stopped single gateway has no bans; in a
+cluster bans are shared through etcd, so ask a running member. With none, it says
 "no bans" on stderr; --json prints a JSON array ([] when empty).`,
 		Example: `  bastion bans
   bastion bans --gateway bastion.example.com:2222 --json`,
@@ -31,7 +32,10 @@ your last bastion login. A stopped gateway has no bans. With none, it says
 			}
 			return a.changeLock(cmd, gw, lockChange{
 				remote: remote,
-				offline: func() error {
+				offline: func(clusterGatewayID string) error {
+					if clusterGatewayID != "" {
+						return clusterBansError(a.dataDir, clusterGatewayID, "bastion bans")
+					}
 					if asJSON {
 						fmt.Fprintln(a.stdout, "[]")
 					}
@@ -64,7 +68,10 @@ carry an admin group.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.changeLock(cmd, gw, lockChange{
 				remote: "unban " + quoteArg(args[0]),
-				offline: func() error {
+				offline: func(clusterGatewayID string) error {
+					if clusterGatewayID != "" {
+						return clusterBansError(a.dataDir, clusterGatewayID, "bastion unban "+quoteArg(args[0]))
+					}
 					// Like unlock of a user who is not locked: done, with a note.
 					fmt.Fprintf(a.stdout, "%s was not banned: no gateway is running on %s, and bans live only in a running gateway's memory\n", args[0], a.dataDir)
 					return nil
@@ -74,4 +81,11 @@ carry an admin group.`,
 	}
 	cmd.Flags().StringVar(&gw, "gateway", "", "unban through this running gateway (HOST:PORT) with your bastion certificate")
 	return cmd
+}
+
+// clusterBansError is the answer of bans/unban run on a stopped cluster
+// gateway's data dir: bans live in etcd, shared by the running members,
+// not in this data dir, so only a running member can list or lift them.
+func clusterBansError(dataDir, gatewayID, command string) error {
+	return fmt.Errorf("no gateway is running on %s, which belongs to gateway %s of a cluster; a cluster's bans are shared through etcd by its running gateways, so ask one of them: %s --gateway HOST:PORT", dataDir, gatewayID, command)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/internal/testbed"
 )
 
@@ -28,6 +30,34 @@ func TestBansOffline(t *testing.T) {
 	// Like unlock of a user who is not locked: done, with a note.
 	if out, _, err := run(t, dir, "unban", "192.0.2.7"); err != nil || !strings.HasPrefix(out, "192.0.2.7 was not banned") {
 		t.Errorf("unban offline: %v %q", err, out)
+	}
+}
+
+// TestBansOfflineInCluster: on a stopped cluster gateway's data dir,
+// bans and unban do not claim "no bans" (a cluster's bans live in etcd,
+// held by the running members): they fail and name the command to run
+// through a running gateway.
+func TestBansOfflineInCluster(t *testing.T) {
+	newHome(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, dir, "ca", "init")
+	store, err := audit.Open(ca.Layout{DataDir: dir}.AuditDB(), audit.Options{GatewayID: "gw-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Append(t.Context(), audit.Event{Type: audit.TypeGatewayStart, Actor: "gateway"}); err != nil {
+		t.Fatal(err)
+	}
+	store.Close()
+	for _, args := range [][]string{{"bans"}, {"bans", "--json"}, {"unban", "192.0.2.7"}} {
+		out, _, err := run(t, dir, args...)
+		if err == nil || out != "" {
+			t.Errorf("bastion %s on a stopped cluster gateway: err %v stdout %q; want an error and nothing on stdout", strings.Join(args, " "), err, out)
+			continue
+		}
+		if msg := err.Error(); !strings.Contains(msg, "gateway gw-7 of a cluster") || !strings.Contains(msg, "bastion "+args[0]) || !strings.Contains(msg, "--gateway HOST:PORT") {
+			t.Errorf("bastion %s on a stopped cluster gateway: %v", strings.Join(args, " "), err)
+		}
 	}
 }
 

@@ -29,7 +29,7 @@ type lockChange struct {
 	done *string
 	// offline, when set, runs instead of local when no gateway holds the
 	// audit log: for state that lives only in a running gateway (bans).
-	offline func() error
+	offline func(clusterGatewayID string) error
 }
 
 func newLockCommand(a *app) *cobra.Command {
@@ -180,7 +180,7 @@ func (a *app) changeLock(cmd *cobra.Command, gwFlag string, ch lockChange) error
 			case err == nil:
 				defer store.Close()
 				if ch.offline != nil {
-					return ch.offline()
+					return ch.offline(gatewayID)
 				}
 				locks, err := ca.LoadLocks(store, nil)
 				if err != nil {
