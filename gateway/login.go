@@ -16,6 +16,7 @@ import (
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/internal/oidc"
+	"github.com/bastion-ssh/bastion/internal/usertext"
 )
 
 // LoginUser is the reserved user name of the login service: the only name
@@ -264,7 +265,7 @@ func (g *Gateway) runLogin(ctx context.Context, cs *connState, meta gossh.ConnMe
 		if errors.Is(context.Cause(ctx), errLoginShutdown) {
 			reason, err = ReasonShutdown, errLoginShutdown
 		}
-		extra := map[string]string{"reason": reason, "detail": sanitized(err.Error(), 512)}
+		extra := map[string]string{"reason": reason, "detail": sanitized(usertext.Error(err), 512)}
 		// Who was refused: the verified claims that led to the refusal.
 		if e, ok := errors.AsType[*oidc.Error](err); ok {
 			for k, v := range e.Claims {
