@@ -19,6 +19,7 @@ import (
 	"github.com/bastion-ssh/bastion/internal/devidp"
 	"github.com/bastion-ssh/bastion/internal/oidc"
 	"github.com/bastion-ssh/bastion/internal/testbed"
+	"github.com/bastion-ssh/bastion/internal/usertext"
 )
 
 var (
@@ -241,6 +242,9 @@ func TestLoginRefusalRecordsWho(t *testing.T) {
 			ev := lg.waitEvent(t, "login.failed", map[string]string{"reason": tc.reason, "key_fp": gossh.FingerprintSHA256(c.PublicKey())})
 			if ev.Fields["subject"] != tc.subject || ev.Fields["email"] != tc.email {
 				t.Errorf("login.failed does not say who: %v", ev.Fields)
+			}
+			if d := ev.Fields["detail"]; d == "" || usertext.Clean(d) != d {
+				t.Errorf("login.failed detail is empty or carries internal package prefixes: %q", d)
 			}
 		})
 	}
