@@ -140,8 +140,8 @@ func (a *app) gatewayExecTo(ctx context.Context, addr, user string, signer ssh.S
 	defer conn.Close()
 	status, err := conn.Exec(ctx, command, nil, stdout, stderr)
 	if err != nil {
-		if ctx.Err() != nil {
-			return err // interrupted here
+		if ctx.Err() != nil || errors.Is(err, sshclient.ErrStoppedAnswering) {
+			return err // interrupted here, or says what happened
 		}
 		return fmt.Errorf("the gateway at %s broke the connection before `%s` finished (%v): it may be stopping or restarting; run the command again, or through another gateway", addr, commandVerb(command), err)
 	}

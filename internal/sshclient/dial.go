@@ -8,6 +8,8 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -59,17 +61,40 @@ func NormalizeAddr(addr string) (string, error) {
 // certificate is not accepted (expired, revoked, locked, wrong principal).
 var ErrAuthRefused = errors.New("sshclient: the gateway refused the key")
 
+// ErrStoppedAnswering is the error of a command whose gateway held the
+// connection open but answered no keepalive for keepAliveCountMax
+// intervals.
+var ErrStoppedAnswering = errors.New("the gateway stopped answering")
+
 // Conn is an SSH connection to a gateway.
 type Conn struct {
 	client *ssh.Client
 	stop   func() bool
+	closed chan struct{} // closed by Close
+	once   sync.Once
+	gone   chan struct{} // closed when the connection has ended
+	lost   atomic.Pointer[error]
 }
+
+// Keepalives on every connection, as OpenSSH's ServerAliveInterval 15
+// and ServerAliveCountMax 3: a gateway that holds the connection open but
+// answers nothing (frozen, overloaded, a half-open path) is given up on
+// after about 45 s instead of holding a command forever.
+const (
+	keepAliveInterval = 15 * time.Second
+	keepAliveCountMax = 3
+)
 
 // Dial connects to the gateway at addr as user, authenticating with
 // signer (a plain key for the login user, a certificate signer for
 // everyone else) and checking the host key with hc. ctx bounds the whole
 // life of the connection: when it is done, the connection is closed.
 func Dial(ctx context.Context, addr, user string, signer ssh.Signer, hc *HostCheck) (*Conn, error) {
+	return dialKeepAlive(ctx, addr, user, signer, hc, keepAliveInterval, keepAliveCountMax)
+}
+
+// dialKeepAlive is Dial with the keepalive interval and count.
+func dialKeepAlive(ctx context.Context, addr, user string, signer ssh.Signer, hc *HostCheck, kaInterval time.Duration, kaCountMax int) (*Conn, error) {
 	d := net.Dialer{Timeout: 15 * time.Second}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -112,12 +137,51 @@ func Dial(ctx context.Context, addr, user string, signer ssh.Signer, hc *HostChe
 		_ = sc.Close()
 		return nil, fmt.Errorf("sshclient: connect to %s: %w", addr, err)
 	}
-	return &Conn{client: ssh.NewClient(sc, chans, reqs), stop: stop}, nil
+	c := &Conn{client: ssh.NewClient(sc, chans, reqs), stop: stop, closed: make(chan struct{}), gone: make(chan struct{})}
+	go func() { _ = c.client.Wait(); close(c.gone) }()
+	go c.keepAlive(addr, kaInterval, kaCountMax)
+	return c, nil
+}
+
+// keepAlive sends a keepalive@openssh.com global request every interval
+// (any reply counts, a refusal too); when none has been answered for
+// countMax intervals it closes the connection, and Exec says why.
+func (c *Conn) keepAlive(addr string, interval time.Duration, countMax int) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	answered := make(chan struct{}, 1)
+	last, inFlight := time.Now(), false
+	for {
+		select {
+		case <-c.closed:
+			return
+		case <-c.gone:
+			return
+		case <-answered:
+			last, inFlight = time.Now(), false
+		case <-tick.C:
+			if silent := time.Since(last); silent > time.Duration(countMax)*interval {
+				err := fmt.Errorf("%w: %s sent no reply to keepalives for %s (is it frozen or overloaded, or the network between down?); run the command again, or through another gateway", ErrStoppedAnswering, addr, silent.Round(time.Second))
+				c.lost.Store(&err)
+				_ = c.client.Close()
+				return
+			}
+			if !inFlight {
+				inFlight = true
+				go func() {
+					if _, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil); err == nil {
+						answered <- struct{}{}
+					}
+				}()
+			}
+		}
+	}
 }
 
 // Close closes the connection.
 func (c *Conn) Close() error {
 	c.stop()
+	c.once.Do(func() { close(c.closed) })
 	return c.client.Close()
 }
 
@@ -142,6 +206,8 @@ func (c *Conn) Exec(ctx context.Context, command string, stdin io.Reader, stdout
 		return 0, nil
 	case errors.As(err, &exit):
 		return exit.ExitStatus(), nil
+	case c.lost.Load() != nil:
+		return -1, *c.lost.Load()
 	case ctx.Err() != nil:
 		return -1, fmt.Errorf("sshclient: %s: %w", firstWord(command), ctx.Err())
 	}

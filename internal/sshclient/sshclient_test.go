@@ -592,3 +592,105 @@ func TestNormalizeAddrBoundsEcho(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepAliveGivesUpOnSilentGateway: a gateway that completes the
+// handshake and then answers nothing (neither the command nor keepalives:
+// frozen, or a half-open path) ends Exec with an error saying it stopped
+// answering, after the keepalive count, instead of holding it forever.
+func TestKeepAliveGivesUpOnSilentGateway(t *testing.T) {
+	now := time.Now()
+	cfg := &ssh.ServerConfig{NoClientAuth: true}
+	cfg.AddHostKey(hostCertSigner(t, testbed.NewSigner(t), []string{"127.0.0.1"}, now.Add(-time.Hour), now.Add(time.Hour)))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { close(release); _ = ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		_, chans, reqs, err := ssh.NewServerConn(nc, cfg)
+		if err != nil {
+			return
+		}
+		// Global requests are read and never answered; the session is
+		// accepted, its exec request too, and then nothing.
+		go func() {
+			for range reqs {
+			}
+		}()
+		for nch := range chans {
+			ch, creqs, err := nch.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				for r := range creqs {
+					_ = r.Reply(true, nil)
+				}
+			}()
+			defer ch.Close()
+			<-release
+			return
+		}
+	}()
+	hc, _ := NewHostCheck(HostCheckConfig{KnownHosts: filepath.Join(t.TempDir(), "kh"), FirstUse: true})
+	c, err := dialKeepAlive(t.Context(), ln.Addr().String(), "login", testbed.NewSigner(t), hc, 50*time.Millisecond, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(t.Context(), "audit export", nil, io.Discard, io.Discard)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		took := time.Since(start)
+		if !errors.Is(err, ErrStoppedAnswering) || !strings.Contains(err.Error(), ln.Addr().String()) {
+			t.Fatalf("Exec on a silent gateway: %v; want it to say the gateway stopped answering", err)
+		}
+		if took < 150*time.Millisecond {
+			t.Errorf("gave up after %s, before 3 keepalive intervals of silence", took)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Exec on a silent gateway still waits after 10s")
+	}
+}
+
+// TestKeepAliveKeepsAnsweringGateway: a gateway that answers keepalives
+// (even with a refusal, as gateways do for requests they do not know)
+// keeps a slow command's connection open however long it runs.
+func TestKeepAliveKeepsAnsweringGateway(t *testing.T) {
+	now := time.Now()
+	ca := testbed.NewSigner(t)
+	addr := startServer(t, hostCertSigner(t, ca, []string{"127.0.0.1"}, now.Add(-time.Hour), now.Add(time.Hour)))
+	hc, _ := NewHostCheck(HostCheckConfig{KnownHosts: filepath.Join(t.TempDir(), "kh"), FirstUse: true})
+	c, err := dialKeepAlive(t.Context(), addr, "login", testbed.NewSigner(t), hc, 20*time.Millisecond, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The command's input arrives slowly: 20 keepalive intervals pass
+	// before the server can answer.
+	pr, pw := io.Pipe()
+	go func() {
+		time.Sleep(400 * time.Millisecond)
+		_, _ = io.WriteString(pw, "late\n")
+		_ = pw.Close()
+	}()
+	var out bytes.Buffer
+	code, err := c.Exec(t.Context(), "slow", pr, &out, io.Discard)
+	if err != nil || code != 3 || out.String() != "slow|late\n" {
+		t.Fatalf("Exec on an answering gateway = %d, %v (%q); want it to run to its end", code, err, out.String())
+	}
+}
