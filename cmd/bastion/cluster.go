@@ -108,7 +108,8 @@ its lease expires (10 s).
 While etcd is unreachable, --gateway still answers with that gateway's
 own view: how long since it last reached etcd, whether it still admits
 new sessions, the last member list it read (and how old it is), its own
-live sessions, and what to check. --config needs etcd, and says so.`,
+live sessions, and what to check, and the exit status is 3 (a partial
+view, as for the --cluster reads). --config needs etcd, and says so.`,
 		Example: `  bastion cluster status --config /etc/bastion/bastion.yaml
   bastion cluster status --gateway bastion.example.com:2222 --json
   ssh -p 2222 carol@bastion cluster status`,
@@ -118,7 +119,15 @@ live sessions, and what to check. --config needs etcd, and says so.`,
 			if err != nil {
 				return err
 			}
-			return cluster.WriteStatus(a.stdout, st, asJSON, time.Now())
+			if err := cluster.WriteStatus(a.stdout, st, asJSON, time.Now()); err != nil {
+				return err
+			}
+			if st.MembersCached {
+				// The gateway's own view, not etcd's: scripts and probes
+				// must not take it for a healthy cluster.
+				return &exitError{code: exitPartial, err: fmt.Errorf("etcd is unreachable from gateway %s: the members above are its last-known list, not the cluster's current one", st.Gateway)}
+			}
+			return nil
 		},
 	}
 	src.registerConfig(cmd, "a bastion.yaml whose cluster: block reaches etcd")
