@@ -325,9 +325,11 @@ func (g *Gateway) publishCA(ctx context.Context, lease clientv3.LeaseID) {
 	}
 }
 
-// ReloadedCA publishes the CA keys again after the Authority reloaded
-// its files (SIGHUP), and re-checks live connections against them.
+// ReloadedCA re-issues the gateway's host certificate if the current host
+// CA key did not sign it, publishes the CA keys again after the Authority
+// reloaded its files (SIGHUP), and re-checks live connections against them.
 func (g *Gateway) ReloadedCA(ctx context.Context) {
+	g.renewHostCert(ctx)
 	if g.cl != nil {
 		g.publishCA(ctx, g.deps.Cluster.Lease())
 	}

@@ -72,6 +72,7 @@ type Gateway struct {
 	metrics  *metrics
 	srv      *gliderssh.Server
 	hostKeys []gossh.Signer
+	host     *hostIdentity // the certificate in hostKeys, re-issued when stale
 	startups *startups // admits unauthenticated connections
 	// loginConns counts live login connections per source.
 	loginConns *loginConns
@@ -187,7 +188,7 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		deps.Cluster.OnGatewayLost(g.endLostSessions)
 		deps.Cluster.OnSessionsResumed(g.resumeSessions)
 	}
-	if g.hostKeys, err = loadHostKeys(context.Background(), cfg, deps.Authority); err != nil {
+	if g.host, g.hostKeys, err = loadHostKeys(context.Background(), cfg, deps.Authority); err != nil {
 		return nil, err
 	}
 	g.srv = g.newServer()

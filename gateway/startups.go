@@ -222,6 +222,7 @@ func (g *Gateway) stopJanitorOnce() {
 // housekeep writes the drop report and sweeps the bounded tables.
 func (g *Gateway) housekeep() {
 	g.bans.sweep()
+	g.renewHostCert(context.Background())
 	if g.loginLimiter != nil {
 		g.loginLimiter.sweep()
 	}
