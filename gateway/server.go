@@ -73,7 +73,7 @@ type Gateway struct {
 	srv      *gliderssh.Server
 	hostKeys []gossh.Signer
 	host     *hostIdentity // the certificate in hostKeys, re-issued when stale
-	startups *startups // admits unauthenticated connections
+	startups *startups     // admits unauthenticated connections
 	// loginConns counts live login connections per source.
 	loginConns *loginConns
 	janitor    janitor
