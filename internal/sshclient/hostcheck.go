@@ -197,7 +197,7 @@ func (h *HostCheck) decide(addr string, remote net.Addr, key ssh.PublicKey) erro
 			Clock: h.cfg.Now,
 		}
 		if err := cc.CheckHostKey(addr, remote, key); err != nil {
-			return describeCertError(addr, host, cert, err)
+			return describeCertError(addr, host, cert, h.cfg.Now(), err)
 		}
 		h.mu.Lock()
 		h.firstCA = cert.SignatureKey
@@ -216,23 +216,29 @@ func (h *HostCheck) decide(addr string, remote net.Addr, key ssh.PublicKey) erro
 		err = h.verify(net.JoinHostPort(host, "22"), remote, key)
 	}
 	if err != nil {
-		return describeCertError(addr, host, cert, err)
+		return describeCertError(addr, host, cert, h.cfg.Now(), err)
 	}
 	return nil
 }
 
 // describeCertError explains why a host certificate from the right CA was
-// still refused.
-func describeCertError(addr, host string, cert *ssh.Certificate, err error) error {
+// still refused, and what fixes it, without x/crypto's wording.
+func describeCertError(addr, host string, cert *ssh.Certificate, now time.Time, err error) error {
 	var revoked *knownhosts.RevokedError
 	switch {
 	case errors.As(err, &revoked):
 		return fmt.Errorf("sshclient: the host key of %s is marked @revoked in %s", addr, revoked.Revoked.Filename)
 	case !slices.Contains(cert.ValidPrincipals, host):
-		return fmt.Errorf("sshclient: the host certificate of %s is for %s, not for %q: connect with one of those names, or add %q to host_names in the gateway's bastion.yaml (%v)",
-			addr, strings.Join(cert.ValidPrincipals, ", "), host, host, err)
+		return fmt.Errorf("sshclient: the host certificate of %s is for %s, not for %q: connect with one of those names, or add %q to host_names in the gateway's bastion.yaml and restart the gateway (it re-issues its host certificate when host_names changes)",
+			addr, strings.Join(cert.ValidPrincipals, ", "), host, host)
+	case cert.ValidBefore != ssh.CertTimeInfinity && now.Unix() >= int64(cert.ValidBefore): // #nosec G115 -- compared as OpenSSH does
+		return fmt.Errorf("sshclient: the host certificate of %s expired at %s: a running gateway re-issues it before it expires, so check this machine's clock and the gateway's, or restart the gateway",
+			addr, time.Unix(int64(cert.ValidBefore), 0).UTC().Format(time.RFC3339)) // #nosec G115
+	case now.Unix() < int64(cert.ValidAfter): // #nosec G115
+		return fmt.Errorf("sshclient: the host certificate of %s is not valid before %s: check this machine's clock and the gateway's",
+			addr, time.Unix(int64(cert.ValidAfter), 0).UTC().Format(time.RFC3339)) // #nosec G115
 	}
-	return fmt.Errorf("sshclient: the host certificate of %s was refused: %w", addr, err)
+	return fmt.Errorf("sshclient: the host certificate of %s was refused: %s", addr, strings.TrimPrefix(err.Error(), "ssh: "))
 }
 
 // devPinNote marks, in a pin's comment, the host CA of a `bastion dev`.

@@ -210,8 +210,8 @@ func TestHostCheckRefusals(t *testing.T) {
 	}{
 		{"plain host key on first use", plain, "", true, "plain ssh-ed25519 host key"},
 		{"plain host key when pinned", plain, pinnedFile, true, "plain ssh-ed25519 host key"},
-		{"certificate for another name", wrongName, "", true, `is for gw.example.com, not for "127.0.0.1"`},
-		{"expired host certificate", expired, pinnedFile, true, "expired"},
+		{"certificate for another name", wrongName, "", true, `is for gw.example.com, not for "127.0.0.1": connect with one of those names, or add "127.0.0.1" to host_names in the gateway's bastion.yaml and restart the gateway`},
+		{"expired host certificate", expired, pinnedFile, true, "expired at"},
 		{"user certificate as host key", userCertHost, pinnedFile, true, "user certificate"},
 		{"nothing pinned and no first use", good, "", false, "run `bastion login --gateway"},
 	}
@@ -228,6 +228,9 @@ func TestHostCheckRefusals(t *testing.T) {
 			_, err = dial(t, tc.addr, hc)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want it to say %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "ssh: ") {
+				t.Errorf("err = %v: it ends with x/crypto's own wording", err)
 			}
 			if ca, _ := hc.Pin(tc.addr, false); ca != nil {
 				t.Error("a refused gateway was pinned")
