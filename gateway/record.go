@@ -151,6 +151,7 @@ type recorder struct {
 type hostCertEntry struct {
 	signers []gossh.Signer // the certificate, then its plain key
 	until   time.Time
+	ca      string // the host CA key that signed it (marshalled)
 }
 
 func newRecorder(cfg RecordConfig, auth *ca.Authority, now func() time.Time) (*recorder, error) {
@@ -189,8 +190,11 @@ func newRecorder(cfg RecordConfig, auth *ca.Authority, now func() time.Time) (*r
 func (r *recorder) hostSigners(ctx context.Context, name, requester string) ([]gossh.Signer, error) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	now := r.now()
+	// A certificate from a host CA key that is no longer the current one
+	// (rotated, or files reloaded) is not served from the cache.
+	current := string(r.auth.PublicKey(ca.HostCA).Marshal())
 	r.mu.Lock()
-	if e, ok := r.hostCerts[name]; ok && now.Before(e.until) {
+	if e, ok := r.hostCerts[name]; ok && now.Before(e.until) && e.ca == current {
 		r.mu.Unlock()
 		return e.signers, nil
 	}
@@ -222,7 +226,7 @@ func (r *recorder) hostSigners(ctx context.Context, name, requester string) ([]g
 		}
 	}
 	signers := []gossh.Signer{cs, signer}
-	r.hostCerts[name] = hostCertEntry{signers: signers, until: now.Add(r.cfg.HostCertCache)}
+	r.hostCerts[name] = hostCertEntry{signers: signers, until: now.Add(r.cfg.HostCertCache), ca: string(cert.SignatureKey.Marshal())}
 	r.mu.Unlock()
 	return signers, nil
 }
