@@ -19,15 +19,23 @@ import (
 )
 
 func newCACommand(a *app) *cobra.Command {
+	var caDir string
 	cmd := &cobra.Command{
 		Use:   "ca",
 		Short: "Manage the certificate authority: init, sign, inspect, revoke, krl, export, rotate, retire",
 		// --config names the data dir too: its data_dir is used unless
 		// --data-dir is given on the command line.
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return a.useConfigDataDir(cmd)
+			if err := a.useConfigDataDir(cmd); err != nil {
+				return err
+			}
+			if caDir != "" {
+				a.keyDir = caDir
+			}
+			return nil
 		},
 	}
+	cmd.PersistentFlags().StringVar(&caDir, "ca-dir", "", "directory of the CA keys when they are not in DATA_DIR/ca (a gateway's ca.dir); wins over ca.dir of --config")
 	cmd.PersistentFlags().StringVar(&a.configPath, "config", "", "bastion.yaml whose ca: signing policy applies, on its data_dir unless --data-dir is given (default: the policy the gateway last ran with on this data dir, else the built-in defaults)")
 	cmd.AddCommand(
 		newCAInitCommand(a),
@@ -156,7 +164,7 @@ func newCAInitCommand(a *app) *cobra.Command {
 			}
 			l := a.layout()
 			if l.Exists() {
-				return fmt.Errorf("a CA already exists in %s; refusing to overwrite it (use `%s` or `%s` to replace a key)", l.Dir(), a.hint("ca rotate --user"), a.hint("ca rotate --host"))
+				return fmt.Errorf("a CA already exists in %s; refusing to overwrite it (use `%s` or `%s` to replace a key)", l.Dir(), a.caHint("ca rotate --user"), a.caHint("ca rotate --host"))
 			}
 			// Open the audit log first: if a gateway holds it, fail before
 			// creating anything.
@@ -179,7 +187,7 @@ func newCAInitCommand(a *app) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(a.stderr, "created CA in %s\n  user CA: %s\n  host CA: %s\n", l.Dir(), ca.Fingerprint(user), ca.Fingerprint(host))
-			fmt.Fprintf(a.stderr, "next: `%s` for sshd's TrustedUserCAKeys, `%s` for known_hosts\n", a.hint("ca export --user"), a.hint("ca export --host"))
+			fmt.Fprintf(a.stderr, "next: `%s` for sshd's TrustedUserCAKeys, `%s` for known_hosts\n", a.caHint("ca export --user"), a.caHint("ca export --host"))
 			return nil
 		},
 	}
@@ -195,7 +203,7 @@ func (a *app) loadAuthority(passFile string) (*ca.Authority, *audit.Store, error
 		return nil, nil, err
 	}
 	if !a.layout().Exists() {
-		return nil, nil, fmt.Errorf("no CA in %s: run `%s` first", a.layout().Dir(), a.hint("ca init"))
+		return nil, nil, noCAError(a.layout(), a.hint("ca init"))
 	}
 	store, err := a.openAudit()
 	if err != nil {
@@ -317,7 +325,11 @@ written only after its audit record is durable.`,
 			if err != nil {
 				return err
 			}
-			return a.writeCert(cert, args[0], out)
+			if err := a.writeCert(cert, args[0], out); err != nil {
+				return err
+			}
+			a.noteUnservedLog(cmd.Context(), store)
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -432,7 +444,7 @@ certificates it matched.`,
 				for _, c := range done {
 					fmt.Fprintf(a.stderr, "revoked serial %d (key id %q, valid until %s)\n", c.Serial, c.KeyID, c.ValidBefore.Format(time.RFC3339))
 				}
-				fmt.Fprintf(a.stderr, "revoked %d certificate(s) of %s\nnext: `%s` for the hosts' RevokedKeys; `%s` to refuse new logins\n", len(done), user, a.hint("ca krl --out FILE"), a.hint("lock "+shellWord(user)))
+				fmt.Fprintf(a.stderr, "revoked %d certificate(s) of %s\nnext: `%s` for the hosts' RevokedKeys; `%s` to refuse new logins\n", len(done), user, a.caHint("ca krl --out FILE"), a.hint("lock "+shellWord(user)))
 				return nil
 			}
 			var rev ca.Revocation
@@ -463,7 +475,7 @@ certificates it matched.`,
 					fmt.Fprintf(a.stderr, "warning: key ids are matched exactly; these issued key ids start with %q: %s\n  to revoke everything a user holds: `%s`\n", keyID, strings.Join(similar, ", "), a.hint("ca revoke --user NAME"))
 				}
 			}
-			fmt.Fprintf(a.stderr, "next: `%s` and copy FILE to the RevokedKeys path on every host\n", a.hint("ca krl --out FILE"))
+			fmt.Fprintf(a.stderr, "next: `%s` and copy FILE to the RevokedKeys path on every host\n", a.caHint("ca krl --out FILE"))
 			return nil
 		},
 	}
@@ -487,6 +499,9 @@ func newCAKRLCommand(a *app) *cobra.Command {
   ssh-keygen -Q -f /etc/ssh/bastion_revoked.krl ~/.ssh/id_ed25519-cert.pub`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.requireCA(); err != nil {
+				return err
+			}
 			cas, err := a.layout().RevocationCAs()
 			if err != nil {
 				return err
@@ -533,6 +548,9 @@ func newCAExportCommand(a *app) *cobra.Command {
 	cmd.Flags().StringVar(&pattern, "hosts", "*", "known_hosts host pattern for --host lines")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		k := kind()
+		if err := a.requireCA(); err != nil {
+			return err
+		}
 		keys, err := a.layout().TrustedKeys(k)
 		if err != nil {
 			return err
@@ -579,7 +597,8 @@ func newCARotateCommand(a *app) *cobra.Command {
 			retire += " --passphrase-file " + shellWord(passFile)
 		}
 		fmt.Fprintf(a.stderr, "rotated the %s CA\n  new (signing): %s\n  old (trusted until retired): %s\nnext: distribute `%s`, then `%s` once certificates from the old key have expired\n",
-			k, ca.Fingerprint(newKey), ca.Fingerprint(oldKey), a.hint("ca export --"+string(k)), a.hint(retire))
+			k, ca.Fingerprint(newKey), ca.Fingerprint(oldKey), a.caHint("ca export --"+string(k)), a.caHint(retire))
+		a.noteUnservedLog(cmd.Context(), store)
 		return nil
 	}
 	return cmd

@@ -84,3 +84,108 @@ func mustTrusted(t *testing.T, l ca.Layout) gossh.PublicKey {
 	}
 	return keys[0]
 }
+
+// TestCACommandsOnGatewayDataDir: on the data dir of a gateway whose CA
+// lives in ca.dir, every ca command that needs the CA says the CA is
+// elsewhere and to pass --config or --ca-dir, never to run `ca init`
+// (which would make a second CA); with --ca-dir or --config they work,
+// write to that gateway's log and print next steps that run as printed;
+// signing on the shared CA's own directory says its record is in a log
+// no gateway serves; serve without ca.dir on such a data dir says the
+// same; a directory no gateway ran in still gets the `ca init` advice.
+func TestCACommandsOnGatewayDataDir(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	root := t.TempDir()
+	shared := filepath.Join(root, "shared")
+	mustRun(t, shared, "ca", "init")
+	gw := filepath.Join(root, "gw4")
+	f := &config.File{Listen: "127.0.0.1:0", DataDir: gw, CA: config.CA{Dir: filepath.Join(shared, "ca")}}
+	if err := f.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := startRuntime(ctx, f, newLogger(io.Discard, config.Log{Level: "error"}), false, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.stop(); err != nil {
+		t.Fatal(err)
+	}
+	yaml := filepath.Join(root, "bastion.yaml")
+	if err := os.WriteFile(yaml, []byte("listen: 127.0.0.1:0\ndata_dir: "+gw+"\nca:\n  dir: "+filepath.Join(shared, "ca")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := writeUserKey(t, root, "alice")
+	wrongAdvice := func(t *testing.T, msg string) {
+		t.Helper()
+		if !strings.Contains(msg, "gateway's data dir") || !strings.Contains(msg, "--config") || !strings.Contains(msg, "--ca-dir") || strings.Contains(msg, "run `bastion ca init") {
+			t.Errorf("advice on a gateway data dir without CA keys:\n%s\nwant: the CA is elsewhere, use --config or --ca-dir, not ca init", msg)
+		}
+	}
+	for _, args := range [][]string{
+		{"ca", "sign", "-I", "alice", "-n", "alice", "--out", "-", key},
+		{"ca", "export", "--user"},
+		{"ca", "export", "--host"},
+		{"ca", "krl", "--out", filepath.Join(root, "krl")},
+		{"ca", "rotate", "--user"},
+		{"ca", "retire", "--host"},
+	} {
+		t.Run(strings.Join(args[:2], " "), func(t *testing.T) {
+			_, _, err := run(t, gw, args...)
+			if err == nil {
+				t.Fatal("succeeded on a data dir without CA keys")
+			}
+			wrongAdvice(t, err.Error())
+		})
+	}
+	f.CA.Dir = ""
+	if _, err := startRuntime(ctx, f, newLogger(io.Discard, config.Log{Level: "error"}), false, io.Discard); err == nil {
+		t.Error("serve started on a gateway data dir without CA keys or ca.dir")
+	} else {
+		wrongAdvice(t, err.Error())
+	}
+	if _, _, err := run(t, filepath.Join(root, "fresh"), "ca", "export", "--user"); err == nil || !strings.Contains(err.Error(), "run `bastion ca init --data-dir") {
+		t.Errorf("a directory no gateway ran in: %v, want the ca init advice", err)
+	}
+
+	// With the CA named, signing works, records in gw4's log, and says
+	// nothing about an unserved log.
+	for _, how := range [][]string{{"--ca-dir", filepath.Join(shared, "ca")}, {"--config", yaml}} {
+		_, errOut := mustRun(t, gw, append([]string{"ca", "sign", "-I", "alice", "-n", "alice", "--out", "-", key}, how...)...)
+		if strings.Contains(errOut, "no gateway has served") {
+			t.Errorf("signing on a gateway's data dir (%s) warned of an unserved log:\n%s", how[0], errOut)
+		}
+	}
+	_, errOut := mustRun(t, gw, "ca", "rotate", "--host", "--ca-dir", filepath.Join(shared, "ca"))
+	_, next, ok := strings.Cut(errOut, "next: distribute `")
+	next, _, _ = strings.Cut(next, "`")
+	if !ok || !strings.Contains(next, "--ca-dir") {
+		t.Fatalf("rotate's next step %q does not name the CA directory:\n%s", next, errOut)
+	}
+	words := strings.Fields(next)[1:] // the printed line, without "bastion"
+	if out, _ := mustRun(t, "", words...); !strings.Contains(out, "@cert-authority") {
+		t.Errorf("the printed next step %q printed %q", next, out)
+	}
+	store, err := audit.Open(filepath.Join(gw, "audit.db"), audit.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := 0
+	_ = store.Iterate(ctx, audit.Filter{Types: []string{audit.TypeCertIssued}}, func(ev audit.Event) error {
+		if ev.Fields["via"] == "cli" {
+			issued++
+		}
+		return nil
+	})
+	store.Close()
+	if issued != 2 {
+		t.Errorf("gw4's log holds %d cert.issued records from the CLI, want 2", issued)
+	}
+
+	// On the shared CA's own directory: signed, with a note saying where
+	// the record is and that no gateway serves it.
+	_, errOut = mustRun(t, shared, "ca", "sign", "-I", "alice", "-n", "alice", "--out", "-", key)
+	if !strings.Contains(errOut, "no gateway has served") || !strings.Contains(errOut, filepath.Join(shared, "audit.db")) || !strings.Contains(errOut, "audit export --data-dir") {
+		t.Errorf("signing on the shared CA's directory:\n%s\nwant a note that its record is in a log no gateway serves", errOut)
+	}
+}

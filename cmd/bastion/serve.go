@@ -148,7 +148,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		if f.CA.Dir != "" {
 			return nil, fmt.Errorf("no CA keys in %s (ca.dir): put user_ca, user_ca.pub, host_ca and host_ca.pub there, as `bastion ca init` makes them, or remove ca.dir to use %s", layout.Dir(), filepath.Join(f.DataDir, "ca"))
 		}
-		return nil, fmt.Errorf("no CA in %s: run `bastion ca init --data-dir %s` first", layout.Dir(), shellWord(f.DataDir))
+		return nil, noCAError(layout, "bastion ca init --data-dir "+shellWord(f.DataDir))
 	}
 	if len(f.Access) == 0 {
 		fmt.Fprintln(stderr, noAccessWarning(f.Path))
