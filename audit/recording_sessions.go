@@ -46,9 +46,16 @@ type SessionSummary struct {
 	Login    string    `json:"login,omitempty"`
 	Target   string    `json:"target,omitempty"`
 	Remote   string    `json:"remote,omitempty"`
-	Start    time.Time `json:"start"`
-	End      time.Time `json:"end,omitzero"`
-	Duration Millis    `json:"duration_ms"`
+	Start time.Time `json:"start"`
+	// End and Duration are absent when not known: a session a crash cut
+	// (reason gateway_crashed) ended at or after EndAfter, its last sign
+	// of life in the log, and before EndBefore, when the restarted
+	// gateway closed it; DurationMin is the duration up to EndAfter.
+	End         time.Time `json:"end,omitzero"`
+	Duration    *Millis   `json:"duration_ms,omitempty"`
+	EndAfter    time.Time `json:"end_after,omitzero"`
+	EndBefore   time.Time `json:"end_before,omitzero"`
+	DurationMin *Millis   `json:"duration_min_ms,omitempty"`
 	// Kind is shell, exec, sftp, scp or forward: the session.* events'
 	// kind field when the gateway wrote one, else inferred from the
 	// commands and whether there is a terminal recording.
@@ -81,6 +88,8 @@ type SessionSummary struct {
 
 // Millis is a duration that encodes as whole milliseconds.
 type Millis time.Duration
+
+func millisPtr(d time.Duration) *Millis { m := Millis(d); return &m }
 
 // MarshalJSON writes the milliseconds.
 func (m Millis) MarshalJSON() ([]byte, error) {
@@ -146,11 +155,27 @@ func (s *Store) Sessions(ctx context.Context, f SessionFilter) ([]SessionSummary
 			}
 		case TypeSessionEnd:
 			sum.Active = false
-			sum.End = ev.Time
-			if ms, err := strconv.ParseInt(ev.Fields["duration_ms"], 10, 64); err == nil {
-				sum.Duration = Millis(time.Duration(ms) * time.Millisecond)
-			} else {
-				sum.Duration = Millis(ev.Time.Sub(sum.Start))
+			ms, err := strconv.ParseInt(ev.Fields["duration_ms"], 10, 64)
+			switch {
+			case ev.Fields["reason"] == ReasonGatewayCrashed:
+				// The end is the restart, not the crash: only bounds are
+				// known (an older end's duration_ms is the lower one).
+				minMS, merr := strconv.ParseInt(ev.Fields[FieldDurationMinMS], 10, 64)
+				if merr != nil && err == nil {
+					minMS, merr = ms, nil
+				}
+				if merr == nil && minMS >= 0 {
+					sum.DurationMin = millisPtr(time.Duration(minMS) * time.Millisecond)
+					sum.EndAfter = sum.Start.Add(time.Duration(minMS) * time.Millisecond)
+				}
+				if t, terr := time.Parse(time.RFC3339Nano, ev.Fields[FieldLastSeen]); terr == nil && !t.Before(sum.Start) {
+					sum.EndAfter = t.UTC()
+				}
+				sum.EndBefore = ev.Time
+			case err == nil:
+				sum.End, sum.Duration = ev.Time, millisPtr(time.Duration(ms)*time.Millisecond)
+			default:
+				sum.End, sum.Duration = ev.Time, millisPtr(ev.Time.Sub(sum.Start))
 			}
 			sum.BytesUp, sum.BytesDown = parseCount(ev.Fields["bytes_up"]), parseCount(ev.Fields["bytes_down"])
 			sum.Reason = bound(ev.Fields["reason"])
@@ -191,7 +216,7 @@ func (s *Store) Sessions(ctx context.Context, f SessionFilter) ([]SessionSummary
 			}
 		}
 		if sum.Active {
-			sum.Duration = Millis(now.Sub(sum.Start))
+			sum.Duration = millisPtr(now.Sub(sum.Start))
 		}
 		sum.Kind = inferKind(sum)
 		out = append(out, *sum)
@@ -284,10 +309,7 @@ func WriteSessions(w io.Writer, sessions []SessionSummary, asJSON bool) error {
 			}
 			fmt.Fprintf(tw, "%s\t", gw)
 		}
-		dur := time.Duration(s.Duration).Round(time.Second).String()
-		if s.Active {
-			dur = "active " + dur
-		}
+		dur := durationText(s)
 		rec := "-"
 		if s.Recording {
 			rec = humanBytes(s.Recorded)
@@ -307,6 +329,24 @@ func WriteSessions(w io.Writer, sessions []SessionSummary, asJSON bool) error {
 			s.Start.UTC().Format(time.RFC3339), dur, s.Kind, bytesUpDown, rec)
 	}
 	return tw.Flush()
+}
+
+// durationText is a session's DURATION cell: "≥3s" for a session a crash
+// cut (only a lower bound is known), "unknown" when not even that is.
+func durationText(s SessionSummary) string {
+	if s.Duration == nil {
+		if s.DurationMin != nil {
+			if d := time.Duration(*s.DurationMin).Round(time.Second); d > 0 {
+				return "≥" + d.String()
+			}
+		}
+		return "unknown"
+	}
+	dur := time.Duration(*s.Duration).Round(time.Second).String()
+	if s.Active {
+		dur = "active " + dur
+	}
+	return dur
 }
 
 // countOrDash is humanBytes of a count, or "-" when it is unknown.

@@ -117,7 +117,7 @@ func TestSessionSummaryJSONRoundTrip(t *testing.T) {
 	start := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
 	in := SessionSummary{
 		Session: "3f9a0c1d2e4b5a69", User: "alice", Login: "deploy", Target: "web1:22", Remote: "192.0.2.7:5555",
-		Start: start, End: start.Add(95 * time.Second), Duration: Millis(95*time.Second + 250*time.Millisecond),
+		Start: start, End: start.Add(95 * time.Second), Duration: millisPtr(95*time.Second + 250*time.Millisecond),
 		Kind: "shell", Commands: []string{"ls"}, BytesUp: &up, BytesDown: &down, Recorded: 4096,
 		Recording: true, Reason: "client_closed", Gateway: "gw-2",
 	}

@@ -100,15 +100,27 @@ func (s *Store) OpenSessions() ([]OpenSession, error) {
 	return out, err
 }
 
+// Fields of a gateway_crashed session.end: when the session ended is not
+// known, only bounds. FieldLastSeen is the latest time the log shows the
+// session alive (its last event, checkpoint or stored recording entry):
+// it ended at or after that, and before the session.end's own time (the
+// restart). FieldDurationMinMS is the duration up to FieldLastSeen; the
+// end's "duration_ms" is "unknown", as its byte counts are.
+const (
+	FieldLastSeen      = "last_seen"
+	FieldDurationMinMS = "duration_min_ms"
+)
+
 // CloseInterrupted appends a session.end with reason "gateway_crashed" for
 // every session the log shows open. Call it when the gateway starts,
 // before it accepts connections: no session is live then, so each open one
 // was cut by a crash. The end carries the start's actor and fields (user,
-// target, ...), "start_id", "duration_ms" up to the latest the session
-// can be shown alive (a recorded session: its last stored entry or
-// session.checkpoint; otherwise the last event the log holds) and
-// "bytes_up" / "bytes_down" of "unknown": the relay's counts died with
-// the process. A recorded session's end carries the recording_sha256 and
+// target, ...), "start_id", "duration_ms" and "bytes_up" / "bytes_down" of
+// "unknown" (the crash time and the relay's counts died with the
+// process), and the bounds that are known: FieldLastSeen, the latest the
+// session can be shown alive (its last event in the log, its last
+// session.checkpoint or stored recording entry), and FieldDurationMinMS.
+// A recorded session's end carries the recording_sha256 and
 // recording_chunks of its last checkpoint (the digest of no chunk if it
 // had none) and, as recording_unverified_chunks, how many chunks were
 // stored after it: `audit verify` reports those as an unverifiable tail.
@@ -120,28 +132,39 @@ func (s *Store) CloseInterrupted(ctx context.Context) (int, error) {
 	if len(open) == 0 {
 		return 0, nil
 	}
-	// A session without a recording can be shown alive up to the last
-	// event the log holds; a recorded one up to its last stored entry or
-	// checkpoint, whichever is later.
-	var head time.Time
-	if h, err := s.Head(); err == nil && h.ID != "" {
-		if id, err := parseKey(h.ID); err == nil {
-			var ms uint64
-			for _, b := range id[:6] {
-				ms = ms<<8 | uint64(b)
-			}
-			head = time.UnixMilli(int64(ms)).UTC()
+	// Each session's last event, in one pass from the earliest start.
+	// Events of other sessions or of the gateway prove nothing about this
+	// one (and a CLI may have written to the log after the crash).
+	lastEvent := make(map[string]time.Time, len(open))
+	since := open[0].Start
+	for _, o := range open {
+		lastEvent[o.Session] = o.Start
+		if o.Start.Before(since) {
+			since = o.Start
 		}
+	}
+	if err := s.Iterate(ctx, Filter{Since: since}, func(ev Event) error {
+		if t, ok := lastEvent[ev.Session]; ok && ev.Time.After(t) {
+			lastEvent[ev.Session] = ev.Time
+		}
+		return nil
+	}); err != nil {
+		return 0, fmt.Errorf("audit: close the sessions a crash cut: %w", err)
 	}
 	n := 0
 	for _, o := range open {
-		f := make(map[string]string, len(o.Fields)+6)
+		f := make(map[string]string, len(o.Fields)+8)
 		for k, v := range o.Fields {
 			f[k] = v
 		}
 		f["reason"], f["start_id"] = ReasonGatewayCrashed, o.StartID
-		f["bytes_up"], f["bytes_down"] = "unknown", "unknown"
-		lastSeen := o.LastSeen
+		f["bytes_up"], f["bytes_down"], f["duration_ms"] = "unknown", "unknown", "unknown"
+		lastSeen := o.Start
+		for _, t := range []time.Time{o.LastSeen, lastEvent[o.Session]} {
+			if t.After(lastSeen) {
+				lastSeen = t
+			}
+		}
 		if stored, last, err := s.recordingTail(ctx, o.Session); err == nil {
 			// The chain covers the chunks up to the last checkpoint (none
 			// without one: the digest of nothing); later ones are an
@@ -157,12 +180,9 @@ func (s *Store) CloseInterrupted(ctx context.Context) (int, error) {
 			if last.After(lastSeen) {
 				lastSeen = last
 			}
-		} else {
-			lastSeen = head
 		}
-		if lastSeen.After(o.Start) {
-			f["duration_ms"] = strconv.FormatInt(lastSeen.Sub(o.Start).Milliseconds(), 10)
-		}
+		f[FieldLastSeen] = lastSeen.UTC().Format(time.RFC3339Nano)
+		f[FieldDurationMinMS] = strconv.FormatInt(lastSeen.Sub(o.Start).Milliseconds(), 10)
 		if _, err := s.Append(ctx, Event{Type: TypeSessionEnd, Actor: o.Actor, Session: o.Session, Fields: f}); err != nil {
 			return n, fmt.Errorf("audit: close the sessions a crash cut (%d of %d closed): %w", n, len(open), err)
 		}
