@@ -41,12 +41,12 @@ type SessionFilter struct {
 // SessionSummary is one session, from its session.start, session.exec and
 // session.end events and its recording.
 type SessionSummary struct {
-	Session  string    `json:"session"`
-	User     string    `json:"user"`
-	Login    string    `json:"login,omitempty"`
-	Target   string    `json:"target,omitempty"`
-	Remote   string    `json:"remote,omitempty"`
-	Start time.Time `json:"start"`
+	Session string    `json:"session"`
+	User    string    `json:"user"`
+	Login   string    `json:"login,omitempty"`
+	Target  string    `json:"target,omitempty"`
+	Remote  string    `json:"remote,omitempty"`
+	Start   time.Time `json:"start"`
 	// End and Duration are absent when not known: a session a crash cut
 	// (reason gateway_crashed) ended at or after EndAfter, its last sign
 	// of life in the log, and before EndBefore, when the restarted
