@@ -44,6 +44,11 @@ func (g *Gateway) registerSession(ev audit.Event, err error) {
 	}
 }
 
+// fieldDurationMaxMS, in a gateway_lost session.end, is the duration up
+// to when the loss was noticed: an upper bound (its duration_ms is
+// "unknown").
+const fieldDurationMaxMS = "duration_max_ms"
+
 // endLostSessions writes, in this gateway's log, the session.end of each
 // session another gateway held when its lease expired (kill -9, power
 // loss, cut off from etcd): reason gateway_lost, the lost gateway in
@@ -56,10 +61,12 @@ func (g *Gateway) endLostSessions(ctx context.Context, gw string, sessions []clu
 		f := map[string]string{
 			"reason": cluster.ReasonGatewayLost, "lost_gateway": gw, "user": s.User, "target": s.Target,
 			"mode": s.Kind, "start": s.Start.UTC().Format(time.RFC3339Nano), "bytes_up": "unknown", "bytes_down": "unknown",
+			// When the session ended is not known here: only that it was
+			// before the loss was noticed (at most LeaseTTL after it).
+			"duration_ms": "unknown",
 		}
 		if now.After(s.Start) {
-			// Up to when the loss was noticed: at most LeaseTTL late.
-			f["duration_ms"] = strconv.FormatInt(now.Sub(s.Start).Milliseconds(), 10)
+			f[fieldDurationMaxMS] = strconv.FormatInt(now.Sub(s.Start).Milliseconds(), 10)
 		}
 		if err := g.record(ctx, audit.Event{Type: audit.TypeSessionEnd, Actor: s.User, Session: s.ID, Fields: f}); err != nil {
 			g.log.Error("could not record the end of a lost gateway's session", "lost_gateway", gw, "session", s.ID, "err", err)
