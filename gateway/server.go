@@ -475,8 +475,11 @@ func (g *Gateway) accountFailures(cs *connState, user string, attempts []map[str
 	}
 	// A ban counts connections, not key offers: a client whose agent
 	// offers six keys before giving up has failed once. A refusal for
-	// the gateway's own state (cluster_stale) is not the client's fault.
-	if slices.IndexFunc(attempts, func(a map[string]string) bool { return a["reason"] != ReasonClusterStale }) < 0 {
+	// the gateway's own state (cluster_stale, cluster_id_conflict) is not
+	// the client's fault.
+	if slices.IndexFunc(attempts, func(a map[string]string) bool {
+		return a["reason"] != ReasonClusterStale && a["reason"] != ReasonClusterIDConflict
+	}) < 0 {
 		return
 	}
 	if until, banned := g.bans.Fail(cs.remote, 1); banned {

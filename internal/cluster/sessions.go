@@ -403,7 +403,8 @@ func (c *Cluster) updateCount(ctx context.Context) {
 	r.mu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	if err := c.SetLiveSessions(cctx, n); err != nil {
+	// A conflict over the id is logged (loudly) where it is found.
+	if err := c.SetLiveSessions(cctx, n); err != nil && !errors.Is(err, ErrIDInUse) {
 		c.log.Warn("could not update the live-session count", "gateway", c.cfg.GatewayID, "err", err)
 	}
 }
