@@ -527,6 +527,9 @@ func (g *Gateway) record(ctx context.Context, ev audit.Event) error {
 // login accepted, a session started). On failure nothing is kept: the
 // caller must refuse the action, telling the user MsgAuditUnavailable.
 func (g *Gateway) recordOrRefuse(ctx context.Context, ev audit.Event) error {
+	if done := g.sessionEnding(ev); done != nil {
+		defer done()
+	}
 	start := time.Now()
 	err := g.spool.write(ctx, boundEvent(ev))
 	g.metrics.auditLatency.Observe(time.Since(start).Seconds())
