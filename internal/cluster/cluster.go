@@ -20,6 +20,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/bastion-ssh/bastion/internal/textbound"
 )
@@ -47,6 +49,9 @@ const (
 	StrictStaleness = 2500 * time.Millisecond
 	// opTimeout bounds each etcd request bastion makes on a user's path.
 	opTimeout = 3 * time.Second
+	// reconnectMaxDelay bounds the wait between attempts to reconnect to
+	// an etcd member.
+	reconnectMaxDelay = 2 * time.Second
 )
 
 // Config is how a gateway joins the cluster.
@@ -182,6 +187,14 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Cluster, error) {
 		// Keepalives on the gRPC connection notice a dead member fast.
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
+		// gRPC's default reconnect backoff grows to 2 minutes: a gateway
+		// cut off from etcd for a while would then refuse new sessions
+		// long after etcd is reachable again. Retry at least every
+		// reconnectMaxDelay instead.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
+			MinConnectTimeout: cfg.DialTimeout,
+		})},
 	}
 	if cfg.CertFile != "" || cfg.CAFile != "" {
 		tlsInfo := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}
