@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os/exec"
@@ -14,6 +15,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/bastion-ssh/bastion/internal/cluster"
 )
 
 // TestClusterDuplicateIDNeverServes: `bastion serve` given the id of a
@@ -105,7 +110,7 @@ func TestClusterDuplicateIDNeverServes(t *testing.T) {
 				t.Errorf("run %d: the duplicate logged %q:\n%s", i, bad, stderr.String())
 			}
 		}
-		t.Logf("run %d: refused after %s (%d TCP connects, none answered)", i, took.Round(10*time.Millisecond), connects.Load())
+		t.Logf("run %d: refused after %s (%d TCP connects, %d answered)", i, took.Round(10*time.Millisecond), connects.Load(), banners.Load())
 	}
 	after := e.members()
 	if len(after) != 1 || after[0].SSHAddr != live.SSHAddr || !after[0].Started.Equal(before[0].Started) {
@@ -114,4 +119,86 @@ func TestClusterDuplicateIDNeverServes(t *testing.T) {
 	if out := e.jump(context.Background(), live, "echo", "still-here"); !strings.Contains(out, "still-here") {
 		t.Errorf("jump through the live member after the duplicates: %q", out)
 	}
+}
+
+// TestClusterRuntimeIDConflictFailsClosed: a running `bastion serve`
+// that, back under a new lease, finds its id held by another live
+// gateway takes itself out (/healthz 503, bastion_cluster_healthy 0,
+// bastion_cluster_id_conflict 1) and admits no ssh -J, until the other
+// leaves and it holds its record again.
+func TestClusterRuntimeIDConflictFailsClosed(t *testing.T) {
+	e := startClusterGateways(t, 1)
+	g := e.gw[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e.jump(ctx, g, "true")
+	other, err := cluster.Open(ctx, cluster.Config{GatewayID: g.ID, Endpoints: e.etcd.Endpoints(), Prefix: clusterPrefix}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	waitFor(t, 5*time.Second, "the other gateway's lease", func() bool { return other.Lease() != 0 })
+	// The gateway's lease ends under it (as when it is cut off past the
+	// TTL) and the other, given the same id, joins at once.
+	ms, err := e.observer.Client().Get(ctx, e.observer.Key("members", g.ID))
+	if err != nil || len(ms.Kvs) != 1 {
+		t.Fatalf("the gateway's record: %v, %v", ms, err)
+	}
+	if _, err := e.observer.Client().Revoke(ctx, clientv3.LeaseID(ms.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Join(ctx, cluster.Member{SSHAddr: "10.0.0.9:2222", Started: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	health := func() (int, string) {
+		resp, err := http.Get("http://" + g.MetricsAddr + "/healthz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	metrics := func() string {
+		resp, err := http.Get("http://" + g.MetricsAddr + "/metrics")
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	waitFor(t, 15*time.Second, "/healthz never went 503 during the id conflict", func() bool { code, _ := health(); return code == http.StatusServiceUnavailable })
+	if _, body := health(); !strings.Contains(body, "already held by a live gateway at 10.0.0.9:2222") {
+		t.Errorf("/healthz during the conflict does not say why: %q", body)
+	}
+	m := metrics()
+	if !strings.Contains(m, "bastion_cluster_id_conflict 1") || !strings.Contains(m, "bastion_cluster_healthy 0") {
+		t.Errorf("metrics during the conflict:\n%s", grepLines(m, "bastion_cluster_"))
+	}
+	if out, err := e.jumpCommand(ctx, g, "echo", "admitted").CombinedOutput(); err == nil || strings.Contains(string(out), "admitted") {
+		t.Fatalf("ssh -J admitted during the id conflict: %v\n%s", err, out)
+	}
+	if err := other.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "/healthz never came back after the other left", func() bool { code, _ := health(); return code == http.StatusOK })
+	e.waitMembers(10*time.Second, g.ID)
+	if out := e.jump(ctx, g, "echo", "back"); !strings.Contains(out, "back") {
+		t.Errorf("jump after the conflict: %q", out)
+	}
+	if strings.Contains(g.Log(), "could not update the live-session count") {
+		t.Errorf("the gateway warned about its live-session count during the conflict:\n%s", g.Log())
+	}
+}
+
+// grepLines is the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/bastion-ssh/bastion/internal/textbound"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -422,8 +423,10 @@ func (c *Cluster) updateCount(ctx context.Context) {
 	r.mu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	// A conflict over the id is logged (loudly) where it is found.
-	if err := c.SetLiveSessions(cctx, n); err != nil && !errors.Is(err, ErrIDInUse) {
+	// A conflict over the id is logged (loudly) where it is found; a
+	// lease that ended under the gateway is the lease loop's to replace
+	// (the count is written again under the new one).
+	if err := c.SetLiveSessions(cctx, n); err != nil && !errors.Is(err, ErrIDInUse) && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		c.log.Warn("could not update the live-session count", "gateway", c.cfg.GatewayID, "err", err)
 	}
 }
