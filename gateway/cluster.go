@@ -32,6 +32,9 @@ const (
 	// ReasonClusterStale: a new session was refused because this gateway
 	// cannot vouch for the cluster's shared state (cluster.consistency).
 	ReasonClusterStale = "cluster_stale"
+	// ReasonClusterIDConflict: a new session was refused because another
+	// live gateway holds this gateway's cluster.gateway_id.
+	ReasonClusterIDConflict = "cluster_id_conflict"
 	// AlertClusterUnreachable is raised when the gateway loses etcd.
 	AlertClusterUnreachable = "cluster_unreachable"
 	// AlertCAMismatch is raised when this gateway's CA key files differ
@@ -152,6 +155,9 @@ func (g *Gateway) admitCluster() error {
 // clusterRefusal is the authentication error of a session refused by
 // admitCluster.
 func clusterRefusal(err error) *authError {
+	if errors.Is(err, cluster.ErrIDInUse) {
+		return &authError{reason: ReasonClusterIDConflict, detail: err.Error()}
+	}
 	return &authError{reason: ReasonClusterStale, detail: strings.TrimPrefix(err.Error(), cluster.ErrStale.Error()+": ")}
 }
 

@@ -49,6 +49,17 @@ func (g *Gateway) registerSession(ev audit.Event, err error) {
 // "unknown").
 const fieldDurationMaxMS = "duration_max_ms"
 
+// sessionEnding is, for a session.end in a cluster, the cluster's
+// SessionEnding: held while the end is recorded and the registry told,
+// so that no session.resumed of the session is recorded after its end.
+// nil for every other event.
+func (g *Gateway) sessionEnding(ev audit.Event) func() {
+	if g.deps.Cluster == nil || ev.Type != audit.TypeSessionEnd || ev.Session == "" {
+		return nil
+	}
+	return g.deps.Cluster.SessionEnding()
+}
+
 // endLostSessions writes, in this gateway's log, the session.end of each
 // session another gateway held when its lease expired (kill -9, power
 // loss, cut off from etcd): reason gateway_lost, the lost gateway in

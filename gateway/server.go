@@ -476,8 +476,11 @@ func (g *Gateway) accountFailures(cs *connState, user string, attempts []map[str
 	}
 	// A ban counts connections, not key offers: a client whose agent
 	// offers six keys before giving up has failed once. A refusal for
-	// the gateway's own state (cluster_stale) is not the client's fault.
-	if slices.IndexFunc(attempts, func(a map[string]string) bool { return a["reason"] != ReasonClusterStale }) < 0 {
+	// the gateway's own state (cluster_stale, cluster_id_conflict) is not
+	// the client's fault.
+	if slices.IndexFunc(attempts, func(a map[string]string) bool {
+		return a["reason"] != ReasonClusterStale && a["reason"] != ReasonClusterIDConflict
+	}) < 0 {
 		return
 	}
 	if until, banned := g.bans.Fail(cs.remote, 1); banned {
@@ -525,6 +528,9 @@ func (g *Gateway) record(ctx context.Context, ev audit.Event) error {
 // login accepted, a session started). On failure nothing is kept: the
 // caller must refuse the action, telling the user MsgAuditUnavailable.
 func (g *Gateway) recordOrRefuse(ctx context.Context, ev audit.Event) error {
+	if done := g.sessionEnding(ev); done != nil {
+		defer done()
+	}
 	start := time.Now()
 	err := g.spool.write(ctx, boundEvent(ev))
 	g.metrics.auditLatency.Observe(time.Since(start).Seconds())

@@ -192,7 +192,11 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	}
 	var alerts *alertRuntime
 	var cl *cluster.Cluster
+	var ln net.Listener
 	fail := func(err error) (*gatewayRuntime, error) {
+		if ln != nil {
+			ln.Close()
+		}
 		alerts.stop()
 		if cl != nil {
 			cl.Close()
@@ -200,10 +204,25 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		store.Close()
 		return nil, err
 	}
+	gc := f.Gateway()
+	gc.Logger = logger
 	if cc := f.ClusterConfig(); cc != nil {
 		cc.Version = version
 		if cl, err = cluster.Open(ctx, *cc, logger); err != nil {
 			return fail(clusterStartError(err))
+		}
+	}
+	// The listener is bound first (the advertise address may need its
+	// port) but accepts nobody until the gateway is a member of its
+	// cluster: a gateway given a live one's id, or one that cannot join,
+	// exits having served no one.
+	if ln, err = net.Listen("tcp", gc.Listen); err != nil {
+		return fail(fmt.Errorf("listen on %s: %w%s", gc.Listen, gateway.ListenCause(err), gateway.ListenHint(err)))
+	}
+	sshAddr := ln.Addr().String()
+	if cl != nil {
+		if err := joinCluster(ctx, cl, f.Cluster.Advertise, sshAddr, logger); err != nil {
+			return fail(err)
 		}
 	}
 	auth, err := ca.New(ca.Config{Layout: layout, Policy: policy, Passphrase: pass}, store)
@@ -212,8 +231,6 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	gc := f.Gateway()
-	gc.Logger = logger
 	if f.OIDC != nil {
 		if gc.Login, err = loginConfig(ctx, f, policy, store, reg, cl); err != nil {
 			return fail(err)
@@ -236,11 +253,7 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 	if err != nil {
 		return fail(err)
 	}
-	ln, err := net.Listen("tcp", gc.Listen)
-	if err != nil {
-		return fail(fmt.Errorf("listen on %s: %w%s", gc.Listen, gateway.ListenCause(err), gateway.ListenHint(err)))
-	}
-	rt := &gatewayRuntime{gw: gw, auth: auth, store: store, alerts: alerts, cluster: cl, sshAddr: ln.Addr().String(), served: make(chan error, 1)}
+	rt := &gatewayRuntime{gw: gw, auth: auth, store: store, alerts: alerts, cluster: cl, sshAddr: sshAddr, served: make(chan error, 1)}
 	if f.Cluster != nil {
 		rt.drain = time.Duration(f.Cluster.Drain)
 	}
@@ -281,29 +294,32 @@ func startRuntime(ctx context.Context, f *config.File, logger *slog.Logger, newL
 		go rt.metricsSrv.Serve(mln)
 	}
 	go func() { rt.served <- gw.Serve(ln) }()
-	if cl != nil {
-		adv := f.Cluster.Advertise
-		if _, port, _ := net.SplitHostPort(adv); port == "0" {
-			// listen :0 (tests, bastion dev): advertise the port taken.
-			host, _, _ := net.SplitHostPort(adv)
-			_, real, _ := net.SplitHostPort(rt.sshAddr)
-			adv = net.JoinHostPort(host, real)
-		}
-		m := cluster.Member{SSHAddr: adv, Started: time.Now().UTC()}
-		if err := cl.Join(ctx, m); err != nil {
-			if errors.Is(err, cluster.ErrIDInUse) {
-				// Another live gateway has this id: serving under it would
-				// mix up both gateways' records.
-				_ = rt.stop()
-				return nil, err
-			}
-			logger.Warn("not yet in the cluster's member list", "err", err)
-		}
-		if err := cl.Remember(ctx, m); err != nil {
-			logger.Warn("not recorded among the cluster's known gateways; cluster-wide audit reads will not miss it while it runs", "err", err)
-		}
-	}
 	return rt, nil
+}
+
+// joinCluster makes the gateway a member of its cluster under the address
+// it advertises (port 0 in cluster.advertise: the port listened on), and
+// records it among the cluster's known gateways. An error means the
+// gateway must not serve: another live gateway holds its id (serving
+// under it would mix up both gateways' records), or it could not join.
+func joinCluster(ctx context.Context, cl *cluster.Cluster, adv, sshAddr string, logger *slog.Logger) error {
+	if _, port, _ := net.SplitHostPort(adv); port == "0" {
+		// listen :0 (tests, bastion dev): advertise the port taken.
+		host, _, _ := net.SplitHostPort(adv)
+		_, real, _ := net.SplitHostPort(sshAddr)
+		adv = net.JoinHostPort(host, real)
+	}
+	m := cluster.Member{SSHAddr: adv, Started: time.Now().UTC()}
+	if err := cl.Join(ctx, m); err != nil {
+		if errors.Is(err, cluster.ErrIDInUse) {
+			return err
+		}
+		return fmt.Errorf("this gateway did not start: %w", err)
+	}
+	if err := cl.Remember(ctx, m); err != nil {
+		logger.Warn("not recorded among the cluster's known gateways; cluster-wide audit reads will not miss it while it runs", "err", err)
+	}
+	return nil
 }
 
 // minOpenFiles is the open-file limit below which serve warns: two

@@ -20,6 +20,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/bastion-ssh/bastion/internal/textbound"
 )
@@ -47,6 +49,9 @@ const (
 	StrictStaleness = 2500 * time.Millisecond
 	// opTimeout bounds each etcd request bastion makes on a user's path.
 	opTimeout = 3 * time.Second
+	// reconnectMaxDelay bounds the wait between attempts to reconnect to
+	// an etcd member.
+	reconnectMaxDelay = 2 * time.Second
 )
 
 // Config is how a gateway joins the cluster.
@@ -128,8 +133,16 @@ type Cluster struct {
 	conflict *IDInUseError
 	// onConflict are the OnIDConflict callbacks.
 	onConflict []func(error)
-	// joining is set while Join waits out a record holding the id.
-	joining bool
+	// joined is set once Join succeeded: from then on the gateway keeps
+	// its record (and its count) written, and a conflict over its id
+	// refuses new sessions (Admit). Nothing is written before.
+	joined bool
+	// recordLease is the lease the membership record was last written
+	// under by this gateway.
+	recordLease clientv3.LeaseID
+	// leased is closed when the first lease is granted.
+	leased     chan struct{}
+	leasedOnce sync.Once
 	// dropKeepAlive ends the current lease's keepalive stream (tests: a
 	// lease the client gives up on while etcd still holds it).
 	dropKeepAlive context.CancelFunc
@@ -174,6 +187,14 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Cluster, error) {
 		// Keepalives on the gRPC connection notice a dead member fast.
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
+		// gRPC's default reconnect backoff grows to 2 minutes: a gateway
+		// cut off from etcd for a while would then refuse new sessions
+		// long after etcd is reachable again. Retry at least every
+		// reconnectMaxDelay instead.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
+			MinConnectTimeout: cfg.DialTimeout,
+		})},
 	}
 	if cfg.CertFile != "" || cfg.CAFile != "" {
 		tlsInfo := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}
@@ -187,7 +208,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd at %s: %w", strings.Join(cfg.Endpoints, ", "), err)
 	}
-	c := &Cluster{cfg: cfg, client: cli, log: log, now: time.Now}
+	c := &Cluster{cfg: cfg, client: cli, log: log, now: time.Now, leased: make(chan struct{})}
 	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	err = c.probe(pctx)
 	cancel()
@@ -270,6 +291,9 @@ func (c *Cluster) Staleness() time.Duration { return c.now().Sub(c.LastContact()
 // nil, or an error wrapping ErrStale that says how stale the state is and
 // what to do.
 func (c *Cluster) Admit() error {
+	if err := c.memberAdmit(); err != nil {
+		return err
+	}
 	stale := c.Staleness()
 	limit := c.cfg.MaxStaleness
 	if c.cfg.Consistency == Strict {
@@ -279,6 +303,26 @@ func (c *Cluster) Admit() error {
 		return nil
 	}
 	return fmt.Errorf("%w: this gateway has not reached etcd for %s (cluster.consistency %s allows %s); new sessions are refused until it does: check etcd's health and this gateway's network", ErrStale, stale.Round(time.Second), c.cfg.Consistency, limit)
+}
+
+// memberAdmit is Admit's check of a gateway that joined: while another
+// live gateway holds its id, or while it has a new lease but has not yet
+// written its record under it, it refuses new sessions (two gateways
+// serving under one id would mix up each other's records and sessions).
+func (c *Cluster) memberAdmit() error {
+	c.mu.Lock()
+	joined, conflict, record := c.joined, c.conflict, c.recordLease
+	c.mu.Unlock()
+	if !joined {
+		return nil
+	}
+	if conflict != nil {
+		return fmt.Errorf("%w; new sessions are refused until this gateway holds its membership record again", conflict)
+	}
+	if lease := c.Lease(); lease != 0 && record != lease {
+		return fmt.Errorf("%w: this gateway has a new etcd lease and has not yet written its membership record under it; new sessions are refused until it has", ErrStale)
+	}
+	return nil
 }
 
 func (c *Cluster) touch() { c.lastContact.Store(c.now().UnixNano()) }
@@ -370,6 +414,7 @@ func (c *Cluster) leaseLoop(ctx context.Context) {
 			old = 0
 		}
 		c.lease.Store(int64(resp.ID))
+		c.leasedOnce.Do(func() { close(c.leased) })
 		c.mu.Lock()
 		fns := append([]func(context.Context, clientv3.LeaseID){c.putMember}, c.onLease...)
 		c.mu.Unlock()
@@ -449,35 +494,53 @@ func (e *IDInUseError) Unwrap() error { return ErrIDInUse }
 const holderAliveWait = LeaseTTL + 2*time.Second
 
 // Join writes this gateway's membership record (bound to its lease, and
-// written again under each new lease). The record <prefix>members/<id>
-// belongs to one lease: when another live gateway holds it, Join refuses
-// with an *IDInUseError (errors.Is ErrIDInUse). A record left by a
-// gateway that crashed with this id (kill -9, then a restart) is waited
-// out: Join returns once it expires, within LeaseTTL; a holder whose
-// lease is renewed meanwhile is live, and Join refuses as soon as it
-// sees that (about LeaseTTL/3).
-func (c *Cluster) Join(ctx context.Context, m Member) error {
+// written again under each new lease). A gateway must have joined before
+// it serves anyone: until then it writes no record nor count. Join waits
+// for the gateway's first lease (up to DialTimeout plus a request's
+// time). The record <prefix>members/<id> belongs to one lease: when
+// another live gateway holds it, Join refuses with an *IDInUseError
+// (errors.Is ErrIDInUse). A record left by a gateway that crashed with
+// this id (kill -9, then a restart) is waited out: Join returns once it
+// expires, within LeaseTTL; a holder whose lease is renewed meanwhile is
+// live, and Join refuses as soon as it sees that (about LeaseTTL/3). Any
+// error leaves the gateway out of the cluster.
+func (c *Cluster) Join(ctx context.Context, m Member) (err error) {
 	m.ID = c.cfg.GatewayID
 	if m.Version == "" {
 		m.Version = c.cfg.Version
 	}
 	c.mu.Lock()
 	c.member = m
-	c.joining = true
+	c.joined = false
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		c.joining = false
+		if err != nil {
+			c.member = Member{}
+		} else {
+			c.joined = true
+		}
 		c.mu.Unlock()
 	}()
-	lease := c.Lease()
-	if lease == 0 {
-		return fmt.Errorf("join the cluster: no etcd lease yet (etcd unreachable); the gateway will join when it reaches etcd")
+	wait := c.cfg.DialTimeout + opTimeout
+	t := time.NewTimer(wait)
+	select {
+	case <-c.leased:
+		t.Stop()
+	case <-ctx.Done():
+		t.Stop()
+		return fmt.Errorf("join the cluster: stopped while waiting for an etcd lease: %w", ctx.Err())
+	case <-t.C:
+		return fmt.Errorf("join the cluster: etcd granted this gateway no lease within %s: check etcd's health (etcdctl endpoint health --cluster) and this gateway's network, then start it again", wait)
 	}
 	deadline := c.now().Add(holderAliveWait)
 	var lastTTL int64 = -2
 	var held clientv3.LeaseID
 	for {
+		lease := c.Lease()
+		if lease == 0 {
+			return fmt.Errorf("join the cluster: this gateway lost its etcd lease while joining (etcd unreachable): check etcd's health, then start it again")
+		}
 		err := c.writeMember(ctx, lease)
 		var inUse *IDInUseError
 		if !errors.As(err, &inUse) {
@@ -491,22 +554,13 @@ func (c *Cluster) Join(ctx context.Context, m Member) error {
 		}
 		ttl := c.leaseTTL(ctx, held)
 		if (lastTTL >= 0 && ttl > lastTTL) || !c.now().Before(deadline) {
-			c.mu.Lock()
-			c.member = Member{}
-			c.mu.Unlock()
 			return inUse
 		}
 		lastTTL = ttl
 		select {
 		case <-ctx.Done():
-			c.mu.Lock()
-			c.member = Member{}
-			c.mu.Unlock()
 			return fmt.Errorf("%w (gave up waiting for it to expire: %v)", inUse, ctx.Err())
 		case <-time.After(500 * time.Millisecond):
-		}
-		if lease = c.Lease(); lease == 0 {
-			return fmt.Errorf("join the cluster: no etcd lease (etcd unreachable); the gateway will join when it reaches etcd")
 		}
 	}
 }
@@ -547,7 +601,11 @@ func (c *Cluster) IDConflict() error {
 // record.
 func (c *Cluster) SetLiveSessions(ctx context.Context, n int) error {
 	c.mu.Lock()
-	if c.member.ID == "" || (c.member.LiveSessions == n && c.conflict == nil) {
+	// Before Join nothing is written; after, the record is written again
+	// while it is not ours under the current lease (a conflict, or a
+	// write under a new lease that failed).
+	current := c.conflict == nil && c.recordLease == c.Lease()
+	if !c.joined || (c.member.LiveSessions == n && current) {
 		c.mu.Unlock()
 		return nil
 	}
@@ -592,6 +650,9 @@ func (c *Cluster) writeMember(ctx context.Context, lease clientv3.LeaseID) error
 	}
 	c.touch()
 	if resp.Succeeded || resp.Responses[0].GetResponseTxn().Succeeded {
+		c.mu.Lock()
+		c.recordLease = lease
+		c.mu.Unlock()
 		c.setConflict(nil)
 		return nil
 	}
@@ -610,7 +671,7 @@ func (c *Cluster) setConflict(e *IDInUseError) {
 	c.mu.Lock()
 	was := c.conflict
 	c.conflict = e
-	joined := c.member.ID != "" && !c.joining
+	joined := c.joined
 	fns := append([]func(error){}, c.onConflict...)
 	c.mu.Unlock()
 	switch {

@@ -153,3 +153,48 @@ func TestAdmitFollowsConsistencyMode(t *testing.T) {
 	}
 	waitFor(t, 15*time.Second, "no admission after quorum came back", func() bool { return strict.Admit() == nil && best.Admit() == nil })
 }
+
+// TestRecoversSoonAfterEtcdPathReturns: a gateway whose network path to
+// etcd is cut for three times its lease's TTL refuses new sessions
+// meanwhile, and within a few seconds of the path coming back admits
+// them again, under a new lease with its membership record written (the
+// etcd client's reconnect backoff is bounded; gRPC's default grows to two
+// minutes).
+func TestRecoversSoonAfterEtcdPathReturns(t *testing.T) {
+	e := startEtcd(t, 1)
+	path, err := etcdembed.StartProxy(e.Endpoints()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(path.Close)
+	obs := open(t, e, "observer", BestEffort)
+	c, err := Open(context.Background(), Config{GatewayID: "gw-cut", Endpoints: []string{path.URL()}, DialTimeout: 2 * time.Second, Consistency: BestEffort, MaxStaleness: 2 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	join(t, c)
+	old := c.Lease()
+	path.SetCut(true)
+	waitFor(t, 10*time.Second, "the gateway still admits with its path to etcd cut", func() bool { return errors.Is(c.Admit(), ErrStale) })
+	// About 30 s cut off in all: gRPC's default backoff would next try
+	// etcd some 10 s after the path comes back.
+	time.Sleep(28 * time.Second)
+	if c.Admit() == nil {
+		t.Fatal("the gateway admits new sessions after 30 s cut off from etcd")
+	}
+	path.SetCut(false)
+	mended := time.Now()
+	waitFor(t, 20*time.Second, "the gateway never recovered after its path to etcd came back", func() bool {
+		if c.Admit() != nil || !c.Healthy() {
+			return false
+		}
+		l := c.Lease()
+		return l != 0 && l != old && memberLease(t, obs, "gw-cut") == l
+	})
+	took := time.Since(mended)
+	t.Logf("back (admitting, member under a new lease) %s after the path to etcd came back", took.Round(10*time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("recovery took %s after etcd was reachable again, want under 5 s", took.Round(10*time.Millisecond))
+	}
+}

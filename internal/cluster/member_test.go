@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -316,4 +317,76 @@ func TestSessionEntryNeverClobbered(t *testing.T) {
 	}
 	a.SessionEnded("s1")
 	waitFor(t, 5*time.Second, "a could not end its own s1", func() bool { _, f, err := b.LookupSession(ctx, "s1"); return err == nil && !f })
+}
+
+// TestResumedNeverAfterEnd: a session of a gateway cut off past its
+// lease's TTL, and ended as gateway_lost by a peer, is recorded as
+// resumed only while it lives: one that ends between the lease loss and
+// the settle is not resumed at all, and one that ends while its
+// session.resumed is being recorded has its end recorded after it.
+func TestResumedNeverAfterEnd(t *testing.T) {
+	e := startEtcd(t, 1)
+	a := open(t, e, "gw-a", BestEffort)
+	peer := open(t, e, "gw-b", BestEffort)
+	join(t, a)
+	var mu sync.Mutex
+	var order []string
+	note := func(s string) { mu.Lock(); order = append(order, s); mu.Unlock() }
+	// end is how the gateway ends a session: its session.end recorded,
+	// then the registry told, under SessionEnding.
+	end := func(id string) {
+		done := a.SessionEnding()
+		note("end " + id)
+		a.SessionEnded(id)
+		done()
+	}
+	var ended sync.WaitGroup
+	a.OnSessionsResumed(func(_ context.Context, ss []ResumedSession) {
+		for _, s := range ss {
+			if s.ID == "s2" {
+				// s2 ends while its session.resumed is being written.
+				ended.Add(1)
+				go func() { defer ended.Done(); end("s2") }()
+				time.Sleep(300 * time.Millisecond)
+			}
+			note("resumed " + s.ID)
+		}
+	})
+	ctx := context.Background()
+	a.SessionStarted(Session{ID: "s1", User: "alice", Target: "web1:22", Start: time.Now(), Kind: "tunnel"})
+	a.SessionStarted(Session{ID: "s2", User: "bob", Target: "web2:22", Start: time.Now(), Kind: "tunnel"})
+	waitFor(t, 5*time.Second, "sessions never registered", func() bool {
+		ss, err := peer.Sessions(ctx)
+		return err == nil && sessionIDs(ss) == "gw-a/s1,gw-a/s2"
+	})
+	old := a.Lease()
+	// A peer wins both sessions' claims (it ended them as gateway_lost),
+	// and the lease expires under a.
+	for _, id := range []string{"s1", "s2"} {
+		if first, err := peer.Claim(ctx, ReasonGatewayLost, lostClaimID("gw-a", id, old), lostClaimTTL); err != nil || !first {
+			t.Fatalf("peer's claim on %s: %v, %v", id, first, err)
+		}
+	}
+	if _, err := peer.Client().Revoke(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	// s1 ends before a is back under a new lease.
+	end("s1")
+	if l := a.Lease(); l != old && l != 0 {
+		t.Logf("a had a new lease before s1 ended; the test is weaker this round")
+	}
+	waitFor(t, 15*time.Second, "s2 was never recorded as resumed", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(order, "resumed s2")
+	})
+	ended.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if slices.Contains(order, "resumed s1") {
+		t.Errorf("s1, ended before the settle, was recorded as resumed: %v", order)
+	}
+	if i, j := slices.Index(order, "resumed s2"), slices.Index(order, "end s2"); j < 0 || j < i {
+		t.Errorf("s2's end and its session.resumed are out of order: %v", order)
+	}
 }

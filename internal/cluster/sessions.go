@@ -13,6 +13,7 @@ import (
 	"github.com/bastion-ssh/bastion/internal/textbound"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -90,8 +91,14 @@ type registry struct {
 	// settling is held by settleLost, so that its callers (the lease and
 	// registry loops) never settle one entry twice.
 	settling sync.Mutex
-	kick     chan struct{}
-	lost     []func(ctx context.Context, gateway string, sessions []Session)
+	// order puts each session's end and the decision that it resumed in
+	// one order: a session's end is recorded under its read lock
+	// (SessionEnding), and settleLost holds it from the check that a
+	// session is live until its session.resumed is recorded. So no
+	// session.resumed follows the session's own session.end.
+	order sync.RWMutex
+	kick  chan struct{}
+	lost  []func(ctx context.Context, gateway string, sessions []Session)
 	// resumed are the OnSessionsResumed callbacks.
 	resumed []func(ctx context.Context, sessions []ResumedSession)
 	// lastCount is when the member record's count was last written.
@@ -158,6 +165,15 @@ func (c *Cluster) SessionEnded(id string) {
 	if known {
 		r.wake()
 	}
+}
+
+// SessionEnding is called before this gateway records the end of one of
+// its sessions; done is called once the end is recorded and SessionEnded
+// called. Meanwhile no session.resumed is decided or recorded, so that a
+// session that ended is never recorded as resumed after its end.
+func (c *Cluster) SessionEnding() (done func()) {
+	c.reg.order.RLock()
+	return c.reg.order.RUnlock
 }
 
 // LocalSessions is how many sessions this gateway has registered.
@@ -259,6 +275,10 @@ func (c *Cluster) settleLost(ctx context.Context) error {
 	}
 	holders, err := c.claimMany(ctx, ReasonGatewayLost, claimIDs, lostClaimTTL)
 	var resumed []ResumedSession
+	// From the check that a session is live until its session.resumed is
+	// recorded, no session ends (see order).
+	r.order.Lock()
+	defer r.order.Unlock()
 	r.mu.Lock()
 	for i, id := range ids {
 		holder, done := holders[claimIDs[i]]
@@ -403,7 +423,10 @@ func (c *Cluster) updateCount(ctx context.Context) {
 	r.mu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	if err := c.SetLiveSessions(cctx, n); err != nil {
+	// A conflict over the id is logged (loudly) where it is found; a
+	// lease that ended under the gateway is the lease loop's to replace
+	// (the count is written again under the new one).
+	if err := c.SetLiveSessions(cctx, n); err != nil && !errors.Is(err, ErrIDInUse) && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		c.log.Warn("could not update the live-session count", "gateway", c.cfg.GatewayID, "err", err)
 	}
 }

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -21,96 +19,15 @@ import (
 	"github.com/bastion-ssh/bastion/internal/etcdembed"
 )
 
-// cutProxy is a loopback TCP relay to one etcd member that the test can
-// cut (every open connection closed, new ones refused) and mend: a
-// gateway's network path to etcd going away and coming back, while etcd
-// itself keeps running.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
-}
-
-func startCutProxy(t *testing.T, target string) *cutProxy {
+// startCutProxy is a path to etcd member target that the test can cut.
+func startCutProxy(t *testing.T, target string) *etcdembed.Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := etcdembed.StartProxy(target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cutProxy{ln: ln, target: strings.TrimPrefix(target, "http://"), conns: map[net.Conn]struct{}{}}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.wg.Add(1)
-			go func() { defer p.wg.Done(); p.relay(c) }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); p.setCut(true); p.wg.Wait() })
+	t.Cleanup(p.Close)
 	return p
-}
-
-// URL is the proxy's client URL.
-func (p *cutProxy) URL() string { return "http://" + p.ln.Addr().String() }
-
-// track adds c to the open connections, or reports false while cut.
-func (p *cutProxy) track(cs ...net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cut {
-		return false
-	}
-	for _, c := range cs {
-		p.conns[c] = struct{}{}
-	}
-	return true
-}
-
-func (p *cutProxy) untrack(cs ...net.Conn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range cs {
-		delete(p.conns, c)
-	}
-}
-
-func (p *cutProxy) relay(c net.Conn) {
-	defer c.Close()
-	up, err := net.DialTimeout("tcp", p.target, 2*time.Second)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	if !p.track(c, up) {
-		return
-	}
-	defer p.untrack(c, up)
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-	<-done
-}
-
-// setCut cuts (every open connection is closed, new ones are dropped)
-// or mends the path.
-func (p *cutProxy) setCut(cut bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = cut
-	if cut {
-		for c := range p.conns {
-			c.Close()
-		}
-		clear(p.conns)
-	}
 }
 
 // syncBuffer is a log sink safe for the Sync's goroutines.
@@ -197,7 +114,7 @@ func TestFollowAfterCompaction(t *testing.T) {
 	})
 	before := appliedTo(t, storeB)
 
-	path.setCut(true)
+	path.SetCut(true)
 	cutAt := time.Now()
 	if err := stA.Locks.Lock(ctx, ca.Lock{Target: "new", By: "ops", Reason: "while B was cut off"}); err != nil {
 		t.Fatal(err)
@@ -244,7 +161,7 @@ func TestFollowAfterCompaction(t *testing.T) {
 		_, err := direct.Get(ctx, a.cl.Key("locks", "new"), clientv3.WithRev(rev-1))
 		return errors.Is(err, rpctypes.ErrCompacted)
 	})
-	path.setCut(false)
+	path.SetCut(false)
 	mended := time.Now()
 	eventually(t, "B did not converge after the compaction", func() bool {
 		_, revoked := stB.Revocations.CheckSubject(ca.Subject{Serial: 4242})
