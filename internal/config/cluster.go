@@ -38,6 +38,17 @@ type Cluster struct {
 	Drain Duration `yaml:"drain"`
 }
 
+// Bounds of cluster.max_staleness. Below a second the quorum probe (once a
+// second) cannot keep a healthy gateway admitting; above an hour a gateway
+// cut off from etcd would serve for longer than anyone would tolerate a
+// lock or revocation not taking effect on it (an hour is the longest an
+// on-call engineer should need to restore etcd or take the gateway out of
+// the load balancer; choose strict where even that is too long).
+const (
+	MinMaxStaleness = time.Second
+	MaxMaxStaleness = time.Hour
+)
+
 // The environment variables that stand in for cluster.gateway_id and
 // cluster.advertise when the file leaves them out: one configuration for
 // every replica, each told its own name and address by its runtime
@@ -108,8 +119,8 @@ func (f *File) validateCluster() error {
 	if c.MaxStaleness == 0 {
 		c.MaxStaleness = Duration(30 * time.Second)
 	}
-	if time.Duration(c.MaxStaleness) < time.Second {
-		return fmt.Errorf("cluster.max_staleness: %s is too short: use 1s or more (default 30s)", time.Duration(c.MaxStaleness))
+	if ms := time.Duration(c.MaxStaleness); ms < MinMaxStaleness || ms > MaxMaxStaleness {
+		return fmt.Errorf("cluster.max_staleness: %s is out of range: use %s to %s (default 30s); it is how long a gateway cut off from etcd keeps admitting sessions without seeing new locks and revocations", ms, MinMaxStaleness, "1h")
 	}
 	if c.Drain == 0 {
 		c.Drain = Duration(2 * time.Second)
