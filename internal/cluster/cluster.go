@@ -188,12 +188,16 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Cluster, error) {
 		return nil, fmt.Errorf("connect to etcd at %s: %w", strings.Join(cfg.Endpoints, ", "), err)
 	}
 	c := &Cluster{cfg: cfg, client: cli, log: log, now: time.Now}
+	if err := refused(ctx, cfg.Endpoints, cfg.DialTimeout); err != nil {
+		cli.Close()
+		return nil, err
+	}
 	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	err = c.probe(pctx)
 	cancel()
 	if err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("etcd at %s did not answer within %s: %w (check cluster.etcd.endpoints, that a quorum of members runs, and the TLS files)", strings.Join(redact(cfg.Endpoints), ", "), cfg.DialTimeout, err)
+		return nil, openError(cfg.Endpoints, cfg.DialTimeout, err)
 	}
 	c.healthy = true
 	runCtx, stop := context.WithCancel(context.Background())

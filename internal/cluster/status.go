@@ -3,11 +3,15 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -127,10 +131,68 @@ func (c *Cluster) admitLimit() time.Duration {
 // gateway's own view at once instead of waiting on etcd.
 const unhealthyReadTimeout = time.Second
 
-// EtcdAdvice is what to check when etcd cannot be reached from here.
+// EtcdAdvice is what to check when etcd cannot be reached from here,
+// by what is configured: the TLS files are named only when an endpoint
+// uses https (plain http on loopback has none to check).
 func EtcdAdvice(endpoints []string) string {
-	return fmt.Sprintf("check that a quorum of the etcd members runs (etcdctl endpoint health --cluster), that this host reaches cluster.etcd.endpoints (%s), and the TLS files cluster.etcd.ca_file, cert_file and key_file",
+	advice := fmt.Sprintf("check that a quorum of the etcd members runs (etcdctl endpoint health --cluster), that this host reaches cluster.etcd.endpoints (%s)",
 		strings.Join(redact(endpoints), ", "))
+	if usesTLS(endpoints) {
+		return advice + ", and the TLS files cluster.etcd.ca_file, cert_file and key_file"
+	}
+	return advice
+}
+
+// usesTLS reports whether any endpoint is https.
+func usesTLS(endpoints []string) bool {
+	for _, ep := range endpoints {
+		if u, err := url.Parse(ep); err == nil && u.Scheme == "https" {
+			return true
+		}
+	}
+	return false
+}
+
+// refused reports at once, before any etcd request waits out its
+// deadline, that no endpoint accepts a connection: every one refused it
+// or has a host name that does not resolve. It returns nil when any
+// endpoint accepts (or cannot be told apart from a slow one within
+// timeout): the quorum read then says what it finds.
+func refused(ctx context.Context, endpoints []string, timeout time.Duration) error {
+	var why []string
+	d := net.Dialer{Timeout: min(timeout, 2*time.Second)}
+	for _, ep := range endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || u.Host == "" {
+			return nil
+		}
+		conn, err := d.DialContext(ctx, "tcp", u.Host)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		var dnsErr *net.DNSError
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
+			why = append(why, redact([]string{ep})[0]+": connection refused (nothing listens there)")
+		case errors.As(err, &dnsErr):
+			why = append(why, redact([]string{ep})[0]+": the host name does not resolve")
+		default:
+			return nil
+		}
+	}
+	if len(why) == 0 {
+		return nil
+	}
+	return fmt.Errorf("etcd cannot be reached: %s; %s", strings.Join(why, "; "), EtcdAdvice(endpoints))
+}
+
+// openError is Open's error when its first quorum read fails.
+func openError(endpoints []string, within time.Duration, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("etcd at %s did not answer within %s: %s", strings.Join(redact(endpoints), ", "), within, EtcdAdvice(endpoints))
+	}
+	return fmt.Errorf("etcd at %s refused the first read (%v): %s", strings.Join(redact(endpoints), ", "), err, EtcdAdvice(endpoints))
 }
 
 // Known is a gateway that joined the cluster at least once. Its record,
