@@ -273,8 +273,10 @@ func (c *Cluster) Staleness() time.Duration { return c.now().Sub(c.LastContact()
 // Admit says whether a new session may start under the consistency mode:
 // nil, or an error wrapping ErrStale that says how stale the state is and
 // what to do.
-func (c *Cluster) Admit() error {
-	stale := c.Staleness()
+func (c *Cluster) Admit() error { return c.admitAt(c.Staleness()) }
+
+// admitAt is Admit for a staleness already read (a status reads it once).
+func (c *Cluster) admitAt(stale time.Duration) error {
 	limit := c.cfg.MaxStaleness
 	if c.cfg.Consistency == Strict {
 		limit = StrictStaleness
@@ -282,7 +284,7 @@ func (c *Cluster) Admit() error {
 	if stale <= limit {
 		return nil
 	}
-	return fmt.Errorf("%w: this gateway has not reached etcd for %s (cluster.consistency %s allows %s); new sessions are refused until it does: check etcd's health and this gateway's network", ErrStale, stale.Round(time.Second), c.cfg.Consistency, limit)
+	return fmt.Errorf("%w: this gateway has not reached etcd for %s (cluster.consistency %s allows %s); new sessions are refused until it does: check etcd's health and this gateway's network", ErrStale, FormatStaleness(stale), c.cfg.Consistency, limit)
 }
 
 func (c *Cluster) touch() { c.lastContact.Store(c.now().UnixNano()) }

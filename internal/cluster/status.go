@@ -131,6 +131,17 @@ func (c *Cluster) admitLimit() time.Duration {
 // gateway's own view at once instead of waiting on etcd.
 const unhealthyReadTimeout = time.Second
 
+// FormatStaleness writes how long a gateway has been without a quorum
+// read, the same way wherever it is shown (the status lines and the
+// refusal share one figure): tenths of a second under a minute, whole
+// seconds above.
+func FormatStaleness(d time.Duration) string {
+	if d < time.Minute {
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}
+
 // EtcdAdvice is what to check when etcd cannot be reached from here,
 // by what is configured: the TLS files are named only when an endpoint
 // uses https (plain http on loopback has none to check).
@@ -285,8 +296,11 @@ func (c *Cluster) Status(ctx context.Context) (Status, error) {
 		}
 		st.MembersCached = true
 	}
-	st.Healthy, st.LastContact, st.StalenessMS = c.Healthy() && err == nil, c.LastContact().UTC(), c.Staleness().Milliseconds()
-	if aerr := c.Admit(); aerr != nil {
+	// One reading of the last contact for every figure of the status.
+	last := c.LastContact()
+	stale := c.now().Sub(last)
+	st.Healthy, st.LastContact, st.StalenessMS = c.Healthy() && err == nil, last.UTC(), stale.Milliseconds()
+	if aerr := c.admitAt(stale); aerr != nil {
 		st.Admit, st.Admitting = aerr.Error(), false
 	}
 	st.OwnSessions = c.OwnSessions()
@@ -311,9 +325,16 @@ func WriteStatus(w io.Writer, st Status, asJSON bool, now time.Time) error {
 	if !st.Healthy {
 		health = "UNREACHABLE"
 	}
-	stale := (time.Duration(st.StalenessMS) * time.Millisecond).Round(time.Millisecond)
-	fmt.Fprintf(w, "etcd as seen by %s: %s, last quorum read %s ago (consistency %s, max_staleness %s); new sessions: %s\n",
-		who, health, stale, st.Consistency, st.MaxStaleness, st.Admit)
+	staleFor := time.Duration(st.StalenessMS) * time.Millisecond
+	stale := FormatStaleness(staleFor)
+	mode := "consistency " + st.Consistency
+	if st.Consistency == Strict {
+		mode += fmt.Sprintf(": new sessions refused after %s without a quorum read", time.Duration(st.AdmitLimitMS)*time.Millisecond)
+	} else if st.MaxStaleness != "" {
+		mode += ", max_staleness " + st.MaxStaleness
+	}
+	fmt.Fprintf(w, "etcd as seen by %s: %s, last quorum read %s ago (%s); new sessions: %s\n",
+		who, health, stale, mode, st.Admit)
 	if !st.Healthy || st.EtcdError != "" {
 		why := st.EtcdError
 		if why == "" {
@@ -324,7 +345,7 @@ func WriteStatus(w io.Writer, st Status, asJSON bool, now time.Time) error {
 			limit := time.Duration(st.AdmitLimitMS) * time.Millisecond
 			if st.Admitting {
 				fmt.Fprintf(w, "  new sessions: still admitted on the last state seen, for at most %s more (consistency %s allows %s without etcd); locks and revocations made elsewhere meanwhile do not reach this gateway until etcd answers\n",
-					(limit - time.Duration(st.StalenessMS)*time.Millisecond).Round(time.Second), st.Consistency, limit)
+					FormatStaleness(limit-staleFor), st.Consistency, limit)
 			} else {
 				fmt.Fprintf(w, "  new sessions: REFUSED on this gateway until it reaches etcd (consistency %s allows %s without etcd); live sessions go on\n", st.Consistency, limit)
 			}
