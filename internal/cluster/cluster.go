@@ -313,6 +313,9 @@ func (c *Cluster) probeLoop(ctx context.Context) {
 		pctx, cancel := context.WithTimeout(ctx, ProbeInterval)
 		err := c.probe(pctx)
 		cancel()
+		if err != nil {
+			err = fmt.Errorf("the quorum read of etcd (allowed %s): %w", ProbeInterval, err)
+		}
 		healthy := err == nil || c.Staleness() < 3*ProbeInterval
 		c.setHealthy(healthy, err)
 	}

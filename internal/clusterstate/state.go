@@ -191,7 +191,11 @@ func (s *Sync) flush(ctx context.Context) error {
 func (s *Sync) Publish(ctx context.Context, ch ca.Change) error {
 	err := s.publish(ctx, ch)
 	if err != nil {
-		s.log.Warn("could not publish a change to etcd; it is in effect here and kept to publish later", "op", ch.Op, "name", ch.Name(), "err", err)
+		why := err
+		if errors.Is(err, context.DeadlineExceeded) {
+			why = errors.New("etcd did not answer the write in time")
+		}
+		s.log.Warn("could not publish a change to etcd; it is in effect here and kept to publish later", "op", ch.Op, "name", ch.Name(), "by", ch.Actor(), "err", why)
 		s.retry()
 	}
 	return err
