@@ -170,6 +170,16 @@ func usesTLS(endpoints []string) bool {
 // endpoint accepts (or cannot be told apart from a slow one within
 // timeout): the quorum read then says what it finds.
 func refused(ctx context.Context, endpoints []string, timeout time.Duration) error {
+	why := refusedWhy(ctx, endpoints, timeout)
+	if len(why) == 0 {
+		return nil
+	}
+	return fmt.Errorf("etcd cannot be reached: %s; %s", strings.Join(why, "; "), EtcdAdvice(endpoints))
+}
+
+// refusedWhy says, per endpoint, why none accepts a connection (see
+// refused); nil when any does or the answer is not clear.
+func refusedWhy(ctx context.Context, endpoints []string, timeout time.Duration) []string {
 	var why []string
 	d := net.Dialer{Timeout: min(timeout, 2*time.Second)}
 	for _, ep := range endpoints {
@@ -192,10 +202,7 @@ func refused(ctx context.Context, endpoints []string, timeout time.Duration) err
 			return nil
 		}
 	}
-	if len(why) == 0 {
-		return nil
-	}
-	return fmt.Errorf("etcd cannot be reached: %s; %s", strings.Join(why, "; "), EtcdAdvice(endpoints))
+	return why
 }
 
 // openError is Open's error when its first quorum read fails.
@@ -288,7 +295,9 @@ func (c *Cluster) Status(ctx context.Context) (Status, error) {
 		st.Members, st.Down, st.MembersAsOf = ms, downOf(ms, known), c.now().UTC()
 	} else {
 		st.EtcdError = fmt.Sprintf("etcd could not be read (%v)", err)
-		if rctx.Err() != nil {
+		if why := refusedWhy(ctx, c.cfg.Endpoints, timeout); len(why) > 0 {
+			st.EtcdError = strings.Join(why, "; ")
+		} else if rctx.Err() != nil {
 			st.EtcdError = fmt.Sprintf("etcd did not answer within %s", timeout)
 		}
 		if last, at, down, ok := c.view.last(); ok {

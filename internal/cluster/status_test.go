@@ -117,6 +117,9 @@ func TestStrictStatusLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := buf.String()
+	if !strings.Contains(st.EtcdError, "connection refused") {
+		t.Errorf("the stopped member's closed port is not named as refused: %q", st.EtcdError)
+	}
 	if strings.Contains(text, "max_staleness") || !strings.Contains(text, "consistency strict: new sessions refused after 2.5s without a quorum read") {
 		t.Errorf("strict status mode line:\n%s", text)
 	}
