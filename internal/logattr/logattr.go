@@ -26,7 +26,12 @@ const MaxString = 512
 
 // String is s bounded to MaxString bytes with control and bidi characters
 // escaped.
-func String(s string) string { return ca.Printable(textbound.Cut(s, MaxString)) }
+func String(s string) string {
+	// Escaping lengthens a string (a control byte becomes \x00), so the
+	// bound applies to the escaped text; the first cut only bounds the
+	// work.
+	return textbound.Cut(ca.Printable(textbound.Cut(s, 4*MaxString)), MaxString)
+}
 
 // Error is err's text for a log: bounded and escaped like String, with a
 // deadline said as "timed out".

@@ -18,7 +18,7 @@ import (
 func TestWrap(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(Wrap(slog.NewJSONHandler(&buf, nil)))
-	log.Info("applied", "name", "evil\u202etxt.exe", "long", strings.Repeat("x", 5000),
+	log.Info("applied", "name", "evil\u202etxt.exe", "long", strings.Repeat("x", 5000), "ctl", strings.Repeat("\x01", 5000),
 		"max_staleness", 30*time.Second, "err", fmt.Errorf("publish the lock of x: %w", context.DeadlineExceeded),
 		slog.Group("g", "inner", "a\x1b[31mred"), "endpoints", []string{"http://x\u202e"}, "dur", time.Duration(1500)*time.Millisecond)
 	line := buf.String()
@@ -34,6 +34,9 @@ func TestWrap(t *testing.T) {
 	}
 	if n := len(rec["long"].(string)); n > MaxString {
 		t.Errorf("a 5000-byte string logged as %d bytes, want at most %d", n, MaxString)
+	}
+	if n := len(rec["ctl"].(string)); n > MaxString {
+		t.Errorf("5000 control bytes logged as %d bytes once escaped, want at most %d", n, MaxString)
 	}
 	if got := rec["max_staleness"]; got != "30s" {
 		t.Errorf("max_staleness = %v, want \"30s\"", got)
