@@ -88,7 +88,7 @@ func (l *Locks) Lock(ctx context.Context, lk Lock) error {
 	if lk.Time.IsZero() {
 		lk.Time = l.now().UTC()
 	}
-	ch := Change{Op: OpLock, Lock: &lk, Time: lk.Time}
+	ch := Change{Op: OpLock, Lock: &lk, Time: lk.Time, By: lk.By}
 	ev := audit.Event{Type: audit.TypeUserLocked, Actor: lk.By, Fields: map[string]string{"target": lk.Target, "reason": lk.Reason}}
 	if err := l.write(ctx, ev, lk, &ch); err != nil {
 		return err
@@ -163,7 +163,7 @@ func (l *Locks) Unlock(ctx context.Context, target, by string) error {
 	if !ok {
 		return fmt.Errorf("ca: unlock: %s %w", target, ErrNotLocked)
 	}
-	ch := Change{Op: OpUnlock, Target: target, Time: l.now().UTC()}
+	ch := Change{Op: OpUnlock, Target: target, Time: l.now().UTC(), By: by}
 	ev := audit.Event{Type: audit.TypeUserUnlocked, Actor: by, Fields: map[string]string{"target": target}}
 	if err := l.writeUnlock(ctx, ev, target, &ch); err != nil {
 		return err

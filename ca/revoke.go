@@ -152,7 +152,7 @@ func (r *Revocations) Revoke(ctx context.Context, rev Revocation) error {
 		Actor:  rev.By,
 		Fields: map[string]string{"kind": string(rev.Kind), "value": rev.Value, "reason": rev.Reason},
 	}
-	ch := Change{Op: OpRevoke, Revocation: &rev, Time: rev.Time}
+	ch := Change{Op: OpRevoke, Revocation: &rev, Time: rev.Time, By: rev.By}
 	if err := r.write(ctx, ev, rev, &ch); err != nil {
 		return err
 	}

@@ -53,7 +53,28 @@ type Change struct {
 	Revocation *Revocation `json:"revocation,omitempty"`
 	// Time is when the change was taken.
 	Time time.Time `json:"time"`
+	// By is who took the change (the admin's name), for every Op; Lock.By
+	// and Revocation.By say the same for a lock and a revocation.
+	By string `json:"by,omitempty"`
 }
+
+// Actor is who took the change, whichever field of an older record says
+// so; "" when nothing does.
+func (c Change) Actor() string {
+	switch {
+	case c.By != "":
+		return c.By
+	case c.Lock != nil && c.Lock.By != "":
+		return c.Lock.By
+	case c.Revocation != nil:
+		return c.Revocation.By
+	}
+	return ""
+}
+
+// unknownActor stands in, in a record, for who took a change whose record
+// does not say.
+const unknownActor = "unknown"
 
 // Table and Name place the change in the shared store: table "locks" and
 // the target, or table "revocations" and "kind/value". A lock and the
@@ -232,7 +253,14 @@ func (s *State) Pending() ([]Change, error) {
 // change this gateway already holds (its own, coming back from the shared
 // copy) is a no-op; applied reports whether anything changed.
 func (s *State) Apply(ctx context.Context, ch Change, from string) (applied bool, err error) {
-	ev := audit.Event{Type: audit.TypeStateApplied, Actor: from, Fields: map[string]string{"kind": ch.Op, "from_gateway": from}}
+	by := ch.Actor()
+	if by == "" {
+		by = unknownActor
+	}
+	if from == "" {
+		from = unknownActor
+	}
+	ev := audit.Event{Type: audit.TypeStateApplied, Actor: by, Fields: map[string]string{"kind": ch.Op, "by": by, "from_gateway": from, "outcome": "applied"}}
 	switch ch.Op {
 	case OpLock:
 		if ch.Lock == nil || validLockTarget(ch.Lock.Target) != nil {
@@ -241,7 +269,7 @@ func (s *State) Apply(ctx context.Context, ch Change, from string) (applied bool
 		if cur, ok := s.Locks.get(ch.Lock.Target); ok && cur.equal(*ch.Lock) {
 			return false, nil
 		}
-		ev.Fields["target"], ev.Fields["reason"], ev.Fields["by"] = ch.Lock.Target, ch.Lock.Reason, ch.Lock.By
+		ev.Fields["target"], ev.Fields["reason"] = ch.Lock.Target, ch.Lock.Reason
 		return true, s.Locks.apply(ctx, ev, *ch.Lock)
 	case OpUnlock:
 		if _, ok := s.Locks.get(ch.Target); !ok {
@@ -262,3 +290,44 @@ func (s *State) Apply(ctx context.Context, ch Change, from string) (applied bool
 	}
 	return false, fmt.Errorf("ca: apply: unknown change %q", ch.Op)
 }
+
+// Discard takes ch, a change this gateway took while the shared copy could
+// not be reached, out of the outbox because a later change to the same
+// place (winner, taken on gateway winnerFrom) overrode it before ch could
+// be published: ch never took effect beyond this gateway. It records
+// state.applied with outcome "discarded" so that an auditor sees that
+// (self is this gateway's id).
+func (s *State) Discard(ctx context.Context, ch, winner Change, self, winnerFrom string) error {
+	want, err := json.Marshal(ch)
+	if err != nil {
+		return err
+	}
+	by, wby := ch.Actor(), winner.Actor()
+	if by == "" {
+		by = unknownActor
+	}
+	if wby == "" {
+		wby = unknownActor
+	}
+	ev := audit.Event{Type: audit.TypeStateApplied, Actor: by, Fields: map[string]string{
+		"kind": ch.Op, "target": ch.Name(), "by": by, "from_gateway": self, "outcome": "discarded",
+		"taken":         ch.Time.UTC().Format(time.RFC3339Nano),
+		"overridden_by": wby, "overridden_kind": winner.Op, "overridden_from_gateway": winnerFrom,
+		"overridden_taken": winner.Time.UTC().Format(time.RFC3339Nano),
+	}}
+	_, err = s.Revocations.store.AppendWith(ctx, ev, func(tx *bbolt.Tx) error {
+		b := tx.Bucket(outboxBucket)
+		if b == nil || string(b.Get(outboxKey(ch))) != string(want) {
+			return errNotPending
+		}
+		return b.Delete(outboxKey(ch))
+	})
+	if errors.Is(err, errNotPending) {
+		return nil // already published or replaced by a newer local change
+	}
+	return err
+}
+
+// errNotPending aborts Discard's transaction (and its record) when the
+// change is no longer in the outbox.
+var errNotPending = errors.New("ca: not pending")

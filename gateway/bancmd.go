@@ -32,7 +32,7 @@ func (g *Gateway) Unban(ctx context.Context, source, by string) (netip.Prefix, b
 		g.bans.Unban(p) // forget its failures all the same
 		// A ban that never reached this gateway (etcd was away) is still
 		// lifted everywhere else.
-		return key, false, g.unpublishBan(ctx, key)
+		return key, false, g.unpublishBan(ctx, key, by)
 	}
 	if err := g.record(ctx, audit.Event{Type: audit.TypeSourceUnbanned, Actor: by, Fields: map[string]string{
 		"source": sourceString(key), "by": by,
@@ -40,7 +40,7 @@ func (g *Gateway) Unban(ctx context.Context, source, by string) (netip.Prefix, b
 		return key, false, fmt.Errorf("gateway: unban %s: audit log unavailable: %w", sourceString(key), err)
 	}
 	g.bans.Unban(p)
-	if err := g.unpublishBan(ctx, key); err != nil {
+	if err := g.unpublishBan(ctx, key, by); err != nil {
 		return key, true, err
 	}
 	return key, true, nil

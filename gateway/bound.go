@@ -1,20 +1,21 @@
 package gateway
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"strings"
 
 	"github.com/bastion-ssh/bastion/audit"
+	"github.com/bastion-ssh/bastion/internal/logattr"
 	"github.com/bastion-ssh/bastion/internal/textbound"
 )
 
 // Bounds on what a client can make the gateway write. Every audit record
 // passes through boundEvent (in Gateway.record) and every log line through
-// boundedHandler, so no client-supplied string (a user name, a request or
-// channel type, a command line, a jump host name, a client version) is
-// written at more than this length, wherever it is put in a record.
+// boundLogs (internal/logattr), so no client-supplied string (a user
+// name, a request or channel type, a command line, a jump host name, a
+// client version) is written at more than this length, wherever it is put
+// in a record.
 const (
 	// maxRecordedString bounds each string of an audit record or log line.
 	maxRecordedString = 512
@@ -63,74 +64,10 @@ func boundEvent(ev audit.Event) audit.Event {
 	return ev
 }
 
-// boundedHandler bounds every string of every log record before handing
-// it on.
-type boundedHandler struct{ next slog.Handler }
-
-// boundLogs wraps h so that no log line carries an unbounded string.
-func boundLogs(h slog.Handler) slog.Handler {
-	if _, ok := h.(boundedHandler); ok {
-		return h
-	}
-	return boundedHandler{next: h}
-}
-
-func (h boundedHandler) Enabled(ctx context.Context, l slog.Level) bool {
-	return h.next.Enabled(ctx, l)
-}
-
-func (h boundedHandler) Handle(ctx context.Context, r slog.Record) error {
-	out := slog.NewRecord(r.Time, r.Level, boundString(r.Message, maxRecordedString), r.PC)
-	r.Attrs(func(a slog.Attr) bool {
-		out.AddAttrs(boundAttr(a))
-		return true
-	})
-	return h.next.Handle(ctx, out)
-}
-
-func (h boundedHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	b := make([]slog.Attr, len(as))
-	for i, a := range as {
-		b[i] = boundAttr(a)
-	}
-	return boundedHandler{next: h.next.WithAttrs(b)}
-}
-
-func (h boundedHandler) WithGroup(name string) slog.Handler {
-	return boundedHandler{next: h.next.WithGroup(boundString(name, maxRecordedString))}
-}
-
-// boundAttr bounds an attribute's key and, for strings, errors, Stringers
-// and groups, its value.
-func boundAttr(a slog.Attr) slog.Attr {
-	a.Key = boundString(a.Key, maxRecordedString)
-	v := a.Value.Resolve()
-	switch v.Kind() {
-	case slog.KindString:
-		a.Value = slog.StringValue(boundString(v.String(), maxRecordedString))
-	case slog.KindGroup:
-		g := v.Group()
-		b := make([]slog.Attr, len(g))
-		for i, x := range g {
-			b[i] = boundAttr(x)
-		}
-		a.Value = slog.GroupValue(b...)
-	case slog.KindAny:
-		switch x := v.Any().(type) {
-		case error:
-			a.Value = slog.StringValue(boundString(x.Error(), maxRecordedString))
-		case fmt.Stringer:
-			a.Value = slog.StringValue(boundString(x.String(), maxRecordedString))
-		case []byte:
-			a.Value = slog.StringValue(boundString(string(x), maxRecordedString))
-		default:
-			a.Value = v
-		}
-	default:
-		a.Value = v
-	}
-	return a
-}
+// boundLogs wraps h so that no log line carries an unbounded or
+// unescaped string (internal/logattr; serve wraps its logger the same way,
+// so this matters for a gateway built by a test or another program).
+func boundLogs(h slog.Handler) slog.Handler { return logattr.Wrap(h) }
 
 // bounded is boundString at the record bound, with invalid UTF-8 replaced,
 // for client-chosen strings put into error details before they reach a

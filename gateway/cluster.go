@@ -167,11 +167,25 @@ const MsgClusterStale = "new sessions are refused: this gateway cannot reach the
 // --- bans ---
 
 // banRecord is the JSON value of <prefix>bans/<source>.
+// An unban is written as a tombstone (Unbanned, bound to a short lease)
+// rather than a delete, so that every gateway records who lifted the ban
+// and where.
 type banRecord struct {
 	Source  string    `json:"source"`
 	Until   time.Time `json:"until"`
 	Gateway string    `json:"gateway"`
+	// By is who banned (AutoBan for the failure counter) or unbanned.
+	By       string `json:"by,omitempty"`
+	Unbanned bool   `json:"unbanned,omitempty"`
 }
+
+// AutoBan is the "by" of a ban the failure counter set
+// (limits.ban_after_failures), in records shared with the cluster.
+const AutoBan = "limits.ban_after_failures"
+
+// unbanTombstoneTTL is how long an unban's tombstone stays in etcd: long
+// enough for a gateway cut off for a while to read who lifted the ban.
+const unbanTombstoneTTL = time.Hour
 
 // banKey is the etcd key of a banned source.
 func (g *Gateway) banKey(src netip.Prefix) string {
@@ -193,7 +207,7 @@ func (g *Gateway) publishBan(src netip.Prefix, until time.Time) {
 	cli := g.deps.Cluster.Client()
 	lease, err := cli.Grant(ctx, int64((ttl+time.Second-1)/time.Second))
 	if err == nil {
-		data, _ := json.Marshal(banRecord{Source: sourceString(src), Until: until.UTC(), Gateway: g.deps.Cluster.GatewayID()})
+		data, _ := json.Marshal(banRecord{Source: sourceString(src), Until: until.UTC(), Gateway: g.deps.Cluster.GatewayID(), By: AutoBan})
 		_, err = cli.Put(ctx, g.banKey(src), string(data), clientv3.WithLease(lease.ID))
 	}
 	if err != nil {
@@ -201,14 +215,21 @@ func (g *Gateway) publishBan(src netip.Prefix, until time.Time) {
 	}
 }
 
-// unpublishBan lifts a ban everywhere.
-func (g *Gateway) unpublishBan(ctx context.Context, src netip.Prefix) error {
+// unpublishBan lifts a ban everywhere: its key becomes a tombstone naming
+// who lifted it (by) and this gateway.
+func (g *Gateway) unpublishBan(ctx context.Context, src netip.Prefix, by string) error {
 	if g.cl == nil {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, clusterOpTimeout)
 	defer cancel()
-	if _, err := g.deps.Cluster.Client().Delete(ctx, g.banKey(src)); err != nil {
+	cli := g.deps.Cluster.Client()
+	lease, err := cli.Grant(ctx, int64(unbanTombstoneTTL/time.Second))
+	if err == nil {
+		data, _ := json.Marshal(banRecord{Source: sourceString(src), Until: g.now().UTC(), Gateway: g.deps.Cluster.GatewayID(), By: boundString(by, 256), Unbanned: true})
+		_, err = cli.Put(ctx, g.banKey(src), string(data), clientv3.WithLease(lease.ID))
+	}
+	if err != nil {
 		return fmt.Errorf("the ban is lifted on this gateway but the other gateways could not be told (etcd: %v); run unban again once etcd answers", err)
 	}
 	return nil
@@ -237,21 +258,34 @@ func (t banTable) Event(ctx context.Context, ev *clientv3.Event) error {
 	if err != nil {
 		return nil
 	}
-	from := "cluster"
 	if ev.PrevKv != nil {
 		var rec banRecord
-		if json.Unmarshal(ev.PrevKv.Value, &rec) == nil && !t.g.now().Before(rec.Until) {
-			return nil // the ban ran out; it ends here on its own
+		if json.Unmarshal(ev.PrevKv.Value, &rec) == nil && (rec.Unbanned || !t.g.now().Before(rec.Until)) {
+			return nil // the ban ran out, or an unban's tombstone expired
 		}
 	}
+	// A ban deleted directly in etcd, not through a gateway.
+	t.unban(ctx, src, banRecord{By: directUnban, Gateway: directUnban})
+	return nil
+}
+
+// directUnban is who and where, in state.applied, of a ban deleted
+// directly in etcd rather than lifted through a gateway.
+const directUnban = "etcd (deleted directly in etcd, not through a gateway)"
+
+// unban applies an unban another gateway took (rec is its tombstone).
+func (t banTable) unban(ctx context.Context, src netip.Prefix, rec banRecord) {
 	if _, banned := t.g.bans.Banned(src.Addr()); !banned {
-		return nil
+		return
 	}
 	t.g.bans.Unban(src)
-	t.g.record(ctx, audit.Event{Type: audit.TypeStateApplied, Actor: from, Fields: map[string]string{
-		"kind": "unban", "target": sourceString(sourceKey(src.Addr())), "from_gateway": from,
+	by := rec.By
+	if by == "" {
+		by = "unknown"
+	}
+	t.g.record(ctx, audit.Event{Type: audit.TypeStateApplied, Actor: by, Fields: map[string]string{
+		"kind": "unban", "target": sourceString(sourceKey(src.Addr())), "by": by, "from_gateway": rec.Gateway, "outcome": "applied",
 	}})
-	return nil
 }
 
 func (t banTable) put(ctx context.Context, kv *mvccpb.KeyValue) {
@@ -260,18 +294,32 @@ func (t banTable) put(ctx context.Context, kv *mvccpb.KeyValue) {
 		return
 	}
 	src, err := parseSource(rec.Source)
-	if err != nil || !t.g.now().Before(rec.Until) {
+	if err != nil {
 		return
 	}
 	if cluster.ValidateGatewayID(rec.Gateway) != nil {
 		rec.Gateway = "unknown"
 	}
+	rec.By = boundString(rec.By, 256)
+	if rec.Unbanned {
+		if rec.Gateway != t.g.deps.Cluster.GatewayID() {
+			t.unban(ctx, src, rec)
+		}
+		return
+	}
+	if !t.g.now().Before(rec.Until) {
+		return
+	}
+	if rec.By == "" {
+		rec.By = "unknown"
+	}
 	if !t.g.bans.set(src.Addr(), rec.Until) {
 		return // this gateway's own ban, or one it holds already
 	}
 	t.g.metrics.bans.Inc()
-	t.g.record(ctx, audit.Event{Type: audit.TypeStateApplied, Actor: rec.Gateway, Fields: map[string]string{
-		"kind": "ban", "target": sourceString(sourceKey(src.Addr())), "until": rec.Until.UTC().Format(time.RFC3339), "from_gateway": rec.Gateway,
+	t.g.record(ctx, audit.Event{Type: audit.TypeStateApplied, Actor: rec.By, Fields: map[string]string{
+		"kind": "ban", "target": sourceString(sourceKey(src.Addr())), "until": rec.Until.UTC().Format(time.RFC3339),
+		"by": rec.By, "from_gateway": rec.Gateway, "outcome": "applied",
 	}})
 	t.g.dropBanned(src.Addr())
 }

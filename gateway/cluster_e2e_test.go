@@ -150,7 +150,7 @@ func TestClusterBans(t *testing.T) {
 	if d := untilB.Sub(untilA); d < -time.Second || d > time.Second {
 		t.Errorf("B bans until %s, A until %s: not the same window", untilB, untilA)
 	}
-	b.waitEvent(t, "state.applied", map[string]string{"kind": "ban", "target": "127.0.0.7", "from_gateway": "gw-0"})
+	b.waitEvent(t, "state.applied", map[string]string{"kind": "ban", "target": "127.0.0.7", "by": AutoBan, "from_gateway": "gw-0"})
 	// A connection from the banned source to B is closed before the
 	// handshake.
 	conn, err := dialFrom(t, "127.0.0.7", b.addr)
@@ -169,7 +169,9 @@ func TestClusterBans(t *testing.T) {
 		_, banned := a.gw.bans.Banned(mustAddr("127.0.0.7"))
 		return !banned
 	})
-	a.waitEvent(t, "state.applied", map[string]string{"kind": "unban", "target": "127.0.0.7"})
+	// A records who lifted the ban and on which gateway, not just "the
+	// cluster".
+	a.waitEvent(t, "state.applied", map[string]string{"kind": "unban", "target": "127.0.0.7", "by": "admin", "from_gateway": "gw-1"})
 }
 
 // TestClusterLoginTokenReplay: an ID token from the real dev IdP used

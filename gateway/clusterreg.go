@@ -152,7 +152,7 @@ func (g *Gateway) cmdCluster(ctx context.Context, s *sessionIO, id *Identity, ar
 			list = cl.OwnSessions()
 			st, _ := cl.Status(ctx)
 			s.errorf("bastion: WARNING: etcd is unreachable from gateway %s (last contact %s ago): these are only its own %d live session(s); the other gateways' are unknown until etcd answers\n  what to check: %s\n",
-				cl.GatewayID(), (time.Duration(st.StalenessMS) * time.Millisecond).Round(time.Second), len(list), cluster.EtcdAdvice(cl.Config().Endpoints))
+				cl.GatewayID(), cluster.FormatStaleness(time.Duration(st.StalenessMS)*time.Millisecond), len(list), cluster.EtcdAdvice(cl.Config().Endpoints))
 		}
 		if err := writeClusterSessions(out, list, asJSON, g.now()); err != nil {
 			return 1

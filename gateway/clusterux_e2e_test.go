@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -121,10 +122,28 @@ func TestClusterCommandsOverSSH(t *testing.T) {
 	strict := tc.gws[1]
 	waitFor(t, 15*time.Second, "gw-1 (strict) to refuse new sessions", func() bool { return tc.cls[1].Admit() != nil })
 	op := strict.client(ca.Request{KeyID: "carol", Groups: []string{"auditors", "admins"}})
-	res = op.Run(ctx, "ssh", strict.gatewayArgs(strict.user, "cluster", "status")...)
+	// LogLevel=INFO shows banners: the admin served gets no refusal
+	// banner before the answer; the state is in the answer.
+	res = op.Run(ctx, "ssh", append([]string{"-o", "LogLevel=INFO"}, strict.gatewayArgs(strict.user, "cluster", "status")...)...)
 	if res.ExitCode != 0 || !strings.Contains(res.Stdout, "new sessions: REFUSED on this gateway until it reaches etcd (consistency strict") ||
 		!strings.Contains(res.Stdout, "gateway gw-1's own live sessions: 0") {
 		t.Errorf("cluster status on the strict gateway with etcd down: %s", res)
+	}
+	if strings.Contains(res.Stderr, "new sessions are refused") {
+		t.Errorf("the admin served cluster status on the stale gateway first saw a refusal banner: %s", res)
+	}
+	// Strict: no max_staleness (it does not apply), and one figure for
+	// the time since the last contact in every line.
+	if strings.Contains(res.Stdout, "max_staleness") || !strings.Contains(res.Stdout, "consistency strict: new sessions refused after 2.5s without a quorum read") {
+		t.Errorf("strict status shows the wrong mode line:\n%s", res.Stdout)
+	}
+	if m := regexp.MustCompile(`last quorum read (\S+) ago`).FindStringSubmatch(res.Stdout); m == nil ||
+		!strings.Contains(res.Stdout, "has not reached etcd for "+m[1]+" ") || !strings.Contains(res.Stdout, "("+m[1]+" ago)") {
+		t.Errorf("the status lines disagree on the time since etcd was last reached:\n%s", res.Stdout)
+	}
+	res = op.Run(ctx, "ssh", append([]string{"-o", "LogLevel=INFO"}, strict.gatewayArgs(strict.user, "info")...)...)
+	if res.ExitCode != 0 || strings.Contains(res.Stderr, "new sessions are refused") || !strings.Contains(res.Stdout, "NEW SESSIONS REFUSED on this gateway") {
+		t.Errorf("info for an admin on the stale strict gateway: want the state in the output, no banner: %s", res)
 	}
 	res = op.Run(ctx, "ssh", strict.gatewayArgs(strict.user, "locks")...)
 	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "serves admins and auditors only `cluster status` and `cluster sessions`") {

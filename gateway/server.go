@@ -271,13 +271,13 @@ func (g *Gateway) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 			return g.verified(cs, meta, perms)
 		},
 		// Sent before authentication: while the audit log is down a
-		// login would be refused anyway, and this line says why.
+		// login would be refused anyway, and this line says why. A
+		// gateway cut off from etcd says so only to those it refuses
+		// (see verified): the admins and auditors it still serves read
+		// its state in their command's output, not as a refusal.
 		BannerCallback: func(gossh.ConnMetadata) string {
 			if g.spool.down() {
 				return "bastion: " + MsgAuditUnavailable + "\n"
-			}
-			if g.admitCluster() != nil {
-				return "bastion: " + MsgClusterStale + "\n"
 			}
 			return ""
 		},
@@ -380,7 +380,8 @@ func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.
 		ae.keyFP, ae.serial, ae.keyID = id.KeyFP, id.Serial, bounded(id.KeyID)
 		var rerr error = ae
 		cs.lastErr.Store(&rerr)
-		return nil, rerr
+		// The refused client is told why, as a banner.
+		return nil, &gossh.BannerError{Err: rerr, Message: "bastion: " + MsgClusterStale + "\n"}
 	}
 	cs.identity = id
 	g.mu.Lock()

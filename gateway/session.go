@@ -15,6 +15,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/audit"
 	"github.com/bastion-ssh/bastion/ca"
+	"github.com/bastion-ssh/bastion/internal/cluster"
 	"github.com/bastion-ssh/bastion/internal/usertext"
 )
 
@@ -304,6 +305,12 @@ func (g *Gateway) cmdInfo(_ context.Context, s *sessionIO, id *Identity, _ []str
 		s.printf("    nothing: no access rule covers you\n")
 	}
 	s.printf("  jump with:   ssh -J %s@<this gateway> %s@HOST\n", id.User, id.User)
+	if err := g.admitCluster(); err != nil {
+		// Served while the gateway admits nothing else (admins and
+		// auditors): the state is part of the answer, not a banner.
+		s.printf("  cluster:     NEW SESSIONS REFUSED on this gateway: %s\n", strings.TrimPrefix(err.Error(), cluster.ErrStale.Error()+": "))
+		s.printf("               while it cannot reach etcd it serves admins and auditors only cluster status, cluster sessions and info\n")
+	}
 	return 0
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,6 +15,7 @@ import (
 	"github.com/bastion-ssh/bastion/internal/cluster"
 	"github.com/bastion-ssh/bastion/internal/config"
 	"github.com/bastion-ssh/bastion/internal/sshclient"
+	"github.com/bastion-ssh/bastion/internal/textbound"
 )
 
 func newClusterCommand(a *app) *cobra.Command {
@@ -151,6 +153,11 @@ archived), forget it. A gateway that runs again is known again.`,
 			if src.config == "" {
 				return errors.New("--config is required: the bastion.yaml whose cluster: block reaches etcd")
 			}
+			// The id is echoed in every answer: bounded, whatever was typed.
+			id := strconv.Quote(textbound.Cut(args[0], 64))
+			if err := cluster.ValidateGatewayID(args[0]); err != nil {
+				return fmt.Errorf("%s is not a gateway id (bastion cluster status lists them)", id)
+			}
 			cl, err := openClusterCLI(cmd.Context(), src.config)
 			if err != nil {
 				return err
@@ -162,7 +169,7 @@ archived), forget it. A gateway that runs again is known again.`,
 			}
 			for _, m := range ms {
 				if m.ID == args[0] {
-					return fmt.Errorf("gateway %s is running (it is in the member list): stop it before forgetting it", args[0])
+					return fmt.Errorf("gateway %s is running (it is in the member list): stop it before forgetting it", id)
 				}
 			}
 			ok, err := cl.Forget(cmd.Context(), args[0])
@@ -170,9 +177,9 @@ archived), forget it. A gateway that runs again is known again.`,
 				return err
 			}
 			if !ok {
-				return fmt.Errorf("no gateway %q is known to the cluster (bastion cluster status lists them)", args[0])
+				return fmt.Errorf("no gateway %s is known to the cluster (bastion cluster status lists them)", id)
 			}
-			fmt.Fprintf(a.stdout, "forgot gateway %s\n", args[0])
+			fmt.Fprintf(a.stdout, "forgot gateway %s\n", id)
 			return nil
 		},
 	}
@@ -195,11 +202,12 @@ func (a *app) clusterSessionsEtcd(ctx context.Context, configPath string) ([]clu
 // bastion.yaml at path. When etcd does not answer, the error says what to
 // check and that a running gateway still answers with its own view.
 func openClusterCLI(ctx context.Context, path string) (*cluster.Cluster, error) {
-	f, err := config.Load(path)
+	// Only the cluster: block matters here: no data_dir, CA or audit
+	// files need exist on the host the CLI runs on.
+	cc, err := config.LoadCluster(path)
 	if err != nil {
 		return nil, err
 	}
-	cc := f.ClusterConfig()
 	if cc == nil {
 		return nil, fmt.Errorf("%s has no cluster: block: pass the bastion.yaml of a gateway in a cluster, or --gateway HOST:PORT", path)
 	}

@@ -184,12 +184,14 @@ func TestClusterCLIUnderFailure(t *testing.T) {
 			}
 		}
 		_, errOut, err = auditor("cluster", "status", "--config", gw1.Cfg)
-		if err == nil || !strings.Contains(errOut, "did not answer within") || !strings.Contains(errOut, "bastion cluster status --gateway HOST:PORT") || !strings.Contains(errOut, "quorum") {
+		// Every member is stopped: their ports refuse, and the CLI says so
+		// at once rather than waiting out a timeout.
+		if err == nil || !strings.Contains(errOut, "connection refused") || !strings.Contains(errOut, "bastion cluster status --gateway HOST:PORT") || !strings.Contains(errOut, "quorum") {
 			t.Errorf("cluster status --config with etcd down: %v\n%s", err, errOut)
 		}
 		checkUserText(t, "cluster status --config with etcd down", errOut)
 		_, errOut, err = auditor("audit", "sessions", "--cluster", "--config", gw1.Cfg)
-		if err == nil || !strings.Contains(errOut, "did not answer within") {
+		if err == nil || !strings.Contains(errOut, "connection refused") {
 			t.Errorf("audit sessions --cluster --config with etcd down: %v\n%s", err, errOut)
 		}
 		checkUserText(t, "audit sessions --cluster --config with etcd down", errOut)

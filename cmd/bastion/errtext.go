@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/bastion-ssh/bastion/internal/logattr"
 	"github.com/bastion-ssh/bastion/internal/usertext"
 )
 
@@ -16,5 +17,5 @@ func userError(err error) string { return usertext.Error(err) }
 // logs every authorization_pending poll of a device login at Info) are
 // heard only from Warn up.
 func libraryLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(logattr.Wrap(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn})))
 }

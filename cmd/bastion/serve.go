@@ -30,6 +30,7 @@ import (
 	"github.com/bastion-ssh/bastion/internal/cluster"
 	"github.com/bastion-ssh/bastion/internal/config"
 	"github.com/bastion-ssh/bastion/internal/gcpace"
+	"github.com/bastion-ssh/bastion/internal/logattr"
 	"github.com/bastion-ssh/bastion/internal/oidc"
 	"github.com/bastion-ssh/bastion/internal/usertext"
 )
@@ -117,10 +118,12 @@ func newLogger(w interface{ Write([]byte) (int, error) }, lc config.Log) *slog.L
 	level := slog.LevelInfo
 	_ = level.UnmarshalText([]byte(lc.Level))
 	opts := &slog.HandlerOptions{Level: level}
+	// Every component logs through this one logger: logattr bounds and
+	// escapes its strings and writes durations and deadlines as text.
 	if lc.Format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.New(logattr.Wrap(slog.NewTextHandler(w, opts)))
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(logattr.Wrap(slog.NewJSONHandler(w, opts)))
 }
 
 // gatewayRuntime is a running gateway with everything it owns.

@@ -209,12 +209,16 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Cluster, error) {
 		return nil, fmt.Errorf("connect to etcd at %s: %w", strings.Join(cfg.Endpoints, ", "), err)
 	}
 	c := &Cluster{cfg: cfg, client: cli, log: log, now: time.Now, leased: make(chan struct{})}
+	if err := refused(ctx, cfg.Endpoints, cfg.DialTimeout); err != nil {
+		cli.Close()
+		return nil, err
+	}
 	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	err = c.probe(pctx)
 	cancel()
 	if err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("etcd at %s did not answer within %s: %w (check cluster.etcd.endpoints, that a quorum of members runs, and the TLS files)", strings.Join(redact(cfg.Endpoints), ", "), cfg.DialTimeout, err)
+		return nil, openError(cfg.Endpoints, cfg.DialTimeout, err)
 	}
 	c.healthy = true
 	runCtx, stop := context.WithCancel(context.Background())
@@ -290,11 +294,13 @@ func (c *Cluster) Staleness() time.Duration { return c.now().Sub(c.LastContact()
 // Admit says whether a new session may start under the consistency mode:
 // nil, or an error wrapping ErrStale that says how stale the state is and
 // what to do.
-func (c *Cluster) Admit() error {
+func (c *Cluster) Admit() error { return c.admitAt(c.Staleness()) }
+
+// admitAt is Admit for a staleness already read (a status reads it once).
+func (c *Cluster) admitAt(stale time.Duration) error {
 	if err := c.memberAdmit(); err != nil {
 		return err
 	}
-	stale := c.Staleness()
 	limit := c.cfg.MaxStaleness
 	if c.cfg.Consistency == Strict {
 		limit = StrictStaleness
@@ -302,7 +308,7 @@ func (c *Cluster) Admit() error {
 	if stale <= limit {
 		return nil
 	}
-	return fmt.Errorf("%w: this gateway has not reached etcd for %s (cluster.consistency %s allows %s); new sessions are refused until it does: check etcd's health and this gateway's network", ErrStale, stale.Round(time.Second), c.cfg.Consistency, limit)
+	return fmt.Errorf("%w: this gateway has not reached etcd for %s (cluster.consistency %s allows %s); new sessions are refused until it does: check etcd's health and this gateway's network", ErrStale, FormatStaleness(stale), c.cfg.Consistency, limit)
 }
 
 // memberAdmit is Admit's check of a gateway that joined: while another
@@ -351,6 +357,9 @@ func (c *Cluster) probeLoop(ctx context.Context) {
 		pctx, cancel := context.WithTimeout(ctx, ProbeInterval)
 		err := c.probe(pctx)
 		cancel()
+		if err != nil {
+			err = fmt.Errorf("the quorum read of etcd (allowed %s): %w", ProbeInterval, err)
+		}
 		healthy := err == nil || c.Staleness() < 3*ProbeInterval
 		c.setHealthy(healthy, err)
 	}

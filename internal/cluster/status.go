@@ -3,11 +3,15 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -127,10 +131,86 @@ func (c *Cluster) admitLimit() time.Duration {
 // gateway's own view at once instead of waiting on etcd.
 const unhealthyReadTimeout = time.Second
 
-// EtcdAdvice is what to check when etcd cannot be reached from here.
+// FormatStaleness writes how long a gateway has been without a quorum
+// read, the same way wherever it is shown (the status lines and the
+// refusal share one figure): tenths of a second under a minute, whole
+// seconds above.
+func FormatStaleness(d time.Duration) string {
+	if d < time.Minute {
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}
+
+// EtcdAdvice is what to check when etcd cannot be reached from here,
+// by what is configured: the TLS files are named only when an endpoint
+// uses https (plain http on loopback has none to check).
 func EtcdAdvice(endpoints []string) string {
-	return fmt.Sprintf("check that a quorum of the etcd members runs (etcdctl endpoint health --cluster), that this host reaches cluster.etcd.endpoints (%s), and the TLS files cluster.etcd.ca_file, cert_file and key_file",
+	advice := fmt.Sprintf("check that a quorum of the etcd members runs (etcdctl endpoint health --cluster), that this host reaches cluster.etcd.endpoints (%s)",
 		strings.Join(redact(endpoints), ", "))
+	if usesTLS(endpoints) {
+		return advice + ", and the TLS files cluster.etcd.ca_file, cert_file and key_file"
+	}
+	return advice
+}
+
+// usesTLS reports whether any endpoint is https.
+func usesTLS(endpoints []string) bool {
+	for _, ep := range endpoints {
+		if u, err := url.Parse(ep); err == nil && u.Scheme == "https" {
+			return true
+		}
+	}
+	return false
+}
+
+// refused reports at once, before any etcd request waits out its
+// deadline, that no endpoint accepts a connection: every one refused it
+// or has a host name that does not resolve. It returns nil when any
+// endpoint accepts (or cannot be told apart from a slow one within
+// timeout): the quorum read then says what it finds.
+func refused(ctx context.Context, endpoints []string, timeout time.Duration) error {
+	why := refusedWhy(ctx, endpoints, timeout)
+	if len(why) == 0 {
+		return nil
+	}
+	return fmt.Errorf("etcd cannot be reached: %s; %s", strings.Join(why, "; "), EtcdAdvice(endpoints))
+}
+
+// refusedWhy says, per endpoint, why none accepts a connection (see
+// refused); nil when any does or the answer is not clear.
+func refusedWhy(ctx context.Context, endpoints []string, timeout time.Duration) []string {
+	var why []string
+	d := net.Dialer{Timeout: min(timeout, 2*time.Second)}
+	for _, ep := range endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || u.Host == "" {
+			return nil
+		}
+		conn, err := d.DialContext(ctx, "tcp", u.Host)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		var dnsErr *net.DNSError
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
+			why = append(why, redact([]string{ep})[0]+": connection refused (nothing listens there)")
+		case errors.As(err, &dnsErr):
+			why = append(why, redact([]string{ep})[0]+": the host name does not resolve")
+		default:
+			return nil
+		}
+	}
+	return why
+}
+
+// openError is Open's error when its first quorum read fails.
+func openError(endpoints []string, within time.Duration, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("etcd at %s did not answer within %s: %s", strings.Join(redact(endpoints), ", "), within, EtcdAdvice(endpoints))
+	}
+	return fmt.Errorf("etcd at %s refused the first read (%v): %s", strings.Join(redact(endpoints), ", "), err, EtcdAdvice(endpoints))
 }
 
 // Known is a gateway that joined the cluster at least once. Its record,
@@ -215,7 +295,9 @@ func (c *Cluster) Status(ctx context.Context) (Status, error) {
 		st.Members, st.Down, st.MembersAsOf = ms, downOf(ms, known), c.now().UTC()
 	} else {
 		st.EtcdError = fmt.Sprintf("etcd could not be read (%v)", err)
-		if rctx.Err() != nil {
+		if why := refusedWhy(ctx, c.cfg.Endpoints, timeout); len(why) > 0 {
+			st.EtcdError = strings.Join(why, "; ")
+		} else if rctx.Err() != nil {
 			st.EtcdError = fmt.Sprintf("etcd did not answer within %s", timeout)
 		}
 		if last, at, down, ok := c.view.last(); ok {
@@ -223,8 +305,11 @@ func (c *Cluster) Status(ctx context.Context) (Status, error) {
 		}
 		st.MembersCached = true
 	}
-	st.Healthy, st.LastContact, st.StalenessMS = c.Healthy() && err == nil, c.LastContact().UTC(), c.Staleness().Milliseconds()
-	if aerr := c.Admit(); aerr != nil {
+	// One reading of the last contact for every figure of the status.
+	last := c.LastContact()
+	stale := c.now().Sub(last)
+	st.Healthy, st.LastContact, st.StalenessMS = c.Healthy() && err == nil, last.UTC(), stale.Milliseconds()
+	if aerr := c.admitAt(stale); aerr != nil {
 		st.Admit, st.Admitting = aerr.Error(), false
 	}
 	st.OwnSessions = c.OwnSessions()
@@ -249,9 +334,16 @@ func WriteStatus(w io.Writer, st Status, asJSON bool, now time.Time) error {
 	if !st.Healthy {
 		health = "UNREACHABLE"
 	}
-	stale := (time.Duration(st.StalenessMS) * time.Millisecond).Round(time.Millisecond)
-	fmt.Fprintf(w, "etcd as seen by %s: %s, last quorum read %s ago (consistency %s, max_staleness %s); new sessions: %s\n",
-		who, health, stale, st.Consistency, st.MaxStaleness, st.Admit)
+	staleFor := time.Duration(st.StalenessMS) * time.Millisecond
+	stale := FormatStaleness(staleFor)
+	mode := "consistency " + st.Consistency
+	if st.Consistency == Strict {
+		mode += fmt.Sprintf(": new sessions refused after %s without a quorum read", time.Duration(st.AdmitLimitMS)*time.Millisecond)
+	} else if st.MaxStaleness != "" {
+		mode += ", max_staleness " + st.MaxStaleness
+	}
+	fmt.Fprintf(w, "etcd as seen by %s: %s, last quorum read %s ago (%s); new sessions: %s\n",
+		who, health, stale, mode, st.Admit)
 	if !st.Healthy || st.EtcdError != "" {
 		why := st.EtcdError
 		if why == "" {
@@ -262,7 +354,7 @@ func WriteStatus(w io.Writer, st Status, asJSON bool, now time.Time) error {
 			limit := time.Duration(st.AdmitLimitMS) * time.Millisecond
 			if st.Admitting {
 				fmt.Fprintf(w, "  new sessions: still admitted on the last state seen, for at most %s more (consistency %s allows %s without etcd); locks and revocations made elsewhere meanwhile do not reach this gateway until etcd answers\n",
-					(limit - time.Duration(st.StalenessMS)*time.Millisecond).Round(time.Second), st.Consistency, limit)
+					FormatStaleness(limit-staleFor), st.Consistency, limit)
 			} else {
 				fmt.Fprintf(w, "  new sessions: REFUSED on this gateway until it reaches etcd (consistency %s allows %s without etcd); live sessions go on\n", st.Consistency, limit)
 			}

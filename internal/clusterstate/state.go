@@ -17,6 +17,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/internal/cluster"
+	"github.com/bastion-ssh/bastion/internal/logattr"
 )
 
 // Keys of the revocation state:
@@ -28,6 +29,14 @@ import (
 // A tombstone keeps who unlocked for tombstoneTTL, so that a gateway that
 // was cut off records where the unlock came from; then it expires.
 const tombstoneTTL = 24 * time.Hour
+
+// Who and where, in a state.applied record, for an unlock whose record
+// does not say: its tombstone expired before this gateway read it, or the
+// lock was deleted from etcd directly, bypassing every gateway.
+const (
+	expiredActor = "unknown (the unlock's record expired from etcd before this gateway read it)"
+	directActor  = "etcd (deleted directly in etcd, not through a gateway)"
+)
 
 // Bounds on what goes into etcd: a reason is cut, an oversized record is
 // refused.
@@ -182,7 +191,11 @@ func (s *Sync) flush(ctx context.Context) error {
 func (s *Sync) Publish(ctx context.Context, ch ca.Change) error {
 	err := s.publish(ctx, ch)
 	if err != nil {
-		s.log.Warn("could not publish a change to etcd; it is in effect here and kept to publish later", "op", ch.Op, "name", ch.Name(), "err", err)
+		why := err
+		if errors.Is(err, context.DeadlineExceeded) {
+			why = errors.New("etcd did not answer the write in time")
+		}
+		s.log.Warn("could not publish a change to etcd; it is in effect here and kept to publish later", "op", ch.Op, "name", ch.Name(), "by", ch.Actor(), "err", why)
 		s.retry()
 	}
 	return err
@@ -246,7 +259,10 @@ func (s *Sync) publish(ctx context.Context, ch ca.Change) error {
 			modRev = cur.Kvs[0].ModRevision
 			var have record
 			if json.Unmarshal(cur.Kvs[0].Value, &have) == nil && have.Time.After(ch.Time) {
-				return nil // a later change to the same target is there
+				// A later change to the same target is there: ours
+				// never takes effect beyond this gateway. Say so, and
+				// take the later one here too.
+				return s.discard(ctx, ch, have)
 			}
 		}
 		opts := []clientv3.OpOption{}
@@ -266,6 +282,25 @@ func (s *Sync) publish(ctx context.Context, ch ca.Change) error {
 		}
 	}
 	return errors.New("the lock kept changing under this write; try again")
+}
+
+// discard drops ch, taken here, in favour of have, a later change to the
+// same target already in etcd: ch leaves the outbox with a record that it
+// was overridden, and have is applied here.
+func (s *Sync) discard(ctx context.Context, ch ca.Change, have record) error {
+	if cluster.ValidateGatewayID(have.Gateway) != nil {
+		have.Gateway = "unknown"
+	}
+	if err := s.st.Discard(ctx, ch, have.Change, s.c.GatewayID(), have.Gateway); err != nil {
+		return err
+	}
+	s.log.Warn("a change taken here while etcd was unreachable was overridden by a later one before it could be shared; it never took effect on the other gateways",
+		"op", ch.Op, "name", logattr.String(ch.Name()), "by", logattr.String(ch.Actor()),
+		"overridden_by_op", have.Op, "overridden_by", logattr.String(have.Actor()), "overridden_from_gateway", have.Gateway)
+	if have.Op == ca.OpLock || have.Op == ca.OpUnlock {
+		return s.apply(ctx, have.Change, have.Gateway)
+	}
+	return nil
 }
 
 // apply applies a record from etcd to the local state.
@@ -346,7 +381,8 @@ func (t lockTable) Reset(ctx context.Context, kvs []*mvccpb.KeyValue) error {
 		if _, ok := seen[lk.Target]; ok || pending[lk.Target] {
 			continue
 		}
-		if err := t.s.apply(ctx, ca.Change{Op: ca.OpUnlock, Target: lk.Target}, "cluster"); err != nil {
+		// Who lifted it and where is gone with the tombstone.
+		if err := t.s.apply(ctx, ca.Change{Op: ca.OpUnlock, Target: lk.Target, By: expiredActor}, expiredActor); err != nil {
 			return err
 		}
 	}
@@ -362,7 +398,7 @@ func (t lockTable) Event(ctx context.Context, ev *clientv3.Event) error {
 			return nil
 		}
 		if prev, err := decode(ev.PrevKv); err == nil && prev.Op == ca.OpLock {
-			return t.s.apply(ctx, ca.Change{Op: ca.OpUnlock, Target: name}, "etcd")
+			return t.s.apply(ctx, ca.Change{Op: ca.OpUnlock, Target: name, By: directActor}, directActor)
 		}
 		return nil
 	}

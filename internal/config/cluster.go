@@ -1,12 +1,18 @@
 package config
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/bastion-ssh/bastion/internal/cluster"
 )
@@ -37,6 +43,17 @@ type Cluster struct {
 	// times its failure count).
 	Drain Duration `yaml:"drain"`
 }
+
+// Bounds of cluster.max_staleness. Below a second the quorum probe (once a
+// second) cannot keep a healthy gateway admitting; above an hour a gateway
+// cut off from etcd would serve for longer than anyone would tolerate a
+// lock or revocation not taking effect on it (an hour is the longest an
+// on-call engineer should need to restore etcd or take the gateway out of
+// the load balancer; choose strict where even that is too long).
+const (
+	MinMaxStaleness = time.Second
+	MaxMaxStaleness = time.Hour
+)
 
 // The environment variables that stand in for cluster.gateway_id and
 // cluster.advertise when the file leaves them out: one configuration for
@@ -108,8 +125,8 @@ func (f *File) validateCluster() error {
 	if c.MaxStaleness == 0 {
 		c.MaxStaleness = Duration(30 * time.Second)
 	}
-	if time.Duration(c.MaxStaleness) < time.Second {
-		return fmt.Errorf("cluster.max_staleness: %s is too short: use 1s or more (default 30s)", time.Duration(c.MaxStaleness))
+	if ms := time.Duration(c.MaxStaleness); ms < MinMaxStaleness || ms > MaxMaxStaleness {
+		return fmt.Errorf("cluster.max_staleness: %s is out of range: use %s to %s (default 30s); it is how long a gateway cut off from etcd keeps admitting sessions without seeing new locks and revocations", ms, MinMaxStaleness, "1h")
 	}
 	if c.Drain == 0 {
 		c.Drain = Duration(2 * time.Second)
@@ -170,4 +187,40 @@ func (f *File) ClusterConfig() *cluster.Config {
 		Consistency:  c.Consistency,
 		MaxStaleness: time.Duration(c.MaxStaleness),
 	}
+}
+
+// LoadCluster reads only what a CLI needs to reach etcd from the config
+// file at path: its cluster: block, checked, with relative TLS file paths
+// taken relative to the file's directory. The rest of the file is decoded
+// (an unknown key is still an error) but not checked, so a copy of a
+// gateway's bastion.yaml without data_dir, or on a host without the
+// gateway's files, serves `bastion cluster status --config`. It returns
+// nil, nil when the file has no cluster: block.
+func LoadCluster(path string) (*cluster.Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("config: %s: %w", path, explain(err))
+	}
+	if f.Cluster == nil {
+		return nil, nil
+	}
+	if f.Listen == "" {
+		f.Listen = "127.0.0.1:2222"
+	}
+	if err := f.validateCluster(); err != nil {
+		return nil, fmt.Errorf("config: %s: %w", path, err)
+	}
+	base := filepath.Dir(path)
+	for _, p := range []*string{&f.Cluster.Etcd.CAFile, &f.Cluster.Etcd.CertFile, &f.Cluster.Etcd.KeyFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	return f.ClusterConfig(), nil
 }

@@ -42,7 +42,9 @@ func TestClusterBlock(t *testing.T) {
 		{"cluster:\n  etcd:\n    endpoints: [etcd:2379]\n", "is not an http(s)://HOST:PORT URL"},
 		{"cluster:\n  consistency: eventual\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n", "not best_effort or strict"},
 		{"cluster:\n  gateway_id: \"gw 1\"\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n", "is not a gateway id"},
-		{"cluster:\n  max_staleness: 10ms\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n", "too short"},
+		{"cluster:\n  max_staleness: 10ms\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n", "out of range: use 1s to 1h"},
+		{"cluster:\n  max_staleness: 1000h\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n", "out of range: use 1s to 1h"},
+		{"cluster:\n  max_staleness: 61m\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n", "out of range: use 1s to 1h"},
 		{"cluster:\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n    prefix: bastion\n", "must start and end with /"},
 		{"cluster:\n  etcd:\n    endpoint: [http://127.0.0.1:2379]\n", "unknown key"},
 	} {
