@@ -164,6 +164,27 @@ func clusterRefusal(err error) *authError {
 // MsgClusterStale is the banner a refused client sees.
 const MsgClusterStale = "new sessions are refused: this gateway cannot reach the cluster's shared state (etcd); sessions already open keep running. Try again shortly or another gateway."
 
+// MsgClusterIDConflict is the banner a refused client sees while another
+// live gateway holds this gateway's cluster id.
+const MsgClusterIDConflict = "new sessions are refused: another live gateway holds this gateway's cluster id (cluster.gateway_id), so it cannot vouch for its records; sessions already open keep running. Use another gateway; an operator must give each gateway its own id."
+
+// clusterRefusalMessage is the line a client refused by cluster
+// admission is shown: why this gateway admits no new session now.
+func (g *Gateway) clusterRefusalMessage() string {
+	if g.deps.Cluster != nil && g.deps.Cluster.IDConflict() != nil {
+		return MsgClusterIDConflict
+	}
+	return MsgClusterStale
+}
+
+// clusterRefusalReason is the audit reason matching clusterRefusalMessage.
+func (g *Gateway) clusterRefusalReason() string {
+	if g.deps.Cluster != nil && g.deps.Cluster.IDConflict() != nil {
+		return ReasonClusterIDConflict
+	}
+	return ReasonClusterStale
+}
+
 // --- bans ---
 
 // banRecord is the JSON value of <prefix>bans/<source>.

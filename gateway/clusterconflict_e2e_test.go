@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,6 +52,12 @@ func TestRuntimeIDConflictFailsClosed(t *testing.T) {
 		t.Fatalf("a jump was admitted during an id conflict: %s", res)
 	}
 	gw.waitEvent(t, "auth.failed", map[string]string{"key_id": "worker", "reason": ReasonClusterIDConflict})
+	// The refused user is told the real reason (etcd answers; the id is
+	// held elsewhere), not that etcd is unreachable.
+	res := user.Run(ctx, "ssh", append([]string{"-o", "LogLevel=INFO"}, gw.gatewayArgs(gw.user, "info")...)...)
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "another live gateway holds this gateway's cluster id") || strings.Contains(res.Stderr, "cannot reach") {
+		t.Errorf("the banner of a refusal during an id conflict: %s", res)
+	}
 
 	// The other leaves: the gateway takes its record back and admits again.
 	if err := other.Close(); err != nil {

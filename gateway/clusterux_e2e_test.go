@@ -146,7 +146,7 @@ func TestClusterCommandsOverSSH(t *testing.T) {
 		t.Errorf("info for an admin on the stale strict gateway: want the state in the output, no banner: %s", res)
 	}
 	res = op.Run(ctx, "ssh", strict.gatewayArgs(strict.user, "locks")...)
-	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "serves admins and auditors only `cluster status` and `cluster sessions`") {
+	if res.ExitCode == 0 || !strings.Contains(res.Stderr, "serves admins and auditors only `cluster status`, `cluster sessions` and `info`") {
 		t.Errorf("another admin command on the stale strict gateway: %s", res)
 	}
 	if res = op.Run(ctx, "ssh", strict.jumpArgs(strict.user, "true")...); res.ExitCode == 0 {

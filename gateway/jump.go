@@ -39,8 +39,8 @@ func (g *Gateway) handleDirectTCPIP(_ *gliderssh.Server, conn *gossh.ServerConn,
 		return
 	}
 	if cs.staleOnly.Load() {
-		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", ReasonClusterStale, "admitted for cluster status only: the gateway cannot reach etcd")
-		nc.Reject(gossh.Prohibited, "bastion: "+MsgClusterStale)
+		g.auditRefusal(cs, audit.TypeChannelDenied, "direct-tcpip", g.clusterRefusalReason(), "admitted for cluster status only: the gateway admits no new session")
+		nc.Reject(gossh.Prohibited, "bastion: "+g.clusterRefusalMessage())
 		return
 	}
 	if id.Login {

@@ -381,7 +381,7 @@ func (g *Gateway) verified(cs *connState, meta gossh.ConnMetadata, perms *gossh.
 		var rerr error = ae
 		cs.lastErr.Store(&rerr)
 		// The refused client is told why, as a banner.
-		return nil, &gossh.BannerError{Err: rerr, Message: "bastion: " + MsgClusterStale + "\n"}
+		return nil, &gossh.BannerError{Err: rerr, Message: "bastion: " + g.clusterRefusalMessage() + "\n"}
 	}
 	cs.identity = id
 	g.mu.Lock()

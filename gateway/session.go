@@ -178,7 +178,7 @@ func (g *Gateway) runCommand(ctx context.Context, cs *connState, id *Identity, s
 		sio.errorf("bastion: %s\n", MsgAuditUnavailable)
 		status = 1
 	case cs.staleOnly.Load() && !staleCommand(name, args):
-		sio.errorf("bastion: %s\nWhile it cannot reach etcd this gateway serves admins and auditors only `cluster status` and `cluster sessions` (its own view); run %s through a gateway that reaches etcd.\n", MsgClusterStale, bounded(name))
+		sio.errorf("bastion: %s\nWhile it admits no new session this gateway serves admins and auditors only `cluster status`, `cluster sessions` and `info` (its own view); run %s through another gateway.\n", g.clusterRefusalMessage(), bounded(name))
 		status = 1
 	case !ok:
 		sio.errorf("bastion: the gateway runs no shell and has no command %q.\nTo reach a host: ssh -J %s@<gateway> %s@HOST\nCommands here: %s\n", name, id.User, id.User, g.commandList(id))
