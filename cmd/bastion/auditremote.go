@@ -147,7 +147,7 @@ func (a *app) gatewayExecTo(ctx context.Context, addr, user string, signer ssh.S
 	}
 	if status != 0 {
 		verb := commandVerb(command)
-		return &exitError{code: status, err: fmt.Errorf("%s on the gateway %s as %s failed (exit status %d; its reason is above)", verb, addr, user, status)}
+		return &exitError{code: status, err: fmt.Errorf("%s on the gateway %s as %s failed (exit status %d; the gateway gave its reason on stderr)", verb, addr, user, status)}
 	}
 	return nil
 }
