@@ -18,6 +18,7 @@ import (
 
 	"github.com/bastion-ssh/bastion/ca"
 	"github.com/bastion-ssh/bastion/internal/textbound"
+	"github.com/bastion-ssh/bastion/internal/usertext"
 )
 
 // MaxString bounds each string of a log record (message, key, value), in
@@ -36,13 +37,9 @@ func String(s string) string {
 // Error is err's text for a log: bounded and escaped like String, with a
 // deadline said as "timed out".
 func Error(err error) string {
-	msg := err.Error()
-	if errors.Is(err, context.DeadlineExceeded) {
-		if strings.Contains(msg, context.DeadlineExceeded.Error()) {
-			msg = strings.ReplaceAll(msg, context.DeadlineExceeded.Error(), "timed out")
-		} else {
-			msg += " (timed out)"
-		}
+	msg := usertext.Timeouts(err.Error())
+	if errors.Is(err, context.DeadlineExceeded) && !strings.Contains(msg, "timed out") {
+		msg += " (timed out)"
 	}
 	return String(msg)
 }

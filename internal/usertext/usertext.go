@@ -22,7 +22,7 @@ var grpcCodeRE = regexp.MustCompile(`rpc error: code = \w+ desc = `)
 // Clean drops every internal package prefix from msg, and says "timed
 // out" where Go's "context deadline exceeded" would reach a user.
 func Clean(msg string) string {
-	msg = rawTimeoutRE.ReplaceAllString(msg, "timed out")
+	msg = Timeouts(msg)
 	msg = grpcCodeRE.ReplaceAllString(msg, "")
 	for {
 		next := internalPrefixRE.ReplaceAllString(msg, "$1")
@@ -32,6 +32,11 @@ func Clean(msg string) string {
 		msg = next
 	}
 }
+
+// Timeouts says "timed out" where msg has Go's (or gRPC's) "context
+// deadline exceeded", and changes nothing else: logs keep the package
+// prefixes a developer reads them by.
+func Timeouts(msg string) string { return rawTimeoutRE.ReplaceAllString(msg, "timed out") }
 
 // Error is Clean of err's text.
 func Error(err error) string { return Clean(err.Error()) }
